@@ -1,0 +1,117 @@
+//! The fixed hash functions of steer. They are part of the wire contract between LB hosts: two
+//! hosts with the same config must pick the same backend for the same flow, so these never
+//! change within a map version, and never depend on the platform (bytes are read little-endian).
+//!
+//! The mixing steps are MurmurHash3's (x86_32), which is public domain and cheap in BPF: 32-bit
+//! multiplies, shifts and xors, no tables.
+
+use crate::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+/// Seed of the flow hash.
+pub const FLOW_SEED: u32 = 0x5f3e_e7a1;
+
+#[inline(always)]
+fn rotl(x: u32, r: u32) -> u32 {
+    (x << r) | (x >> (32 - r))
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = rotl(k.wrapping_mul(C1), 15).wrapping_mul(C2);
+    rotl(h ^ k, 13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Hash of a flow's 5-tuple; selects its Maglev slot.
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey) -> u32 {
+    let mut h = FLOW_SEED;
+    h = mix(h, word(&k.src, 0));
+    h = mix(h, word(&k.src, 4));
+    h = mix(h, word(&k.src, 8));
+    h = mix(h, word(&k.src, 12));
+    h = mix(h, word(&k.dst, 0));
+    h = mix(h, word(&k.dst, 4));
+    h = mix(h, word(&k.dst, 8));
+    h = mix(h, word(&k.dst, 12));
+    h = mix(h, (k.sport_be as u32) | ((k.dport_be as u32) << 16));
+    h = mix(h, (k.proto as u32) | ((k.family as u32) << 8));
+    finish(h, 40)
+}
+
+/// MurmurHash3 (x86_32) of a byte string; used by userspace to place backends in Maglev tables.
+pub fn bytes_hash(seed: u32, data: &[u8]) -> u32 {
+    let mut h = seed;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        h = mix(h, u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut k = 0u32;
+        for (i, b) in rest.iter().enumerate() {
+            k |= (*b as u32) << (8 * i);
+        }
+        h ^= rotl(k.wrapping_mul(C1), 15).wrapping_mul(C2);
+    }
+    finish(h, data.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur3_reference_vectors() {
+        // Published MurmurHash3_x86_32 vectors.
+        assert_eq!(bytes_hash(0, b""), 0);
+        assert_eq!(bytes_hash(1, b""), 0x514e_28b7);
+        assert_eq!(bytes_hash(0, b"hello"), 0x248b_fa47);
+        assert_eq!(bytes_hash(0, b"Hello, world!"), 0xc036_3e43);
+        assert_eq!(
+            bytes_hash(0x9747_b28c, b"The quick brown fox jumps over the lazy dog"),
+            0x2fa8_26cd
+        );
+    }
+
+    #[test]
+    fn flow_hash_is_stable_and_uses_every_field() {
+        let k = FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&k);
+        assert_eq!(h, flow_hash(&k));
+        let mut o = k;
+        o.sport_be = 40001u16.to_be();
+        assert_ne!(h, flow_hash(&o));
+        let mut o = k;
+        o.src[15] = 1;
+        assert_ne!(h, flow_hash(&o));
+        let mut o = k;
+        o.proto = crate::PROTO_UDP;
+        assert_ne!(h, flow_hash(&o));
+    }
+}

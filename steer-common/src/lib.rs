@@ -1,0 +1,300 @@
+//! Types and constants shared by the XDP datapath (`steer-ebpf`) and `steer-ctl`.
+//!
+//! Every map key and value here is `#[repr(C)]`, made of integers and byte arrays only, with
+//! explicit padding and a compile-time size check: the kernel and userspace read the same bytes,
+//! and a pinned map written by one version is read by the next. A layout change must bump the
+//! version suffix of the map's name (`STEER_SVC_V1` → `STEER_SVC_V2`) so an upgraded daemon never
+//! adopts a map it cannot read.
+#![no_std]
+
+pub mod hash;
+
+/// Names of the maps, as they appear in the object file and under the pin directory.
+/// At most 15 bytes each (BPF_OBJ_NAME_LEN - 1), versioned.
+pub mod map {
+    /// `ServiceKey` → `Service`. Written by steer-ctl.
+    pub const SERVICES: &str = "STEER_SVC_V1";
+    /// Backend id → `Backend`. Written by steer-ctl.
+    pub const BACKENDS: &str = "STEER_BE_V1";
+    /// Maglev lookup tables: backend ids in `[u32; MAGLEV_CHUNK]` elements, two tables (double
+    /// buffer) per service. Written by steer-ctl.
+    pub const MAGLEV: &str = "STEER_MAGLEV_V1";
+    /// `FlowKey` → `Flow`, LRU. Written by the datapath.
+    pub const FLOWS: &str = "STEER_FLOWS_V1";
+    /// Per-CPU `Counters` per service id. Written by the datapath.
+    pub const SERVICE_STATS: &str = "STEER_SSTAT_V1";
+    /// Per-CPU `Counters` per backend id. Written by the datapath.
+    pub const BACKEND_STATS: &str = "STEER_BSTAT_V1";
+    /// Per-CPU `u64` per `outcome` index. Written by the datapath.
+    pub const GLOBAL_STATS: &str = "STEER_GSTAT_V1";
+
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        FLOWS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        GLOBAL_STATS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM: &str = "steer";
+
+/// Default capacity of the services map.
+pub const MAX_SERVICES: u32 = 64;
+/// Capacity of the backends array; backend ids are `0..MAX_BACKENDS`.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default capacity of the connection table.
+pub const MAX_FLOWS: u32 = 1 << 20;
+/// Largest Maglev table.
+pub const MAGLEV_MAX_SIZE: u32 = 65_537;
+/// Slots per element of the `MAGLEV` array. BPF arrays store each element at an 8-byte
+/// stride, so one `u32` per element would waste half the memory and break a flat `mmap` view;
+/// 16 slots (64 bytes) per element pack exactly.
+pub const MAGLEV_CHUNK: u32 = 16;
+/// Distance between two tables in the `MAGLEV` array, in slots: `MAGLEV_MAX_SIZE` rounded up to
+/// whole chunks.
+pub const MAGLEV_STRIDE: u32 = MAGLEV_MAX_SIZE.div_ceil(MAGLEV_CHUNK) * MAGLEV_CHUNK;
+/// Number of `MAGLEV` elements for `services` services (two tables each).
+pub const fn maglev_chunks(services: u32) -> u32 {
+    services * 2 * (MAGLEV_STRIDE / MAGLEV_CHUNK)
+}
+/// Default Maglev table size (prime).
+pub const MAGLEV_DEFAULT_SIZE: u32 = 65_537;
+/// Marks "no backend" in a Maglev slot, a fallback or a maintenance field.
+pub const BACKEND_NONE: u32 = u32::MAX;
+
+/// Position, in slots from the start of the `MAGLEV` array, of slot `i` of table `slot` (0 or 1)
+/// of service `svc`. Element `pos / MAGLEV_CHUNK`, lane `pos % MAGLEV_CHUNK`.
+#[inline(always)]
+pub const fn maglev_index(svc: u32, slot: u32, i: u32) -> u32 {
+    (svc * 2 + slot) * MAGLEV_STRIDE + i
+}
+
+/// Address families as carried in keys (not the kernel's AF_* numbers, to keep them in a byte).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A service: virtual address, port and protocol. Key of `STEER_SVC_V1`.
+///
+/// IPv4 addresses fill `addr[0..4]` and leave the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Port in network byte order (the bytes as they are on the wire).
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// `Service::flags` bits.
+pub mod svc_flags {
+    /// New flows go to the service's maintenance backend.
+    pub const MAINTENANCE: u32 = 1 << 0;
+    /// With no eligible backend and no fallback, drop a SYN silently instead of answering a RST.
+    pub const NO_BACKEND_DROP: u32 = 1 << 1;
+}
+
+/// Forwarding modes (`Service::mode`).
+pub const MODE_DSR: u32 = 0;
+
+/// A service's datapath settings. Value of `STEER_SVC_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Index of the service's counters and Maglev tables, `0..MAX_SERVICES`.
+    pub id: u32,
+    /// `svc_flags` bits.
+    pub flags: u32,
+    /// Size of the Maglev table in use (prime, at most `MAGLEV_MAX_SIZE`); 0 = no table yet.
+    pub maglev_size: u32,
+    /// Which of the two Maglev tables is live (0 or 1); userspace fills the other, then flips.
+    pub table_slot: u32,
+    /// Backend for new flows when no backend is eligible, or `BACKEND_NONE`.
+    pub fallback: u32,
+    /// Backend for new flows while in maintenance, or `BACKEND_NONE`.
+    pub maintenance: u32,
+    /// Flows idle for longer than this are considered gone (UDP, and for drain accounting).
+    pub idle_timeout_s: u32,
+    /// Forwarding mode, `MODE_*`.
+    pub mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<Service>() == 32);
+
+/// Admin states of a backend (`Backend::admin`). `NONE` marks a free slot or a removed backend.
+pub mod admin {
+    pub const NONE: u8 = 0;
+    pub const READY: u8 = 1;
+    pub const DRAIN: u8 = 2;
+    pub const MAINT: u8 = 3;
+    pub const REJECT: u8 = 4;
+}
+
+/// Health of a backend (`Backend::health`), as set by steer-ctl's checks.
+pub mod health {
+    pub const DOWN: u8 = 0;
+    pub const UP: u8 = 1;
+}
+
+/// A real server. Value of `STEER_BE_V1`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub mac: [u8; 6],
+    pub family: u8,
+    /// `admin::*`.
+    pub admin: u8,
+    /// `health::*`.
+    pub health: u8,
+    pub _pad: [u8; 3],
+    /// Service this backend belongs to.
+    pub service: u32,
+    /// Port in network byte order (used by NAT mode; DSR keeps the VIP's port).
+    pub port_be: u16,
+    pub _pad2: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+
+impl Backend {
+    pub const EMPTY: Backend = Backend {
+        addr: [0; 16],
+        mac: [0; 6],
+        family: 0,
+        admin: admin::NONE,
+        health: health::DOWN,
+        _pad: [0; 3],
+        service: 0,
+        port_be: 0,
+        _pad2: [0; 6],
+    };
+
+    /// May take new flows: admin `ready` and health `up`.
+    #[inline(always)]
+    pub fn eligible(&self) -> bool {
+        self.admin == admin::READY && self.health == health::UP
+    }
+
+    /// May keep the flows it has: anything but removed or `reject`.
+    #[inline(always)]
+    pub fn keeps_flows(&self) -> bool {
+        self.admin != admin::NONE && self.admin != admin::REJECT
+    }
+}
+
+/// One connection: the 5-tuple as the client sent it. Key of `STEER_FLOWS_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// `Flow::flags` bits.
+pub mod flow_flags {
+    /// Only SYNs seen from the client so far: the connection is not established.
+    pub const SYN_ONLY: u32 = 1 << 0;
+    /// The client sent a FIN.
+    pub const FIN: u32 = 1 << 1;
+    /// The client sent a RST, or steer answered one.
+    pub const RST: u32 = 1 << 2;
+}
+
+/// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub backend: u32,
+    /// `flow_flags` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+
+/// Per-CPU counters of one service or backend. Value of `STEER_SSTAT_V1` and `STEER_BSTAT_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows this service or backend was chosen for (a SYN, or an unknown mid-flow packet).
+    pub new_flows: u64,
+    /// Flows that ended (FIN or RST seen from the client side).
+    pub ended_flows: u64,
+    /// RSTs answered from XDP.
+    pub rst_sent: u64,
+    pub _reserved: [u64; 3],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.ended_flows += o.ended_flows;
+        self.rst_sent += o.rst_sent;
+    }
+}
+
+/// What happened to a packet: indexes of `STEER_GSTAT_V1`. Every packet the program sees is
+/// counted under exactly one of them.
+pub mod outcome {
+    /// Forwarded to a backend (`XDP_TX`).
+    pub const TX_FORWARD: u32 = 0;
+    /// Answered with a RST built in XDP (`XDP_TX`).
+    pub const TX_RST: u32 = 1;
+    /// Not IPv4/IPv6 (ARP, LLDP, …): passed to the kernel.
+    pub const PASS_NOT_IP: u32 = 2;
+    /// IP, but not to a configured service: passed to the kernel.
+    pub const PASS_NOT_SERVICE: u32 = 3;
+    /// Fragment: passed to the kernel.
+    pub const PASS_FRAGMENT: u32 = 4;
+    /// Truncated or malformed IP, TCP or UDP headers: passed to the kernel, which counts and
+    /// drops them.
+    pub const PASS_MALFORMED: u32 = 5;
+    /// To a service with no eligible backend, no fallback and nothing to answer: dropped.
+    pub const DROP_NO_BACKEND: u32 = 6;
+    /// A backend id found in a Maglev table is out of range or its slot is empty: dropped.
+    pub const DROP_BAD_BACKEND: u32 = 7;
+    /// Number of outcomes (size of `STEER_GSTAT_V1`).
+    pub const COUNT: u32 = 16;
+
+    /// Human names, indexed by outcome; used for logs and metrics labels.
+    pub const NAMES: [&str; 8] = [
+        "tx_forward",
+        "tx_rst",
+        "pass_not_ip",
+        "pass_not_service",
+        "pass_fragment",
+        "pass_malformed",
+        "drop_no_backend",
+        "drop_bad_backend",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers and byte arrays, with explicit padding.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Counters {}
+}

@@ -1,0 +1,9 @@
+//! steer-ctl as a library: the datapath handle, Maglev, and the balancer state that drives them.
+//! The `steer-ctl` binary is a thin layer over this.
+
+pub mod balancer;
+pub mod datapath;
+pub mod maglev;
+
+pub use balancer::{BackendSpec, Balancer, Proto, ServiceSpec};
+pub use datapath::{Datapath, Options};

@@ -1,0 +1,39 @@
+//! The maps of the datapath. Names and sizes come from `steer_common`; userspace may resize the
+//! tables at load time (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use steer_common::{
+    maglev_chunks, outcome, Backend, Counters, Service, ServiceKey, MAGLEV_CHUNK, MAX_BACKENDS,
+    MAX_SERVICES,
+};
+
+/// Services by (VIP, port, protocol). Written by steer-ctl.
+#[map(name = "STEER_SVC_V1")]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backends by id: address, MAC, admin state, health. Written by steer-ctl.
+#[map(name = "STEER_BE_V1")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev lookup tables of backend ids, two per service (live and next), at
+/// `steer_common::maglev_index`. Written by steer-ctl through mmap, then made live by flipping
+/// `Service::table_slot`.
+#[map(name = "STEER_MAGLEV_V1")]
+pub static MAGLEV: Array<[u32; MAGLEV_CHUNK as usize]> =
+    Array::with_max_entries(maglev_chunks(MAX_SERVICES), BPF_F_MMAPABLE);
+
+/// Per-CPU counters per service id. Written by the datapath, summed by steer-ctl.
+#[map(name = "STEER_SSTAT_V1")]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU counters per backend id. Written by the datapath, summed by steer-ctl.
+#[map(name = "STEER_BSTAT_V1")]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU packet counts per `outcome`. Written by the datapath, summed by steer-ctl.
+#[map(name = "STEER_GSTAT_V1")]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(outcome::COUNT, 0);

@@ -1,0 +1,361 @@
+//! Table-driven datapath tests over `BPF_PROG_TEST_RUN`.
+//!
+//! A `Row` is one rule of SPEC.md's datapath: an input frame (built with etherparse), the XDP
+//! action expected, what the output frame must be, and how counters must move. `run` executes
+//! every row against a loaded program, prints one line per row, and panics listing every row
+//! that failed.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use steer_common::{outcome, Counters};
+use steer_ctl::Balancer;
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub fn action_name(a: u32) -> &'static str {
+    match a {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "unknown",
+    }
+}
+
+/// MAC of the LB's interface in fixtures (frames arrive addressed to it).
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// MAC of the client's router (source of frames in fixtures).
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// A frame and what it was built from.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub bytes: Vec<u8>,
+}
+
+/// Builds TCP/IPv4 frames from the client router to the LB.
+pub fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Tcp {
+    Tcp {
+        src: src.into(),
+        dst: dst.into(),
+        sport,
+        dport,
+        flags: TcpFlags::default(),
+        payload: Vec::new(),
+    }
+}
+
+/// Builds TCP/IPv6 frames from the client router to the LB.
+pub fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Tcp {
+    Tcp {
+        src: src.into(),
+        dst: dst.into(),
+        sport,
+        dport,
+        flags: TcpFlags::default(),
+        payload: Vec::new(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: Option<u32>,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+pub struct Tcp {
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+    flags: TcpFlags,
+    payload: Vec<u8>,
+}
+
+impl Tcp {
+    pub fn syn(mut self) -> Self {
+        self.flags.syn = true;
+        self
+    }
+    pub fn ack(mut self, n: u32) -> Self {
+        self.flags.ack = Some(n);
+        self
+    }
+    pub fn fin(mut self) -> Self {
+        self.flags.fin = true;
+        self
+    }
+    pub fn rst(mut self) -> Self {
+        self.flags.rst = true;
+        self
+    }
+    pub fn data(mut self, payload: &[u8]) -> Self {
+        self.flags.psh = true;
+        self.payload = payload.to_vec();
+        self
+    }
+
+    pub fn frame(&self) -> Frame {
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+        let mut b = match (self.src, self.dst) {
+            (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => eth
+                .ipv4(s.octets(), d.octets(), 64)
+                .tcp(self.sport, self.dport, 1000, 64240),
+            (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => eth
+                .ipv6(s.octets(), d.octets(), 64)
+                .tcp(self.sport, self.dport, 1000, 64240),
+            _ => panic!("mixed address families"),
+        };
+        if self.flags.syn {
+            b = b.syn();
+        }
+        if let Some(n) = self.flags.ack {
+            b = b.ack(n);
+        }
+        if self.flags.fin {
+            b = b.fin();
+        }
+        if self.flags.rst {
+            b = b.rst();
+        }
+        if self.flags.psh {
+            b = b.psh();
+        }
+        let mut bytes = Vec::new();
+        b.write(&mut bytes, &self.payload).expect("build frame");
+        Frame { bytes }
+    }
+}
+
+/// A UDP/IPv4 frame from the client router to the LB.
+pub fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Frame {
+    let mut bytes = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut bytes, payload)
+        .expect("build frame");
+    Frame { bytes }
+}
+
+/// An ARP request (who has `target`? tell `sender`), broadcast.
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Frame {
+    let mut b = Vec::new();
+    b.extend_from_slice(&[0xff; 6]);
+    b.extend_from_slice(&CLIENT_MAC);
+    b.extend_from_slice(&[0x08, 0x06]);
+    b.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    b.extend_from_slice(&CLIENT_MAC);
+    b.extend_from_slice(&sender.octets());
+    b.extend_from_slice(&[0; 6]);
+    b.extend_from_slice(&target.octets());
+    Frame { bytes: b }
+}
+
+impl Frame {
+    /// The first `n` bytes only (a frame cut short on the wire).
+    pub fn truncated(mut self, n: usize) -> Frame {
+        self.bytes.truncate(n);
+        self
+    }
+
+    /// With byte `i` set to `v`.
+    pub fn with_byte(mut self, i: usize, v: u8) -> Frame {
+        self.bytes[i] = v;
+        self
+    }
+}
+
+/// What the output frame must be.
+pub enum Expect {
+    /// Byte for byte the input.
+    Unchanged,
+    /// The input with destination MAC := `dst` and source MAC := `src`; everything after the
+    /// Ethernet addresses untouched.
+    Macs { dst: [u8; 6], src: [u8; 6] },
+    /// Not checked (the action says enough, e.g. a drop).
+    Any,
+}
+
+/// Which counter must move, and by how much.
+pub enum Delta {
+    /// Global outcome counter (`steer_common::outcome::*`).
+    Outcome(u32, u64),
+    /// A backend's counter, by name: `field` picks one of `Counters`.
+    Backend(String, Field, u64),
+    /// A service's counter, by name.
+    Service(String, Field, u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Field {
+    Packets,
+    Bytes,
+    NewFlows,
+    EndedFlows,
+    RstSent,
+}
+
+impl Field {
+    fn get(self, c: &Counters) -> u64 {
+        match self {
+            Field::Packets => c.packets,
+            Field::Bytes => c.bytes,
+            Field::NewFlows => c.new_flows,
+            Field::EndedFlows => c.ended_flows,
+            Field::RstSent => c.rst_sent,
+        }
+    }
+}
+
+/// One fixture.
+pub struct Row {
+    pub desc: String,
+    pub input: Frame,
+    pub action: u32,
+    pub output: Expect,
+    pub deltas: Vec<Delta>,
+}
+
+/// What a row did.
+pub struct Ran {
+    pub action: u32,
+    pub output: Vec<u8>,
+}
+
+/// Runs one frame through the program once.
+pub fn run_frame(bal: &mut Balancer, input: &[u8]) -> Ran {
+    let mut out = vec![0u8; input.len() + 256];
+    let r = bal
+        .datapath_mut()
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    Ran {
+        action: r.return_value,
+        output: out,
+    }
+}
+
+fn read(bal: &Balancer, d: &Delta) -> u64 {
+    match d {
+        Delta::Outcome(o, _) => bal.datapath().outcomes().expect("outcomes")[*o as usize],
+        Delta::Backend(name, f, _) => f.get(&bal.backend_counters(name).expect("backend counters")),
+        Delta::Service(name, f, _) => f.get(&bal.service_counters(name).expect("service counters")),
+    }
+}
+
+fn describe(d: &Delta) -> String {
+    match d {
+        Delta::Outcome(o, n) => format!(
+            "outcome {} +{n}",
+            outcome::NAMES.get(*o as usize).copied().unwrap_or("?")
+        ),
+        Delta::Backend(b, f, n) => format!("backend {b} {f:?} +{n}"),
+        Delta::Service(s, f, n) => format!("service {s} {f:?} +{n}"),
+    }
+}
+
+fn expected(d: &Delta) -> u64 {
+    match d {
+        Delta::Outcome(_, n) | Delta::Backend(_, _, n) | Delta::Service(_, _, n) => *n,
+    }
+}
+
+/// Checks one row; returns what was wrong.
+pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
+    let before: Vec<u64> = row.deltas.iter().map(|d| read(bal, d)).collect();
+    let total_before: u64 = bal.datapath().outcomes().expect("outcomes").iter().sum();
+    let ran = run_frame(bal, &row.input.bytes);
+    let mut errs = Vec::new();
+    if ran.action == XDP_ABORTED {
+        errs.push("returned XDP_ABORTED".to_string());
+    }
+    if ran.action != row.action {
+        errs.push(format!(
+            "action {} (expected {})",
+            action_name(ran.action),
+            action_name(row.action)
+        ));
+    }
+    let input = &row.input.bytes;
+    match &row.output {
+        Expect::Unchanged => {
+            if &ran.output != input {
+                errs.push(format!("frame changed: {}", diff(input, &ran.output)));
+            }
+        }
+        Expect::Macs { dst, src } => {
+            let mut want = input.clone();
+            want[0..6].copy_from_slice(dst);
+            want[6..12].copy_from_slice(src);
+            if ran.output != want {
+                errs.push(format!("frame: {}", diff(&want, &ran.output)));
+            }
+        }
+        Expect::Any => {}
+    }
+    for (d, b) in row.deltas.iter().zip(&before) {
+        let now = read(bal, d);
+        if now - b != expected(d) {
+            errs.push(format!("{}: moved by {}", describe(d), now - b));
+        }
+    }
+    // Every packet is counted under exactly one outcome.
+    let total_after: u64 = bal.datapath().outcomes().expect("outcomes").iter().sum();
+    if total_after - total_before != 1 {
+        errs.push(format!(
+            "{} outcomes counted for one packet",
+            total_after - total_before
+        ));
+    }
+    errs
+}
+
+fn diff(want: &[u8], got: &[u8]) -> String {
+    if want.len() != got.len() {
+        return format!("length {} (expected {})", got.len(), want.len());
+    }
+    let first = want.iter().zip(got).position(|(a, b)| a != b).unwrap_or(0);
+    format!(
+        "first difference at byte {first}: {:02x?} (expected {:02x?})",
+        &got[first..(first + 8).min(got.len())],
+        &want[first..(first + 8).min(want.len())]
+    )
+}
+
+/// Runs every row, printing `fixture <desc> ... ok|FAILED`, and panics if any failed.
+pub fn run(bal: &mut Balancer, rows: &[Row]) {
+    let mut failed = Vec::new();
+    for row in rows {
+        let errs = check(bal, row);
+        if errs.is_empty() {
+            println!("fixture {} ... ok", row.desc);
+        } else {
+            println!("fixture {} ... FAILED: {}", row.desc, errs.join("; "));
+            failed.push(format!("{}: {}", row.desc, errs.join("; ")));
+        }
+    }
+    if !failed.is_empty() {
+        panic!(
+            "{} of {} fixtures failed:\n  {}",
+            failed.len(),
+            rows.len(),
+            failed.join("\n  ")
+        );
+    }
+}

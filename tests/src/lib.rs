@@ -1,0 +1,24 @@
+//! Test support for steer: the `BPF_PROG_TEST_RUN` fixture runner, network-namespace
+//! topologies, and a small HTTP client. Used by the tests in `tests/tests/` and by `xtask demo`.
+
+pub mod fixture;
+pub mod http;
+pub mod netns;
+
+/// Whether this process can load BPF programs and make namespaces. When it cannot: under
+/// `CI=true` the caller's test fails loudly; elsewhere it is reported as skipped (returns false).
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    if ci {
+        panic!("{test}: needs root (BPF, network namespaces), and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test`)");
+    false
+}

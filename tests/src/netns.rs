@@ -1,0 +1,465 @@
+//! Network-namespace topologies for end-to-end tests and the demo.
+//!
+//! ```text
+//!   client ──┐                    ┌── backend 0 (VIP on lo)
+//!            ├── bridge (switch) ─┼── backend 1 (VIP on lo)
+//!   lb (XDP)─┘                    └── …
+//! ```
+//!
+//! Every node is a namespace with one interface, `eth0`, whose peer sits on a bridge in a switch
+//! namespace, so nothing touches the host's own namespace and several topologies (with the same
+//! addresses) can run side by side. Names are unique per process and call; `Topology` deletes
+//! every namespace it made, and stops every process it started, when dropped — also on panic.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Prefix of every namespace this module creates; `cleanup_stale` removes leftovers by it.
+pub const NS_PREFIX: &str = "steer-t";
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, by name (`/run/netns/NAME`).
+#[derive(Clone, Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Netns {
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ARGS…`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`, which also gives it this
+    /// namespace's /sys).
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// A `Command` that runs `program` in this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace; sockets it opens and
+    /// interfaces it names are this namespace's.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Reads one of `eth0`'s statistics (e.g. `tx_packets`).
+    pub fn stat(&self, iface: &str, name: &str) -> u64 {
+        let s = self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{name}")]);
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad statistic {name} of {iface}: {s:?}"))
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Addresses of a topology. Every topology uses the same ones: they live in its own namespaces.
+pub mod addr {
+    use super::*;
+
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+    pub const LB: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+    /// First service VIP; service `i` has `10.99.1.(1+i)`.
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
+    pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+    pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 3);
+    pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 1, 0, 0, 0, 0, 1);
+
+    /// Host number of backend `i` (client 2, LB 3).
+    pub fn backend_host(i: usize) -> u8 {
+        10 + i as u8
+    }
+
+    pub fn backend(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, 0, backend_host(i))
+    }
+
+    pub fn backend6(i: usize) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, backend_host(i) as u16)
+    }
+
+    /// The MAC given to the node with host number `host`.
+    pub fn mac(host: u8) -> [u8; 6] {
+        [0x02, 0x99, 0, 0, 0, host]
+    }
+
+    pub fn mac_str(host: u8) -> String {
+        let m = mac(host);
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+
+    pub fn vip(i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 99, 1, 1 + i as u8))
+    }
+}
+
+/// One backend node.
+pub struct BackendNode {
+    pub ns: Netns,
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
+    pub mac: [u8; 6],
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct TopologySpec {
+    pub backends: usize,
+    /// VIPs each backend holds on its loopback (for DSR).
+    pub vips: Vec<IpAddr>,
+    /// Give every node IPv6 addresses; without it, IPv6 is disabled on the nodes' links, so a
+    /// client sends nothing the test did not ask for.
+    pub ipv6: bool,
+}
+
+impl Default for TopologySpec {
+    fn default() -> Self {
+        TopologySpec {
+            backends: 3,
+            vips: vec![IpAddr::V4(addr::VIP), IpAddr::V6(addr::VIP6)],
+            ipv6: true,
+        }
+    }
+}
+
+/// A client, an LB and backends on one bridge, torn down on drop.
+pub struct Topology {
+    pub switch: Netns,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<BackendNode>,
+    namespaces: Vec<Netns>,
+    children: Vec<Child>,
+    peer_prog: Option<aya::Ebpf>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Topology {
+    pub fn new(spec: &TopologySpec) -> Topology {
+        let id = format!(
+            "{NS_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut t = Topology {
+            switch: Netns {
+                name: String::new(),
+            },
+            client: Netns {
+                name: String::new(),
+            },
+            lb: Netns {
+                name: String::new(),
+            },
+            backends: Vec::new(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            peer_prog: None,
+        };
+        // From here on, a panic drops `t`, which deletes whatever was made.
+        t.switch = t.ns(format!("{id}-sw"));
+        t.switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        t.switch.ip(&["link", "set", "br0", "up"]);
+
+        t.client = t.node(&id, "c", 2, spec.ipv6);
+        t.lb = t.node(&id, "lb", 3, spec.ipv6);
+        for i in 0..spec.backends {
+            let host = addr::backend_host(i);
+            let ns = t.node(&id, &format!("b{i}"), host, spec.ipv6);
+            for vip in spec.vips.iter().filter(|v| spec.ipv6 || v.is_ipv4()) {
+                let cidr = match vip {
+                    IpAddr::V4(v) => format!("{v}/32"),
+                    IpAddr::V6(v) => format!("{v}/128"),
+                };
+                ns.ip(&["addr", "add", &cidr, "dev", "lo"]);
+            }
+            // Backends know the client's MAC, as the client knows the LB's: the client sends
+            // nothing a test did not ask for (tests count its packets).
+            let client_mac = addr::mac_str(2);
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addr::CLIENT.to_string(),
+                "lladdr",
+                &client_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+            if spec.ipv6 {
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    &addr::CLIENT6.to_string(),
+                    "lladdr",
+                    &client_mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+            }
+            // Hold the VIP without answering ARP for it or using it as an ARP source.
+            for iface in ["all", "eth0"] {
+                ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1");
+                ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2");
+            }
+            t.backends.push(BackendNode {
+                ns,
+                name: format!("b{i}"),
+                addr: addr::backend(i),
+                addr6: addr::backend6(i),
+                mac: addr::mac(host),
+            });
+        }
+
+        // The client reaches the VIPs through the LB; its checksums are complete (as from a
+        // real NIC), because XDP_TX forwards the frame as it is.
+        // The LB's MAC is fixed, so the client never needs to ask for it.
+        let lb_mac = addr::mac_str(3);
+        t.client
+            .ip(&["route", "add", "10.99.1.0/24", "via", &addr::LB.to_string()]);
+        t.client.ip(&[
+            "neigh",
+            "replace",
+            &addr::LB.to_string(),
+            "lladdr",
+            &lb_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        if spec.ipv6 {
+            let lb6 = addr::LB6.to_string();
+            t.client
+                .ip(&["-6", "route", "add", "fd00:99:1::/64", "via", &lb6]);
+            t.client.ip(&[
+                "neigh",
+                "replace",
+                &lb6,
+                "lladdr",
+                &lb_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        t.client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        // Native XDP_TX on a veth is delivered promptly only to a peer with an XDP program.
+        let peer = t.switch.run(|| steer_ctl::datapath::attach_pass("p-lb"));
+        t.peer_prog = Some(peer.expect("attach XDP_PASS to the LB's peer"));
+        t
+    }
+
+    fn ns(&mut self, name: String) -> Netns {
+        let ns = Netns::create(name);
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    /// A namespace with `eth0` on the bridge, addresses 10.99.0.HOST/24 and fd00:99::HOST/64.
+    fn node(&mut self, id: &str, role: &str, host: u8, ipv6: bool) -> Netns {
+        let ns = self.ns(format!("{id}-{role}"));
+        let peer = format!("p-{role}");
+        // No IPv6 autoconfiguration: no router solicitations, no DAD, no link-local address.
+        ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.addr_gen_mode", "1");
+        if !ipv6 {
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        }
+        self.switch.ip(&[
+            "link",
+            "add",
+            &peer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+            "address",
+            &addr::mac_str(host),
+        ]);
+        self.switch
+            .ip(&["link", "set", &peer, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("10.99.0.{host}/24"), "dev", "eth0"]);
+        if ipv6 {
+            let a = format!("fd00:99::{host:x}/64");
+            ns.ip(&["addr", "add", &a, "dev", "eth0", "nodad"]);
+        }
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// Starts `steer-httpd` on backend `i`, listening on port 80 of every address, and waits
+    /// until it is bound.
+    pub fn start_http(&mut self, httpd: &Path, i: usize) {
+        let ns = self.backends[i].ns.clone();
+        let name = self.backends[i].name.clone();
+        self.spawn_server(&ns, httpd, &["--name", &name, "--listen", "[::]:80"]);
+    }
+
+    /// Starts a server process in `ns` and waits until it prints `listening`.
+    pub fn spawn_server(&mut self, ns: &Netns, program: &Path, args: &[&str]) {
+        let mut child = ns
+            .command(program.to_str().expect("utf-8 path"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program:?} in {}: {e}", ns.name));
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.children.push(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.starts_with("listening") => {}
+            Ok(l) => panic!("{program:?} in {} did not start: {l:?}", ns.name),
+            Err(_) => panic!(
+                "{program:?} in {} did not report listening in 10 s",
+                ns.name
+            ),
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.peer_prog = None;
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns.name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Deletes namespaces left by test processes that no longer run (killed before their guards
+/// could drop). Returns how many were removed.
+pub fn cleanup_stale() -> usize {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return 0;
+    };
+    let mut n = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pid != 0 && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if Command::new("ip")
+            .args(["netns", "del", name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Polls `cond` every few milliseconds until it returns `Ok` or `timeout` passes; the panic
+/// then says what `cond` last reported.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match cond() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
