@@ -14,14 +14,12 @@ const C2: u32 = 0x1b87_3593;
 pub const FLOW_SEED: u32 = 0x5f3e_e7a1;
 
 #[inline(always)]
-fn rotl(x: u32, r: u32) -> u32 {
-    (x << r) | (x >> (32 - r))
-}
-
-#[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = rotl(k.wrapping_mul(C1), 15).wrapping_mul(C2);
-    rotl(h ^ k, 13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -69,7 +67,7 @@ pub fn bytes_hash(seed: u32, data: &[u8]) -> u32 {
         for (i, b) in rest.iter().enumerate() {
             k |= (*b as u32) << (8 * i);
         }
-        h ^= rotl(k.wrapping_mul(C1), 15).wrapping_mul(C2);
+        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
     }
     finish(h, data.len() as u32)
 }

@@ -1,1 +1,131 @@
-fn main() {}
+//! `cargo xtask`: what cargo alone cannot do — set up a fresh machine, run the privileged tests,
+//! run the demo.
+//!
+//! xtask must build on a machine that has nothing but stable Rust: it depends on no crate of the
+//! workspace (those need the eBPF toolchain that `setup` installs) and runs them through cargo.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "steer's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test steer (idempotent; root).
+    Setup,
+    /// Set up, then run every test (unit, BPF_PROG_TEST_RUN fixtures, network-namespace
+    /// end-to-end). Extra arguments go to `cargo test` (e.g. a test name filter).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the demo: namespaces, XDP, real HTTP traffic, a table of results.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let desc = format!("{c:?}");
+    let status = c.status().with_context(|| format!("cannot run {desc}"))?;
+    if !status.success() {
+        bail!("{desc} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Removes network namespaces left behind by killed test runs (their guards could not drop).
+fn cleanup_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        for prefix in ["steer-t"] {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(Stdio::null())
+                .status();
+            println!("removed stale namespace {name}");
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => {
+            setup::run()?;
+            cleanup_stale_namespaces();
+            let start = Instant::now();
+            let mut c = cargo();
+            c.arg("test").args(&args);
+            // Print what passing tests printed too (the fixture table, per-backend shares),
+            // grouped per test rather than interleaved.
+            if !args.iter().any(|a| a == "--") {
+                c.arg("--");
+            }
+            c.arg("--show-output");
+            let r = run(c);
+            cleanup_stale_namespaces();
+            r?;
+            println!("all tests passed in {:.1} s", start.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Task::Demo { args } => {
+            setup::run()?;
+            cleanup_stale_namespaces();
+            let mut c = cargo();
+            c.args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "steer-tests",
+                "--bin",
+                "steer-demo",
+                "--bin",
+                "steer-httpd",
+            ]);
+            run(c)?;
+            let mut demo = Command::new(workspace_root().join("target/release/steer-demo"));
+            demo.args(&args);
+            run(demo)
+        }
+    }
+}
