@@ -46,8 +46,11 @@ pub const PROGRAM: &str = "steer";
 pub const MAX_SERVICES: u32 = 64;
 /// Capacity of the backends array; backend ids are `0..MAX_BACKENDS`.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Default capacity of the connection table.
+/// Default capacity of the connection table (LRU: the least recently used flow is evicted when
+/// it is full).
 pub const MAX_FLOWS: u32 = 1 << 20;
+/// Default idle timeout of a flow, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 30;
 /// Largest Maglev table.
 pub const MAGLEV_MAX_SIZE: u32 = 65_537;
 /// Slots per element of the `MAGLEV` array. BPF arrays store each element at an 8-byte
@@ -159,7 +162,10 @@ pub struct Backend {
     pub service: u32,
     /// Port in network byte order (used by NAT mode; DSR keeps the VIP's port).
     pub port_be: u16,
-    pub _pad2: [u8; 6],
+    /// Bumped by steer-ctl each time the id is given to a different backend; a flow records
+    /// the generation it was pinned to, so a reused id never inherits another backend's flows.
+    pub gen: u16,
+    pub _pad2: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
@@ -173,7 +179,8 @@ impl Backend {
         _pad: [0; 3],
         service: 0,
         port_be: 0,
-        _pad2: [0; 6],
+        gen: 0,
+        _pad2: [0; 4],
     };
 
     /// May take new flows: admin `ready` and health `up`.
@@ -206,11 +213,13 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 /// `Flow::flags` bits.
 pub mod flow_flags {
     /// Only SYNs seen from the client so far: the connection is not established.
-    pub const SYN_ONLY: u32 = 1 << 0;
+    pub const SYN_ONLY: u16 = 1 << 0;
     /// The client sent a FIN.
-    pub const FIN: u32 = 1 << 1;
+    pub const FIN: u16 = 1 << 1;
     /// The client sent a RST, or steer answered one.
-    pub const RST: u32 = 1 << 2;
+    pub const RST: u16 = 1 << 2;
+    /// The flow has ended (FIN or RST seen).
+    pub const ENDED: u16 = FIN | RST;
 }
 
 /// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V1`.
@@ -218,9 +227,11 @@ pub mod flow_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     pub backend: u32,
+    /// `Backend::gen` of the backend when the flow was pinned to it.
+    pub gen: u16,
     /// `flow_flags` bits.
-    pub flags: u32,
-    /// `bpf_ktime_get_ns()` of the last packet.
+    pub flags: u16,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);
@@ -271,11 +282,14 @@ pub mod outcome {
     pub const DROP_NO_BACKEND: u32 = 6;
     /// A backend id found in a Maglev table is out of range or its slot is empty: dropped.
     pub const DROP_BAD_BACKEND: u32 = 7;
-    /// Number of outcomes (size of `STEER_GSTAT_V1`).
+    /// A packet of a flow whose backend is rejected or removed, that cannot be answered with a
+    /// RST (UDP, a RST itself, or an IPv4 header with options): dropped.
+    pub const DROP_REJECTED: u32 = 8;
+    /// Number of outcome slots; every packet is counted in exactly one of `0..COUNT`.
     pub const COUNT: u32 = 16;
 
     /// Human names, indexed by outcome; used for logs and metrics labels.
-    pub const NAMES: [&str; 8] = [
+    pub const NAMES: [&str; 9] = [
         "tx_forward",
         "tx_rst",
         "pass_not_ip",
@@ -284,8 +298,25 @@ pub mod outcome {
         "pass_malformed",
         "drop_no_backend",
         "drop_bad_backend",
+        "drop_rejected",
     ];
 }
+
+/// Events that are not outcomes (a packet may cause several, or none): indexes of
+/// `STEER_GSTAT_V1` after the outcomes.
+pub mod event {
+    /// A new flow could not be inserted in the connection table; the packet was steered by
+    /// Maglev all the same (fail closed: the same choice the next packet will make).
+    pub const FLOW_INSERT_FAILED: u32 = super::outcome::COUNT;
+    /// A retransmitted SYN was steered again because its backend was no longer eligible.
+    pub const REDISPATCH: u32 = super::outcome::COUNT + 1;
+    /// A UDP flow idle for longer than its service's idle timeout was steered afresh.
+    pub const IDLE_EXPIRED: u32 = super::outcome::COUNT + 2;
+    pub const NAMES: [&str; 3] = ["flow_insert_failed", "redispatch", "idle_expired"];
+}
+
+/// Size of `STEER_GSTAT_V1`: outcomes, then events.
+pub const GLOBAL_SLOTS: u32 = 32;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -8,8 +8,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use steer_common::{
-    admin, health, Backend, Counters, Service, ServiceKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
-    MAGLEV_DEFAULT_SIZE, MAX_BACKENDS, MODE_DSR, PROTO_TCP, PROTO_UDP,
+    admin, health, svc_flags, Backend, Counters, Service, ServiceKey, BACKEND_NONE,
+    DEFAULT_IDLE_TIMEOUT_S, FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MAX_BACKENDS, MODE_DSR,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -33,6 +34,15 @@ impl Proto {
     }
 }
 
+/// What a service does with a new connection when no backend can take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Answer a SYN with a RST from XDP: the client fails at once.
+    Reset,
+    /// Drop it: the client retries until its timeout.
+    Drop,
+}
+
 /// A service to add.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
@@ -42,6 +52,10 @@ pub struct ServiceSpec {
     pub proto: Proto,
     /// Prime, at most `steer_common::MAGLEV_MAX_SIZE`.
     pub maglev_size: u32,
+    /// Flows idle longer than this are gone: UDP flows are steered afresh, and drains stop
+    /// waiting for them.
+    pub idle_timeout_s: u32,
+    pub no_backend: NoBackend,
 }
 
 impl ServiceSpec {
@@ -52,6 +66,46 @@ impl ServiceSpec {
             port,
             proto: Proto::Tcp,
             maglev_size: MAGLEV_DEFAULT_SIZE,
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            no_backend: NoBackend::Reset,
+        }
+    }
+
+    pub fn udp(name: &str, vip: IpAddr, port: u16) -> Self {
+        ServiceSpec {
+            proto: Proto::Udp,
+            ..Self::tcp(name, vip, port)
+        }
+    }
+}
+
+/// The part a backend plays in its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// In the Maglev table when eligible.
+    Pool,
+    /// Takes new flows when no pool backend is eligible (a failure).
+    Fallback,
+    /// Takes every new flow while the service is in maintenance (never for a failure).
+    Maintenance,
+}
+
+/// Admin state, set by an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    Ready,
+    Drain,
+    Maint,
+    Reject,
+}
+
+impl Admin {
+    fn code(self) -> u8 {
+        match self {
+            Admin::Ready => admin::READY,
+            Admin::Drain => admin::DRAIN,
+            Admin::Maint => admin::MAINT,
+            Admin::Reject => admin::REJECT,
         }
     }
 }
@@ -63,6 +117,20 @@ pub struct BackendSpec {
     pub addr: IpAddr,
     pub mac: [u8; 6],
     pub weight: u32,
+    pub role: Role,
+}
+
+impl BackendSpec {
+    /// A pool backend of weight 1.
+    pub fn new(name: &str, addr: IpAddr, mac: [u8; 6]) -> Self {
+        BackendSpec {
+            name: name.to_string(),
+            addr,
+            mac,
+            weight: 1,
+            role: Role::Pool,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +151,12 @@ pub enum BalancerError {
     DuplicateBackend(String),
     #[error("no room for another {0} (limit {1})")]
     Full(&'static str, u32),
+    #[error("service {0:?} already has a {1:?} backend ({2:?})")]
+    DuplicateRole(String, Role, String),
+    #[error("service {service:?}: the maintenance and fallback backends must be different servers, but both are {addr}")]
+    MaintenanceIsFallback { service: String, addr: IpAddr },
+    #[error("service {0:?} has no maintenance backend")]
+    NoMaintenanceBackend(String),
     #[error("backend {backend:?} is {backend_family} but service {service:?} is {service_family}")]
     FamilyMismatch {
         backend: String,
@@ -135,6 +209,8 @@ pub struct Balancer {
     dp: Datapath,
     services: BTreeMap<String, ServiceState>,
     backends: BTreeMap<String, BackendState>,
+    /// Generation last given out per backend id.
+    gens: Vec<u16>,
 }
 
 impl Balancer {
@@ -143,6 +219,7 @@ impl Balancer {
             dp,
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
+            gens: vec![0; MAX_BACKENDS as usize],
         }
     }
 
@@ -184,12 +261,15 @@ impl Balancer {
         };
         let value = Service {
             id,
-            flags: 0,
+            flags: match spec.no_backend {
+                NoBackend::Reset => 0,
+                NoBackend::Drop => svc_flags::NO_BACKEND_DROP,
+            },
             maglev_size: 0,
             table_slot: 0,
             fallback: BACKEND_NONE,
             maintenance: BACKEND_NONE,
-            idle_timeout_s: 30,
+            idle_timeout_s: spec.idle_timeout_s,
             mode: MODE_DSR,
         };
         let name = spec.name.clone();
@@ -227,10 +307,31 @@ impl Balancer {
                 service_family: family_name(svc.spec.vip),
             });
         }
+        if spec.role != Role::Pool {
+            let mut other_roles = svc
+                .backends
+                .iter()
+                .filter_map(|n| self.backends.get(n))
+                .filter(|b| b.spec.role != Role::Pool);
+            if let Some(b) = other_roles.clone().find(|b| b.spec.role == spec.role) {
+                return Err(BalancerError::DuplicateRole(
+                    service.to_string(),
+                    spec.role,
+                    b.spec.name.clone(),
+                ));
+            }
+            if other_roles.any(|b| b.spec.addr == spec.addr) {
+                return Err(BalancerError::MaintenanceIsFallback {
+                    service: service.to_string(),
+                    addr: spec.addr,
+                });
+            }
+        }
         let svc_id = svc.id;
         let id = (0..MAX_BACKENDS)
             .find(|i| self.backends.values().all(|b| b.id != *i))
             .ok_or(BalancerError::Full("backend", MAX_BACKENDS))?;
+        self.gens[id as usize] = self.gens[id as usize].wrapping_add(1);
         let (addr, family) = addr_bytes(spec.addr);
         let entry = Backend {
             addr,
@@ -239,9 +340,11 @@ impl Balancer {
             admin: admin::READY,
             health: health::UP,
             service: svc_id,
+            gen: self.gens[id as usize],
             ..Backend::EMPTY
         };
         self.dp.put_backend(id, &entry)?;
+        let role = spec.role;
         let name = spec.name.clone();
         self.backends.insert(
             name.clone(),
@@ -252,11 +355,13 @@ impl Balancer {
                 entry,
             },
         );
-        self.services
-            .get_mut(service)
-            .expect("checked above")
-            .backends
-            .push(name.clone());
+        let svc = self.services.get_mut(service).expect("checked above");
+        svc.backends.push(name.clone());
+        match role {
+            Role::Pool => {}
+            Role::Fallback => svc.value.fallback = id,
+            Role::Maintenance => svc.value.maintenance = id,
+        }
         if let Err(e) = self.rebuild(service) {
             self.remove_backend(&name).ok();
             return Err(e);
@@ -272,6 +377,12 @@ impl Balancer {
             .ok_or_else(|| BalancerError::UnknownBackend(name.to_string()))?;
         if let Some(svc) = self.services.get_mut(&be.service) {
             svc.backends.retain(|b| b != name);
+            if svc.value.fallback == be.id {
+                svc.value.fallback = BACKEND_NONE;
+            }
+            if svc.value.maintenance == be.id {
+                svc.value.maintenance = BACKEND_NONE;
+            }
         }
         self.rebuild(&be.service)?;
         self.dp.put_backend(be.id, &Backend::EMPTY)?;
@@ -287,6 +398,97 @@ impl Balancer {
         be.spec.weight = weight;
         let service = be.service.clone();
         self.rebuild(&service)
+    }
+
+    /// Sets a backend's admin state. Leaving the table is applied table first (no new flow is
+    /// pinned to a backend that has just been rejected); joining it, entry first.
+    pub fn set_admin(&mut self, name: &str, state: Admin) -> Result<()> {
+        self.update_backend(name, |e| e.admin = state.code())
+    }
+
+    /// Sets a backend's health, as its checks found it.
+    pub fn set_health(&mut self, name: &str, up: bool) -> Result<()> {
+        self.update_backend(name, |e| {
+            e.health = if up { health::UP } else { health::DOWN }
+        })
+    }
+
+    fn update_backend(&mut self, name: &str, change: impl FnOnce(&mut Backend)) -> Result<()> {
+        let be = self
+            .backends
+            .get_mut(name)
+            .ok_or_else(|| BalancerError::UnknownBackend(name.to_string()))?;
+        let before = be.entry;
+        change(&mut be.entry);
+        let (id, entry, service) = (be.id, be.entry, be.service.clone());
+        if entry == before {
+            return Ok(());
+        }
+        if entry.eligible() && !before.eligible() {
+            self.dp.put_backend(id, &entry)?;
+            self.rebuild(&service)
+        } else {
+            self.rebuild(&service)?;
+            Ok(self.dp.put_backend(id, &entry)?)
+        }
+    }
+
+    /// Turns a service's maintenance on (every new flow to its maintenance backend) or off.
+    pub fn set_maintenance(&mut self, service: &str, on: bool) -> Result<()> {
+        let svc = self
+            .services
+            .get_mut(service)
+            .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
+        if on && svc.value.maintenance == BACKEND_NONE {
+            return Err(BalancerError::NoMaintenanceBackend(service.to_string()));
+        }
+        let mut value = svc.value;
+        if on {
+            value.flags |= svc_flags::MAINTENANCE;
+        } else {
+            value.flags &= !svc_flags::MAINTENANCE;
+        }
+        self.dp.put_service(&svc.key, &value)?;
+        svc.value = value;
+        Ok(())
+    }
+
+    /// Removes a service and its backends; their flows are treated as rejected.
+    pub fn remove_service(&mut self, service: &str) -> Result<()> {
+        let svc = self
+            .services
+            .remove(service)
+            .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
+        self.dp.remove_service(&svc.key)?;
+        for name in &svc.backends {
+            if let Some(be) = self.backends.remove(name) {
+                self.dp.put_backend(be.id, &Backend::EMPTY)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Active flows per backend name: not ended and seen within the service's idle timeout.
+    pub fn active_flows(&self) -> Result<BTreeMap<String, u64>> {
+        let idle: std::collections::HashMap<u32, u64> = self
+            .backends
+            .values()
+            .map(|b| {
+                let t = self
+                    .services
+                    .get(&b.service)
+                    .map_or(DEFAULT_IDLE_TIMEOUT_S, |s| s.spec.idle_timeout_s);
+                (b.id, t as u64 * 1_000_000_000)
+            })
+            .collect();
+        let by_id = self
+            .dp
+            .active_flows(|id| idle.get(&id).copied().unwrap_or(0))?;
+        Ok(self
+            .backends
+            .iter()
+            .map(|(n, b)| (n.clone(), by_id.get(&b.id).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// The id of a backend.
@@ -345,7 +547,7 @@ impl Balancer {
             .backends
             .iter()
             .filter_map(|n| self.backends.get(n))
-            .filter(|b| b.entry.eligible())
+            .filter(|b| b.spec.role == Role::Pool && b.entry.eligible())
             .map(|b| maglev::Entry {
                 name: &b.spec.name,
                 weight: b.spec.weight,

@@ -12,8 +12,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
-    maglev_chunks, maglev_index, map, outcome, Backend, Counters, Service, ServiceKey,
-    MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_SERVICES, PROGRAM,
+    flow_flags, maglev_chunks, maglev_index, map, Backend, Counters, Flow, FlowKey, Service,
+    ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_FLOWS, MAX_SERVICES, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -72,6 +72,8 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the connection table ({map}): {0}", map = map::FLOWS)]
+    FlowIter(#[source] std::io::Error),
     #[error("service id {0} is out of range (the datapath was loaded for {1} services)")]
     ServiceId(u32, u32),
     #[error("Maglev table of {0} slots is larger than the maximum {MAGLEV_MAX_SIZE}")]
@@ -85,6 +87,8 @@ type Result<T, E = DatapathError> = std::result::Result<T, E>;
 pub struct Options {
     /// Capacity of the services map and number of Maglev table pairs.
     pub max_services: u32,
+    /// Capacity of the connection table (preallocated: about 100 bytes a flow).
+    pub max_flows: u32,
     /// Pin (or reuse pinned) maps in this bpffs directory; `None` keeps them private to this
     /// process.
     pub pin_dir: Option<PathBuf>,
@@ -94,6 +98,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_services: MAX_SERVICES,
+            max_flows: MAX_FLOWS,
             pin_dir: None,
         }
     }
@@ -180,6 +185,7 @@ pub struct Datapath {
     service_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, Flow>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -198,6 +204,7 @@ impl Datapath {
         loader
             .map_max_entries(map::SERVICES, opts.max_services)
             .map_max_entries(map::SERVICE_STATS, opts.max_services)
+            .map_max_entries(map::FLOWS, opts.max_flows)
             .map_max_entries(map::MAGLEV, maglev_entries);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => map::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -237,6 +244,7 @@ impl Datapath {
             map::GLOBAL_STATS,
             PerCpuArray::try_from(take(&mut ebpf, map::GLOBAL_STATS)?),
         )?;
+        let flows = typed(map::FLOWS, HashMap::try_from(take(&mut ebpf, map::FLOWS)?))?;
         Ok(Datapath {
             ebpf,
             max_services: opts.max_services,
@@ -246,6 +254,7 @@ impl Datapath {
             service_stats,
             backend_stats,
             global_stats,
+            flows,
         })
     }
 
@@ -334,13 +343,153 @@ impl Datapath {
         Self::sum(map::BACKEND_STATS, &self.backend_stats, id)
     }
 
-    /// Packets per `outcome`, summed over CPUs.
-    pub fn outcomes(&self) -> Result<[u64; outcome::COUNT as usize]> {
-        let mut out = [0u64; outcome::COUNT as usize];
+    /// Packets per `outcome` (indexes `0..outcome::COUNT`), then counts per `event`, summed
+    /// over CPUs.
+    pub fn outcomes(&self) -> Result<[u64; GLOBAL_SLOTS as usize]> {
+        let mut out = [0u64; GLOBAL_SLOTS as usize];
         for (i, o) in out.iter_mut().enumerate() {
             let per_cpu = typed(map::GLOBAL_STATS, self.global_stats.get(&(i as u32), 0))?;
             *o = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// `bpf_attr` for `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h, `batch`).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries fetched per syscall: more than a hash bucket ever holds, few enough to stay small.
+const BATCH: usize = 4096;
+
+/// CLOCK_MONOTONIC in nanoseconds: the datapath's `bpf_ktime_get_ns` clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Datapath {
+    /// Calls `f` on every flow in the connection table, fetching them in batches of 4,096
+    /// (one syscall each): 100,000 flows take a few milliseconds.
+    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<()> {
+        let fd = aya::maps::IterableMap::map(&self.flows)
+            .fd()
+            .as_fd()
+            .as_raw_fd();
+        let mut keys = vec![
+            FlowKey {
+                src: [0; 16],
+                dst: [0; 16],
+                sport_be: 0,
+                dport_be: 0,
+                proto: 0,
+                family: 0,
+                _pad: [0; 2],
+            };
+            BATCH
+        ];
+        let mut values = vec![
+            Flow {
+                backend: 0,
+                gen: 0,
+                flags: 0,
+                last_seen_ns: 0,
+            };
+            BATCH
+        ];
+        let mut token = [0u64; 2];
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { token.as_ptr() as u64 },
+                out_batch: token.as_mut_ptr() as u64 + 8,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: fd as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: attr points at buffers of `count` keys and values, and 8-byte tokens.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let err = (r < 0).then(std::io::Error::last_os_error);
+            let done = match &err {
+                None => false,
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Some(e) => {
+                    return Err(DatapathError::FlowIter(std::io::Error::from_raw_os_error(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    )))
+                }
+            };
+            for i in 0..attr.count as usize {
+                f(&keys[i], &values[i]);
+            }
+            if done {
+                return Ok(());
+            }
+            token[0] = token[1];
+            first = false;
+        }
+    }
+
+    /// Active flows per backend id: not ended (no FIN or RST seen) and seen within `idle_ns`.
+    /// A flow pinned to an earlier holder of the id (`gen` differs) is not counted.
+    pub fn active_flows(
+        &self,
+        idle_ns: impl Fn(u32) -> u64,
+    ) -> Result<std::collections::HashMap<u32, u64>> {
+        let now = monotonic_ns();
+        let mut gens = std::collections::HashMap::new();
+        let mut out = std::collections::HashMap::new();
+        self.for_each_flow(|_, fl| {
+            if fl.flags & flow_flags::ENDED != 0 {
+                return;
+            }
+            if now.saturating_sub(fl.last_seen_ns) > idle_ns(fl.backend) {
+                return;
+            }
+            let gen = *gens
+                .entry(fl.backend)
+                .or_insert_with(|| self.backend(fl.backend).map(|b| b.gen).ok());
+            if gen == Some(fl.gen) {
+                *out.entry(fl.backend).or_default() += 1;
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// The flow entry of a 5-tuple, if the table has one.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        match self.flows.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: map::FLOWS,
+                source,
+            }),
+        }
     }
 }

@@ -5,5 +5,5 @@ pub mod balancer;
 pub mod datapath;
 pub mod maglev;
 
-pub use balancer::{BackendSpec, Balancer, Proto, ServiceSpec};
+pub use balancer::{Admin, BackendSpec, Balancer, NoBackend, Proto, Role, ServiceSpec};
 pub use datapath::{Datapath, Options};

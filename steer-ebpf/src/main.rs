@@ -1,22 +1,27 @@
 //! steer's XDP datapath.
 //!
-//! `steer` reads like Katran's `balancer_ingress`: bounds-check and parse, find the service,
-//! choose a backend, forward, and count exactly one outcome per packet. It never returns
-//! `XDP_ABORTED`: anything it cannot handle is passed to the kernel or dropped with a counted
-//! reason.
+//! `steer` reads like Katran's `balancer_ingress`: parse, find the service, find the flow or
+//! choose a backend for it, forward (or answer with a RST), and count exactly one outcome per
+//! packet. It never returns `XDP_ABORTED`: anything it cannot handle is passed to the kernel or
+//! dropped with a counted reason. SPEC.md's datapath rules are cited as (rule N).
 #![no_std]
 #![no_main]
 
+mod csum;
+mod flow;
 mod forward;
 mod maps;
 mod parse;
+mod rst;
 mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use steer_common::outcome;
+use steer_common::{event, flow_flags, outcome, svc_flags, Flow, Service};
 
-/// Why processing stopped before a packet was forwarded.
+use crate::parse::Packet;
+
+/// Why processing stopped without sending the packet back out.
 pub enum Stop {
     /// Hand the packet to the kernel untouched, counting `outcome`.
     Pass(u32),
@@ -24,10 +29,13 @@ pub enum Stop {
     Drop(u32),
 }
 
+/// The action to return and the outcome to count for it.
+type Verdict = (u32, u32);
+
 #[xdp]
 pub fn steer(ctx: XdpContext) -> u32 {
     let (action, why) = match try_steer(&ctx) {
-        Ok(action) => (action, outcome::TX_FORWARD),
+        Ok(v) => v,
         Err(Stop::Pass(why)) => (xdp_action::XDP_PASS, why),
         Err(Stop::Drop(why)) => (xdp_action::XDP_DROP, why),
     };
@@ -36,14 +44,105 @@ pub fn steer(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_steer(ctx: &XdpContext) -> Result<u32, Stop> {
+fn try_steer(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
     let (svc_id, svc) = select::lookup_service(&pkt)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(svc_id, len, &pkt);
-    let (be_id, be) = select::select_backend(svc_id, svc, &pkt)?;
-    stats::count_backend(be_id, len, &pkt);
-    forward::forward_dsr(ctx, be)
+    stats::count_service(svc_id, len);
+    let now = flow::now();
+    match flow::lookup_flow(&pkt.key) {
+        Some(f) => steer_known(ctx, &pkt, svc_id, svc, f, len, now),
+        None => steer_new(ctx, &pkt, svc_id, svc, None, len, now),
+    }
+}
+
+/// A packet of a flow in the connection table (rule 1).
+#[inline(always)]
+fn steer_known(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    svc: &Service,
+    f: *mut Flow,
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    // SAFETY: pointer from the map lookup, valid for this run.
+    let flow = unsafe { *f };
+    // A new connection on the 5-tuple of one that ended: a new flow.
+    if pkt.is_syn() && flow.flags & flow_flags::ENDED != 0 {
+        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    }
+    // UDP has no end: a flow idle past the service's timeout is over.
+    if !pkt.is_tcp()
+        && now.saturating_sub(flow.last_seen_ns) > svc.idle_timeout_s as u64 * 1_000_000_000
+    {
+        stats::count_event(event::IDLE_EXPIRED);
+        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    }
+    // A retransmitted SYN of a connection never established (rule 5).
+    let syn_retry = pkt.is_syn() && flow.flags & flow_flags::SYN_ONLY != 0;
+    match select::flow_backend(flow.backend, flow.gen) {
+        Some((be_id, be)) if be.keeps_flows() => {
+            if syn_retry && !be.eligible() {
+                stats::count_event(event::REDISPATCH);
+                return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+            }
+            if flow::touch_flow(f, pkt, now) {
+                stats::count_ended(svc_id, Some(be_id));
+            }
+            stats::count_backend(be_id, len);
+            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+        }
+        // Rejected or removed (rule 4): new attempts go elsewhere, the rest is reset.
+        rejected => {
+            if syn_retry {
+                stats::count_event(event::REDISPATCH);
+                return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+            }
+            if !pkt.is_tcp() {
+                return Err(Stop::Drop(outcome::DROP_REJECTED));
+            }
+            let verdict = rst::reply_rst(ctx, pkt)?;
+            if flow::mark_reset(f, now) {
+                stats::count_ended(svc_id, rejected.map(|(id, _)| id));
+            }
+            stats::count_rst(svc_id, rejected.map(|(id, _)| id));
+            Ok((verdict, outcome::TX_RST))
+        }
+    }
+}
+
+/// A packet that starts a flow: a SYN, a mid-flow packet the table does not know (LB restarted,
+/// or came via another LB), or a flow being moved (rules 2, 3, 5).
+#[inline(always)]
+fn steer_new(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    svc: &Service,
+    existing: Option<*mut Flow>,
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    match select::choose_new(svc_id, svc, pkt)? {
+        Some((be_id, be)) => {
+            match existing {
+                Some(f) => flow::repin_flow(f, pkt, be_id, be.gen, now),
+                None => flow::insert_flow(pkt, be_id, be.gen, now),
+            }
+            stats::count_new_flow(svc_id, be_id);
+            stats::count_backend(be_id, len);
+            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+        }
+        None if pkt.is_syn() && svc.flags & svc_flags::NO_BACKEND_DROP == 0 => {
+            let verdict =
+                rst::reply_rst(ctx, pkt).map_err(|_| Stop::Drop(outcome::DROP_NO_BACKEND))?;
+            stats::count_rst(svc_id, None);
+            Ok((verdict, outcome::TX_RST))
+        }
+        None => Err(Stop::Drop(outcome::DROP_NO_BACKEND)),
+    }
 }
 
 #[cfg(not(test))]

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    maglev_chunks, outcome, Backend, Counters, Service, ServiceKey, MAGLEV_CHUNK, MAX_BACKENDS,
-    MAX_SERVICES,
+    maglev_chunks, Backend, Counters, Flow, FlowKey, Service, ServiceKey, GLOBAL_SLOTS,
+    MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -34,6 +34,12 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 #[map(name = "STEER_BSTAT_V1")]
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-/// Per-CPU packet counts per `outcome`. Written by the datapath, summed by steer-ctl.
+/// The connection table: 5-tuple → backend (and generation), flags, last seen. LRU, so a full
+/// table evicts its least recently used flow. Written by the datapath, read by steer-ctl.
+#[map(name = "STEER_FLOWS_V1")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Per-CPU packet counts per `outcome`, then per `event`. Written by the datapath, summed by
+/// steer-ctl.
 #[map(name = "STEER_GSTAT_V1")]
-pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(outcome::COUNT, 0);
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);

@@ -2,40 +2,80 @@
 
 use steer_common::Counters;
 
-use crate::{
-    maps::{BACKEND_STATS, GLOBAL_STATS, SERVICE_STATS},
-    parse::Packet,
-};
+use crate::maps::{BACKEND_STATS, GLOBAL_STATS, SERVICE_STATS};
 
 #[inline(always)]
-pub fn count_outcome(why: u32) {
-    if let Some(c) = GLOBAL_STATS.get_ptr_mut(why) {
+fn bump_global(i: u32) {
+    if let Some(c) = GLOBAL_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };
     }
 }
 
+/// What happened to the packet (exactly one per packet).
 #[inline(always)]
-fn bump(c: *mut Counters, len: u64, pkt: &Packet) {
-    // SAFETY: per-CPU slot, no concurrent writer.
-    let c = unsafe { &mut *c };
-    c.packets += 1;
-    c.bytes += len;
-    if pkt.is_syn() {
-        c.new_flows += 1;
-    }
+pub fn count_outcome(why: u32) {
+    bump_global(why);
+}
+
+/// An event (`steer_common::event`).
+#[inline(always)]
+pub fn count_event(what: u32) {
+    bump_global(what);
 }
 
 #[inline(always)]
-pub fn count_service(id: u32, len: u64, pkt: &Packet) {
-    if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
-        bump(c, len, pkt);
+fn with(map_is_backend: bool, id: u32, f: impl FnOnce(&mut Counters)) {
+    let c = if map_is_backend {
+        BACKEND_STATS.get_ptr_mut(id)
+    } else {
+        SERVICE_STATS.get_ptr_mut(id)
+    };
+    if let Some(c) = c {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        f(unsafe { &mut *c });
     }
 }
 
+/// A packet to a service.
 #[inline(always)]
-pub fn count_backend(id: u32, len: u64, pkt: &Packet) {
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(id) {
-        bump(c, len, pkt);
+pub fn count_service(id: u32, len: u64) {
+    with(false, id, |c| {
+        c.packets += 1;
+        c.bytes += len;
+    });
+}
+
+/// A packet forwarded to a backend.
+#[inline(always)]
+pub fn count_backend(id: u32, len: u64) {
+    with(true, id, |c| {
+        c.packets += 1;
+        c.bytes += len;
+    });
+}
+
+/// A flow pinned to a backend of a service.
+#[inline(always)]
+pub fn count_new_flow(svc: u32, be: u32) {
+    with(false, svc, |c| c.new_flows += 1);
+    with(true, be, |c| c.new_flows += 1);
+}
+
+/// A flow that saw its first FIN or RST (`be`: its backend, unless removed).
+#[inline(always)]
+pub fn count_ended(svc: u32, be: Option<u32>) {
+    with(false, svc, |c| c.ended_flows += 1);
+    if let Some(be) = be {
+        with(true, be, |c| c.ended_flows += 1);
+    }
+}
+
+/// A RST sent on behalf of a service (no backend) or of a rejected backend too.
+#[inline(always)]
+pub fn count_rst(svc: u32, be: Option<u32>) {
+    with(false, svc, |c| c.rst_sent += 1);
+    if let Some(be) = be {
+        with(true, be, |c| c.rst_sent += 1);
     }
 }

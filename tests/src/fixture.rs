@@ -147,6 +147,17 @@ pub fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]
     Frame { bytes }
 }
 
+/// A UDP/IPv6 frame from the client router to the LB.
+pub fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Frame {
+    let mut bytes = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut bytes, payload)
+        .expect("build frame");
+    Frame { bytes }
+}
+
 /// An ARP request (who has `target`? tell `sender`), broadcast.
 pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Frame {
     let mut b = Vec::new();
@@ -182,6 +193,8 @@ pub enum Expect {
     /// The input with destination MAC := `dst` and source MAC := `src`; everything after the
     /// Ethernet addresses untouched.
     Macs { dst: [u8; 6], src: [u8; 6] },
+    /// Exactly this frame (e.g. the RST that answers the input).
+    Frame(Frame),
     /// Not checked (the action says enough, e.g. a drop).
     Any,
 }
@@ -263,7 +276,11 @@ fn describe(d: &Delta) -> String {
     match d {
         Delta::Outcome(o, n) => format!(
             "outcome {} +{n}",
-            outcome::NAMES.get(*o as usize).copied().unwrap_or("?")
+            outcome::NAMES
+                .get(*o as usize)
+                .or_else(|| steer_common::event::NAMES.get((*o - outcome::COUNT) as usize))
+                .copied()
+                .unwrap_or("?")
         ),
         Delta::Backend(b, f, n) => format!("backend {b} {f:?} +{n}"),
         Delta::Service(s, f, n) => format!("service {s} {f:?} +{n}"),
@@ -279,7 +296,12 @@ fn expected(d: &Delta) -> u64 {
 /// Checks one row; returns what was wrong.
 pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
     let before: Vec<u64> = row.deltas.iter().map(|d| read(bal, d)).collect();
-    let total_before: u64 = bal.datapath().outcomes().expect("outcomes").iter().sum();
+    let outcomes = |bal: &Balancer| -> u64 {
+        bal.datapath().outcomes().expect("outcomes")[..outcome::COUNT as usize]
+            .iter()
+            .sum()
+    };
+    let total_before = outcomes(bal);
     let ran = run_frame(bal, &row.input.bytes);
     let mut errs = Vec::new();
     if ran.action == XDP_ABORTED {
@@ -307,6 +329,11 @@ pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
                 errs.push(format!("frame: {}", diff(&want, &ran.output)));
             }
         }
+        Expect::Frame(f) => {
+            if ran.output != f.bytes {
+                errs.push(format!("frame: {}", diff(&f.bytes, &ran.output)));
+            }
+        }
         Expect::Any => {}
     }
     for (d, b) in row.deltas.iter().zip(&before) {
@@ -316,7 +343,7 @@ pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
         }
     }
     // Every packet is counted under exactly one outcome.
-    let total_after: u64 = bal.datapath().outcomes().expect("outcomes").iter().sum();
+    let total_after = outcomes(bal);
     if total_after - total_before != 1 {
         errs.push(format!(
             "{} outcomes counted for one packet",
@@ -338,24 +365,46 @@ fn diff(want: &[u8], got: &[u8]) -> String {
     )
 }
 
-/// Runs every row, printing `fixture <desc> ... ok|FAILED`, and panics if any failed.
-pub fn run(bal: &mut Balancer, rows: &[Row]) {
-    let mut failed = Vec::new();
-    for row in rows {
-        let errs = check(bal, row);
+/// A fixture table run step by step, so a test can change the balancer between rows (drain a
+/// backend, turn maintenance on) and build each row's expectation from the state at that time.
+pub struct Table {
+    pub bal: Balancer,
+    rows: usize,
+    failed: Vec<String>,
+}
+
+impl Table {
+    pub fn new(bal: Balancer) -> Table {
+        Table {
+            bal,
+            rows: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Runs one row, printing `fixture <desc> ... ok|FAILED`.
+    pub fn check(&mut self, row: Row) {
+        self.rows += 1;
+        let errs = check(&mut self.bal, &row);
         if errs.is_empty() {
             println!("fixture {} ... ok", row.desc);
         } else {
             println!("fixture {} ... FAILED: {}", row.desc, errs.join("; "));
-            failed.push(format!("{}: {}", row.desc, errs.join("; ")));
+            self.failed
+                .push(format!("{}: {}", row.desc, errs.join("; ")));
         }
     }
-    if !failed.is_empty() {
-        panic!(
-            "{} of {} fixtures failed:\n  {}",
-            failed.len(),
-            rows.len(),
-            failed.join("\n  ")
-        );
+
+    /// Panics listing every row that failed.
+    pub fn finish(self) {
+        if !self.failed.is_empty() {
+            panic!(
+                "{} of {} fixtures failed:\n  {}",
+                self.failed.len(),
+                self.rows,
+                self.failed.join("\n  ")
+            );
+        }
+        println!("{} fixtures passed", self.rows);
     }
 }

@@ -39,16 +39,8 @@ fn steer_lb(topo: &Topology) -> Balancer {
     bal.add_service(ServiceSpec::tcp("web", IpAddr::V4(addr::VIP), 80))
         .unwrap();
     for (name, addr, mac) in backends {
-        bal.add_backend(
-            "web",
-            BackendSpec {
-                name,
-                addr,
-                mac,
-                weight: 1,
-            },
-        )
-        .unwrap();
+        bal.add_backend("web", BackendSpec::new(&name, addr, mac))
+            .unwrap();
     }
     bal
 }

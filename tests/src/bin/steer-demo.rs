@@ -106,16 +106,8 @@ fn main() {
     bal.add_service(ServiceSpec::tcp("web", vip.ip(), 80))
         .expect("add service");
     for (name, addr, mac) in &backends {
-        bal.add_backend(
-            "web",
-            BackendSpec {
-                name: name.clone(),
-                addr: *addr,
-                mac: *mac,
-                weight: 1,
-            },
-        )
-        .expect("add backend");
+        bal.add_backend("web", BackendSpec::new(name, *addr, *mac))
+            .expect("add backend");
     }
     println!(
         "steer demo: XDP attached natively on the LB; service web = {vip} → {}",
