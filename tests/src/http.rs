@@ -78,6 +78,30 @@ pub fn get(addr: SocketAddr, timeout: Duration) -> io::Result<Reply> {
     Ok(reply)
 }
 
+/// Connects from a chosen local port (so a test can pick which backend Maglev sends it to).
+pub fn connect_from(local_port: u16, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, local_port).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, local_port).into()
+    };
+    s.bind(&local.into())?;
+    s.connect_timeout(&addr.into(), timeout)?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// A kept-alive connection that can send many requests.
 pub struct Conn {
     reader: BufReader<TcpStream>,
@@ -91,6 +115,20 @@ impl Conn {
         s.set_nodelay(true)?;
         Ok(Conn {
             reader: BufReader::new(s),
+        })
+    }
+
+    /// Wraps a connected stream.
+    pub fn from_stream(s: TcpStream) -> Conn {
+        Conn {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// A connection from a chosen local port.
+    pub fn open_from(local_port: u16, addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
+        Ok(Conn {
+            reader: BufReader::new(connect_from(local_port, addr, timeout)?),
         })
     }
 

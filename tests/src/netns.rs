@@ -193,6 +193,8 @@ pub struct Topology {
     pub backends: Vec<BackendNode>,
     namespaces: Vec<Netns>,
     children: Vec<Child>,
+    /// `steer-httpd` of each backend, by backend index.
+    servers: std::collections::BTreeMap<usize, Child>,
     peer_prog: Option<aya::Ebpf>,
 }
 
@@ -218,6 +220,7 @@ impl Topology {
             backends: Vec::new(),
             namespaces: Vec::new(),
             children: Vec::new(),
+            servers: Default::default(),
             peer_prog: None,
         };
         // From here on, a panic drops `t`, which deletes whatever was made.
@@ -364,13 +367,40 @@ impl Topology {
     /// Starts `steer-httpd` on backend `i`, listening on port 80 of every address, and waits
     /// until it is bound.
     pub fn start_http(&mut self, httpd: &Path, i: usize) {
-        let ns = self.backends[i].ns.clone();
         let name = self.backends[i].name.clone();
-        self.spawn_server(&ns, httpd, &["--name", &name, "--listen", "[::]:80"]);
+        self.start_http_named(httpd, i, &name, "v1");
     }
 
-    /// Starts a server process in `ns` and waits until it prints `listening`.
+    /// Starts `steer-httpd` on backend `i` answering as `name` and `version`.
+    pub fn start_http_named(&mut self, httpd: &Path, i: usize, name: &str, version: &str) {
+        let ns = self.backends[i].ns.clone();
+        let child = self.spawn(
+            &ns,
+            httpd,
+            &["--name", name, "--version", version, "--listen", "[::]:80"],
+        );
+        if let Some(mut old) = self.servers.insert(i, child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// Stops backend `i`'s server (SIGKILL: no goodbye to its clients).
+    pub fn stop_http(&mut self, i: usize) {
+        if let Some(mut c) = self.servers.remove(&i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a server process in `ns` and waits until it prints `listening`; it is stopped when
+    /// the topology drops.
     pub fn spawn_server(&mut self, ns: &Netns, program: &Path, args: &[&str]) {
+        let child = self.spawn(ns, program, args);
+        self.children.push(child);
+    }
+
+    fn spawn(&mut self, ns: &Netns, program: &Path, args: &[&str]) -> Child {
         let mut child = ns
             .command(program.to_str().expect("utf-8 path"))
             .args(args)
@@ -378,7 +408,6 @@ impl Topology {
             .spawn()
             .unwrap_or_else(|e| panic!("start {program:?} in {}: {e}", ns.name));
         let stdout = child.stdout.take().expect("piped stdout");
-        self.children.push(child);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -386,12 +415,18 @@ impl Topology {
             let _ = tx.send(line);
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(l) if l.starts_with("listening") => {}
-            Ok(l) => panic!("{program:?} in {} did not start: {l:?}", ns.name),
-            Err(_) => panic!(
-                "{program:?} in {} did not report listening in 10 s",
-                ns.name
-            ),
+            Ok(l) if l.starts_with("listening") => child,
+            Ok(l) => {
+                let _ = child.kill();
+                panic!("{program:?} in {} did not start: {l:?}", ns.name)
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "{program:?} in {} did not report listening in 10 s",
+                    ns.name
+                )
+            }
         }
     }
 }
@@ -399,7 +434,7 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.peer_prog = None;
-        for c in &mut self.children {
+        for c in self.children.iter_mut().chain(self.servers.values_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
