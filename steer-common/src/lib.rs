@@ -85,8 +85,9 @@ pub const PROTO_UDP: u8 = 17;
 
 /// A service: virtual address, port and protocol. Key of `STEER_SVC_V1`.
 ///
-/// IPv4 addresses fill `addr[0..4]` and leave the rest zero.
-#[repr(C)]
+/// IPv4 addresses fill `addr[0..4]` and leave the rest zero. Aligned to 4 so the datapath
+/// copies it in words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     pub addr: [u8; 16],
@@ -196,8 +197,9 @@ impl Backend {
     }
 }
 
-/// One connection: the 5-tuple as the client sent it. Key of `STEER_FLOWS_V1`.
-#[repr(C)]
+/// One connection: the 5-tuple as the client sent it. Key of `STEER_FLOWS_V1`. Aligned to 8
+/// so the datapath copies and hashes it in words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -231,7 +233,7 @@ pub struct Flow {
     pub gen: u16,
     /// `flow_flags` bits.
     pub flags: u16,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);

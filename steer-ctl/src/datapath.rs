@@ -19,15 +19,15 @@ use steer_common::{
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
 
-/// A program that passes everything (`steer_pass`), for the peer of a veth that runs steer in
-/// native mode: veth only delivers `XDP_TX` frames promptly to a peer with an XDP program.
-pub static PASS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-pass"));
+/// Helper programs: `steer_pass` passes everything, for the peer of a veth that runs steer in
+/// native mode (veth only delivers `XDP_TX` frames promptly to a peer with an XDP program);
+/// `bench_floor` swaps MACs and transmits, the floor of the datapath benchmark.
+pub static AUX_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-aux"));
 
 /// Attaches `steer_pass` to `iface` (in the calling thread's namespace), natively. It stays
 /// attached while the returned handle lives.
 pub fn attach_pass(iface: &str) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(PASS_OBJECT)?;
+    let mut ebpf = Ebpf::load(AUX_OBJECT)?;
     let prog: &mut Xdp = ebpf
         .program_mut("steer_pass")
         .ok_or(DatapathError::MissingProgram)?
@@ -373,14 +373,14 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries fetched per syscall: more than a hash bucket ever holds, few enough to stay small.
 const BATCH: usize = 4096;
 
-/// CLOCK_MONOTONIC in nanoseconds: the datapath's `bpf_ktime_get_ns` clock.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the datapath's `bpf_ktime_get_coarse_ns` clock.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -1,6 +1,6 @@
 //! The connection table: which backend each flow is pinned to, and what was seen of it.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use steer_common::{event, flow_flags, Flow, FlowKey};
 
 use crate::{
@@ -9,11 +9,12 @@ use crate::{
     stats,
 };
 
-/// Nanoseconds since boot (CLOCK_MONOTONIC), as userspace reads it too.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds (a few ms of resolution, a fraction of the cost of
+/// the precise clock); userspace reads the same clock to age flows.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The flow's entry, if the table has one.

@@ -37,6 +37,9 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 /// The connection table: 5-tuple → backend (and generation), flags, last seen. LRU, so a full
 /// table evicts its least recently used flow. Written by the datapath, read by steer-ctl.
 #[map(name = "STEER_FLOWS_V1")]
+///
+/// One LRU shared by all CPUs: `BPF_F_NO_COMMON_LRU` would split the capacity per CPU (a CPU
+/// receiving all the flows could hold only 1/N of them) and was no faster here.
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// Per-CPU packet counts per `outcome`, then per `event`. Written by the datapath, summed by

@@ -1,6 +1,8 @@
 //! Header parsing with bounds checks: Ethernet, IPv4 or IPv6, TCP or UDP.
-
-use core::mem::size_of;
+//!
+//! Each header is bounds-checked once as a whole, then its fields are read with single loads of
+//! their own width (the x86 and arm64 JITs load unaligned words natively; byte-by-byte copies
+//! and zeroing calls would cost more than the rest of the program).
 
 use aya_ebpf::programs::XdpContext;
 use steer_common::{outcome, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
@@ -8,8 +10,10 @@ use steer_common::{outcome, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP}
 use crate::Stop;
 
 pub const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+/// EtherTypes as they read from the wire into a native (little-endian) u16.
+const ETH_P_IP_NE: u16 = u16::from_ne_bytes([0x08, 0x00]);
+const ETH_P_IPV6_NE: u16 = u16::from_ne_bytes([0x86, 0xdd]);
+const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 const NEXTHDR_FRAGMENT: u8 = 44;
 
@@ -46,22 +50,12 @@ impl Packet {
     }
 }
 
-/// What the IP header says of the rest of the packet.
-struct L3 {
-    /// Offset of the L4 header.
-    l4_off: usize,
-    /// Header length.
-    len: usize,
-    /// Bytes after the IP header (IPv4 total length − header; IPv6 payload length).
-    l4_bytes: u32,
-}
-
 /// A pointer to a `T` at `off` bytes into the packet, if the packet holds all of it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
     Some((start + off) as *const T)
@@ -73,66 +67,99 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, off).map(|p| p as *mut T)
 }
 
+/// A header of `N` bytes known to lie inside the packet.
+#[derive(Clone, Copy)]
+pub struct Hdr<const N: usize>(*const u8);
+
+impl<const N: usize> Hdr<N> {
+    #[inline(always)]
+    pub fn at(ctx: &XdpContext, off: usize) -> Option<Self> {
+        ptr_at::<[u8; N]>(ctx, off).map(|p| Hdr(p as *const u8))
+    }
+
+    #[inline(always)]
+    pub fn u8(self, i: usize) -> u8 {
+        // SAFETY: `i < N`, checked at `at`.
+        unsafe { *self.0.add(i) }
+    }
+
+    /// Two bytes as they are on the wire (network order kept).
+    #[inline(always)]
+    pub fn u16_ne(self, i: usize) -> u16 {
+        // SAFETY: `i + 2 <= N`; the JIT loads unaligned halfwords.
+        unsafe { *(self.0.add(i) as *const u16) }
+    }
+
+    /// Four bytes as they are on the wire (network order kept).
+    #[inline(always)]
+    pub fn u32_ne(self, i: usize) -> u32 {
+        // SAFETY: `i + 4 <= N`; the JIT loads unaligned words.
+        unsafe { *(self.0.add(i) as *const u32) }
+    }
+
+    #[inline(always)]
+    pub fn u16_be(self, i: usize) -> u16 {
+        u16::from_be(self.u16_ne(i))
+    }
+
+    #[inline(always)]
+    pub fn u32_be(self, i: usize) -> u32 {
+        u32::from_be(self.u32_ne(i))
+    }
+}
+
+/// Sixteen address bytes from four words, without a byte loop.
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    // SAFETY: ptr_at checked that the packet holds the bytes; reads are unaligned-safe.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+fn addr(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
+
+/// What the IP header says of the rest of the packet.
+struct L3 {
+    family: u8,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Offset of the L4 header.
+    l4_off: usize,
+    /// Header length.
+    len: usize,
+    /// Bytes after the IP header (IPv4 total length − header; IPv6 payload length).
+    l4_bytes: u32,
 }
 
 /// Parses the headers. Packets that are not IP are passed; truncated or malformed headers are
 /// passed to the kernel, which counts and drops them (the LB does not own the VIPs).
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Stop> {
-    let ethertype: [u8; 2] = read(ctx, 12).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        sport_be: 0,
-        dport_be: 0,
-        proto: 0,
-        family: 0,
-        _pad: [0; 2],
-    };
-    let l3 = match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_ipv4(ctx, ETH_LEN, &mut key)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, ETH_LEN, &mut key)?,
+    let eth = Hdr::<ETH_LEN>::at(ctx, 0).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+    let l3 = match eth.u16_ne(12) {
+        ETH_P_IP_NE => parse_ipv4(ctx, ETH_LEN)?,
+        ETH_P_IPV6_NE => parse_ipv6(ctx, ETH_LEN)?,
         _ => return Err(Stop::Pass(outcome::PASS_NOT_IP)),
     };
-    let mut pkt = Packet {
-        key,
-        tcp_flags: 0,
-        l3_len: l3.len,
-        seq: 0,
-        ack_seq: 0,
-        payload_len: 0,
-    };
-    parse_l4(ctx, &l3, &mut pkt)?;
-    Ok(pkt)
+    parse_l4(ctx, &l3)
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize, key: &mut FlowKey) -> Result<L3, Stop> {
-    let malformed = Stop::Pass(outcome::PASS_MALFORMED);
-    let hdr: [u8; 20] = read(ctx, off).ok_or(malformed)?;
-    let ihl = (hdr[0] & 0x0f) as usize;
-    if hdr[0] >> 4 != 4 || ihl < 5 {
+fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Stop> {
+    let h = Hdr::<IPV4_LEN>::at(ctx, off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+    let b0 = h.u8(0);
+    let len = ((b0 & 0x0f) as usize) * 4;
+    let total = h.u16_be(2) as u32;
+    if b0 >> 4 != 4 || len < IPV4_LEN || total < len as u32 {
         return Err(Stop::Pass(outcome::PASS_MALFORMED));
     }
-    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-    if frag & 0x3fff != 0 {
+    if h.u16_be(6) & 0x3fff != 0 {
         // More-fragments set or a non-zero offset: ports are not in every piece.
         return Err(Stop::Pass(outcome::PASS_FRAGMENT));
     }
-    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as u32;
-    let len = ihl * 4;
-    if total < len as u32 {
-        return Err(Stop::Pass(outcome::PASS_MALFORMED));
-    }
-    key.family = FAMILY_V4;
-    key.proto = hdr[9];
-    key.src[..4].copy_from_slice(&hdr[12..16]);
-    key.dst[..4].copy_from_slice(&hdr[16..20]);
     Ok(L3 {
+        family: FAMILY_V4,
+        proto: h.u8(9),
+        src: addr([h.u32_ne(12), 0, 0, 0]),
+        dst: addr([h.u32_ne(16), 0, 0, 0]),
         l4_off: off + len,
         len,
         l4_bytes: total - len as u32,
@@ -140,53 +167,67 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, key: &mut FlowKey) -> Result<L3, Sto
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize, key: &mut FlowKey) -> Result<L3, Stop> {
-    let p = ptr_at::<[u8; IPV6_LEN]>(ctx, off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
-    // SAFETY: bounds checked by ptr_at.
-    let hdr = unsafe { &*p };
-    if hdr[0] >> 4 != 6 {
+fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Stop> {
+    let h = Hdr::<IPV6_LEN>::at(ctx, off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+    if h.u8(0) >> 4 != 6 {
         return Err(Stop::Pass(outcome::PASS_MALFORMED));
     }
-    if hdr[6] == NEXTHDR_FRAGMENT {
+    let proto = h.u8(6);
+    if proto == NEXTHDR_FRAGMENT {
         return Err(Stop::Pass(outcome::PASS_FRAGMENT));
     }
-    key.family = FAMILY_V6;
-    key.proto = hdr[6];
-    key.src.copy_from_slice(&hdr[8..24]);
-    key.dst.copy_from_slice(&hdr[24..40]);
     Ok(L3 {
+        family: FAMILY_V6,
+        proto,
+        src: addr([h.u32_ne(8), h.u32_ne(12), h.u32_ne(16), h.u32_ne(20)]),
+        dst: addr([h.u32_ne(24), h.u32_ne(28), h.u32_ne(32), h.u32_ne(36)]),
         l4_off: off + IPV6_LEN,
         len: IPV6_LEN,
-        l4_bytes: u16::from_be_bytes([hdr[4], hdr[5]]) as u32,
+        l4_bytes: h.u16_be(4) as u32,
     })
 }
 
-/// Reads the ports (and TCP flags, sequence numbers, payload length) into `pkt`. A TCP or UDP
-/// header cut short, or a TCP data offset below 5 words, is malformed: passed to the kernel,
-/// which counts and drops it. Other protocols carry no ports and match no service.
+/// Reads the ports (and TCP flags, sequence numbers, payload length). A TCP or UDP header cut
+/// short, or a TCP data offset below 5 words or beyond the IP length, is malformed: passed to
+/// the kernel, which counts and drops it. Other protocols carry no ports and match no service.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l3: &L3, pkt: &mut Packet) -> Result<(), Stop> {
-    let malformed = Stop::Pass(outcome::PASS_MALFORMED);
-    match pkt.key.proto {
+fn parse_l4(ctx: &XdpContext, l3: &L3) -> Result<Packet, Stop> {
+    let mut pkt = Packet {
+        key: FlowKey {
+            src: l3.src,
+            dst: l3.dst,
+            sport_be: 0,
+            dport_be: 0,
+            proto: l3.proto,
+            family: l3.family,
+            _pad: [0; 2],
+        },
+        tcp_flags: 0,
+        l3_len: l3.len,
+        seq: 0,
+        ack_seq: 0,
+        payload_len: 0,
+    };
+    match l3.proto {
         PROTO_TCP => {
-            let h: [u8; 20] = read(ctx, l3.l4_off).ok_or(malformed)?;
-            let doff = (h[12] >> 4) as u32 * 4;
+            let h = Hdr::<20>::at(ctx, l3.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+            let doff = (h.u8(12) >> 4) as u32 * 4;
             if doff < 20 || doff > l3.l4_bytes {
                 return Err(Stop::Pass(outcome::PASS_MALFORMED));
             }
-            pkt.key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            pkt.key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
-            pkt.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            pkt.ack_seq = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-            pkt.tcp_flags = h[13];
+            pkt.key.sport_be = h.u16_ne(0);
+            pkt.key.dport_be = h.u16_ne(2);
+            pkt.seq = h.u32_be(4);
+            pkt.ack_seq = h.u32_be(8);
+            pkt.tcp_flags = h.u8(13);
             pkt.payload_len = l3.l4_bytes - doff;
         }
         PROTO_UDP => {
-            let h: [u8; 8] = read(ctx, l3.l4_off).ok_or(malformed)?;
-            pkt.key.sport_be = u16::from_ne_bytes([h[0], h[1]]);
-            pkt.key.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+            let h = Hdr::<8>::at(ctx, l3.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+            pkt.key.sport_be = h.u16_ne(0);
+            pkt.key.dport_be = h.u16_ne(2);
         }
         _ => {}
     }
-    Ok(())
+    Ok(pkt)
 }

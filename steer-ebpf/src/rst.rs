@@ -1,31 +1,85 @@
 //! Answering a TCP packet with a RST from XDP, as the backend's `REJECT` would: the frame is
 //! turned around in place (addresses and ports swapped, trimmed to bare headers) and sent back
-//! out with `XDP_TX`.
+//! out with `XDP_TX`. Fields are written with single stores; checksums are summed from the
+//! values written, not read back.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use steer_common::{outcome, FAMILY_V4};
+use steer_common::{outcome, FAMILY_V4, PROTO_TCP};
 
 use crate::{
     csum,
-    parse::{ptr_at, ptr_at_mut, Packet, ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{ptr_at_mut, Packet, ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Stop,
 };
 
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 const TCP_LEN: usize = 20;
+const TTL: u8 = 64;
 
-/// Writes `v` at `off`, if the packet holds it.
+/// `N` writable bytes at the start of the frame.
+#[derive(Clone, Copy)]
+struct Out<const N: usize>(*mut u8);
+
+impl<const N: usize> Out<N> {
+    #[inline(always)]
+    fn new(ctx: &XdpContext) -> Option<Self> {
+        ptr_at_mut::<[u8; N]>(ctx, 0).map(|p| Out(p as *mut u8))
+    }
+    // SAFETY (all writes): offsets are constants below N, checked by `new`.
+    #[inline(always)]
+    fn u8(self, i: usize, v: u8) {
+        unsafe { *self.0.add(i) = v }
+    }
+    #[inline(always)]
+    fn u16_ne(self, i: usize, v: u16) {
+        unsafe { *(self.0.add(i) as *mut u16) = v }
+    }
+    #[inline(always)]
+    fn u32_ne(self, i: usize, v: u32) {
+        unsafe { *(self.0.add(i) as *mut u32) = v }
+    }
+    #[inline(always)]
+    fn u16_be(self, i: usize, v: u16) {
+        self.u16_ne(i, v.to_be())
+    }
+    #[inline(always)]
+    fn u32_be(self, i: usize, v: u32) {
+        self.u32_ne(i, v.to_be())
+    }
+    /// Swaps the Ethernet addresses: the answer goes back to whoever sent the frame.
+    #[inline(always)]
+    fn swap_macs(self) {
+        // SAFETY: bytes 0..12 are inside N (N > 12).
+        unsafe {
+            let d0 = *(self.0 as *const u32);
+            let d1 = *(self.0.add(4) as *const u16);
+            let s0 = *(self.0.add(6) as *const u16);
+            let s1 = *(self.0.add(8) as *const u32);
+            *(self.0 as *mut u16) = s0;
+            *(self.0.add(2) as *mut u32) = s1;
+            *(self.0.add(6) as *mut u32) = d0;
+            *(self.0.add(10) as *mut u16) = d1;
+        }
+    }
+}
+
 #[inline(always)]
-fn put<T>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Stop> {
-    let p = ptr_at_mut::<T>(ctx, off).ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
-    // SAFETY: bounds checked by ptr_at_mut.
-    unsafe { core::ptr::write_unaligned(p, v) };
-    Ok(())
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
+}
+
+/// Sum of the 16-bit words of a network-order u32.
+#[inline(always)]
+fn sum32(ne: u32) -> u32 {
+    let v = u32::from_be(ne);
+    (v >> 16) + (v & 0xffff)
 }
 
 /// Turns the TCP packet `pkt` into the RST that answers it (RFC 9293 §3.10.7.1) and returns
-/// `XDP_TX`. An IPv4 header with options is not rewritten: dropped with `DROP_REJECTED`.
+/// `XDP_TX`. An IPv4 header with options, or a RST, is not answered: dropped (`DROP_REJECTED`;
+/// the caller may count it under its own reason).
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
     let v4 = pkt.key.family == FAMILY_V4;
@@ -33,9 +87,6 @@ pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
     if pkt.l3_len != l3_len || pkt.tcp_flags & TCP_RST != 0 {
         return Err(Stop::Drop(outcome::DROP_REJECTED));
     }
-    let macs = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
-    // SAFETY: bounds checked by ptr_at.
-    let macs = unsafe { core::ptr::read_unaligned(macs) };
 
     // Trim the frame to Ethernet + IP + a bare TCP header.
     let want = (ETH_LEN + l3_len + TCP_LEN) as i32;
@@ -59,52 +110,75 @@ pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
         }
         (0, pkt.seq.wrapping_add(len), TCP_RST | TCP_ACK)
     };
-
-    let mut eth = [0u8; 12];
-    eth[0..6].copy_from_slice(&macs[6..12]);
-    eth[6..12].copy_from_slice(&macs[0..6]);
-    put(ctx, 0, eth)?;
-
-    let (src, dst) = (&pkt.key.dst, &pkt.key.src);
-    let mut sum = TCP_LEN as u32 + pkt.key.proto as u32;
+    // The answer's source is the packet's destination.
+    let (src, dst) = (words(&pkt.key.dst), words(&pkt.key.src));
+    let mut sum = TCP_LEN as u32 + PROTO_TCP as u32;
     if v4 {
-        let mut ip = [0u8; IPV4_LEN];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((IPV4_LEN + TCP_LEN) as u16).to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = pkt.key.proto;
-        ip[12..16].copy_from_slice(&src[..4]);
-        ip[16..20].copy_from_slice(&dst[..4]);
-        let c = csum::fold(csum::add(0, &ip));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        put(ctx, ETH_LEN, ip)?;
-        let mut a = [0u8; 8];
-        a[..4].copy_from_slice(&src[..4]);
-        a[4..].copy_from_slice(&dst[..4]);
-        sum = csum::add(sum, &a);
+        let o = Out::<{ ETH_LEN + IPV4_LEN + TCP_LEN }>::new(ctx)
+            .ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
+        o.swap_macs();
+        let ip = ETH_LEN;
+        let total = (IPV4_LEN + TCP_LEN) as u16;
+        o.u16_be(ip, 0x4500);
+        o.u16_be(ip + 2, total);
+        o.u32_be(ip + 4, 0x0000_4000); // id 0, DF
+        o.u16_be(ip + 8, (TTL as u16) << 8 | PROTO_TCP as u16);
+        o.u32_ne(ip + 12, src[0]);
+        o.u32_ne(ip + 16, dst[0]);
+        let ip_sum = 0x4500
+            + total as u32
+            + 0x4000
+            + ((TTL as u32) << 8 | PROTO_TCP as u32)
+            + sum32(src[0])
+            + sum32(dst[0]);
+        o.u16_be(ip + 10, csum::fold(ip_sum));
+        sum += sum32(src[0]) + sum32(dst[0]);
+        write_tcp(o, ETH_LEN + IPV4_LEN, pkt, seq, ack, flags, sum);
     } else {
-        let mut ip = [0u8; IPV6_LEN];
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&(TCP_LEN as u16).to_be_bytes());
-        ip[6] = pkt.key.proto;
-        ip[7] = 64;
-        ip[8..24].copy_from_slice(src);
-        ip[24..40].copy_from_slice(dst);
-        put(ctx, ETH_LEN, ip)?;
-        sum = csum::add(sum, src);
-        sum = csum::add(sum, dst);
+        let o = Out::<{ ETH_LEN + IPV6_LEN + TCP_LEN }>::new(ctx)
+            .ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
+        o.swap_macs();
+        let ip = ETH_LEN;
+        o.u32_be(ip, 0x6000_0000);
+        o.u16_be(ip + 4, TCP_LEN as u16);
+        o.u8(ip + 6, PROTO_TCP);
+        o.u8(ip + 7, TTL);
+        for i in 0..4 {
+            o.u32_ne(ip + 8 + 4 * i, src[i]);
+            o.u32_ne(ip + 24 + 4 * i, dst[i]);
+            sum += sum32(src[i]) + sum32(dst[i]);
+        }
+        write_tcp(o, ETH_LEN + IPV6_LEN, pkt, seq, ack, flags, sum);
     }
-
-    let mut tcp = [0u8; TCP_LEN];
-    tcp[0..2].copy_from_slice(&pkt.key.dport_be.to_ne_bytes());
-    tcp[2..4].copy_from_slice(&pkt.key.sport_be.to_ne_bytes());
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
-    tcp[12] = (TCP_LEN as u8 / 4) << 4;
-    tcp[13] = flags;
-    let c = csum::fold(csum::add(sum, &tcp));
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    put(ctx, ETH_LEN + l3_len, tcp)?;
     Ok(xdp_action::XDP_TX)
+}
+
+/// Writes a bare TCP header at `off`; `sum` holds the pseudo-header's sum.
+#[inline(always)]
+fn write_tcp<const N: usize>(
+    o: Out<N>,
+    off: usize,
+    pkt: &Packet,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    sum: u32,
+) {
+    let doff_flags = ((TCP_LEN as u16 / 4) << 12) | flags as u16;
+    o.u16_ne(off, pkt.key.dport_be);
+    o.u16_ne(off + 2, pkt.key.sport_be);
+    o.u32_be(off + 4, seq);
+    o.u32_be(off + 8, ack);
+    o.u16_be(off + 12, doff_flags);
+    o.u32_ne(off + 14, 0); // window 0, checksum 0 for now
+    o.u16_ne(off + 18, 0); // urgent pointer
+    let sum = sum
+        + u16::from_be(pkt.key.dport_be) as u32
+        + u16::from_be(pkt.key.sport_be) as u32
+        + (seq >> 16)
+        + (seq & 0xffff)
+        + (ack >> 16)
+        + (ack & 0xffff)
+        + doff_flags as u32;
+    o.u16_be(off + 16, csum::fold(sum));
 }

@@ -37,6 +37,28 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then measure: prints a table and writes JSON under target/bench/.
+    Bench {
+        #[arg(value_enum, default_value = "datapath")]
+        what: Bench,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// ns per packet of the XDP program (BPF_PROG_TEST_RUN) against a MAC-swap floor.
+    Datapath,
+}
+
+/// Builds workspace binaries in release mode; returns the directory they are in.
+fn build_release(bins: &[&str]) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--release", "--quiet", "-p", "steer-tests"]);
+    for b in bins {
+        c.args(["--bin", b]);
+    }
+    run(c)?;
+    Ok(workspace_root().join("target/release"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -110,22 +132,21 @@ fn main() -> Result<()> {
         Task::Demo { args } => {
             setup::run()?;
             cleanup_stale_namespaces();
-            let mut c = cargo();
-            c.args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "steer-tests",
-                "--bin",
-                "steer-demo",
-                "--bin",
-                "steer-httpd",
-            ]);
-            run(c)?;
-            let mut demo = Command::new(workspace_root().join("target/release/steer-demo"));
+            let bin = build_release(&["steer-demo", "steer-httpd"])?;
+            let mut demo = Command::new(bin.join("steer-demo"));
             demo.args(&args);
             run(demo)
+        }
+        Task::Bench { what } => {
+            setup::run()?;
+            match what {
+                Bench::Datapath => {
+                    let bin = build_release(&["steer-bench"])?;
+                    let mut b = Command::new(bin.join("steer-bench"));
+                    b.arg(workspace_root().join("target/bench"));
+                    run(b)
+                }
+            }
         }
     }
 }

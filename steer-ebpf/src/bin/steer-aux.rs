@@ -1,0 +1,95 @@
+//! Helper programs that are not the datapath.
+//!
+//! `steer_pass`: `XDP_PASS` and nothing else, for the peer of a veth that runs steer in native
+//! mode. veth hands `XDP_TX` frames to its peer's ring, but only kicks the peer's NAPI when the peer
+//! has an XDP program of its own; with none, the frames wait there until unrelated traffic
+//! arrives (seen on 6.18: the LB transmitted, the peer counted nothing). Real NICs need none of
+//! this. Used by the tests' and the demo's topologies.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+};
+
+#[xdp]
+pub fn steer_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The floor of `cargo xtask bench datapath`: swap the MACs and send the frame back, the least
+/// any XDP forwarder does.
+#[xdp]
+pub fn bench_floor(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 12 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let p = start as *mut [u8; 12];
+    // SAFETY: the 12 bytes are in the packet (checked above).
+    let macs = unsafe { &mut *p };
+    let mut tmp = [0u8; 6];
+    tmp.copy_from_slice(&macs[0..6]);
+    macs.copy_within(6..12, 0);
+    macs[6..12].copy_from_slice(&tmp);
+    xdp_action::XDP_TX
+}
+
+/// Length of the frames `bench_wrap` restores: a bare TCP/IPv4 segment.
+const BENCH_LEN: usize = 54;
+
+/// The frame `bench_wrap` restores before each run. Written by the bench.
+#[map(name = "BENCH_TEMPLATE")]
+static BENCH_TEMPLATE: Array<[u32; 14]> = Array::with_max_entries(1, 0);
+
+/// Runs so far (shared by all CPUs, as test runs move between them): makes each run's 5-tuple
+/// new.
+#[map(name = "BENCH_SEQ")]
+static BENCH_SEQ: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The program under test, at index 0. Written by the bench.
+#[map(name = "BENCH_PROGS")]
+static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Lets `BPF_PROG_TEST_RUN` repeat a path that rewrites its packet or must see a new flow:
+/// restores the template frame, gives it a source address and port never used before (the run
+/// number), and tail-calls the program under test. Its own cost is measured by pointing it at
+/// `bench_floor`.
+#[xdp]
+pub fn bench_wrap(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + BENCH_LEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let (Some(t), Some(seq)) = (BENCH_TEMPLATE.get(0), BENCH_SEQ.get_ptr_mut(0)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let p = start as *mut u32;
+    // SAFETY: BENCH_LEN bytes are in the packet (checked above); 13 words and a halfword.
+    unsafe {
+        for (i, w) in t.iter().take(13).enumerate() {
+            *p.add(i) = *w;
+        }
+        *((start + 52) as *mut u16) = t[13] as u16;
+        let n = *seq;
+        *seq = n.wrapping_add(1);
+        // Source port (bytes 34..36) and the low half of the IPv4 source (28..30).
+        *((start + 34) as *mut u16) = (n as u16).to_be();
+        *((start + 28) as *mut u16) = ((n >> 16) as u16).to_be();
+        BENCH_PROGS.tail_call(&ctx, 0);
+    }
+    xdp_action::XDP_ABORTED
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
