@@ -2,6 +2,7 @@
 //! The `steer-ctl` binary is a thin layer over this.
 
 pub mod balancer;
+pub mod config;
 pub mod datapath;
 pub mod maglev;
 

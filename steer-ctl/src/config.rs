@@ -1,0 +1,619 @@
+//! The daemon's configuration: TOML, every table closed (`deny_unknown_fields`), every error
+//! reported with file, line and column and what was expected.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{de, Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::{
+    balancer::{NoBackend, Proto, Role},
+    maglev,
+};
+
+/// Where a config file puts things by default.
+pub const DEFAULT_CONFIG: &str = "/etc/steer/steer.toml";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config file (or why it could not be read).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration written as a human string: "2s", "500ms", "1m 30s".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| de::Error::custom(format!("expected a duration such as \"2s\" or \"500ms\", found {s:?} ({e})")))
+    }
+}
+
+/// A MAC address written as "02:00:00:00:00:01".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || de::Error::custom(format!("expected a MAC address such as \"02:00:5e:00:53:01\", found {s:?}"));
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut m = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(m))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeCfg {
+    /// In the driver (fastest; veth and most NICs).
+    Native,
+    /// In the kernel's generic path (any interface, slower).
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeCfg {
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtoCfg {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoBackendCfg {
+    Reset,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleCfg {
+    Pool,
+    Fallback,
+    Maintenance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    /// No checks: the backend is always up.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// Expected HTTP status: one code (200) or an inclusive range ("200-399").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange(pub u16, pub u16);
+
+impl StatusRange {
+    pub fn contains(&self, s: u16) -> bool {
+        (self.0..=self.1).contains(&s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Range(String),
+        }
+        let bad = |s: &str| de::Error::custom(format!("expected a status such as 200 or a range such as \"200-399\", found {s:?}"));
+        match Raw::deserialize(d)? {
+            Raw::One(n) if (100..=599).contains(&n) => Ok(StatusRange(n, n)),
+            Raw::One(n) => Err(bad(&n.to_string())),
+            Raw::Range(s) => {
+                let (a, b) = s.split_once('-').ok_or_else(|| bad(&s))?;
+                let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad(&s))?, b.trim().parse().map_err(|_| bad(&s))?);
+                if !(100..=599).contains(&a) || !(a..=599).contains(&b) {
+                    return Err(bad(&s));
+                }
+                Ok(StatusRange(a, b))
+            }
+        }
+    }
+}
+
+/// A health check, per service (backends may override any field).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Check {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// Port to check; the service's port when absent.
+    pub port: Option<u16>,
+    pub method: HttpMethod,
+    pub path: String,
+    pub host: Option<String>,
+    pub status: StatusRange,
+    /// The body must contain this.
+    pub body: Option<String>,
+    pub interval: Dur,
+    /// Interval while a state change is under way (some results up, some down).
+    pub fastinterval: Dur,
+    /// Interval while down.
+    pub downinterval: Dur,
+    pub timeout: Dur,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check {
+            kind: CheckKind::Tcp,
+            port: None,
+            method: HttpMethod::Get,
+            path: "/".into(),
+            host: None,
+            status: StatusRange(200, 399),
+            body: None,
+            interval: Dur(Duration::from_secs(2)),
+            fastinterval: Dur(Duration::from_millis(500)),
+            downinterval: Dur(Duration::from_secs(2)),
+            timeout: Dur(Duration::from_secs(1)),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendCfg {
+    pub name: Spanned<String>,
+    pub address: Spanned<IpAddr>,
+    /// Resolved from the LB's neighbour table when absent.
+    pub mac: Option<Mac>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    pub group: Option<String>,
+    #[serde(default = "pool")]
+    pub role: Spanned<RoleCfg>,
+    /// Overrides of the service's check.
+    pub check: Option<toml::Table>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn pool() -> Spanned<RoleCfg> {
+    Spanned::new(0..0, RoleCfg::Pool)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCfg {
+    pub name: Spanned<String>,
+    pub vip: Spanned<IpAddr>,
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: ProtoCfg,
+    #[serde(default = "dsr")]
+    pub mode: ModeCfg,
+    #[serde(default = "maglev_default")]
+    pub maglev_size: Spanned<u32>,
+    #[serde(default = "idle_default")]
+    pub idle_timeout: Dur,
+    #[serde(default = "reset")]
+    pub no_backend: NoBackendCfg,
+    #[serde(default)]
+    pub check: Check,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendCfg>,
+}
+
+fn tcp() -> ProtoCfg {
+    ProtoCfg::Tcp
+}
+fn dsr() -> ModeCfg {
+    ModeCfg::Dsr
+}
+fn maglev_default() -> Spanned<u32> {
+    Spanned::new(0..0, steer_common::MAGLEV_DEFAULT_SIZE)
+}
+fn idle_default() -> Dur {
+    Dur(Duration::from_secs(steer_common::DEFAULT_IDLE_TIMEOUT_S as u64))
+}
+fn reset() -> NoBackendCfg {
+    NoBackendCfg::Reset
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonCfg {
+    /// Interfaces the datapath is attached to.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeCfg,
+    /// bpffs directory for the pinned maps and link.
+    pub pin_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub socket: PathBuf,
+    /// Group allowed on the control socket besides root (socket mode 0660).
+    pub socket_group: Option<String>,
+    /// Loopback address of the Prometheus endpoint; none when absent.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub max_flows: u32,
+    pub max_services: u32,
+}
+
+impl Default for DaemonCfg {
+    fn default() -> Self {
+        DaemonCfg {
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeCfg::Native,
+            pin_dir: "/sys/fs/bpf/steer".into(),
+            state_file: "/var/lib/steer/state.json".into(),
+            socket: "/run/steer/steer.sock".into(),
+            socket_group: None,
+            metrics: None,
+            max_flows: steer_common::MAX_FLOWS,
+            max_services: steer_common::MAX_SERVICES,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonCfg,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceCfg>,
+    /// The file it was read from (not in the TOML).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// 1-based line and column of byte `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the config: {e}"),
+            }])
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![err(e.span(), e.message().trim_end().to_string())])
+        })?;
+        cfg.path = path.to_path_buf();
+        let mut errs = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut backend_names = BTreeSet::new();
+        let mut vips = BTreeSet::new();
+        if cfg.services.len() as u32 > cfg.daemon.max_services {
+            errs.push(err(None, format!("{} services, but daemon.max_services is {}", cfg.services.len(), cfg.daemon.max_services)));
+        }
+        for s in &cfg.services {
+            let span = |x: &std::ops::Range<usize>| (!x.is_empty()).then(|| x.clone());
+            if !names.insert(s.name.get_ref().clone()) {
+                errs.push(err(span(&s.name.span()), format!("service name {:?} is used twice", s.name.get_ref())));
+            }
+            if !vips.insert((*s.vip.get_ref(), s.port, s.protocol as u8)) {
+                errs.push(err(span(&s.vip.span()), format!("another service already has {}:{}", s.vip.get_ref(), s.port)));
+            }
+            let size = *s.maglev_size.get_ref();
+            if !maglev::is_prime(size) || size > steer_common::MAGLEV_MAX_SIZE || size < 3 {
+                errs.push(err(span(&s.maglev_size.span()), format!("maglev_size must be a prime from 3 to {}, found {size}", steer_common::MAGLEV_MAX_SIZE)));
+            }
+            if s.idle_timeout.0.as_secs() == 0 || s.idle_timeout.0.as_secs() > u32::MAX as u64 {
+                errs.push(err(span(&s.name.span()), format!("service {:?}: idle_timeout must be at least 1s", s.name.get_ref())));
+            }
+            let mut roles = BTreeSet::new();
+            let mut special_addrs = Vec::new();
+            for b in &s.backends {
+                if !backend_names.insert(b.name.get_ref().clone()) {
+                    errs.push(err(span(&b.name.span()), format!("backend name {:?} is used twice (backend names are unique per host)", b.name.get_ref())));
+                }
+                if b.address.get_ref().is_ipv4() != s.vip.get_ref().is_ipv4() {
+                    errs.push(err(span(&b.address.span()), format!("backend {:?} is {} but its service's VIP {} is not", b.name.get_ref(), if b.address.get_ref().is_ipv4() { "IPv4" } else { "IPv6" }, s.vip.get_ref())));
+                }
+                let role = *b.role.get_ref();
+                if role != RoleCfg::Pool {
+                    if !roles.insert(role as u8) {
+                        errs.push(err(span(&b.role.span()), format!("service {:?} has more than one {role:?} backend", s.name.get_ref())));
+                    }
+                    if special_addrs.contains(b.address.get_ref()) {
+                        errs.push(err(span(&b.address.span()), "the maintenance and fallback backends must be different servers".to_string()));
+                    }
+                    special_addrs.push(*b.address.get_ref());
+                }
+                if let Some(t) = &b.check {
+                    if let Err(e) = s.check_for(t) {
+                        errs.push(err(span(&b.name.span()), format!("backend {:?}: check: {e}", b.name.get_ref())));
+                    }
+                }
+            }
+            if s.check.rise == 0 || s.check.fall == 0 {
+                errs.push(err(span(&s.name.span()), format!("service {:?}: check rise and fall must be at least 1", s.name.get_ref())));
+            }
+        }
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+impl ServiceCfg {
+    pub fn proto(&self) -> Proto {
+        match self.protocol {
+            ProtoCfg::Tcp => Proto::Tcp,
+            ProtoCfg::Udp => Proto::Udp,
+        }
+    }
+
+    pub fn no_backend(&self) -> NoBackend {
+        match self.no_backend {
+            NoBackendCfg::Reset => NoBackend::Reset,
+            NoBackendCfg::Drop => NoBackend::Drop,
+        }
+    }
+
+    /// The check of a backend: the service's, with the backend's overrides applied.
+    pub fn check_for(&self, overrides: &toml::Table) -> Result<Check, String> {
+        let mut base = toml::Table::try_from(CheckSer::from(&self.check)).map_err(|e| e.to_string())?;
+        for (k, v) in overrides {
+            base.insert(k.clone(), v.clone());
+        }
+        Check::deserialize(toml::Value::Table(base)).map_err(|e| e.to_string())
+    }
+}
+
+impl BackendCfg {
+    pub fn role(&self) -> Role {
+        match self.role.get_ref() {
+            RoleCfg::Pool => Role::Pool,
+            RoleCfg::Fallback => Role::Fallback,
+            RoleCfg::Maintenance => Role::Maintenance,
+        }
+    }
+}
+
+/// `Check` written back as TOML values, to merge a backend's overrides over it.
+#[derive(serde::Serialize)]
+struct CheckSer {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    method: &'static str,
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    interval: String,
+    fastinterval: String,
+    downinterval: String,
+    timeout: String,
+    rise: u32,
+    fall: u32,
+}
+
+impl From<&Check> for CheckSer {
+    fn from(c: &Check) -> Self {
+        let d = |d: Dur| humantime::format_duration(d.0).to_string();
+        CheckSer {
+            kind: match c.kind {
+                CheckKind::Tcp => "tcp",
+                CheckKind::Http => "http",
+                CheckKind::None => "none",
+            },
+            port: c.port,
+            method: match c.method {
+                HttpMethod::Get => "GET",
+                HttpMethod::Head => "HEAD",
+            },
+            path: c.path.clone(),
+            host: c.host.clone(),
+            status: format!("{}-{}", c.status.0, c.status.1),
+            body: c.body.clone(),
+            interval: d(c.interval),
+            fastinterval: d(c.fastinterval),
+            downinterval: d(c.downinterval),
+            timeout: d(c.timeout),
+            rise: c.rise,
+            fall: c.fall,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(s, Path::new("steer.toml"))
+    }
+
+    const GOOD: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.10"
+port = 80
+check = { type = "http", path = "/health", status = "200-299", interval = "1s", rise = 2, fall = 2 }
+
+[[service.backend]]
+name = "web-a"
+address = "10.0.0.11"
+mac = "02:00:00:00:00:11"
+
+[[service.backend]]
+name = "web-b"
+address = "10.0.0.12"
+weight = 2
+check = { path = "/ready" }
+
+[[service.backend]]
+name = "sorry"
+address = "10.0.0.50"
+role = "maintenance"
+"#;
+
+    #[test]
+    fn parses_a_good_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.port, 80);
+        assert_eq!(*s.maglev_size.get_ref(), 65_537);
+        assert_eq!(s.check.kind, CheckKind::Http);
+        assert_eq!(s.check.status, StatusRange(200, 299));
+        assert_eq!(s.check.timeout, Dur(Duration::from_secs(1)));
+        assert_eq!(s.backends[0].mac, Some(Mac([2, 0, 0, 0, 0, 0x11])));
+        assert_eq!(s.backends[1].weight, 2);
+        let chk = s.check_for(s.backends[1].check.as_ref().unwrap()).unwrap();
+        assert_eq!(chk.path, "/ready");
+        assert_eq!(chk.interval, Dur(Duration::from_secs(1)));
+        assert_eq!(s.backends[2].role(), Role::Maintenance);
+        assert_eq!(c.daemon.socket, PathBuf::from("/run/steer/steer.sock"));
+    }
+
+    fn first_error(s: &str) -> String {
+        parse(s).unwrap_err().0[0].to_string()
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_position() {
+        let e = first_error("[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprot = \"tcp\"\n");
+        assert!(e.starts_with("steer.toml:5:1: unknown field `prot`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let e = first_error("[[service]]\nname = \"web\"\nvip = \"10.0.0.300\"\nport = 80\n");
+        assert!(e.starts_with("steer.toml:3:7:") && e.contains("IP address"), "{e}");
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nidle_timeout = \"soon\"\n");
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\nmac = \"02:00\"\n");
+        assert!(e.starts_with("steer.toml:8:7:") && e.contains("MAC address"), "{e}");
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\ncheck = { status = \"700\" }\n");
+        assert!(e.contains("expected a status"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 1000\n");
+        assert_eq!(e, "steer.toml:5:15: maglev_size must be a prime from 3 to 65537, found 1000");
+        let errs = parse(
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"fd00::2\"\n",
+        )
+        .unwrap_err();
+        let all = errs.to_string();
+        assert!(all.contains("steer.toml:9:8: backend name \"a\" is used twice"), "{all}");
+        assert!(all.contains("steer.toml:10:11: backend \"a\" is IPv6"), "{all}");
+    }
+
+    #[test]
+    fn maintenance_is_never_the_fallback_server() {
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n");
+        assert!(e.contains("must be different servers"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/steer.toml");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
