@@ -44,7 +44,7 @@ pub enum NoBackend {
 }
 
 /// A service to add.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: String,
     pub vip: IpAddr,
@@ -211,6 +211,39 @@ pub struct Balancer {
     backends: BTreeMap<String, BackendState>,
     /// Generation last given out per backend id.
     gens: Vec<u16>,
+    /// Ids to give back to services and backends by name (from the state file of a daemon that
+    /// ran before): flows in a pinned connection table name backends by id and generation.
+    reserved_services: BTreeMap<String, u32>,
+    reserved_backends: BTreeMap<String, (u32, u16)>,
+}
+
+/// A backend as `Balancer` holds it, for status reports.
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    pub name: String,
+    pub service: String,
+    pub id: u32,
+    pub gen: u16,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+    pub weight: u32,
+    pub role: Role,
+    pub admin: Admin,
+    pub up: bool,
+}
+
+/// A service as `Balancer` holds it, for status reports.
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub id: u32,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+    pub maintenance: bool,
+    /// Pool backends that may take new flows.
+    pub eligible: usize,
+    pub backends: Vec<String>,
 }
 
 impl Balancer {
@@ -220,7 +253,106 @@ impl Balancer {
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
             gens: vec![0; MAX_BACKENDS as usize],
+            reserved_services: BTreeMap::new(),
+            reserved_backends: BTreeMap::new(),
         }
+    }
+
+    /// Ids that services and backends of these names held before (a daemon restarting on
+    /// pinned maps): they get them back when added.
+    pub fn reserve_ids(
+        &mut self,
+        services: BTreeMap<String, u32>,
+        backends: BTreeMap<String, (u32, u16)>,
+    ) {
+        for (_, (id, gen)) in backends.iter() {
+            if let Some(g) = self.gens.get_mut(*id as usize) {
+                *g = (*g).max(*gen);
+            }
+        }
+        self.reserved_services = services;
+        self.reserved_backends = backends;
+    }
+
+    /// The ids in use: service name → id, backend name → (id, generation).
+    pub fn ids(&self) -> (BTreeMap<String, u32>, BTreeMap<String, (u32, u16)>) {
+        (
+            self.services
+                .iter()
+                .map(|(n, s)| (n.clone(), s.id))
+                .collect(),
+            self.backends
+                .iter()
+                .map(|(n, b)| (n.clone(), (b.id, b.entry.gen)))
+                .collect(),
+        )
+    }
+
+    /// Clears what the datapath holds that this balancer does not: services of an earlier
+    /// config and backend slots no backend uses (their flows then count as removed).
+    pub fn clear_unused(&mut self) -> Result<()> {
+        let keys: Vec<ServiceKey> = self.services.values().map(|s| s.key).collect();
+        for k in self.dp.service_keys()? {
+            if !keys.contains(&k) {
+                self.dp.remove_service(&k)?;
+            }
+        }
+        for id in 0..MAX_BACKENDS {
+            if self.backends.values().all(|b| b.id != id)
+                && self.dp.backend(id)?.admin != admin::NONE
+            {
+                self.dp.put_backend(id, &Backend::EMPTY)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every backend, by name.
+    pub fn backend_infos(&self) -> Vec<BackendInfo> {
+        self.backends
+            .iter()
+            .map(|(n, b)| BackendInfo {
+                name: n.clone(),
+                service: b.service.clone(),
+                id: b.id,
+                gen: b.entry.gen,
+                addr: b.spec.addr,
+                mac: b.spec.mac,
+                weight: b.spec.weight,
+                role: b.spec.role,
+                admin: match b.entry.admin {
+                    admin::DRAIN => Admin::Drain,
+                    admin::MAINT => Admin::Maint,
+                    admin::REJECT => Admin::Reject,
+                    _ => Admin::Ready,
+                },
+                up: b.entry.health == health::UP,
+            })
+            .collect()
+    }
+
+    /// Every service, by name.
+    pub fn service_infos(&self) -> Vec<ServiceInfo> {
+        self.services
+            .iter()
+            .map(|(n, s)| ServiceInfo {
+                name: n.clone(),
+                id: s.id,
+                vip: s.spec.vip,
+                port: s.spec.port,
+                proto: s.spec.proto,
+                maintenance: s.value.flags & svc_flags::MAINTENANCE != 0,
+                eligible: s
+                    .backends
+                    .iter()
+                    .filter_map(|b| self.backends.get(b))
+                    .filter(|b| {
+                        b.spec.role == Role::Pool && b.entry.eligible() && b.spec.weight > 0
+                    })
+                    .count(),
+                backends: s.backends.clone(),
+            })
+            .collect()
     }
 
     pub fn datapath(&self) -> &Datapath {
@@ -249,9 +381,19 @@ impl Balancer {
             return Err(MaglevError::BadSize(spec.maglev_size).into());
         }
         let max = self.dp.max_services();
-        let id = (0..max)
-            .find(|i| self.services.values().all(|s| s.id != *i))
-            .ok_or(BalancerError::Full("service", max))?;
+        let free = |i: &u32| self.services.values().all(|s| s.id != *i);
+        let reserved = self
+            .reserved_services
+            .get(&spec.name)
+            .copied()
+            .filter(|i| *i < max && free(i));
+        let id = match reserved {
+            Some(i) => i,
+            None => (0..max)
+                .find(|i| free(i) && !self.reserved_services.values().any(|r| r == i))
+                .or_else(|| (0..max).find(free))
+                .ok_or(BalancerError::Full("service", max))?,
+        };
         let (addr, family) = addr_bytes(spec.vip);
         let key = ServiceKey {
             addr,
@@ -259,6 +401,9 @@ impl Balancer {
             proto: spec.proto.number(),
             family,
         };
+        // A service already in a pinned map keeps reading the table it reads now: the next
+        // table goes to the other slot.
+        let live_slot = self.dp.service(&key)?.map_or(0, |v| v.table_slot & 1);
         let value = Service {
             id,
             flags: match spec.no_backend {
@@ -266,7 +411,7 @@ impl Balancer {
                 NoBackend::Drop => svc_flags::NO_BACKEND_DROP,
             },
             maglev_size: 0,
-            table_slot: 0,
+            table_slot: live_slot,
             fallback: BACKEND_NONE,
             maintenance: BACKEND_NONE,
             idle_timeout_s: spec.idle_timeout_s,
@@ -328,10 +473,27 @@ impl Balancer {
             }
         }
         let svc_id = svc.id;
-        let id = (0..MAX_BACKENDS)
-            .find(|i| self.backends.values().all(|b| b.id != *i))
-            .ok_or(BalancerError::Full("backend", MAX_BACKENDS))?;
-        self.gens[id as usize] = self.gens[id as usize].wrapping_add(1);
+        let free = |i: &u32| self.backends.values().all(|b| b.id != *i);
+        let reserved = self
+            .reserved_backends
+            .get(&spec.name)
+            .copied()
+            .filter(|(i, _)| *i < MAX_BACKENDS && free(i));
+        let id = match reserved {
+            // The same backend as before, on the same id: its pinned flows stay its own.
+            Some((i, gen)) => {
+                self.gens[i as usize] = gen;
+                i
+            }
+            None => {
+                let i = (0..MAX_BACKENDS)
+                    .find(|i| free(i) && !self.reserved_backends.values().any(|(r, _)| r == i))
+                    .or_else(|| (0..MAX_BACKENDS).find(free))
+                    .ok_or(BalancerError::Full("backend", MAX_BACKENDS))?;
+                self.gens[i as usize] = self.gens[i as usize].wrapping_add(1);
+                i
+            }
+        };
         let (addr, family) = addr_bytes(spec.addr);
         let entry = Backend {
             addr,

@@ -65,9 +65,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("expected a duration such as \"2s\" or \"500ms\", found {s:?} ({e})")))
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "expected a duration such as \"2s\" or \"500ms\", found {s:?} ({e})"
+            ))
+        })
     }
 }
 
@@ -79,7 +81,11 @@ impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || de::Error::custom(format!("expected a MAC address such as \"02:00:5e:00:53:01\", found {s:?}"));
+        let bad = || {
+            de::Error::custom(format!(
+                "expected a MAC address such as \"02:00:5e:00:53:01\", found {s:?}"
+            ))
+        };
         if parts.len() != 6 {
             return Err(bad());
         }
@@ -165,13 +171,20 @@ impl<'de> Deserialize<'de> for StatusRange {
             One(u16),
             Range(String),
         }
-        let bad = |s: &str| de::Error::custom(format!("expected a status such as 200 or a range such as \"200-399\", found {s:?}"));
+        let bad = |s: &str| {
+            de::Error::custom(format!(
+                "expected a status such as 200 or a range such as \"200-399\", found {s:?}"
+            ))
+        };
         match Raw::deserialize(d)? {
             Raw::One(n) if (100..=599).contains(&n) => Ok(StatusRange(n, n)),
             Raw::One(n) => Err(bad(&n.to_string())),
             Raw::Range(s) => {
                 let (a, b) = s.split_once('-').ok_or_else(|| bad(&s))?;
-                let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad(&s))?, b.trim().parse().map_err(|_| bad(&s))?);
+                let (a, b): (u16, u16) = (
+                    a.trim().parse().map_err(|_| bad(&s))?,
+                    b.trim().parse().map_err(|_| bad(&s))?,
+                );
                 if !(100..=599).contains(&a) || !(a..=599).contains(&b) {
                     return Err(bad(&s));
                 }
@@ -283,7 +296,9 @@ fn maglev_default() -> Spanned<u32> {
     Spanned::new(0..0, steer_common::MAGLEV_DEFAULT_SIZE)
 }
 fn idle_default() -> Dur {
-    Dur(Duration::from_secs(steer_common::DEFAULT_IDLE_TIMEOUT_S as u64))
+    Dur(Duration::from_secs(
+        steer_common::DEFAULT_IDLE_TIMEOUT_S as u64,
+    ))
 }
 fn reset() -> NoBackendCfg {
     NoBackendCfg::Reset
@@ -369,59 +384,120 @@ impl Config {
                 message,
             }
         };
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![err(e.span(), e.message().trim_end().to_string())])
-        })?;
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![err(e.span(), e.message().trim_end().to_string())]))?;
         cfg.path = path.to_path_buf();
         let mut errs = Vec::new();
         let mut names = BTreeSet::new();
         let mut backend_names = BTreeSet::new();
         let mut vips = BTreeSet::new();
         if cfg.services.len() as u32 > cfg.daemon.max_services {
-            errs.push(err(None, format!("{} services, but daemon.max_services is {}", cfg.services.len(), cfg.daemon.max_services)));
+            errs.push(err(
+                None,
+                format!(
+                    "{} services, but daemon.max_services is {}",
+                    cfg.services.len(),
+                    cfg.daemon.max_services
+                ),
+            ));
         }
         for s in &cfg.services {
             let span = |x: &std::ops::Range<usize>| (!x.is_empty()).then(|| x.clone());
             if !names.insert(s.name.get_ref().clone()) {
-                errs.push(err(span(&s.name.span()), format!("service name {:?} is used twice", s.name.get_ref())));
+                errs.push(err(
+                    span(&s.name.span()),
+                    format!("service name {:?} is used twice", s.name.get_ref()),
+                ));
             }
             if !vips.insert((*s.vip.get_ref(), s.port, s.protocol as u8)) {
-                errs.push(err(span(&s.vip.span()), format!("another service already has {}:{}", s.vip.get_ref(), s.port)));
+                errs.push(err(
+                    span(&s.vip.span()),
+                    format!("another service already has {}:{}", s.vip.get_ref(), s.port),
+                ));
             }
             let size = *s.maglev_size.get_ref();
-            if !maglev::is_prime(size) || size > steer_common::MAGLEV_MAX_SIZE || size < 3 {
-                errs.push(err(span(&s.maglev_size.span()), format!("maglev_size must be a prime from 3 to {}, found {size}", steer_common::MAGLEV_MAX_SIZE)));
+            if !maglev::is_prime(size) || !(3..=steer_common::MAGLEV_MAX_SIZE).contains(&size) {
+                errs.push(err(
+                    span(&s.maglev_size.span()),
+                    format!(
+                        "maglev_size must be a prime from 3 to {}, found {size}",
+                        steer_common::MAGLEV_MAX_SIZE
+                    ),
+                ));
             }
             if s.idle_timeout.0.as_secs() == 0 || s.idle_timeout.0.as_secs() > u32::MAX as u64 {
-                errs.push(err(span(&s.name.span()), format!("service {:?}: idle_timeout must be at least 1s", s.name.get_ref())));
+                errs.push(err(
+                    span(&s.name.span()),
+                    format!(
+                        "service {:?}: idle_timeout must be at least 1s",
+                        s.name.get_ref()
+                    ),
+                ));
             }
             let mut roles = BTreeSet::new();
             let mut special_addrs = Vec::new();
             for b in &s.backends {
                 if !backend_names.insert(b.name.get_ref().clone()) {
-                    errs.push(err(span(&b.name.span()), format!("backend name {:?} is used twice (backend names are unique per host)", b.name.get_ref())));
+                    errs.push(err(
+                        span(&b.name.span()),
+                        format!(
+                            "backend name {:?} is used twice (backend names are unique per host)",
+                            b.name.get_ref()
+                        ),
+                    ));
                 }
                 if b.address.get_ref().is_ipv4() != s.vip.get_ref().is_ipv4() {
-                    errs.push(err(span(&b.address.span()), format!("backend {:?} is {} but its service's VIP {} is not", b.name.get_ref(), if b.address.get_ref().is_ipv4() { "IPv4" } else { "IPv6" }, s.vip.get_ref())));
+                    errs.push(err(
+                        span(&b.address.span()),
+                        format!(
+                            "backend {:?} is {} but its service's VIP {} is not",
+                            b.name.get_ref(),
+                            if b.address.get_ref().is_ipv4() {
+                                "IPv4"
+                            } else {
+                                "IPv6"
+                            },
+                            s.vip.get_ref()
+                        ),
+                    ));
                 }
                 let role = *b.role.get_ref();
                 if role != RoleCfg::Pool {
                     if !roles.insert(role as u8) {
-                        errs.push(err(span(&b.role.span()), format!("service {:?} has more than one {role:?} backend", s.name.get_ref())));
+                        errs.push(err(
+                            span(&b.role.span()),
+                            format!(
+                                "service {:?} has more than one {role:?} backend",
+                                s.name.get_ref()
+                            ),
+                        ));
                     }
                     if special_addrs.contains(b.address.get_ref()) {
-                        errs.push(err(span(&b.address.span()), "the maintenance and fallback backends must be different servers".to_string()));
+                        errs.push(err(
+                            span(&b.address.span()),
+                            "the maintenance and fallback backends must be different servers"
+                                .to_string(),
+                        ));
                     }
                     special_addrs.push(*b.address.get_ref());
                 }
                 if let Some(t) = &b.check {
                     if let Err(e) = s.check_for(t) {
-                        errs.push(err(span(&b.name.span()), format!("backend {:?}: check: {e}", b.name.get_ref())));
+                        errs.push(err(
+                            span(&b.name.span()),
+                            format!("backend {:?}: check: {e}", b.name.get_ref()),
+                        ));
                     }
                 }
             }
             if s.check.rise == 0 || s.check.fall == 0 {
-                errs.push(err(span(&s.name.span()), format!("service {:?}: check rise and fall must be at least 1", s.name.get_ref())));
+                errs.push(err(
+                    span(&s.name.span()),
+                    format!(
+                        "service {:?}: check rise and fall must be at least 1",
+                        s.name.get_ref()
+                    ),
+                ));
             }
         }
         if errs.is_empty() {
@@ -449,7 +525,8 @@ impl ServiceCfg {
 
     /// The check of a backend: the service's, with the backend's overrides applied.
     pub fn check_for(&self, overrides: &toml::Table) -> Result<Check, String> {
-        let mut base = toml::Table::try_from(CheckSer::from(&self.check)).map_err(|e| e.to_string())?;
+        let mut base =
+            toml::Table::try_from(CheckSer::from(&self.check)).map_err(|e| e.to_string())?;
         for (k, v) in overrides {
             base.insert(k.clone(), v.clone());
         }
@@ -576,33 +653,54 @@ role = "maintenance"
 
     #[test]
     fn unknown_field_is_refused_with_its_position() {
-        let e = first_error("[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprot = \"tcp\"\n");
+        let e = first_error(
+            "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprot = \"tcp\"\n",
+        );
         assert!(e.starts_with("steer.toml:5:1: unknown field `prot`"), "{e}");
     }
 
     #[test]
     fn bad_values_say_what_was_expected() {
         let e = first_error("[[service]]\nname = \"web\"\nvip = \"10.0.0.300\"\nport = 80\n");
-        assert!(e.starts_with("steer.toml:3:7:") && e.contains("IP address"), "{e}");
-        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nidle_timeout = \"soon\"\n");
+        assert!(
+            e.starts_with("steer.toml:3:7:") && e.contains("IP address"),
+            "{e}"
+        );
+        let e = first_error(
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nidle_timeout = \"soon\"\n",
+        );
         assert!(e.contains("expected a duration"), "{e}");
         let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\nmac = \"02:00\"\n");
-        assert!(e.starts_with("steer.toml:8:7:") && e.contains("MAC address"), "{e}");
+        assert!(
+            e.starts_with("steer.toml:8:7:") && e.contains("MAC address"),
+            "{e}"
+        );
         let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\ncheck = { status = \"700\" }\n");
         assert!(e.contains("expected a status"), "{e}");
     }
 
     #[test]
     fn semantic_errors_point_at_the_value() {
-        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 1000\n");
-        assert_eq!(e, "steer.toml:5:15: maglev_size must be a prime from 3 to 65537, found 1000");
+        let e = first_error(
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 1000\n",
+        );
+        assert_eq!(
+            e,
+            "steer.toml:5:15: maglev_size must be a prime from 3 to 65537, found 1000"
+        );
         let errs = parse(
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"fd00::2\"\n",
         )
         .unwrap_err();
         let all = errs.to_string();
-        assert!(all.contains("steer.toml:9:8: backend name \"a\" is used twice"), "{all}");
-        assert!(all.contains("steer.toml:10:11: backend \"a\" is IPv6"), "{all}");
+        assert!(
+            all.contains("steer.toml:9:8: backend name \"a\" is used twice"),
+            "{all}"
+        );
+        assert!(
+            all.contains("steer.toml:10:11: backend \"a\" is IPv6"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -2,13 +2,17 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     ptr::NonNull,
 };
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
@@ -66,6 +70,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mapping {name} into memory: {source}")]
     Mmap {
         name: &'static str,
@@ -81,6 +91,36 @@ pub enum DatapathError {
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// What `attach_pinned` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link was made and pinned.
+    New,
+    /// The program in a pinned link was replaced by this one.
+    Replaced,
+}
+
+/// Where the link of `iface` is pinned under `dir`.
+pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
+}
+
+/// Removes every pin under `dir` (maps and links): links detach, maps go when unused.
+pub fn unpin_all(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        std::fs::remove_file(e?.path())?;
+        n += 1;
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(n)
+}
 
 /// How to load the datapath.
 #[derive(Clone, Debug)]
@@ -279,6 +319,48 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the program to `iface` through a link pinned at `pin`: when the pin exists (a
+    /// daemon ran before), this program replaces the one in that link atomically and no packet
+    /// goes unprocessed; otherwise a new link is made and pinned. The link outlives this
+    /// process: with no daemon, the datapath goes on with the last state (fail static).
+    pub fn attach_pinned(&mut self, iface: &str, mode: XdpMode, pin: &Path) -> Result<Attached> {
+        let pin_err = |source: std::io::Error| DatapathError::Pin {
+            path: pin.to_path_buf(),
+            source,
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(pin).map_err(|e| pin_err(std::io::Error::other(e)))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| pin_err(std::io::Error::other(e)))?;
+            let id =
+                self.program()
+                    .attach_to_link(link)
+                    .map_err(|source| DatapathError::Attach {
+                        iface: iface.to_string(),
+                        mode,
+                        source,
+                    })?;
+            // The pin holds the link; this process's handle on it can go.
+            drop(self.program().take_link(id)?);
+            return Ok(Attached::Replaced);
+        }
+        let id = self
+            .program()
+            .attach(iface, mode)
+            .map_err(|source| DatapathError::Attach {
+                iface: iface.to_string(),
+                mode,
+                source,
+            })?;
+        let link = self.program().take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e)))?;
+        if let Some(dir) = pin.parent() {
+            std::fs::create_dir_all(dir).map_err(pin_err)?;
+        }
+        fd.pin(pin).map_err(|e| pin_err(std::io::Error::other(e)))?;
+        Ok(Attached::New)
+    }
+
     pub fn max_services(&self) -> u32 {
         self.max_services
     }
@@ -293,6 +375,29 @@ impl Datapath {
     pub fn put_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
         self.check_service_id(svc.id)?;
         typed(map::SERVICES, self.services.insert(key, svc, 0))
+    }
+
+    /// The entry of a service, if the map holds it.
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        match self.services.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: map::SERVICES,
+                source,
+            }),
+        }
+    }
+
+    /// Every service key in the map.
+    pub fn service_keys(&self) -> Result<Vec<ServiceKey>> {
+        self.services
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: map::SERVICES,
+                source,
+            })
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {

@@ -1,32 +1,11 @@
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+//! `steer-ctl`: dispatches to the verb modules; everything else lives in the library.
 
-/// steer's control program.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
+mod verbs;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Load the XDP datapath into the kernel and unload it: checks that this host can run steer
-    /// (root, BPF, BTF, a verifier that accepts the program).
-    Probe,
-}
+use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Probe => {
-            let dp = steer_ctl::Datapath::load(&steer_ctl::Options {
-                max_services: 1,
-                ..Default::default()
-            })
-            .context("probe")?;
-            drop(dp);
-            println!("ok: the steer datapath loads on this kernel");
-        }
-    }
-    Ok(())
+fn main() {
+    let cli = cli::Cli::parse();
+    std::process::exit(verbs::run(cli));
 }

@@ -1,0 +1,153 @@
+//! The command line: one clap derive tree. Every verb but `daemon`, `config check`,
+//! `completions` and `man` talks to the daemon through its control socket.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 30s or 500ms: {e}"))
+}
+
+/// steer: an XDP layer-4 load balancer. `steer-ctl daemon` runs it; the other verbs drive it.
+#[derive(Parser, Debug)]
+#[command(name = "steer-ctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "STEER_SOCKET",
+        default_value = "/run/steer/steer.sock"
+    )]
+    pub socket: PathBuf,
+    /// Machine-readable output: one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ShowWhat {
+    Services,
+    Backends,
+    Flows,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Run the daemon: load or adopt the XDP datapath, run health checks, serve the socket.
+    #[command(
+        after_help = "Example:\n  steer-ctl daemon --config /etc/steer/steer.toml --log-format json"
+    )]
+    Daemon {
+        #[arg(long, default_value = steer_ctl::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Services, backends, health, admin states, active flows and counters.
+    #[command(after_help = "Example:\n  steer-ctl status --json")]
+    Status,
+    /// One table: services, backends or flows.
+    #[command(
+        after_help = "Example:\n  steer-ctl show backends\n  steer-ctl show flows --limit 20"
+    )]
+    Show {
+        #[arg(value_enum)]
+        what: ShowWhat,
+        /// Most flows to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Stop sending new flows to a backend; its flows go on. With --wait, return when they end.
+    #[command(
+        after_help = "Example (a deploy hook):\n  steer-ctl drain web-a --wait --timeout 5m && systemctl restart app"
+    )]
+    Drain {
+        backend: String,
+        /// Wait until the backend has no active flow (flows idle past the service's idle
+        /// timeout count as gone), printing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 75).
+        #[arg(long, value_parser = duration, default_value = "10m")]
+        timeout: Duration,
+        /// Wait at least this long, even with no flow left.
+        #[arg(long, value_parser = duration, default_value = "0s")]
+        min: Duration,
+    },
+    /// Put a backend back in rotation (it takes new flows once its checks find it up).
+    #[command(after_help = "Example:\n  steer-ctl ready web-a --wait-healthy --timeout 1m")]
+    Ready {
+        backend: String,
+        /// Wait until the health checks find it up.
+        #[arg(long)]
+        wait_healthy: bool,
+        #[arg(long, value_parser = duration, default_value = "2m")]
+        timeout: Duration,
+    },
+    /// Like drain, and pause the backend's health checks (it is being worked on).
+    #[command(after_help = "Example:\n  steer-ctl maint web-a")]
+    Maint { backend: String },
+    /// Take a backend out and reset every further packet of its flows (fail fast).
+    #[command(after_help = "Example:\n  steer-ctl reject web-a")]
+    Reject { backend: String },
+    /// Set a backend's Maglev weight (0 takes it out of the table).
+    #[command(after_help = "Example:\n  steer-ctl weight web-a 3")]
+    Weight { backend: String, weight: u32 },
+    /// Send every new flow of a service to its maintenance backend, or stop.
+    #[command(after_help = "Example:\n  steer-ctl maintenance web on")]
+    Maintenance {
+        service: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Validate a config file without a daemon.
+    Config {
+        #[command(subcommand)]
+        what: ConfigVerb,
+    },
+    /// Apply the config file again; an invalid one is refused and the running one stays.
+    #[command(after_help = "Example:\n  steer-ctl reload")]
+    Reload,
+    /// Stop the daemon (traffic keeps flowing on the last state); --detach also removes the
+    /// XDP program and the pinned maps.
+    #[command(after_help = "Example:\n  steer-ctl shutdown --detach")]
+    Shutdown {
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  steer-ctl completions bash > /etc/bash_completion.d/steer-ctl"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff).
+    #[command(after_help = "Example:\n  steer-ctl man | man -l -")]
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigVerb {
+    /// Report every error with file, line and column.
+    #[command(after_help = "Example:\n  steer-ctl config check --config /etc/steer/steer.toml")]
+    Check {
+        #[arg(long, default_value = steer_ctl::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
