@@ -215,6 +215,9 @@ pub struct Balancer {
     /// ran before): flows in a pinned connection table name backends by id and generation.
     reserved_services: BTreeMap<String, u32>,
     reserved_backends: BTreeMap<String, (u32, u16)>,
+    /// While `Some`, table rebuilds and service updates are deferred: `commit` publishes each
+    /// service named here once.
+    batch: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A backend as `Balancer` holds it, for status reports.
@@ -255,7 +258,26 @@ impl Balancer {
             gens: vec![0; MAX_BACKENDS as usize],
             reserved_services: BTreeMap::new(),
             reserved_backends: BTreeMap::new(),
+            batch: None,
         }
+    }
+
+    /// Defers publishing services until `commit`: a daemon adopting pinned maps, or applying a
+    /// reload, builds each service whole (all backends, admin states, maintenance) before the
+    /// datapath sees it, never an empty or half-built pool.
+    pub fn begin_batch(&mut self) {
+        self.batch.get_or_insert_with(Default::default);
+    }
+
+    /// Publishes every service changed since `begin_batch`.
+    pub fn commit(&mut self) -> Result<()> {
+        let dirty = self.batch.take().unwrap_or_default();
+        for s in dirty {
+            if self.services.contains_key(&s) {
+                self.rebuild(&s)?;
+            }
+        }
+        Ok(())
     }
 
     /// Ids that services and backends of these names held before (a daemon restarting on
@@ -610,6 +632,11 @@ impl Balancer {
         } else {
             value.flags &= !svc_flags::MAINTENANCE;
         }
+        if let Some(dirty) = &mut self.batch {
+            svc.value = value;
+            dirty.insert(service.to_string());
+            return Ok(());
+        }
         self.dp.put_service(&svc.key, &value)?;
         svc.value = value;
         Ok(())
@@ -701,6 +728,10 @@ impl Balancer {
     /// Rebuilds a service's table from its eligible backends, writes it to the idle slot and
     /// makes it live.
     fn rebuild(&mut self, service: &str) -> Result<()> {
+        if let Some(dirty) = &mut self.batch {
+            dirty.insert(service.to_string());
+            return Ok(());
+        }
         let svc = self
             .services
             .get(service)

@@ -68,6 +68,7 @@ pub enum DaemonError {
 struct CheckState {
     last: String,
     latency: Option<Duration>,
+    runs: u64,
 }
 
 /// Everything the daemon knows, behind one lock (never held across an await).
@@ -203,6 +204,14 @@ impl Core {
     /// (`new_backends_up` false) — at daemon start every backend starts up, so a restart
     /// never empties a pool.
     fn apply(&mut self, cfg: &Config, new_backends_up: bool) -> Result<(), DaemonError> {
+        self.bal.begin_batch();
+        let r = self.apply_batched(cfg, new_backends_up);
+        let c = self.bal.commit();
+        r?;
+        Ok(c?)
+    }
+
+    fn apply_batched(&mut self, cfg: &Config, new_backends_up: bool) -> Result<(), DaemonError> {
         let old: BTreeMap<String, crate::balancer::ServiceInfo> = self
             .bal
             .service_infos()
@@ -391,6 +400,7 @@ impl Core {
                             chk.last
                         },
                         check_ms: chk.latency.map(|d| d.as_secs_f64() * 1000.0),
+                        checks_run: chk.runs,
                         weight: b.weight,
                     }
                 })
@@ -606,11 +616,13 @@ fn apply_report(core: &Shared, r: Report) {
         Outcome::Ok => "ok".to_string(),
         Outcome::Failed(why) => why.clone(),
     };
+    let runs = c.checks.get(&r.backend).map_or(0, |s| s.runs) + 1;
     c.checks.insert(
         r.backend.clone(),
         CheckState {
             last: last.clone(),
             latency: Some(r.latency),
+            runs,
         },
     );
     if let Some(up) = r.change {

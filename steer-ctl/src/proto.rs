@@ -118,6 +118,8 @@ pub struct BackendStatus {
     pub health: String,
     /// Why the last check failed, or "ok".
     pub check: String,
+    /// Checks run since the daemon started.
+    pub checks_run: u64,
     /// Last check's latency in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<f64>,

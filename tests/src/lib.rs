@@ -1,6 +1,7 @@
 //! Test support for steer: the `BPF_PROG_TEST_RUN` fixture runner, network-namespace
 //! topologies, and a small HTTP client. Used by the tests in `tests/tests/` and by `xtask demo`.
 
+pub mod daemon;
 pub mod fixture;
 pub mod http;
 pub mod netns;

@@ -373,16 +373,16 @@ impl Topology {
 
     /// Starts `steer-httpd` on backend `i` answering as `name` and `version`.
     pub fn start_http_named(&mut self, httpd: &Path, i: usize, name: &str, version: &str) {
+        let args = ["--name", name, "--version", version, "--listen", "[::]:80"];
+        self.spawn_server_on(i, httpd, &args);
+    }
+
+    /// Starts `program ARGS…` as backend `i`'s server, stopping the one it had first.
+    pub fn spawn_server_on(&mut self, i: usize, program: &Path, args: &[&str]) {
+        self.stop_http(i);
         let ns = self.backends[i].ns.clone();
-        let child = self.spawn(
-            &ns,
-            httpd,
-            &["--name", name, "--version", version, "--listen", "[::]:80"],
-        );
-        if let Some(mut old) = self.servers.insert(i, child) {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
+        let child = self.spawn(&ns, program, args);
+        self.servers.insert(i, child);
     }
 
     /// Stops backend `i`'s server (SIGKILL: no goodbye to its clients).

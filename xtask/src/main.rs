@@ -107,6 +107,25 @@ fn cleanup_stale_namespaces() {
     }
 }
 
+/// Removes bpffs pin directories left by killed daemon tests (`/sys/fs/bpf/steer-test-PID-N`).
+fn cleanup_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("steer-test-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+        println!("removed stale pins {}", e.path().display());
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
@@ -114,7 +133,12 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             cleanup_stale_namespaces();
+            cleanup_stale_pins();
             let start = Instant::now();
+            // The daemon tests run the real binary.
+            let mut b = cargo();
+            b.args(["build", "--quiet", "-p", "steer-ctl", "--bin", "steer-ctl"]);
+            run(b)?;
             let mut c = cargo();
             c.arg("test").args(&args);
             // Print what passing tests printed too (the fixture table, per-backend shares),
@@ -125,6 +149,7 @@ fn main() -> Result<()> {
             c.arg("--show-output");
             let r = run(c);
             cleanup_stale_namespaces();
+            cleanup_stale_pins();
             r?;
             println!("all tests passed in {:.1} s", start.elapsed().as_secs_f64());
             Ok(())

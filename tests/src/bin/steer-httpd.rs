@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 server for steer's tests and demo: answers every request with its own name
 //! (and version), so a client can tell which backend served it.
 //!
-//! `steer-httpd --name web-a [--listen 0.0.0.0:80] [--version v1] [--status 200]`
+//! `steer-httpd --name web-a [--listen 0.0.0.0:80] [--version v1] [--status 200] [--flap]`
 //!
 //! Prints `listening <addr>` on stdout once the socket is bound, so a harness can wait for it.
 
@@ -16,11 +16,15 @@ struct Config {
     name: String,
     version: String,
     status: u16,
+    /// Answer 503 to every other request (a flapping server). Also turned on by a request for
+    /// `/control/flap`, off by `/control/steady`.
+    flap: std::sync::atomic::AtomicBool,
+    served: std::sync::atomic::AtomicU64,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("steer-httpd: {msg}");
-    eprintln!("usage: steer-httpd --name NAME [--listen ADDR:PORT] [--version V] [--status CODE]");
+    eprintln!("usage: steer-httpd --name NAME [--listen ADDR:PORT] [--version V] [--status CODE] [--flap]");
     std::process::exit(2);
 }
 
@@ -29,6 +33,7 @@ fn main() {
     let mut listen = "0.0.0.0:80".to_string();
     let mut version = "v1".to_string();
     let mut status = 200u16;
+    let mut flap = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -45,6 +50,7 @@ fn main() {
                     .parse()
                     .unwrap_or_else(|_| usage(&format!("--status: {v:?} is not a number")))
             }
+            "--flap" => flap = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -52,6 +58,8 @@ fn main() {
         name: name.unwrap_or_else(|| usage("--name is required")),
         version,
         status,
+        flap: flap.into(),
+        served: Default::default(),
     });
     let listener = TcpListener::bind(&listen).unwrap_or_else(|e| {
         eprintln!("steer-httpd: cannot listen on {listen}: {e}");
@@ -96,10 +104,23 @@ fn serve(conn: TcpStream, cfg: &Config) {
             }
         }
         let body = format!("{} {}\n", cfg.name, cfg.version);
-        let reason = if cfg.status < 400 { "OK" } else { "Error" };
+        use std::sync::atomic::Ordering::Relaxed;
+        if request_line.starts_with("GET /control/flap ") {
+            cfg.served.store(0, Relaxed);
+            cfg.flap.store(true, Relaxed);
+        } else if request_line.starts_with("GET /control/steady ") {
+            cfg.flap.store(false, Relaxed);
+        }
+        let n = cfg.served.fetch_add(1, Relaxed);
+        let status = if cfg.flap.load(Relaxed) && n % 2 == 1 {
+            503
+        } else {
+            cfg.status
+        };
+        let reason = if status < 400 { "OK" } else { "Error" };
         let mut resp = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Backend: {}\r\n{}\r\n",
-            cfg.status,
+            status,
             body.len(),
             cfg.name,
             if close { "Connection: close\r\n" } else { "" },
