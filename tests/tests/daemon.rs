@@ -72,6 +72,15 @@ fn requests(topo: &Topology, n: usize) -> BTreeMap<String, u64> {
     })
 }
 
+/// `requests`, adding who answered to `tally`.
+fn counted(topo: &Topology, tally: &mut BTreeMap<String, u64>, n: usize) -> BTreeMap<String, u64> {
+    let served = requests(topo, n);
+    for (b, k) in &served {
+        *tally.entry(b.clone()).or_default() += k;
+    }
+    served
+}
+
 fn wait_health(d: &SteerDaemon, name: &str, want: &str) -> serde_json::Value {
     wait_for(&format!("{name} to be {want}"), T, || {
         let b = d.backend(name);
@@ -141,6 +150,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     assert_eq!(check.code, 0, "{check:?}");
     assert_eq!(check.json()["services"], 1);
     d.start();
+    let mut tally = BTreeMap::new();
     for b in ["b0", "b1", "b2", "maint"] {
         wait_for(&format!("a passing check of {b}"), T, || {
             let v = d.backend(b);
@@ -153,7 +163,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     }
     let s = d.ok_json(&["status"]);
     assert_eq!(s["services"][0]["eligible"], 3, "{s}");
-    let served = requests(&topo, 60);
+    let served = counted(&topo, &mut tally, 60);
     assert!(
         served.len() >= 2 && !served.contains_key("maint"),
         "{served:?}"
@@ -167,7 +177,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     );
     assert_eq!(d.backend("b0")["admin"], "drain");
     assert!(
-        !requests(&topo, 40).contains_key("b0"),
+        !counted(&topo, &mut tally, 40).contains_key("b0"),
         "drained b0 got new connections"
     );
     let v = d.ok_json(&["ready", "b0", "--wait-healthy", "--timeout", "10s"]);
@@ -177,7 +187,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     assert_eq!(d.backend("b1")["admin"], "maint");
     d.ok_json(&["reject", "b2"]);
     assert_eq!(d.backend("b2")["admin"], "reject");
-    let served = requests(&topo, 30);
+    let served = counted(&topo, &mut tally, 30);
     assert_eq!(
         served.keys().collect::<Vec<_>>(),
         ["b0"],
@@ -202,15 +212,18 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     let v = d.ok_json(&["weight", "b0", "0"]);
     assert_eq!(v["weight"], 0);
     assert!(
-        !requests(&topo, 40).contains_key("b0"),
+        !counted(&topo, &mut tally, 40).contains_key("b0"),
         "weight 0 takes b0 out"
     );
     d.ok_json(&["weight", "b0", "1"]);
     let v = d.ok_json(&["maintenance", "web", "on"]);
     assert_eq!(v["maintenance"], true);
-    assert_eq!(requests(&topo, 20).keys().collect::<Vec<_>>(), ["maint"]);
+    assert_eq!(
+        counted(&topo, &mut tally, 20).keys().collect::<Vec<_>>(),
+        ["maint"]
+    );
     d.ok_json(&["maintenance", "web", "off"]);
-    assert!(!requests(&topo, 20).contains_key("maint"));
+    assert!(!counted(&topo, &mut tally, 20).contains_key("maint"));
     let flows = d.ok_json(&["show", "flows", "--limit", "5"]);
     assert_eq!(flows.as_array().map(|a| a.len()), Some(5), "{flows}");
 
@@ -236,7 +249,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     topo.stop_http(2);
     let b = wait_health(&d, "b2", "down");
     assert_eq!(b["check"], "refused", "{b}");
-    assert!(!requests(&topo, 30).contains_key("b2"));
+    assert!(!counted(&topo, &mut tally, 30).contains_key("b2"));
     topo.start_http(Path::new(HTTPD), 2);
     wait_health(&d, "b2", "up");
     // A server answering 503 is down.
