@@ -411,10 +411,15 @@ impl Balancer {
             .filter(|i| *i < max && free(i));
         let id = match reserved {
             Some(i) => i,
-            None => (0..max)
-                .find(|i| free(i) && !self.reserved_services.values().any(|r| r == i))
-                .or_else(|| (0..max).find(free))
-                .ok_or(BalancerError::Full("service", max))?,
+            None => {
+                let i = (0..max)
+                    .find(|i| free(i) && !self.reserved_services.values().any(|r| r == i))
+                    .or_else(|| (0..max).find(free))
+                    .ok_or(BalancerError::Full("service", max))?;
+                // A new service on this id: it does not inherit an earlier one's counters.
+                self.dp.reset_service_counters(i)?;
+                i
+            }
         };
         let (addr, family) = addr_bytes(spec.vip);
         let key = ServiceKey {
@@ -513,6 +518,8 @@ impl Balancer {
                     .or_else(|| (0..MAX_BACKENDS).find(free))
                     .ok_or(BalancerError::Full("backend", MAX_BACKENDS))?;
                 self.gens[i as usize] = self.gens[i as usize].wrapping_add(1);
+                // A new backend on this id: it does not inherit an earlier one's counters.
+                self.dp.reset_backend_counters(i)?;
                 i
             }
         };

@@ -438,6 +438,34 @@ impl Datapath {
         Ok(total)
     }
 
+    fn zero(name: &'static str, m: &mut PerCpuArray<MapData, Counters>, id: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|source| {
+                DatapathError::Map {
+                    name,
+                    source: MapError::from(source),
+                }
+            })?;
+        typed(name, m.set(id, zeros, 0))
+    }
+
+    /// Zeroes the counters of service `id` (an id given to a new service starts from zero).
+    pub fn reset_service_counters(&mut self, id: u32) -> Result<()> {
+        Self::zero(map::SERVICE_STATS, &mut self.service_stats, id)
+    }
+
+    /// Zeroes the counters of backend `id` (an id given to a new backend starts from zero).
+    pub fn reset_backend_counters(&mut self, id: u32) -> Result<()> {
+        Self::zero(map::BACKEND_STATS, &mut self.backend_stats, id)
+    }
+
     /// Counters of service `id`, summed over CPUs.
     pub fn service_counters(&self, id: u32) -> Result<Counters> {
         Self::sum(map::SERVICE_STATS, &self.service_stats, id)

@@ -485,8 +485,13 @@ fn reload_under_load_and_a_broken_config_is_refused() {
             Err(n.to_string())
         }
     });
-    // Add b3, remove b2.
-    d.write_config(&web_config(&topo, &[0, 1, 3], None));
+    // Add b3 (with no MAC in the config: the daemon finds it in the neighbour table), remove b2.
+    let without_mac = web_config(&topo, &[0, 1], None)
+        + &format!(
+            "[[service.backend]]\nname = \"b3\"\naddress = \"{}\"\n",
+            topo.backends[3].addr
+        );
+    d.write_config(&without_mac);
     let r = d.ok_json(&["reload"]);
     assert_eq!(r["ok"], true);
     wait_health(&d, "b3", "up");

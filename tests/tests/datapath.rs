@@ -626,6 +626,11 @@ fn datapath_fixtures() {
     t.bal
         .add_backend("web", BackendSpec::new("web-e", v4(7), mac(31)))
         .unwrap();
+    assert_eq!(
+        t.bal.backend_counters("web-e").unwrap(),
+        steer_common::Counters::default(),
+        "a reused id starts with zeroed counters"
+    );
     t.check(rst_row(
         "a new backend given a removed backend's id does not inherit its flows",
         tcp4(CLIENT, pd, VIP, 80).ack(56).frame(),
