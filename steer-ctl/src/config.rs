@@ -391,6 +391,17 @@ impl Config {
         let mut names = BTreeSet::new();
         let mut backend_names = BTreeSet::new();
         let mut vips = BTreeSet::new();
+        if let Some(m) = cfg.daemon.metrics {
+            if !m.ip().is_loopback() {
+                let at = text.find("metrics").map(|i| i..i + 7);
+                errs.push(err(
+                    at,
+                    format!(
+                        "daemon.metrics must be a loopback address (127.0.0.1 or ::1), found {m}"
+                    ),
+                ));
+            }
+        }
         if cfg.services.len() as u32 > cfg.daemon.max_services {
             errs.push(err(
                 None,
@@ -701,6 +712,12 @@ role = "maintenance"
             all.contains("steer.toml:10:11: backend \"a\" is IPv6"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn metrics_only_on_loopback() {
+        let e = first_error("[daemon]\nmetrics = \"0.0.0.0:9469\"\n");
+        assert_eq!(e, "steer.toml:2:1: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
     }
 
     #[test]
