@@ -118,6 +118,8 @@ pub struct BackendSpec {
     pub mac: [u8; 6],
     pub weight: u32,
     pub role: Role,
+    /// Deployment group (`blue`, `green`): `switch` makes one group of a service eligible.
+    pub group: Option<String>,
 }
 
 impl BackendSpec {
@@ -129,6 +131,7 @@ impl BackendSpec {
             mac,
             weight: 1,
             role: Role::Pool,
+            group: None,
         }
     }
 }
@@ -155,6 +158,8 @@ pub enum BalancerError {
     DuplicateRole(String, Role, String),
     #[error("service {service:?}: the maintenance and fallback backends must be different servers, but both are {addr}")]
     MaintenanceIsFallback { service: String, addr: IpAddr },
+    #[error("service {0:?} has no backend in group {1:?}")]
+    UnknownGroup(String, String),
     #[error("service {0:?} has no maintenance backend")]
     NoMaintenanceBackend(String),
     #[error("backend {backend:?} is {backend_family} but service {service:?} is {service_family}")]
@@ -167,6 +172,11 @@ pub enum BalancerError {
 }
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;
+
+/// A backend of `group` may take new flows while `active` is the service's group.
+fn in_group(active: &Option<String>, group: &Option<String>) -> bool {
+    active.is_none() || active == group
+}
 
 /// Splits an address into the datapath's 16-byte form and family.
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -195,6 +205,8 @@ struct ServiceState {
     value: Service,
     /// Backend names, in the order added.
     backends: Vec<String>,
+    /// When set, only pool backends of this group take new flows.
+    active_group: Option<String>,
 }
 
 struct BackendState {
@@ -233,6 +245,7 @@ pub struct BackendInfo {
     pub role: Role,
     pub admin: Admin,
     pub up: bool,
+    pub group: Option<String>,
 }
 
 /// A service as `Balancer` holds it, for status reports.
@@ -247,6 +260,8 @@ pub struct ServiceInfo {
     /// Pool backends that may take new flows.
     pub eligible: usize,
     pub backends: Vec<String>,
+    /// The group `switch` made eligible, if any.
+    pub active_group: Option<String>,
 }
 
 impl Balancer {
@@ -349,6 +364,7 @@ impl Balancer {
                     _ => Admin::Ready,
                 },
                 up: b.entry.health == health::UP,
+                group: b.spec.group.clone(),
             })
             .collect()
     }
@@ -373,8 +389,37 @@ impl Balancer {
                     })
                     .count(),
                 backends: s.backends.clone(),
+                active_group: s.active_group.clone(),
             })
             .collect()
+    }
+
+    /// Makes only the pool backends of `group` eligible for new flows of `service` (`None`:
+    /// all groups), in one table swap. Flows on the other group's backends go on where they
+    /// are.
+    pub fn set_active_group(&mut self, service: &str, group: Option<&str>) -> Result<()> {
+        let svc = self
+            .services
+            .get(service)
+            .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
+        if let Some(g) = group {
+            let known = svc
+                .backends
+                .iter()
+                .filter_map(|n| self.backends.get(n))
+                .any(|b| b.spec.group.as_deref() == Some(g));
+            if !known {
+                return Err(BalancerError::UnknownGroup(
+                    service.to_string(),
+                    g.to_string(),
+                ));
+            }
+        }
+        self.services
+            .get_mut(service)
+            .expect("looked up")
+            .active_group = group.map(String::from);
+        self.rebuild(service)
     }
 
     pub fn datapath(&self) -> &Datapath {
@@ -453,6 +498,7 @@ impl Balancer {
                 key,
                 value,
                 backends: Vec::new(),
+                active_group: None,
             },
         );
         if let Err(e) = self.rebuild(&name) {
@@ -747,7 +793,11 @@ impl Balancer {
             .backends
             .iter()
             .filter_map(|n| self.backends.get(n))
-            .filter(|b| b.spec.role == Role::Pool && b.entry.eligible())
+            .filter(|b| {
+                b.spec.role == Role::Pool
+                    && b.entry.eligible()
+                    && in_group(&svc.active_group, &b.spec.group)
+            })
             .map(|b| maglev::Entry {
                 name: &b.spec.name,
                 weight: b.spec.weight,

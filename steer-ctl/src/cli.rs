@@ -74,7 +74,8 @@ pub enum Verb {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Stop sending new flows to a backend; its flows go on. With --wait, return when they end.
+    /// Stop sending new flows to a backend (or every backend of a group); its flows go on. With
+    /// --wait, return when they end.
     #[command(
         after_help = "Example (a deploy hook):\n  steer-ctl drain web-a --wait --timeout 5m && systemctl restart app"
     )]
@@ -116,6 +117,40 @@ pub enum Verb {
         service: String,
         #[arg(value_enum)]
         state: OnOff,
+    },
+    /// Make only one group of a service's backends take new flows, in one table swap; flows on
+    /// the other groups finish where they are (blue/green).
+    #[command(
+        after_help = "Example:\n  steer-ctl switch web green && steer-ctl drain blue --wait"
+    )]
+    Switch {
+        service: String,
+        /// The group to switch to; omit with --all to make every group eligible again.
+        #[arg(required_unless_present = "all")]
+        group: Option<String>,
+        #[arg(long, conflicts_with = "group")]
+        all: bool,
+    },
+    /// Restart a service's backends one by one (or N at a time): drain and wait, run the
+    /// command, set ready and wait until healthy; stop at the first failure.
+    #[command(
+        after_help = "Example:\n  steer-ctl rollout web --exec 'ssh {address} systemctl restart app'"
+    )]
+    Rollout {
+        service: String,
+        /// Command run by `sh -c` per backend; {backend} and {address} are replaced.
+        #[arg(long)]
+        exec: String,
+        /// Backends at a time (never so many that the service has no eligible backend left).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, value_parser = duration, default_value = "5m")]
+        drain_timeout: Duration,
+        #[arg(long, value_parser = duration, default_value = "2m")]
+        healthy_timeout: Duration,
+        /// Go on with the next backends after a failure (the failed one stays drained).
+        #[arg(long)]
+        continue_on_error: bool,
     },
     /// Validate a config file without a daemon.
     Config {

@@ -182,6 +182,7 @@ fn backend_spec(b: &crate::config::BackendCfg, weight: u32) -> Result<BackendSpe
         mac,
         weight,
         role: b.role(),
+        group: b.group.clone(),
     })
 }
 
@@ -276,6 +277,7 @@ impl Core {
                 let same = def.is_some_and(|b| {
                     *b.address.get_ref() == info.addr
                         && b.role() == info.role
+                        && b.group == info.group
                         && b.mac.is_none_or(|m| m.0 == info.mac)
                 });
                 if !same {
@@ -302,6 +304,12 @@ impl Core {
                 }
                 self.bal.set_admin(bname, st.admin.into())?;
                 self.groups.insert(bname.clone(), b.group.clone());
+            }
+            let group = self.state.service(name).group;
+            if let Err(e) = self.bal.set_active_group(name, group.as_deref()) {
+                warn!(service = %name, error = %e, "the switched-to group is gone from the config: all groups eligible");
+                self.bal.set_active_group(name, None)?;
+                self.state.services.entry(name.clone()).or_default().group = None;
             }
         }
         self.groups.retain(|n, _| {
@@ -371,6 +379,7 @@ impl Core {
                     protocol: format!("{:?}", s.proto).to_lowercase(),
                     maintenance: s.maintenance,
                     eligible: s.eligible,
+                    active_group: s.active_group,
                     backends: s.backends,
                 })
                 .collect(),
@@ -540,6 +549,17 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
                 .or_default()
                 .maintenance = on;
             info!(service = %service, maintenance = on, "maintenance changed");
+            match c.save_state() {
+                Ok(()) => (Response::ok(), After::Nothing),
+                Err(e) => (fail(&e), After::Nothing),
+            }
+        }
+        Request::Switch { service, group } => {
+            if let Err(e) = c.bal.set_active_group(&service, group.as_deref()) {
+                return (fail(&e), After::Nothing);
+            }
+            c.state.services.entry(service.clone()).or_default().group = group.clone();
+            info!(service = %service, group = ?group, "switched: only this group takes new flows");
             match c.save_state() {
                 Ok(()) => (Response::ok(), After::Nothing),
                 Err(e) => (fail(&e), After::Nothing),

@@ -19,6 +19,11 @@ pub enum Request {
     Admin { backend: String, state: AdminState },
     /// Sets a backend's weight.
     Weight { backend: String, weight: u32 },
+    /// Makes only one group of a service's backends eligible (`None`: every group).
+    Switch {
+        service: String,
+        group: Option<String>,
+    },
     /// Turns a service's maintenance on or off.
     Maintenance { service: String, on: bool },
     /// Re-reads the config file; refused (and nothing changed) if it is invalid.
@@ -101,6 +106,9 @@ pub struct ServiceStatus {
     pub maintenance: bool,
     /// Pool backends that may take new flows now.
     pub eligible: usize,
+    /// The group `switch` made eligible, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_group: Option<String>,
     pub backends: Vec<String>,
     pub counters: Counters,
 }

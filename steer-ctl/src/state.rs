@@ -76,6 +76,9 @@ pub struct BackendState {
 pub struct ServiceState {
     #[serde(default)]
     pub maintenance: bool,
+    /// The group `switch` made eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
 }
@@ -162,6 +165,7 @@ mod tests {
             "web".into(),
             ServiceState {
                 maintenance: true,
+                group: Some("green".into()),
                 id: Some(0),
             },
         );

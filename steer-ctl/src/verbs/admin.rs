@@ -40,6 +40,53 @@ pub fn set(ctx: &Ctx, name: &str, state: AdminState) -> Result<(), i32> {
     Ok(())
 }
 
+/// The backends a name stands for: the backend of that name, or every backend of that group.
+pub fn members(ctx: &Ctx, name: &str) -> Result<Vec<String>, i32> {
+    let s = ctx.call(&Request::Status)?.status.unwrap_or_default();
+    if s.backends.iter().any(|b| b.name == name) {
+        return Ok(vec![name.to_string()]);
+    }
+    let group: Vec<String> = s
+        .backends
+        .iter()
+        .filter(|b| b.group.as_deref() == Some(name))
+        .map(|b| b.name.clone())
+        .collect();
+    if group.is_empty() {
+        ctx.fail(&format!("no backend or group named {name:?}"));
+        return Err(exit::FAILURE);
+    }
+    Ok(group)
+}
+
+/// Active flows of `names`, summed.
+pub fn active(ctx: &Ctx, names: &[String]) -> Result<u64, i32> {
+    let s = ctx.call(&Request::Status)?.status.unwrap_or_default();
+    Ok(s.backends
+        .iter()
+        .filter(|b| names.contains(&b.name))
+        .map(|b| b.active_flows)
+        .sum())
+}
+
+pub fn switch(ctx: &Ctx, service: &str, group: Option<&str>) -> Result<(), i32> {
+    ctx.call(&Request::Switch {
+        service: service.into(),
+        group: group.map(String::from),
+    })?;
+    let text = match group {
+        Some(g) => {
+            format!("{service}: new flows go to group {g}; the others' flows finish where they are")
+        }
+        None => format!("{service}: every group takes new flows"),
+    };
+    ctx.done(
+        serde_json::json!({"ok": true, "service": service, "group": group}),
+        &text,
+    );
+    Ok(())
+}
+
 pub fn drain(
     ctx: &Ctx,
     name: &str,
@@ -48,10 +95,13 @@ pub fn drain(
     min: Duration,
 ) -> Result<(), i32> {
     let start = Instant::now();
-    ctx.call(&Request::Admin {
-        backend: name.into(),
-        state: AdminState::Drain,
-    })?;
+    let names = members(ctx, name)?;
+    for b in &names {
+        ctx.call(&Request::Admin {
+            backend: b.clone(),
+            state: AdminState::Drain,
+        })?;
+    }
     if !wait {
         ctx.done(
             serde_json::json!({"ok": true, "backend": name, "admin": "drain"}),
@@ -61,9 +111,9 @@ pub fn drain(
     }
     let mut last: Option<(u64, Instant)> = None;
     loop {
-        let b = backend(ctx, name)?;
+        let active_flows = active(ctx, &names)?;
         let elapsed = start.elapsed();
-        if b.active_flows == 0 && elapsed >= min {
+        if active_flows == 0 && elapsed >= min {
             ctx.done(
                 serde_json::json!({"ok": true, "backend": name, "admin": "drain", "active_flows": 0, "waited_ms": elapsed.as_millis() as u64}),
                 &format!("{name}: drained in {:.1} s", elapsed.as_secs_f64()),
@@ -73,24 +123,24 @@ pub fn drain(
         if elapsed >= timeout {
             let msg = format!(
                 "{name}: {} active flows left after {:.1} s (--timeout)",
-                b.active_flows,
+                active_flows,
                 elapsed.as_secs_f64()
             );
             if ctx.json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": false, "backend": name, "active_flows": b.active_flows, "error": msg})
+                    serde_json::json!({"ok": false, "backend": name, "active_flows": active_flows, "error": msg})
                 );
             } else {
                 eprintln!("steer-ctl: {msg}");
             }
             return Err(exit::TIMEOUT);
         }
-        let changed = last
-            .is_none_or(|(n, at)| n != b.active_flows || at.elapsed() >= Duration::from_secs(5));
+        let changed =
+            last.is_none_or(|(n, at)| n != active_flows || at.elapsed() >= Duration::from_secs(5));
         if changed {
-            progress(&format!("{name}: {} active flows", b.active_flows));
-            last = Some((b.active_flows, Instant::now()));
+            progress(&format!("{name}: {} active flows", active_flows));
+            last = Some((active_flows, Instant::now()));
         }
         std::thread::sleep(POLL);
     }

@@ -3,6 +3,7 @@
 mod admin;
 mod docs;
 mod ops;
+mod rollout;
 mod show;
 
 use std::{path::Path, time::Duration};
@@ -91,6 +92,29 @@ pub fn run(cli: Cli) -> i32 {
         Verb::Maintenance { service, state } => {
             admin::maintenance(&ctx, &service, state == crate::cli::OnOff::On)
         }
+        Verb::Switch {
+            service,
+            group,
+            all,
+        } => admin::switch(&ctx, &service, if all { None } else { group.as_deref() }),
+        Verb::Rollout {
+            service,
+            exec,
+            batch,
+            drain_timeout,
+            healthy_timeout,
+            continue_on_error,
+        } => rollout::run(
+            &ctx,
+            &rollout::Plan {
+                service: &service,
+                exec: &exec,
+                batch,
+                drain_timeout,
+                healthy_timeout,
+                continue_on_error,
+            },
+        ),
         Verb::Config { what } => match what {
             crate::cli::ConfigVerb::Check { config } => ops::config_check(&ctx, &config),
         },

@@ -1,0 +1,271 @@
+//! `rollout`: restart a service's backends a batch at a time — drain and wait, run the
+//! command, set ready and wait until healthy — and stop at the first failure, leaving that
+//! backend drained and the rest untouched.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use steer_ctl::{
+    daemon::exit,
+    proto::{BackendStatus, Request},
+    state::AdminState,
+};
+
+use super::{admin::active, Ctx};
+
+pub struct Plan<'a> {
+    pub service: &'a str,
+    pub exec: &'a str,
+    pub batch: usize,
+    pub drain_timeout: Duration,
+    pub healthy_timeout: Duration,
+    pub continue_on_error: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// What happened to one backend.
+#[derive(Default, serde::Serialize)]
+struct Step {
+    backend: String,
+    address: String,
+    drain_ms: u64,
+    /// Flows still open when the drain timeout passed (0 when drained).
+    flows_left: u64,
+    exec_ms: u64,
+    healthy_ms: u64,
+    result: String,
+}
+
+fn say(ctx: &Ctx, msg: &str) {
+    // Progress goes to stderr with --json, so stdout stays one JSON summary.
+    if ctx.json {
+        eprintln!("{msg}");
+    } else {
+        println!("{msg}");
+    }
+}
+
+fn status(ctx: &Ctx) -> Result<Vec<BackendStatus>, i32> {
+    Ok(ctx
+        .call(&Request::Status)?
+        .status
+        .unwrap_or_default()
+        .backends)
+}
+
+fn set(ctx: &Ctx, backend: &str, state: AdminState) -> Result<(), i32> {
+    ctx.call(&Request::Admin {
+        backend: backend.into(),
+        state,
+    })
+    .map(|_| ())
+}
+
+pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let backends: Vec<BackendStatus> = {
+        let mut v: Vec<BackendStatus> = status(ctx)?
+            .into_iter()
+            .filter(|b| b.service == plan.service && b.role == "pool")
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    };
+    if backends.is_empty() {
+        ctx.fail(&format!("service {:?} has no pool backend", plan.service));
+        return Err(exit::FAILURE);
+    }
+    let eligible = backends
+        .iter()
+        .filter(|b| b.admin == AdminState::Ready && b.health == "up")
+        .count();
+    if eligible < 2 {
+        ctx.fail(&format!(
+            "service {:?} has {eligible} eligible backend(s): a rollout would leave it none",
+            plan.service
+        ));
+        return Err(exit::FAILURE);
+    }
+    // Never take out so many that no eligible backend is left.
+    let batch = plan.batch.clamp(1, eligible - 1);
+    if batch < plan.batch {
+        say(
+            ctx,
+            &format!(
+                "batch of {} lowered to {batch}: {eligible} backends are eligible",
+                plan.batch
+            ),
+        );
+    }
+    let todo: Vec<&BackendStatus> = backends
+        .iter()
+        .filter(|b| b.admin == AdminState::Ready)
+        .collect();
+    let start = Instant::now();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut failed = false;
+    let mut interrupted: Vec<String> = Vec::new();
+    for group in todo.chunks(batch) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let names: Vec<String> = group.iter().map(|b| b.name.clone()).collect();
+        let mut batch_steps: Vec<Step> = group
+            .iter()
+            .map(|b| Step {
+                backend: b.name.clone(),
+                address: b.address.clone(),
+                ..Step::default()
+            })
+            .collect();
+        // 1. Drain and wait.
+        let t = Instant::now();
+        for n in &names {
+            set(ctx, n, AdminState::Drain)?;
+        }
+        say(ctx, &format!("{}: draining", names.join(", ")));
+        let left = loop {
+            let n = active(ctx, &names)?;
+            if n == 0 || t.elapsed() >= plan.drain_timeout || INTERRUPTED.load(Ordering::SeqCst) {
+                break n;
+            }
+            std::thread::sleep(POLL);
+        };
+        for s in &mut batch_steps {
+            s.drain_ms = t.elapsed().as_millis() as u64;
+            s.flows_left = left;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            interrupted = names.clone();
+            steps.extend(batch_steps);
+            break;
+        }
+        if left > 0 {
+            say(
+                ctx,
+                &format!(
+                    "{}: drain timeout with {left} flows left; going on",
+                    names.join(", ")
+                ),
+            );
+        } else {
+            say(
+                ctx,
+                &format!(
+                    "{}: drained in {:.1} s",
+                    names.join(", "),
+                    t.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        // 2. Run the command, per backend.
+        let mut batch_ok = true;
+        for s in &mut batch_steps {
+            let cmd = plan
+                .exec
+                .replace("{backend}", &s.backend)
+                .replace("{address}", &s.address);
+            let t = Instant::now();
+            say(ctx, &format!("{}: running {cmd}", s.backend));
+            let st = Command::new("sh").args(["-c", &cmd]).status();
+            s.exec_ms = t.elapsed().as_millis() as u64;
+            match st {
+                Ok(st) if st.success() => {}
+                Ok(st) => {
+                    s.result = format!("command failed ({st}); left drained");
+                    batch_ok = false;
+                }
+                Err(e) => {
+                    s.result = format!("command could not run ({e}); left drained");
+                    batch_ok = false;
+                }
+            }
+        }
+        // 3. Ready, and wait until healthy.
+        for s in batch_steps.iter_mut().filter(|s| s.result.is_empty()) {
+            set(ctx, &s.backend, AdminState::Ready)?;
+            let t = Instant::now();
+            let up = loop {
+                let b = status(ctx)?.into_iter().find(|b| b.name == s.backend);
+                if b.as_ref().is_some_and(|b| b.health == "up") {
+                    break true;
+                }
+                if t.elapsed() >= plan.healthy_timeout {
+                    break false;
+                }
+                std::thread::sleep(POLL);
+            };
+            s.healthy_ms = t.elapsed().as_millis() as u64;
+            if up {
+                s.result = "ok".into();
+                say(
+                    ctx,
+                    &format!(
+                        "{}: back and healthy in {:.1} s",
+                        s.backend,
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+            } else {
+                set(ctx, &s.backend, AdminState::Drain)?;
+                s.result = "not healthy in time; left drained".into();
+                batch_ok = false;
+            }
+        }
+        for s in batch_steps.iter().filter(|s| s.result != "ok") {
+            say(ctx, &format!("{}: {}", s.backend, s.result));
+        }
+        steps.extend(batch_steps);
+        if !batch_ok {
+            failed = true;
+            if !plan.continue_on_error {
+                break;
+            }
+        }
+    }
+    let ok = !failed && interrupted.is_empty() && steps.len() == todo.len();
+    let summary = serde_json::json!({
+        "ok": ok,
+        "service": plan.service,
+        "seconds": start.elapsed().as_secs_f64(),
+        "interrupted": if interrupted.is_empty() { None } else { Some(&interrupted) },
+        "backends": steps,
+    });
+    if ctx.json {
+        println!("{summary}");
+    } else if !interrupted.is_empty() {
+        println!(
+            "rollout of {} interrupted: {} left drained (the one in flight); the others are as they were",
+            plan.service,
+            interrupted.join(", ")
+        );
+    } else if ok {
+        println!(
+            "rollout of {} done: {} backends in {:.1} s",
+            plan.service,
+            steps.len(),
+            start.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("rollout of {} stopped: see above", plan.service);
+    }
+    if !interrupted.is_empty() {
+        return Err(130);
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(exit::FAILURE)
+    }
+}
