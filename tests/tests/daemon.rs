@@ -234,7 +234,7 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
         r.json()["error"]
             .as_str()
             .unwrap()
-            .contains("no backend named \"nope\""),
+            .contains("no backend or group named \"nope\""),
         "{r:?}"
     );
     let r = std::process::Command::new(steer_tests::daemon::steer_ctl_bin())
