@@ -20,11 +20,16 @@ pub fn steer_ctl_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("own path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps");
-    let p = dir.join("steer-ctl");
+    // Next to a binary of target/<profile>/, or above a test in target/<profile>/deps/.
+    let here = exe.parent().expect("a directory").join("steer-ctl");
+    let p = if here.exists() {
+        here
+    } else {
+        exe.parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile>/deps")
+            .join("steer-ctl")
+    };
     assert!(
         p.exists(),
         "{} is missing: build it first (`cargo build -p steer-ctl`; `cargo xtask test` does)",

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod http;
 pub mod netns;
+pub mod servers;
 
 /// Whether this process can load BPF programs and make namespaces. When it cannot: under
 /// `CI=true` the caller's test fails loudly; elsewhere it is reported as skipped (returns false).

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -18,85 +18,11 @@ use steer_tests::{
     daemon::SteerDaemon,
     http::{self, Conn},
     netns::{addr, wait_for, Topology, TopologySpec},
+    servers::Servers,
 };
 
 const HTTPD: &str = env!("CARGO_BIN_EXE_steer-httpd");
 const T: Duration = Duration::from_secs(10);
-
-/// Backend servers started by a script (as an operator's deploy would), so that `rollout
-/// --exec` can restart them; every one still running is killed on drop.
-struct Servers {
-    dir: PathBuf,
-    script: PathBuf,
-}
-
-impl Servers {
-    fn new(topo: &Topology, dir: &Path) -> Servers {
-        std::fs::create_dir_all(dir).unwrap();
-        for b in &topo.backends {
-            std::fs::write(dir.join(format!("{}.ns", b.name)), &b.ns.name).unwrap();
-        }
-        let script = dir.join("restart.sh");
-        std::fs::write(
-            &script,
-            format!(
-                r#"#!/bin/sh
-# restart.sh BACKEND VERSION: stop the backend's server if running, start VERSION, wait until bound.
-set -e
-d={dir}
-ns=$(cat $d/$1.ns)
-if [ -f $d/$1.pid ]; then
-  pid=$(cat $d/$1.pid)
-  kill $pid 2>/dev/null || true
-  while kill -0 $pid 2>/dev/null; do sleep 0.02; done
-fi
-rm -f $d/$1.out
-ip netns exec $ns {httpd} --name $1 --version $2 --listen '[::]:80' > $d/$1.out 2>&1 &
-echo $! > $d/$1.pid
-i=0
-while ! grep -q listening $d/$1.out 2>/dev/null; do
-  i=$((i+1)); [ $i -lt 250 ] || exit 1
-  sleep 0.02
-done
-"#,
-                dir = dir.display(),
-                httpd = HTTPD
-            ),
-        )
-        .unwrap();
-        let s = Servers {
-            dir: dir.to_path_buf(),
-            script,
-        };
-        for b in &topo.backends {
-            s.restart(&b.name, "v1");
-        }
-        s
-    }
-
-    fn restart(&self, name: &str, version: &str) {
-        let st = std::process::Command::new("sh")
-            .arg(&self.script)
-            .args([name, version])
-            .status()
-            .unwrap();
-        assert!(st.success(), "restart.sh {name} {version}");
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "pid") {
-                    if let Ok(pid) = std::fs::read_to_string(e.path()) {
-                        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-                    }
-                }
-            }
-        }
-    }
-}
 
 fn config(topo: &Topology, groups: &[&str]) -> String {
     let mut s = format!(
@@ -160,7 +86,7 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
     }
     let topo = topology(3);
     let mut d = SteerDaemon::new(&topo.lb);
-    let servers = Servers::new(&topo, &d.dir.join("servers"));
+    let servers = Servers::new(&topo, &d.dir.join("servers"), Path::new(HTTPD));
     d.write_config(&config(&topo, &[]));
     d.start();
     for b in ["b0", "b1", "b2"] {

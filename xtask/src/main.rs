@@ -158,6 +158,17 @@ fn main() -> Result<()> {
             setup::run()?;
             cleanup_stale_namespaces();
             let bin = build_release(&["steer-demo", "steer-httpd"])?;
+            let mut c = cargo();
+            c.args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "steer-ctl",
+                "--bin",
+                "steer-ctl",
+            ]);
+            run(c)?;
             let mut demo = Command::new(bin.join("steer-demo"));
             demo.args(&args);
             run(demo)

@@ -74,10 +74,19 @@ fn set(ctx: &Ctx, backend: &str, state: AdminState) -> Result<(), i32> {
 pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let now = ctx.call(&Request::Status)?.status.unwrap_or_default();
+    // With a group switched to, the rollout is of that group: the others take no new flows.
+    let group = now
+        .services
+        .iter()
+        .find(|s| s.name == plan.service)
+        .and_then(|s| s.active_group.clone());
     let backends: Vec<BackendStatus> = {
-        let mut v: Vec<BackendStatus> = status(ctx)?
+        let mut v: Vec<BackendStatus> = now
+            .backends
             .into_iter()
             .filter(|b| b.service == plan.service && b.role == "pool")
+            .filter(|b| group.is_none() || b.group == group)
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

@@ -1,9 +1,12 @@
-//! `cargo xtask demo`: steer in network namespaces with real HTTP traffic.
+//! `cargo xtask demo`: steer doing its job, in network namespaces, with the real daemon and the
+//! real `steer-ctl` verbs, under a steady load of new HTTP connections.
 //!
-//! Builds a client, an LB and three backends (each running `steer-httpd`) on a bridge, loads
-//! the XDP datapath natively on the LB, sends HTTP requests to the VIP over new connections
-//! from several client threads, and prints who answered, what XDP counted, and how many failed.
-//! Everything it made is removed at the end, also after Ctrl-C.
+//! Phases: traffic spread over three backends (blue, v1); `steer-ctl rollout` restarting every
+//! one of them as v2; a blue/green switch to three green backends (v3) started in parallel,
+//! with blue draining; one green server killed without warning, taken out by its health check;
+//! the service put in maintenance and back. Then a table: requests, failures and per-backend
+//! share per phase, drain and return times, versions before and after. Everything it made is
+//! removed at the end, also after Ctrl-C.
 
 use std::{
     collections::BTreeMap,
@@ -16,11 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::XdpMode;
-use steer_ctl::{BackendSpec, Balancer, Datapath, Options, ServiceSpec};
 use steer_tests::{
+    daemon::SteerDaemon,
     http,
     netns::{addr, Topology, TopologySpec},
+    servers::Servers,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -29,42 +32,118 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-struct Args {
-    requests: usize,
-    threads: usize,
+const BLUE: [usize; 3] = [0, 1, 2];
+const GREEN: [usize; 3] = [3, 4, 5];
+const MAINT: usize = 6;
+
+/// Per phase: who answered (backend → count), versions seen, failures.
+#[derive(Default, Clone)]
+struct Phase {
+    name: String,
+    served: BTreeMap<String, u64>,
+    versions: BTreeMap<String, u64>,
+    failed: u64,
+    first_error: Option<String>,
+    seconds: f64,
 }
 
-fn parse_args() -> Args {
-    let mut a = Args {
-        requests: 1000,
-        threads: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> usize {
-            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-                eprintln!("steer-demo: {name} needs a number");
-                std::process::exit(2)
+/// The steady load: client threads making one request per connection, reporting into the
+/// current phase.
+struct Load {
+    phase: Arc<Mutex<Phase>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(topo: &Topology, threads: usize) -> Load {
+        let phase = Arc::new(Mutex::new(Phase::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let to = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+        let threads = (0..threads)
+            .map(|_| {
+                let (phase, stop, client) = (phase.clone(), stop.clone(), topo.client.clone());
+                std::thread::spawn(move || {
+                    client.run(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let r = http::get(to, Duration::from_secs(3));
+                            let mut p = phase.lock().unwrap();
+                            match r {
+                                Ok(r) => {
+                                    *p.served.entry(r.backend).or_default() += 1;
+                                    *p.versions.entry(r.version).or_default() += 1;
+                                }
+                                Err(e) => {
+                                    p.failed += 1;
+                                    p.first_error.get_or_insert(e.to_string());
+                                }
+                            }
+                        }
+                    })
+                })
             })
-        };
-        match arg.as_str() {
-            "--requests" => a.requests = num("--requests"),
-            "--threads" => a.threads = num("--threads").max(1),
-            "-h" | "--help" => {
-                println!("usage: cargo xtask demo [--requests N] [--threads N]");
-                std::process::exit(0)
-            }
-            other => {
-                eprintln!("steer-demo: unknown argument {other:?} (try --help)");
-                std::process::exit(2)
-            }
+            .collect();
+        Load {
+            phase,
+            stop,
+            threads,
         }
     }
-    a
+
+    /// Ends the current phase and starts `next`.
+    fn next(&self, next: &str, started: &mut Instant) -> Phase {
+        let mut p = self.phase.lock().unwrap();
+        let mut done = std::mem::take(&mut *p);
+        p.name = next.to_string();
+        done.seconds = started.elapsed().as_secs_f64();
+        *started = Instant::now();
+        done
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ctl(d: &SteerDaemon, args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let r = d.ctl(&a);
+    if r.code != 0 {
+        return Err(format!(
+            "steer-ctl {args:?} failed ({}): {}{}\ndaemon log:\n{}",
+            r.code,
+            r.stdout,
+            r.stderr,
+            d.log()
+        ));
+    }
+    Ok(r.json())
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            return Err(format!("gave up waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+fn say(msg: &str) {
+    println!("steer demo: {msg}");
 }
 
 fn main() {
-    let args = parse_args();
     // SAFETY: geteuid has no preconditions; the handler only stores to an atomic.
     unsafe {
         if libc::geteuid() != 0 {
@@ -74,121 +153,210 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    // Every guard drops before this returns: a failure cleans up as a success does.
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("steer demo: {e}");
+            1
+        }
+    };
+    say("namespaces, servers, daemon and XDP program removed");
+    std::process::exit(code);
+}
+
+fn run() -> Result<i32, String> {
     let httpd: PathBuf = std::env::current_exe()
         .expect("own path")
         .with_file_name("steer-httpd");
-
-    println!("steer demo: building namespaces (client, LB, 3 backends on a bridge)");
-    let mut topo = Topology::new(&TopologySpec {
-        backends: 3,
+    say("building namespaces: a client, the LB, six backends (blue, green) and a maintenance server");
+    let topo = Topology::new(&TopologySpec {
+        backends: 7,
         vips: vec![IpAddr::V4(addr::VIP)],
         ipv6: false,
     });
-    for i in 0..topo.backends.len() {
-        topo.start_http(&httpd, i);
-    }
-    let backends: Vec<(String, IpAddr, [u8; 6])> = topo
-        .backends
-        .iter()
-        .map(|b| (b.name.clone(), IpAddr::V4(b.addr), b.mac))
-        .collect();
-    let mut bal = topo.lb.run(|| {
-        let mut dp = Datapath::load(&Options {
-            max_services: 4,
-            ..Options::default()
-        })
-        .expect("load the XDP datapath");
-        dp.attach("eth0", XdpMode::Driver)
-            .expect("attach XDP to the LB's eth0");
-        Balancer::new(dp)
-    });
-    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
-    bal.add_service(ServiceSpec::tcp("web", vip.ip(), 80))
-        .expect("add service");
-    for (name, addr, mac) in &backends {
-        bal.add_backend("web", BackendSpec::new(name, *addr, *mac))
-            .expect("add backend");
-    }
-    println!(
-        "steer demo: XDP attached natively on the LB; service web = {vip} → {}",
-        backends
-            .iter()
-            .map(|b| format!("{} ({})", b.0, b.1))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let mut d = SteerDaemon::new(&topo.lb);
+    let servers = Servers::new(&topo, &d.dir.join("servers"), &httpd);
+    let mut cfg = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", path = \"/\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\n",
+        addr::VIP
     );
-    println!(
-        "steer demo: sending {} HTTP requests, one per connection, from {} client threads",
-        args.requests, args.threads
-    );
-
-    let served = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let start = Instant::now();
-    let per_thread = args.requests.div_ceil(args.threads);
-    let mut joins = Vec::new();
-    for t in 0..args.threads {
-        let n = per_thread.min(args.requests.saturating_sub(t * per_thread));
-        let (served, failures, client) = (served.clone(), failures.clone(), topo.client.clone());
-        joins.push(std::thread::spawn(move || {
-            client.run(move || {
-                for _ in 0..n {
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    match http::get(vip, Duration::from_secs(3)) {
-                        Ok(r) => *served.lock().unwrap().entry(r.backend).or_default() += 1,
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                }
-            })
-        }));
-    }
-    for j in joins {
-        j.join().expect("client thread");
-    }
-    let elapsed = start.elapsed();
-    let served = served.lock().unwrap().clone();
-    let failures = failures.lock().unwrap().clone();
-    let ok: u64 = served.values().sum();
-    let sent = ok + failures.len() as u64;
-
-    println!();
-    println!(
-        "{:<10} {:>9} {:>7} {:>12} {:>12}",
-        "backend", "requests", "share", "XDP packets", "XDP SYNs"
-    );
-    for (name, _, _) in &backends {
-        let n = served.get(name).copied().unwrap_or(0);
-        let c = bal.backend_counters(name).expect("counters");
-        println!(
-            "{:<10} {:>9} {:>6.1}% {:>12} {:>12}",
-            name,
-            n,
-            100.0 * n as f64 / ok.max(1) as f64,
-            c.packets,
-            c.new_flows
+    for (i, b) in topo.backends.iter().enumerate() {
+        let extra = if BLUE.contains(&i) {
+            "group = \"blue\"".to_string()
+        } else if GREEN.contains(&i) {
+            "group = \"green\"".to_string()
+        } else {
+            "role = \"maintenance\"".to_string()
+        };
+        cfg += &format!(
+            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n{extra}\n\n",
+            if i == MAINT {
+                "maint".to_string()
+            } else {
+                b.name.clone()
+            },
+            b.addr,
+            addr::mac_str(addr::backend_host(i))
         );
     }
+    d.write_config(&cfg);
+    d.start();
+    ctl(&d, &["switch", "web", "blue"])?;
+    say(&format!(
+        "steer-ctl daemon running; XDP on the LB's eth0; service web = {}:80, blue b0 b1 b2 (v1)",
+        addr::VIP
+    ));
+    for i in GREEN {
+        servers.restart(&topo.backends[i].name, "v3");
+    }
+    // The maintenance server answers as "maint".
+    servers.stop("b6");
+    let maint_ns = &topo.backends[MAINT].ns.name;
+    std::fs::write(d.dir.join("servers/maint.ns"), maint_ns).map_err(|e| e.to_string())?;
+    servers.restart("maint", "v1");
+    for b in ["b0", "b1", "b2", "b3", "b4", "b5", "maint"] {
+        wait_until(&format!("{b} healthy"), Duration::from_secs(10), || {
+            d.backend(b)["health"] == "up"
+        })?;
+    }
+
+    let load = Load::start(&topo, 2);
+    let mut t = Instant::now();
+    let mut phases = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let pause = |secs: u64| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end && !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    load.next("spread", &mut t);
+    say("phase 1: traffic spread over blue");
+    pause(2);
+
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("rollout", &mut t));
+        say("phase 2: steer-ctl rollout web (drain --wait, restart as v2, ready --wait-healthy)");
+        let exec = format!("sh {} {{backend}} v2", servers.script.display());
+        let r = d.ctl(&["--json", "rollout", "web", "--exec", &exec]);
+        let summary = r.json();
+        for s in summary["backends"].as_array().into_iter().flatten() {
+            notes.push(format!(
+                "rollout {}: drained in {} ms, restarted in {} ms, healthy again in {} ms",
+                s["backend"].as_str().unwrap_or("?"),
+                s["drain_ms"],
+                s["exec_ms"],
+                s["healthy_ms"]
+            ));
+        }
+        if r.code != 0 {
+            notes.push(format!("rollout exited {}: {}", r.code, r.stdout.trim()));
+        }
+        pause(1);
+    }
+
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("blue/green", &mut t));
+        say("phase 3: green (v3) already running; steer-ctl switch web green; steer-ctl drain blue --wait");
+        let s = Instant::now();
+        ctl(&d, &["switch", "web", "green"])?;
+        let switched = s.elapsed();
+        let v = ctl(&d, &["drain", "blue", "--wait", "--timeout", "30s"])?;
+        notes.push(format!(
+            "switch to green in {:.1} ms; blue drained {} ms after",
+            switched.as_secs_f64() * 1000.0,
+            v["waited_ms"]
+        ));
+        pause(1);
+    }
+
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("failure", &mut t));
+        say("phase 4: b4's server killed without warning; its health check takes it out");
+        let pid = std::fs::read_to_string(d.dir.join("servers/b4.pid")).unwrap_or_default();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status();
+        let down = wait_until("b4 marked down", Duration::from_secs(10), || {
+            d.backend("b4")["health"] == "down"
+        })?;
+        notes.push(format!(
+            "b4 killed: marked down and out of the table {:.0} ms later (fall 2 × fastinterval 100 ms)",
+            down.as_secs_f64() * 1000.0
+        ));
+        pause(1);
+    }
+
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("maintenance", &mut t));
+        say("phase 5: steer-ctl maintenance web on, then off");
+        ctl(&d, &["maintenance", "web", "on"])?;
+        pause(1);
+        ctl(&d, &["maintenance", "web", "off"])?;
+        pause(1);
+    }
+    phases.push(load.next("", &mut t));
+    load.stop();
+
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    let names = ["b0", "b1", "b2", "b3", "b4", "b5", "maint"];
+    println!();
+    print!("{:<12} {:>8} {:>7}", "phase", "requests", "failed");
+    for n in names {
+        print!(" {n:>6}");
+    }
+    println!("  versions");
+    for p in phases.iter().filter(|p| !p.name.is_empty()) {
+        let total: u64 = p.served.values().sum::<u64>() + p.failed;
+        print!("{:<12} {:>8} {:>7}", p.name, total, p.failed);
+        for n in names {
+            let k = p.served.get(n).copied().unwrap_or(0);
+            let share = 100.0 * k as f64 / total.max(1) as f64;
+            if k == 0 {
+                print!(" {:>6}", "-");
+            } else {
+                print!(" {share:>5.0}%");
+            }
+        }
+        let versions: Vec<String> = p.versions.iter().map(|(v, k)| format!("{v}:{k}")).collect();
+        println!("  {}", versions.join(" "));
+    }
+    println!();
+    for n in &notes {
+        println!("  {n}");
+    }
+    let versions = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.versions.keys().cloned().collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "  versions served: before the rollout {}; during it {}; after the switch to green {}",
+        versions("spread"),
+        versions("rollout"),
+        versions("blue/green")
+    );
+    for p in &phases {
+        if let Some(e) = &p.first_error {
+            println!("  first failure in {}: {e}", p.name);
+        }
+    }
+    let rollout_failed = phases
+        .iter()
+        .find(|p| p.name == "rollout")
+        .map_or(0, |p| p.failed);
     println!();
     println!(
-        "sent {sent} requests in {:.2} s ({:.0} new connections/s), failed {}{}",
-        elapsed.as_secs_f64(),
-        sent as f64 / elapsed.as_secs_f64(),
-        failures.len(),
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            " (interrupted)"
-        } else {
-            ""
-        }
+        "rollout phase: {rollout_failed} failed requests{}",
+        if interrupted { " (interrupted)" } else { "" }
     );
-    for f in failures.iter().take(5) {
-        println!("  failure: {f}");
-    }
-    drop(bal);
+    drop(servers);
+    drop(d);
     drop(topo);
-    println!("steer demo: namespaces and XDP program removed");
-    if !failures.is_empty() {
-        std::process::exit(1);
-    }
+    Ok(if rollout_failed > 0 { 1 } else { 0 })
 }
