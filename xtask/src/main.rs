@@ -48,6 +48,9 @@ enum Task {
 enum Bench {
     /// ns per packet of the XDP program (BPF_PROG_TEST_RUN) against a MAC-swap floor.
     Datapath,
+    /// steer, nftables DNAT and HAProxy side by side in namespaces: conn/s, req/s, latency,
+    /// and a rolling restart under load.
+    E2e,
 }
 
 /// Builds workspace binaries in release mode; returns the directory they are in.
@@ -181,6 +184,27 @@ fn main() -> Result<()> {
                     let mut b = Command::new(bin.join("steer-bench"));
                     b.arg(workspace_root().join("target/bench"));
                     run(b)
+                }
+                Bench::E2e => {
+                    setup::apt_packages(&["haproxy", "nftables", "iptables"])?;
+                    let bin = build_release(&["steer-bench-e2e", "steer-httpd"])?;
+                    let mut c = cargo();
+                    c.args([
+                        "build",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "steer-ctl",
+                        "--bin",
+                        "steer-ctl",
+                    ]);
+                    run(c)?;
+                    cleanup_stale_namespaces();
+                    let mut b = Command::new(bin.join("steer-bench-e2e"));
+                    b.arg(workspace_root().join("target/bench"));
+                    let r = run(b);
+                    cleanup_stale_namespaces();
+                    r
                 }
             }
         }

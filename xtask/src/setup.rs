@@ -65,11 +65,12 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    apt_packages(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `list` that are missing.
+pub fn apt_packages(list: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = list.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

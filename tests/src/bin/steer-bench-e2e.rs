@@ -1,0 +1,516 @@
+//! `cargo xtask bench e2e`: steer next to the tools it replaces, in one run, on the same
+//! namespaces, backends and load generator.
+//!
+//! Systems: steer (XDP, DSR, the real daemon); nftables DNAT on the LB (backends route replies
+//! through it); HAProxy in TCP mode (`check inter 2000 fall 2 rise 2`). For each: new
+//! connections per second (one request per connection) and requests per second over keep-alive
+//! with p50/p99 latency, from wrk in the client namespace. Then the deploy scenario — every
+//! backend restarted in turn under a steady load of new connections — for the systems that can
+//! do it: steer (drain --wait, restart, ready --wait-healthy), HAProxy with health checks alone,
+//! and HAProxy with the iptables trick (a REDIRECT of the check port removed to fail the check,
+//! restored after the restart). Reported: failed requests per restarted backend, and the time
+//! from the operator's first command until the balancer stopped sending the backend new
+//! connections (steer: its last answer before the restart gap, seen by the client; HAProxy: its
+//! stats showing the server DOWN). Writes target/bench/e2e.json.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use steer_tests::{
+    daemon::SteerDaemon,
+    http,
+    netns::{addr, sh, Netns, Topology, TopologySpec},
+    servers::Servers,
+};
+
+const BACKENDS: usize = 3;
+const WRK_SECONDS: u32 = 5;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Steer,
+    Nftables,
+    Haproxy,
+    HaproxyIptables,
+}
+
+impl System {
+    fn key(self) -> &'static str {
+        match self {
+            System::Steer => "steer",
+            System::Nftables => "nftables",
+            System::Haproxy => "haproxy",
+            System::HaproxyIptables => "haproxy_iptables",
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+struct Figures {
+    cps: Option<f64>,
+    rps: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    rollout_failed: Option<f64>,
+    takeout_ms: Option<f64>,
+}
+
+fn json_num(v: Option<f64>) -> String {
+    v.map_or("null".into(), |x| format!("{x:.2}"))
+}
+
+/// One lab: namespaces, servers, and the balancer under test.
+struct Lab {
+    topo: Topology,
+    servers: Servers,
+    dir: PathBuf,
+    steer: Option<SteerDaemon>,
+    haproxy: Option<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.haproxy.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn httpd() -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name("steer-httpd")
+}
+
+fn lab(system: System) -> Lab {
+    let topo = Topology::new(&TopologySpec {
+        backends: BACKENDS,
+        vips: vec![IpAddr::V4(addr::VIP)],
+        ipv6: false,
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "steer-bench-{}-{}",
+        std::process::id(),
+        system.key()
+    ));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let servers = Servers::new(&topo, &dir.join("servers"), &httpd());
+    let mut lab = Lab {
+        topo,
+        servers,
+        dir,
+        steer: None,
+        haproxy: None,
+    };
+    match system {
+        System::Steer => {
+            let mut d = SteerDaemon::new(&lab.topo.lb);
+            let mut cfg = format!(
+                "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+                 check = {{ type = \"tcp\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
+                addr::VIP
+            );
+            for (i, b) in lab.topo.backends.iter().enumerate() {
+                cfg += &format!(
+                    "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
+                    b.name,
+                    b.addr,
+                    addr::mac_str(addr::backend_host(i))
+                );
+            }
+            d.write_config(&cfg);
+            d.start();
+            lab.steer = Some(d);
+        }
+        System::Nftables => {
+            let lb = &lab.topo.lb;
+            for k in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ] {
+                lb.exec(&["sysctl", "-q", "-w", k]);
+            }
+            let targets: Vec<String> = lab
+                .topo
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {}", b.addr))
+                .collect();
+            let rules = format!(
+                "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to numgen inc mod {BACKENDS} map {{ {} }}\n }}\n}}\n",
+                addr::VIP,
+                targets.join(", ")
+            );
+            let f = lab.dir.join("rules.nft");
+            std::fs::write(&f, rules).unwrap();
+            lb.exec(&["nft", "-f", f.to_str().unwrap()]);
+            // Replies go back through the LB, which un-NATs them.
+            for b in &lab.topo.backends {
+                b.ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("{}/32", addr::CLIENT),
+                    "via",
+                    &addr::LB.to_string(),
+                ]);
+            }
+        }
+        System::Haproxy | System::HaproxyIptables => {
+            let lb = &lab.topo.lb;
+            lb.ip(&["addr", "add", &format!("{}/32", addr::VIP), "dev", "lo"]);
+            let check_port = if system == System::HaproxyIptables {
+                8080
+            } else {
+                80
+            };
+            if system == System::HaproxyIptables {
+                for b in &lab.topo.backends {
+                    redirect(&b.ns, true);
+                }
+            }
+            let mut cfg = format!(
+                "global\n  maxconn 4096\n  stats socket {}/haproxy.sock level admin\n\
+                 defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend fe\n  bind {}:80\n  default_backend be\n\
+                 backend be\n  balance roundrobin\n",
+                lab.dir.display(),
+                addr::VIP
+            );
+            for b in &lab.topo.backends {
+                cfg += &format!(
+                    "  server {} {}:80 check port {check_port} inter 2000 fall 2 rise 2\n",
+                    b.name, b.addr
+                );
+            }
+            let f = lab.dir.join("haproxy.cfg");
+            std::fs::write(&f, cfg).unwrap();
+            let child = lb
+                .command("haproxy")
+                .args(["-f", f.to_str().unwrap(), "-db"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(lab.dir.join("haproxy.log")).expect("haproxy log"))
+                .spawn()
+                .expect("start haproxy");
+            lab.haproxy = Some(child);
+            let sock = lab.dir.join("haproxy.sock");
+            wait(Duration::from_secs(10), || {
+                haproxy_status(&sock)
+                    .values()
+                    .filter(|s| s.starts_with("UP"))
+                    .count()
+                    == BACKENDS
+            });
+        }
+    }
+    lab
+}
+
+/// The iptables trick's rule on a backend: connections to the check port 8080 are redirected to
+/// the server's port 80; deleting it fails HAProxy's check.
+fn redirect(ns: &Netns, add: bool) {
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        if add { "-A" } else { "-D" },
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "80",
+    ]);
+}
+
+/// Server name → status ("UP", "DOWN", "UP 1/2", …) from HAProxy's stats socket.
+fn haproxy_status(sock: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return out;
+    };
+    if s.write_all(b"show stat\n").is_err() {
+        return out;
+    }
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() > 17 && f[0] == "be" && f[1] != "BACKEND" {
+            out.insert(f[1].to_string(), f[17].to_string());
+        }
+    }
+    out
+}
+
+fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// wrk in the client namespace; returns (requests/s, p50 ms, p99 ms).
+fn wrk(client: &Netns, close: bool) -> (f64, f64, f64) {
+    let url = format!("http://{}/", addr::VIP);
+    let d = format!("{WRK_SECONDS}s");
+    let mut args = vec![
+        "wrk",
+        "-t2",
+        "-c32",
+        "-d",
+        &d,
+        "--latency",
+        "--timeout",
+        "3s",
+    ];
+    if close {
+        args.extend_from_slice(&["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let out = client.exec(&args);
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{out}"));
+    let pct = |p: &str| -> f64 {
+        out.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| {
+                let v = v.trim();
+                let (num, unit) =
+                    v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+                let n: f64 = num.parse().unwrap_or(f64::NAN);
+                match unit {
+                    "us" => n / 1000.0,
+                    "ms" => n,
+                    "s" => n * 1000.0,
+                    "m" => n * 60_000.0,
+                    _ => f64::NAN,
+                }
+            })
+            .unwrap_or(f64::NAN)
+    };
+    let errors = out
+        .lines()
+        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"));
+    if let Some(e) = errors {
+        eprintln!("  wrk: {}", e.trim());
+    }
+    (rps, pct("50%"), pct("99%"))
+}
+
+/// What the steady client saw: (when the connection was opened, backend or error).
+type Log = Arc<Mutex<Vec<(Duration, Result<String, String>)>>>;
+
+fn steady_load(
+    topo: &Topology,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) -> (Log, Vec<std::thread::JoinHandle<()>>) {
+    let log: Log = Arc::default();
+    let to = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let threads = (0..2)
+        .map(|_| {
+            let (log, stop, client) = (log.clone(), stop.clone(), topo.client.clone());
+            std::thread::spawn(move || {
+                client.run(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = http::get(to, Duration::from_secs(5))
+                            .map(|r| r.backend)
+                            .map_err(|e| e.to_string());
+                        log.lock().unwrap().push((start.elapsed(), r));
+                    }
+                })
+            })
+        })
+        .collect();
+    (log, threads)
+}
+
+/// Restarts every backend in turn under load; returns (failed requests per backend, mean
+/// take-out ms).
+fn deploy(system: System, lab: &Lab) -> (f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let (log, threads) = steady_load(&lab.topo, stop.clone(), start);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut takeouts = Vec::new();
+    let sock = lab.dir.join("haproxy.sock");
+    for b in &lab.topo.backends {
+        let t0 = start.elapsed();
+        let is_down = |sock: &Path| {
+            haproxy_status(sock)
+                .get(&b.name)
+                .is_some_and(|s| s.starts_with("DOWN"))
+        };
+        let is_up = |sock: &Path| haproxy_status(sock).get(&b.name).is_some_and(|s| s == "UP");
+        let takeout = match system {
+            System::Steer => {
+                let d = lab.steer.as_ref().unwrap();
+                let r = d.ctl(&["drain", &b.name, "--wait", "--timeout", "30s"]);
+                assert_eq!(r.code, 0, "{r:?}");
+                lab.servers.restart(&b.name, "v2");
+                let r = d.ctl(&["ready", &b.name, "--wait-healthy", "--timeout", "30s"]);
+                assert_eq!(r.code, 0, "{r:?}");
+                // The last connection opened after the drain that this backend answered, before
+                // its restart gap: new connections stopped reaching it then.
+                let times: Vec<Duration> = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(t, r)| *t >= t0 && r.as_ref().is_ok_and(|n| *n == b.name))
+                    .map(|(t, _)| *t)
+                    .collect();
+                let mut end = t0;
+                for t in times {
+                    if t.saturating_sub(end) > Duration::from_millis(300) {
+                        break;
+                    }
+                    end = end.max(t);
+                }
+                (end - t0).as_secs_f64() * 1000.0
+            }
+            System::Haproxy => {
+                // Health checks alone: the server goes away; HAProxy sends it new connections
+                // until its checks fail `fall` times.
+                let pid = std::fs::read_to_string(lab.dir.join(format!("servers/{}.pid", b.name)))
+                    .unwrap_or_default();
+                let _ = Command::new("kill").arg(pid.trim()).status();
+                let down = wait(Duration::from_secs(30), || is_down(&sock));
+                lab.servers.restart(&b.name, "v2");
+                wait(Duration::from_secs(30), || is_up(&sock));
+                down.as_secs_f64() * 1000.0
+            }
+            System::HaproxyIptables => {
+                redirect(&b.ns, false);
+                let down = wait(Duration::from_secs(30), || is_down(&sock));
+                lab.servers.restart(&b.name, "v2");
+                redirect(&b.ns, true);
+                wait(Duration::from_secs(30), || is_up(&sock));
+                down.as_secs_f64() * 1000.0
+            }
+            System::Nftables => unreachable!("no health checks, no deploy"),
+        };
+        takeouts.push(takeout);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let failed = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .count() as f64;
+    (
+        failed / BACKENDS as f64,
+        takeouts.iter().sum::<f64>() / takeouts.len() as f64,
+    )
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("steer-bench-e2e: needs root");
+        std::process::exit(1);
+    }
+    for tool in ["wrk", "haproxy", "nft", "iptables"] {
+        if sh(&["sh", "-c", &format!("command -v {tool} || true")])
+            .trim()
+            .is_empty()
+        {
+            eprintln!("steer-bench-e2e: {tool} is missing (cargo xtask bench e2e installs it)");
+            std::process::exit(1);
+        }
+    }
+    let out_dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench"));
+    let mut results: BTreeMap<&str, Figures> = BTreeMap::new();
+    for system in [
+        System::Steer,
+        System::Nftables,
+        System::Haproxy,
+        System::HaproxyIptables,
+    ] {
+        eprintln!("{}: setting up", system.key());
+        let lab = lab(system);
+        let mut f = Figures::default();
+        if system != System::HaproxyIptables {
+            eprintln!("{}: wrk, one request per connection", system.key());
+            f.cps = Some(wrk(&lab.topo.client, true).0);
+            eprintln!("{}: wrk, keep-alive", system.key());
+            let (rps, p50, p99) = wrk(&lab.topo.client, false);
+            (f.rps, f.p50_ms, f.p99_ms) = (Some(rps), Some(p50), Some(p99));
+        }
+        if system != System::Nftables {
+            eprintln!(
+                "{}: deploy scenario (every backend restarted under load)",
+                system.key()
+            );
+            let (failed, takeout) = deploy(system, &lab);
+            (f.rollout_failed, f.takeout_ms) = (Some(failed), Some(takeout));
+        }
+        results.insert(system.key(), f);
+        drop(lab);
+    }
+
+    println!();
+    println!(
+        "{:<18} {:>10} {:>10} {:>8} {:>8} {:>16} {:>11}",
+        "system", "conn/s", "req/s", "p50 ms", "p99 ms", "failed/backend", "takeout ms"
+    );
+    let cell = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    for (k, f) in &results {
+        println!(
+            "{:<18} {:>10} {:>10} {:>8} {:>8} {:>16} {:>11}",
+            k,
+            cell(f.cps, 0),
+            cell(f.rps, 0),
+            cell(f.p50_ms, 2),
+            cell(f.p99_ms, 2),
+            cell(f.rollout_failed, 1),
+            cell(f.takeout_ms, 0)
+        );
+    }
+    let body: Vec<String> = results
+        .iter()
+        .map(|(k, f)| {
+            format!(
+                "\"{k}\": {{\"cps\": {}, \"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"rollout_failed\": {}, \"takeout_ms\": {}}}",
+                json_num(f.cps),
+                json_num(f.rps),
+                json_num(f.p50_ms),
+                json_num(f.p99_ms),
+                json_num(f.rollout_failed),
+                json_num(f.takeout_ms)
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let path = out_dir.join("e2e.json");
+    std::fs::write(&path, format!("{{\"systems\": {{{}}}}}\n", body.join(", "))).unwrap();
+    println!("\nwrote {}", path.display());
+}
