@@ -95,13 +95,37 @@ pub fn drain(
     min: Duration,
 ) -> Result<(), i32> {
     let start = Instant::now();
-    let names = members(ctx, name)?;
-    for b in &names {
-        ctx.call(&Request::Admin {
-            backend: b.clone(),
+    // A backend name first, in one round trip: a deploy hook's drain takes effect at once.
+    let first = steer_ctl::client::request(
+        ctx.socket,
+        &Request::Admin {
+            backend: name.into(),
             state: AdminState::Drain,
-        })?;
-    }
+        },
+        Duration::from_secs(30),
+    );
+    let names = match first {
+        Ok(r) if r.ok => vec![name.to_string()],
+        Ok(r) if r.error.as_deref().is_some_and(|e| e.starts_with("no backend named")) => {
+            // Not a backend: a group.
+            let names = members(ctx, name)?;
+            for b in &names {
+                ctx.call(&Request::Admin {
+                    backend: b.clone(),
+                    state: AdminState::Drain,
+                })?;
+            }
+            names
+        }
+        _ => {
+            // Report it as every other verb does.
+            ctx.call(&Request::Admin {
+                backend: name.into(),
+                state: AdminState::Drain,
+            })?;
+            vec![name.to_string()]
+        }
+    };
     if !wait {
         ctx.done(
             serde_json::json!({"ok": true, "backend": name, "admin": "drain"}),
