@@ -106,7 +106,11 @@ pub fn drain(
     );
     let names = match first {
         Ok(r) if r.ok => vec![name.to_string()],
-        Ok(r) if r.error.as_deref().is_some_and(|e| e.starts_with("no backend named")) => {
+        Ok(r)
+            if r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("no backend named")) =>
+        {
             // Not a backend: a group.
             let names = members(ctx, name)?;
             for b in &names {

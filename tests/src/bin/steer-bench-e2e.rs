@@ -266,6 +266,62 @@ fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// Jiffies from the first line of /proc/stat: (user+nice, system, irq+softirq, idle+iowait,
+/// total).
+fn cpu_stat() -> [u64; 5] {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let g = |i: usize| v.get(i).copied().unwrap_or(0);
+    [g(0) + g(1), g(2), g(5) + g(6), g(3) + g(4), v.iter().sum()]
+}
+
+/// CPU jiffies (user + system) used so far by the backends' servers.
+fn servers_cpu(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir.join("servers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "pid") {
+            let pid = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            // Fields after the command name's closing parenthesis: utime is the 12th, stime 13th.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                total += f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                total += f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// Where the CPU went during `f`, as a sentence.
+fn cpu_split(dir: &Path, f: impl FnOnce()) -> String {
+    let (a, sa) = (cpu_stat(), servers_cpu(dir));
+    f();
+    let (b, sb) = (cpu_stat(), servers_cpu(dir));
+    let total = (b[4] - a[4]).max(1) as f64;
+    let pct = |i: usize| 100.0 * (b[i] - a[i]) as f64 / total;
+    format!(
+        "CPU (2 cores): idle {:.0}%, user {:.0}%, system {:.0}%, irq+softirq {:.0}%; backend servers {:.0}% of it",
+        pct(3),
+        pct(0),
+        pct(1),
+        pct(2),
+        100.0 * (sb - sa) as f64 / total
+    )
+}
+
 /// wrk in the client namespace; returns (requests/s, p50 ms, p99 ms).
 fn wrk(client: &Netns, close: bool) -> (f64, f64, f64) {
     let url = format!("http://{}/", addr::VIP);
@@ -449,6 +505,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench"));
     let mut results: BTreeMap<&str, Figures> = BTreeMap::new();
+    let mut cpu_notes = Vec::new();
     for system in [
         System::Steer,
         System::Nftables,
@@ -460,7 +517,11 @@ fn main() {
         let mut f = Figures::default();
         if system != System::HaproxyIptables {
             eprintln!("{}: wrk, one request per connection", system.key());
-            f.cps = Some(wrk(&lab.topo.client, true).0);
+            let mut cps = 0.0;
+            let split = cpu_split(&lab.dir, || cps = wrk(&lab.topo.client, true).0);
+            f.cps = Some(cps);
+            eprintln!("{}: {split}", system.key());
+            cpu_notes.push(format!("{}: {split}", system.key()));
             eprintln!("{}: wrk, keep-alive", system.key());
             let (rps, p50, p99) = wrk(&lab.topo.client, false);
             (f.rps, f.p50_ms, f.p99_ms) = (Some(rps), Some(p50), Some(p99));
@@ -494,6 +555,11 @@ fn main() {
             cell(f.rollout_failed, 1),
             cell(f.takeout_ms, 0)
         );
+    }
+    println!();
+    println!("during the new-connections run:");
+    for n in &cpu_notes {
+        println!("  {n}");
     }
     let body: Vec<String> = results
         .iter()
