@@ -170,6 +170,66 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
 }
 
 #[test]
+fn an_interrupted_rollout_leaves_only_the_backend_in_flight_drained() {
+    if !steer_tests::privileged("an_interrupted_rollout_leaves_only_the_backend_in_flight_drained")
+    {
+        return;
+    }
+    let mut topo = topology(3);
+    for i in 0..3 {
+        topo.start_http(Path::new(HTTPD), i);
+    }
+    let mut d = SteerDaemon::new(&topo.lb);
+    d.write_config(&config(&topo, &[]));
+    d.start();
+    for b in ["b0", "b1", "b2"] {
+        wait_for(&format!("{b} up"), T, || {
+            let v = d.backend(b);
+            if v["check"] == "ok" {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        });
+    }
+    let child = std::process::Command::new(steer_tests::daemon::steer_ctl_bin())
+        .args([
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "--json",
+            "rollout",
+            "web",
+            "--exec",
+            "sleep 1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("b0 to be drained by the rollout", T, || {
+        if d.backend("b0")["admin"] == "drain" {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    // SAFETY: sending SIGINT (Ctrl-C) to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    assert_eq!(
+        summary["left_drained"],
+        serde_json::json!(["b0"]),
+        "{summary}"
+    );
+    assert_eq!(d.backend("b0")["admin"], "drain");
+    assert_eq!(d.backend("b1")["admin"], "ready", "b1 was never touched");
+    assert_eq!(d.backend("b2")["admin"], "ready");
+}
+
+#[test]
 fn switch_moves_new_flows_to_the_other_group_and_the_old_one_drains() {
     if !steer_tests::privileged("switch_moves_new_flows_to_the_other_group_and_the_old_one_drains")
     {

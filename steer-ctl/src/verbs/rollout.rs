@@ -124,9 +124,12 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     let start = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut failed = false;
+    // Backends left drained by an interruption (the batch in flight), and whether one came.
     let mut interrupted: Vec<String> = Vec::new();
+    let mut was_interrupted = false;
     for group in todo.chunks(batch) {
         if INTERRUPTED.load(Ordering::SeqCst) {
+            was_interrupted = true;
             break;
         }
         let names: Vec<String> = group.iter().map(|b| b.name.clone()).collect();
@@ -156,6 +159,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
             s.flows_left = left;
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
+            was_interrupted = true;
             interrupted = names.clone();
             steps.extend(batch_steps);
             break;
@@ -201,6 +205,18 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
                 }
             }
         }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            // Stop with the batch in flight drained: it has just been worked on.
+            was_interrupted = true;
+            interrupted = names.clone();
+            for s in &mut batch_steps {
+                if s.result.is_empty() {
+                    s.result = "interrupted; left drained".into();
+                }
+            }
+            steps.extend(batch_steps);
+            break;
+        }
         // 3. Ready, and wait until healthy.
         for s in batch_steps.iter_mut().filter(|s| s.result.is_empty()) {
             set(ctx, &s.backend, AdminState::Ready)?;
@@ -243,21 +259,26 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
             }
         }
     }
-    let ok = !failed && interrupted.is_empty() && steps.len() == todo.len();
+    let ok = !failed && !was_interrupted && steps.len() == todo.len();
     let summary = serde_json::json!({
         "ok": ok,
         "service": plan.service,
         "seconds": start.elapsed().as_secs_f64(),
-        "interrupted": if interrupted.is_empty() { None } else { Some(&interrupted) },
+        "interrupted": was_interrupted,
+        "left_drained": interrupted,
         "backends": steps,
     });
     if ctx.json {
         println!("{summary}");
-    } else if !interrupted.is_empty() {
+    } else if was_interrupted {
         println!(
-            "rollout of {} interrupted: {} left drained (the one in flight); the others are as they were",
+            "rollout of {} interrupted: {}; the others are as they were",
             plan.service,
-            interrupted.join(", ")
+            if interrupted.is_empty() {
+                "no backend left drained".to_string()
+            } else {
+                format!("{} left drained (in flight)", interrupted.join(", "))
+            }
         );
     } else if ok {
         println!(
@@ -269,7 +290,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     } else {
         println!("rollout of {} stopped: see above", plan.service);
     }
-    if !interrupted.is_empty() {
+    if was_interrupted {
         return Err(130);
     }
     if ok {
