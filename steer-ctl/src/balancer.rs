@@ -230,6 +230,9 @@ pub struct Balancer {
     /// While `Some`, table rebuilds and service updates are deferred: `commit` publishes each
     /// service named here once.
     batch: Option<std::collections::BTreeSet<String>>,
+    /// Backend ids freed during the current batch: not given out again before `commit`, as a
+    /// service not yet republished may still point at them.
+    freed: std::collections::BTreeSet<u32>,
 }
 
 /// A backend as `Balancer` holds it, for status reports.
@@ -274,6 +277,7 @@ impl Balancer {
             reserved_services: BTreeMap::new(),
             reserved_backends: BTreeMap::new(),
             batch: None,
+            freed: Default::default(),
         }
     }
 
@@ -287,6 +291,7 @@ impl Balancer {
     /// Publishes every service changed since `begin_batch`.
     pub fn commit(&mut self) -> Result<()> {
         let dirty = self.batch.take().unwrap_or_default();
+        self.freed.clear();
         for s in dirty {
             if self.services.contains_key(&s) {
                 self.rebuild(&s)?;
@@ -546,7 +551,7 @@ impl Balancer {
             }
         }
         let svc_id = svc.id;
-        let free = |i: &u32| self.backends.values().all(|b| b.id != *i);
+        let free = |i: &u32| self.backends.values().all(|b| b.id != *i) && !self.freed.contains(i);
         let reserved = self
             .reserved_backends
             .get(&spec.name)
@@ -621,9 +626,23 @@ impl Balancer {
                 svc.value.maintenance = BACKEND_NONE;
             }
         }
-        self.rebuild(&be.service)?;
+        // Out of the table before its entry empties, even within a batch: no live table may
+        // point at a freed id.
+        if self.services.contains_key(&be.service) {
+            self.publish(&be.service)?;
+        }
         self.dp.put_backend(be.id, &Backend::EMPTY)?;
+        if self.batch.is_some() {
+            self.freed.insert(be.id);
+        }
         Ok(())
+    }
+
+    /// Drops the ids kept for names of an earlier run: after the first apply they are either
+    /// taken or stale, and a backend re-added later must not inherit an old generation.
+    pub fn clear_reservations(&mut self) {
+        self.reserved_services.clear();
+        self.reserved_backends.clear();
     }
 
     /// Sets a backend's Maglev weight (0 keeps it out of the table).
@@ -785,6 +804,11 @@ impl Balancer {
             dirty.insert(service.to_string());
             return Ok(());
         }
+        self.publish(service)
+    }
+
+    /// Builds the service's table now, writes it to the idle slot and makes it live.
+    fn publish(&mut self, service: &str) -> Result<()> {
         let svc = self
             .services
             .get(service)

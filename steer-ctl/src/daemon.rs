@@ -260,10 +260,6 @@ impl Core {
                 self.bal.add_service(service_spec(s))?;
                 info!(service = %name, vip = %s.vip.get_ref(), port = s.port, "service added");
             }
-            let st = self.state.service(name);
-            self.bal
-                .set_maintenance(name, st.maintenance)
-                .or_else(|e| if st.maintenance { Err(e) } else { Ok(()) })?;
             // Backends of this service.
             let have: BTreeMap<String, crate::balancer::BackendInfo> = self
                 .bal
@@ -310,6 +306,20 @@ impl Core {
                 warn!(service = %name, error = %e, "the switched-to group is gone from the config: all groups eligible");
                 self.bal.set_active_group(name, None)?;
                 self.state.services.entry(name.clone()).or_default().group = None;
+            }
+            // Maintenance last: its backend must be in place first.
+            if self.state.service(name).maintenance {
+                if let Err(e) = self.bal.set_maintenance(name, true) {
+                    warn!(service = %name, error = %e, "maintenance was on, but the service has no maintenance backend any more: off");
+                    self.state
+                        .services
+                        .entry(name.clone())
+                        .or_default()
+                        .maintenance = false;
+                    self.bal.set_maintenance(name, false)?;
+                }
+            } else {
+                self.bal.set_maintenance(name, false)?;
             }
         }
         self.groups.retain(|n, _| {
@@ -833,6 +843,7 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
         groups: BTreeMap::new(),
     };
     core.apply(&cfg, true)?;
+    core.bal.clear_reservations();
     core.bal.clear_unused()?;
     for iface in &d.interfaces {
         let how = core.bal.datapath_mut().attach_pinned(
@@ -890,8 +901,9 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
             _ = int.recv() => { info!("SIGINT: stopping; XDP stays attached with the last state"); break false; }
             _ = hup.recv() => {
                 let core2 = core.clone();
-                let (resp, _) = tokio::task::spawn_blocking(move || handle(&core2, Request::Reload)).await.expect("reload task");
-                if resp.ok {
+                let (_, after) = tokio::task::spawn_blocking(move || handle(&core2, Request::Reload)).await.expect("reload task");
+                // Also after a reload that failed part way: what it did apply needs its checks.
+                if matches!(after, After::RestartChecks) {
                     checks.abort_all();
                     while checks.join_next().await.is_some() {}
                     spawn_checks(&core, &mut checks, &report_tx);

@@ -303,6 +303,16 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
         metrics.contains("steer_backend_up{service=\"web\",backend=\"b0\"} 1"),
         "{metrics}"
     );
+    // Maintenance survives a daemon restart (its backend is in place before it is applied).
+    d.ok_json(&["maintenance", "web", "on"]);
+    d.kill9();
+    d.start();
+    assert_eq!(d.ok_json(&["status"])["services"][0]["maintenance"], true);
+    assert_eq!(
+        counted(&topo, &mut tally, 10).keys().collect::<Vec<_>>(),
+        ["maint"]
+    );
+    d.ok_json(&["maintenance", "web", "off"]);
     d.ctl(&["shutdown", "--detach"]);
     assert_eq!(d.wait_exit(T), 0);
     assert!(!d.pin_dir.exists(), "shutdown --detach removes the pins");

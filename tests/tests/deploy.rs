@@ -166,6 +166,36 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
     assert_eq!(d.backend("b0")["admin"], "drain");
     assert_eq!(d.backend("b1")["admin"], "ready");
     assert_eq!(d.backend("b2")["admin"], "ready");
+
+    // A command that returns before the server is back: the health from before the restart
+    // must not count; the backend stays drained.
+    let r = d.ctl(&["ready", "b0", "--wait-healthy", "--timeout", "10s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let dead = format!(
+        "kill $(cat {}/{{backend}}.pid)",
+        servers.script.parent().unwrap().display()
+    );
+    let r = d.ctl(&[
+        "--json",
+        "rollout",
+        "web",
+        "--exec",
+        &dead,
+        "--healthy-timeout",
+        "2s",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let summary = r.json();
+    assert_eq!(
+        summary["backends"][0]["result"], "not healthy in time; left drained",
+        "{summary}"
+    );
+    assert_eq!(d.backend("b0")["admin"], "drain");
+    assert_eq!(
+        d.backend("b1")["admin"],
+        "ready",
+        "the rollout stopped at b0"
+    );
     drop(servers);
 }
 

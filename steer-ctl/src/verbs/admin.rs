@@ -176,6 +176,12 @@ pub fn drain(
 
 pub fn ready(ctx: &Ctx, name: &str, wait_healthy: bool, timeout: Duration) -> Result<(), i32> {
     let start = Instant::now();
+    // Checks run so far: "healthy" needs a passing check from after this command.
+    let runs0 = if wait_healthy {
+        backend(ctx, name)?.checks_run
+    } else {
+        0
+    };
     ctx.call(&Request::Admin {
         backend: name.into(),
         state: AdminState::Ready,
@@ -190,7 +196,8 @@ pub fn ready(ctx: &Ctx, name: &str, wait_healthy: bool, timeout: Duration) -> Re
     let mut said = String::new();
     loop {
         let b = backend(ctx, name)?;
-        if b.health == "up" {
+        let unchecked = b.checks_run == 0;
+        if b.health == "up" && (unchecked || (b.checks_run > runs0 && b.check == "ok")) {
             let t = start.elapsed();
             ctx.done(
                 serde_json::json!({"ok": true, "backend": name, "admin": "ready", "health": "up", "waited_ms": t.as_millis() as u64}),

@@ -76,7 +76,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let now = ctx.call(&Request::Status)?.status.unwrap_or_default();
     // With a group switched to, the rollout is of that group: the others take no new flows.
-    let group = now
+    let group_filter = now
         .services
         .iter()
         .find(|s| s.name == plan.service)
@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
             .backends
             .into_iter()
             .filter(|b| b.service == plan.service && b.role == "pool")
-            .filter(|b| group.is_none() || b.group == group)
+            .filter(|b| group_filter.is_none() || b.group == group_filter)
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -127,11 +127,27 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     // Backends left drained by an interruption (the batch in flight), and whether one came.
     let mut interrupted: Vec<String> = Vec::new();
     let mut was_interrupted = false;
-    for group in todo.chunks(batch) {
+    let mut next = 0;
+    while next < todo.len() {
         if INTERRUPTED.load(Ordering::SeqCst) {
             was_interrupted = true;
             break;
         }
+        // Recount before each batch: failures left drained, or checks, may have taken some out.
+        let eligible_now = status(ctx)?
+            .iter()
+            .filter(|b| b.service == plan.service && b.role == "pool")
+            .filter(|b| group_filter.is_none() || b.group == group_filter)
+            .filter(|b| b.admin == AdminState::Ready && b.health == "up")
+            .count();
+        let n = batch.min(eligible_now.saturating_sub(1));
+        if n == 0 {
+            say(ctx, &format!("stopping: {eligible_now} eligible backend(s) left; taking one out would leave none"));
+            failed = true;
+            break;
+        }
+        let group = &todo[next..(next + n).min(todo.len())];
+        next += group.len();
         let names: Vec<String> = group.iter().map(|b| b.name.clone()).collect();
         let mut batch_steps: Vec<Step> = group
             .iter()
@@ -217,13 +233,22 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
             steps.extend(batch_steps);
             break;
         }
-        // 3. Ready, and wait until healthy.
+        // 3. Wait for fresh passing checks while still drained — a result from before the
+        // restart proves nothing — then ready.
         for s in batch_steps.iter_mut().filter(|s| s.result.is_empty()) {
-            set(ctx, &s.backend, AdminState::Ready)?;
             let t = Instant::now();
+            let runs0 = status(ctx)?
+                .into_iter()
+                .find(|b| b.name == s.backend)
+                .map_or(0, |b| b.checks_run);
             let up = loop {
                 let b = status(ctx)?.into_iter().find(|b| b.name == s.backend);
-                if b.as_ref().is_some_and(|b| b.health == "up") {
+                let fresh = b.as_ref().is_some_and(|b| {
+                    // A backend without checks is up by definition.
+                    (b.checks_run == 0 && b.health == "up")
+                        || (b.checks_run >= runs0 + 2 && b.check == "ok" && b.health == "up")
+                });
+                if fresh {
                     break true;
                 }
                 if t.elapsed() >= plan.healthy_timeout {
@@ -233,17 +258,17 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
             };
             s.healthy_ms = t.elapsed().as_millis() as u64;
             if up {
+                set(ctx, &s.backend, AdminState::Ready)?;
                 s.result = "ok".into();
                 say(
                     ctx,
                     &format!(
-                        "{}: back and healthy in {:.1} s",
+                        "{}: healthy and back in rotation {:.1} s after the command",
                         s.backend,
                         t.elapsed().as_secs_f64()
                     ),
                 );
             } else {
-                set(ctx, &s.backend, AdminState::Drain)?;
                 s.result = "not healthy in time; left drained".into();
                 batch_ok = false;
             }
