@@ -332,17 +332,19 @@ impl Datapath {
             let link = PinnedLink::from_pin(pin).map_err(|e| pin_err(std::io::Error::other(e)))?;
             let link = XdpLink::try_from(FdLink::from(link))
                 .map_err(|e| pin_err(std::io::Error::other(e)))?;
-            let id =
-                self.program()
-                    .attach_to_link(link)
-                    .map_err(|source| DatapathError::Attach {
-                        iface: iface.to_string(),
-                        mode,
-                        source,
-                    })?;
-            // The pin holds the link; this process's handle on it can go.
-            drop(self.program().take_link(id)?);
-            return Ok(Attached::Replaced);
+            match self.program().attach_to_link(link) {
+                Ok(id) => {
+                    // The pin holds the link; this process's handle on it can go.
+                    drop(self.program().take_link(id)?);
+                    return Ok(Attached::Replaced);
+                }
+                // A link that can no longer be updated (its interface was removed and made
+                // again): drop the stale pin and attach afresh.
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), error = %e, "stale XDP link pin: attaching afresh");
+                    std::fs::remove_file(pin).map_err(pin_err)?;
+                }
+            }
         }
         let id = self
             .program()
