@@ -53,13 +53,15 @@ enum Bench {
     E2e,
 }
 
-/// Builds workspace binaries in release mode; returns the directory they are in.
+/// Builds binaries of the tests crate, and `steer-ctl` (which the demo and benchmarks drive),
+/// in release mode; returns the directory they are in.
 fn build_release(bins: &[&str]) -> Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "--release", "--quiet", "-p", "steer-tests"]);
     for b in bins {
         c.args(["--bin", b]);
     }
+    c.args(["-p", "steer-ctl", "--bin", "steer-ctl"]);
     run(c)?;
     Ok(workspace_root().join("target/release"))
 }
@@ -161,17 +163,6 @@ fn main() -> Result<()> {
             setup::run()?;
             cleanup_stale_namespaces();
             let bin = build_release(&["steer-demo", "steer-httpd"])?;
-            let mut c = cargo();
-            c.args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "steer-ctl",
-                "--bin",
-                "steer-ctl",
-            ]);
-            run(c)?;
             let mut demo = Command::new(bin.join("steer-demo"));
             demo.args(&args);
             run(demo)
@@ -188,17 +179,6 @@ fn main() -> Result<()> {
                 Bench::E2e => {
                     setup::apt_packages(&["haproxy", "nftables", "iptables"])?;
                     let bin = build_release(&["steer-bench-e2e", "steer-httpd"])?;
-                    let mut c = cargo();
-                    c.args([
-                        "build",
-                        "--release",
-                        "--quiet",
-                        "-p",
-                        "steer-ctl",
-                        "--bin",
-                        "steer-ctl",
-                    ]);
-                    run(c)?;
                     cleanup_stale_namespaces();
                     let mut b = Command::new(bin.join("steer-bench-e2e"));
                     b.arg(workspace_root().join("target/bench"));
