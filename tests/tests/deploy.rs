@@ -45,6 +45,20 @@ fn config(topo: &Topology, groups: &[&str]) -> String {
     s
 }
 
+/// Waits until each backend has passed a check.
+fn wait_checked(d: &SteerDaemon, backends: &[&str]) {
+    for b in backends {
+        wait_for(&format!("{b} up"), T, || {
+            let v = d.backend(b);
+            if v["check"] == "ok" {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        });
+    }
+}
+
 type Tally = (BTreeMap<String, u64>, Vec<io::Error>);
 
 /// Requests on new connections from the client until stopped; who answered (by version too).
@@ -89,16 +103,7 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
     let servers = Servers::new(&topo, &d.dir.join("servers"), Path::new(HTTPD));
     d.write_config(&config(&topo, &[]));
     d.start();
-    for b in ["b0", "b1", "b2"] {
-        wait_for(&format!("{b} up"), T, || {
-            let v = d.backend(b);
-            if v["check"] == "ok" {
-                Ok(())
-            } else {
-                Err(v.to_string())
-            }
-        });
-    }
+    wait_checked(&d, &["b0", "b1", "b2"]);
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(&topo, stop.clone());
     let exec = format!("sh {} {{backend}} v2", servers.script.display());
@@ -212,16 +217,7 @@ fn an_interrupted_rollout_leaves_only_the_backend_in_flight_drained() {
     let mut d = SteerDaemon::new(&topo.lb);
     d.write_config(&config(&topo, &[]));
     d.start();
-    for b in ["b0", "b1", "b2"] {
-        wait_for(&format!("{b} up"), T, || {
-            let v = d.backend(b);
-            if v["check"] == "ok" {
-                Ok(())
-            } else {
-                Err(v.to_string())
-            }
-        });
-    }
+    wait_checked(&d, &["b0", "b1", "b2"]);
     let child = std::process::Command::new(steer_tests::daemon::steer_ctl_bin())
         .args([
             "--socket",

@@ -74,6 +74,18 @@ fn wrapped(aux: &mut Ebpf, want: u32, what: &str) -> f64 {
     repeated(wrap, &frame, want, what)
 }
 
+/// Backends web-0..2 of service `web`.
+fn add_three_backends(bal: &mut Balancer) {
+    for i in 0..3u8 {
+        let addr = Ipv4Addr::new(10, 1, 0, i + 1).into();
+        bal.add_backend(
+            "web",
+            BackendSpec::new(&format!("web-{i}"), addr, [2, 0xbe, 0, 0, 0, i + 1]),
+        )
+        .unwrap();
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -116,17 +128,7 @@ fn main() {
         .unwrap();
     bal.add_service(ServiceSpec::tcp("empty", EMPTY_VIP.into(), 80))
         .unwrap();
-    for i in 0..3u8 {
-        bal.add_backend(
-            "web",
-            BackendSpec::new(
-                &format!("web-{i}"),
-                Ipv4Addr::new(10, 1, 0, i + 1).into(),
-                [2, 0xbe, 0, 0, 0, i + 1],
-            ),
-        )
-        .unwrap();
-    }
+    add_three_backends(&mut bal);
 
     let syn = tcp4(CLIENT, 40_000, VIP, 80).syn().frame().bytes;
     let established = tcp4(CLIENT, 40_000, VIP, 80)
@@ -255,17 +257,7 @@ fn main() {
         let mut b2 = Balancer::new(dp);
         b2.add_service(ServiceSpec::tcp("web", VIP.into(), 80))
             .unwrap();
-        for i in 0..3u8 {
-            b2.add_backend(
-                "web",
-                BackendSpec::new(
-                    &format!("web-{i}"),
-                    Ipv4Addr::new(10, 1, 0, i + 1).into(),
-                    [2, 0xbe, 0, 0, 0, i + 1],
-                ),
-            )
-            .unwrap();
-        }
+        add_three_backends(&mut b2);
         let fd = b2
             .datapath_mut()
             .program()
