@@ -145,6 +145,9 @@ pub mod admin {
 pub mod health {
     pub const DOWN: u8 = 0;
     pub const UP: u8 = 1;
+    /// Not checked yet (a backend added or adopted before its first check result): not
+    /// eligible, like `DOWN`.
+    pub const UNKNOWN: u8 = 2;
 }
 
 /// A real server. Value of `STEER_BE_V1`, indexed by backend id.

@@ -8,40 +8,15 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use steer_common::{
-    admin, health, svc_flags, Backend, Counters, Service, ServiceKey, BACKEND_NONE,
-    DEFAULT_IDLE_TIMEOUT_S, FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MAX_BACKENDS, MODE_DSR,
-    PROTO_TCP, PROTO_UDP,
+    admin, svc_flags, Backend, Counters, Service, ServiceKey, BACKEND_NONE, DEFAULT_IDLE_TIMEOUT_S,
+    FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MAX_BACKENDS, MODE_DSR,
 };
 
+pub use crate::model::{AdminState, Health, NoBackend, Proto, Role};
 use crate::{
     datapath::{Datapath, DatapathError},
     maglev::{self, MaglevError},
 };
-
-/// Transport protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => PROTO_TCP,
-            Proto::Udp => PROTO_UDP,
-        }
-    }
-}
-
-/// What a service does with a new connection when no backend can take it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoBackend {
-    /// Answer a SYN with a RST from XDP: the client fails at once.
-    Reset,
-    /// Drop it: the client retries until its timeout.
-    Drop,
-}
 
 /// A service to add.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,37 +50,6 @@ impl ServiceSpec {
         ServiceSpec {
             proto: Proto::Udp,
             ..Self::tcp(name, vip, port)
-        }
-    }
-}
-
-/// The part a backend plays in its service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// In the Maglev table when eligible.
-    Pool,
-    /// Takes new flows when no pool backend is eligible (a failure).
-    Fallback,
-    /// Takes every new flow while the service is in maintenance (never for a failure).
-    Maintenance,
-}
-
-/// Admin state, set by an operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admin {
-    Ready,
-    Drain,
-    Maint,
-    Reject,
-}
-
-impl Admin {
-    fn code(self) -> u8 {
-        match self {
-            Admin::Ready => admin::READY,
-            Admin::Drain => admin::DRAIN,
-            Admin::Maint => admin::MAINT,
-            Admin::Reject => admin::REJECT,
         }
     }
 }
@@ -246,8 +190,8 @@ pub struct BackendInfo {
     pub mac: [u8; 6],
     pub weight: u32,
     pub role: Role,
-    pub admin: Admin,
-    pub up: bool,
+    pub admin: AdminState,
+    pub health: Health,
     pub group: Option<String>,
 }
 
@@ -362,13 +306,8 @@ impl Balancer {
                 mac: b.spec.mac,
                 weight: b.spec.weight,
                 role: b.spec.role,
-                admin: match b.entry.admin {
-                    admin::DRAIN => Admin::Drain,
-                    admin::MAINT => Admin::Maint,
-                    admin::REJECT => Admin::Reject,
-                    _ => Admin::Ready,
-                },
-                up: b.entry.health == health::UP,
+                admin: AdminState::from_code(b.entry.admin).unwrap_or_default(),
+                health: Health::from_code(b.entry.health),
                 group: b.spec.group.clone(),
             })
             .collect()
@@ -580,7 +519,7 @@ impl Balancer {
             mac: spec.mac,
             family,
             admin: admin::READY,
-            health: health::UP,
+            health: Health::Up.code(),
             service: svc_id,
             gen: self.gens[id as usize],
             ..Backend::EMPTY
@@ -658,15 +597,13 @@ impl Balancer {
 
     /// Sets a backend's admin state. Leaving the table is applied table first (no new flow is
     /// pinned to a backend that has just been rejected); joining it, entry first.
-    pub fn set_admin(&mut self, name: &str, state: Admin) -> Result<()> {
+    pub fn set_admin(&mut self, name: &str, state: AdminState) -> Result<()> {
         self.update_backend(name, |e| e.admin = state.code())
     }
 
     /// Sets a backend's health, as its checks found it.
-    pub fn set_health(&mut self, name: &str, up: bool) -> Result<()> {
-        self.update_backend(name, |e| {
-            e.health = if up { health::UP } else { health::DOWN }
-        })
+    pub fn set_health(&mut self, name: &str, health: Health) -> Result<()> {
+        self.update_backend(name, |e| e.health = health.code())
     }
 
     fn update_backend(&mut self, name: &str, change: impl FnOnce(&mut Backend)) -> Result<()> {

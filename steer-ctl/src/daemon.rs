@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    balancer::{Admin, BackendSpec, Balancer, ServiceSpec},
+    balancer::{AdminState as Admin, BackendSpec, Balancer, ServiceSpec},
     checks::{self, Outcome, Report},
     config::{CheckKind, Config, XdpModeCfg},
     datapath::{self, Attached, Datapath, Options},
@@ -293,12 +293,13 @@ impl Core {
                         .map(|c| c.kind != CheckKind::None)
                         .unwrap_or(true);
                     let up = new_backends_up || !checked || old_backends.contains_key(bname);
-                    self.bal.set_health(bname, up)?;
+                    self.bal
+                        .set_health(bname, crate::model::Health::from_up(up))?;
                     info!(service = %name, backend = %bname, address = %b.address.get_ref(), up, "backend added");
                 } else {
                     self.bal.set_weight(bname, weight)?;
                 }
-                self.bal.set_admin(bname, st.admin.into())?;
+                self.bal.set_admin(bname, st.admin)?;
                 self.groups.insert(bname.clone(), b.group.clone());
             }
             let group = self.state.service(name).group;
@@ -372,6 +373,7 @@ impl Core {
             }
         }
         proto::Status {
+            flow_scan: Default::default(),
             config: self.cfg.path.display().to_string(),
             services: self
                 .bal
@@ -386,7 +388,7 @@ impl Core {
                     name: s.name,
                     vip: s.vip.to_string(),
                     port: s.port,
-                    protocol: format!("{:?}", s.proto).to_lowercase(),
+                    protocol: s.proto,
                     maintenance: s.maintenance,
                     eligible: s.eligible,
                     active_group: s.active_group,
@@ -405,14 +407,15 @@ impl Core {
                             .backend_counters(&b.name)
                             .map(Into::into)
                             .unwrap_or_default(),
-                        active_flows: active.get(&b.name).copied().unwrap_or(0),
+                        active_flows: active.get(&b.name).copied(),
+                        config_weight: b.weight,
                         group: self.groups.get(&b.name).cloned().flatten(),
                         name: b.name,
                         service: b.service,
                         address: b.addr.to_string(),
-                        role: format!("{:?}", b.role).to_lowercase(),
-                        admin: b.admin.into(),
-                        health: if b.up { "up" } else { "down" }.into(),
+                        role: b.role,
+                        admin: b.admin,
+                        health: b.health,
                         check: if chk.last.is_empty() {
                             "not checked yet".into()
                         } else {
@@ -461,11 +464,10 @@ impl Core {
                 client: SocketAddr::new(ip(&k.src, k.family), u16::from_be(k.sport_be)).to_string(),
                 vip: SocketAddr::new(ip(&k.dst, k.family), u16::from_be(k.dport_be)).to_string(),
                 protocol: if k.proto == steer_common::PROTO_TCP {
-                    "tcp"
+                    crate::model::Proto::Tcp
                 } else {
-                    "udp"
-                }
-                .into(),
+                    crate::model::Proto::Udp
+                },
                 backend: names
                     .get(&f.backend)
                     .cloned()
@@ -487,7 +489,8 @@ enum After {
 
 fn handle(core: &Shared, req: Request) -> (Response, After) {
     let mut c = core.lock().expect("core lock");
-    let fail = |e: &dyn std::fmt::Display| Response::error(exit::FAILURE as u8, e.to_string());
+    let fail =
+        |e: &dyn std::fmt::Display| Response::error(proto::ErrorKind::Internal, e.to_string());
     match req {
         Request::Status => (
             Response {
@@ -503,14 +506,17 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
             },
             After::Nothing,
         ),
-        Request::Admin { backend, state } => {
+        Request::Admin {
+            target: backend,
+            state,
+        } => {
             let old = match c
                 .bal
                 .backend_infos()
                 .into_iter()
                 .find(|b| b.name == backend)
             {
-                Some(b) => AdminState::from(b.admin),
+                Some(b) => b.admin,
                 None => {
                     return (
                         fail(&format!("no backend named {backend:?}")),
@@ -518,7 +524,7 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
                     )
                 }
             };
-            if let Err(e) = c.bal.set_admin(&backend, Admin::from(state)) {
+            if let Err(e) = c.bal.set_admin(&backend, state) {
                 return (fail(&e), After::Nothing);
             }
             c.state.backends.entry(backend.clone()).or_default().admin = state;
@@ -538,7 +544,10 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
             }
             (Response::ok(), After::Nothing)
         }
-        Request::Weight { backend, weight } => {
+        Request::Weight {
+            target: backend,
+            weight,
+        } => {
             if let Err(e) = c.bal.set_weight(&backend, weight) {
                 return (fail(&e), After::Nothing);
             }
@@ -564,7 +573,7 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
                 Err(e) => (fail(&e), After::Nothing),
             }
         }
-        Request::Switch { service, group } => {
+        Request::Switch { service, group, .. } => {
             if let Err(e) = c.bal.set_active_group(&service, group.as_deref()) {
                 return (fail(&e), After::Nothing);
             }
@@ -582,7 +591,7 @@ fn handle(core: &Shared, req: Request) -> (Response, After) {
                 Err(e) => {
                     warn!(config = %path.display(), error = %e, "reload refused: the running config stays");
                     return (
-                        Response::error(exit::CONFIG as u8, e.to_string()),
+                        Response::error(proto::ErrorKind::Config, e.to_string()),
                         After::Nothing,
                     );
                 }
@@ -634,7 +643,14 @@ fn spawn_checks(core: &Shared, set: &mut JoinSet<()>, tx: &mpsc::UnboundedSender
             let paused = Arc::new(AtomicBool::new(info.admin == Admin::Maint));
             paused_map.insert(name.clone(), paused.clone());
             let addr = SocketAddr::new(info.addr, check.port.unwrap_or(s.port));
-            set.spawn(checks::run(name, check, addr, info.up, paused, tx.clone()));
+            set.spawn(checks::run(
+                name,
+                check,
+                addr,
+                info.health == crate::model::Health::Up,
+                paused,
+                tx.clone(),
+            ));
         }
     }
     c.paused = paused_map;
@@ -663,7 +679,10 @@ fn apply_report(core: &Shared, r: Report) {
             .find(|b| b.name == r.backend)
             .map(|b| b.service)
             .unwrap_or_default();
-        match c.bal.set_health(&r.backend, up) {
+        match c
+            .bal
+            .set_health(&r.backend, crate::model::Health::from_up(up))
+        {
             Ok(()) => info!(
                 service = %service,
                 backend = %r.backend,
@@ -735,7 +754,7 @@ async fn serve_conn(
     if !peer_ok {
         let _ = w
             .write_all(&reply(Response::error(
-                exit::FAILURE as u8,
+                proto::ErrorKind::Internal,
                 "permission denied: root or the socket's group only",
             )))
             .await;
@@ -747,14 +766,20 @@ async fn serve_conn(
         match tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line))
             .await
         {
-            Err(_) => Response::error(exit::FAILURE as u8, "no request within 10 s"),
-            Ok(Err(e)) => Response::error(exit::FAILURE as u8, format!("reading the request: {e}")),
+            Err(_) => Response::error(proto::ErrorKind::Internal, "no request within 10 s"),
+            Ok(Err(e)) => Response::error(
+                proto::ErrorKind::Internal,
+                format!("reading the request: {e}"),
+            ),
             Ok(Ok(_)) if line.len() > proto::MAX_REQUEST => Response::error(
-                exit::FAILURE as u8,
+                proto::ErrorKind::Internal,
                 format!("request longer than {} bytes", proto::MAX_REQUEST),
             ),
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Err(e) => Response::error(exit::FAILURE as u8, format!("malformed request: {e}")),
+                Err(e) => Response::error(
+                    proto::ErrorKind::Internal,
+                    format!("malformed request: {e}"),
+                ),
                 Ok(req) => {
                     let core = core.clone();
                     let (resp, after) = tokio::task::spawn_blocking(move || handle(&core, req))
@@ -762,7 +787,7 @@ async fn serve_conn(
                         .unwrap_or_else(|e| {
                             (
                                 Response::error(
-                                    exit::FAILURE as u8,
+                                    proto::ErrorKind::Internal,
                                     format!("internal error: {e}"),
                                 ),
                                 After::Nothing,

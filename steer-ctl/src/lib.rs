@@ -1,5 +1,6 @@
-//! steer-ctl as a library: the datapath handle, Maglev, and the balancer state that drives them.
-//! The `steer-ctl` binary is a thin layer over this.
+//! steer-ctl as a library: the datapath handle, Maglev, the balancer that drives them, the
+//! config, the intent store, the control protocol and the daemon. The `steer-ctl` binary is a
+//! thin layer over this.
 
 pub mod balancer;
 pub mod checks;
@@ -7,10 +8,13 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod exit;
 pub mod maglev;
 pub mod metrics;
+pub mod model;
 pub mod proto;
 pub mod state;
 
-pub use balancer::{Admin, BackendSpec, Balancer, NoBackend, Proto, Role, ServiceSpec};
+pub use balancer::{BackendSpec, Balancer, ServiceSpec};
 pub use datapath::{Datapath, Options};
+pub use model::{AdminState, Health, Mode, NoBackend, Proto, Role};

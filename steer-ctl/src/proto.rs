@@ -1,9 +1,12 @@
 //! The control protocol between `steer-ctl` verbs and the daemon: one JSON request per line on
-//! the Unix socket, one JSON response line back. Shared by both sides.
+//! the Unix socket, one JSON response line back. Shared by both sides, typed end to end: a
+//! client never matches on error text or on state names.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::AdminState;
+use crate::model::{AdminState, Health, Proto, Role};
 
 /// Longest request line the daemon reads; longer ones are refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -15,36 +18,89 @@ pub enum Request {
     Status,
     /// Flows in the connection table (up to `limit`).
     Flows { limit: usize },
-    /// Sets a backend's admin state.
-    Admin { backend: String, state: AdminState },
-    /// Sets a backend's weight.
-    Weight { backend: String, weight: u32 },
-    /// Makes only one group of a service's backends eligible (`None`: every group).
+    /// Sets the admin state of a backend, or of every backend of a group (`target`), in one
+    /// change.
+    Admin { target: String, state: AdminState },
+    /// Sets the weight of a backend, or of every backend of a group.
+    Weight { target: String, weight: u32 },
+    /// Makes only one group of a service's backends eligible (`None`: every group). Refused
+    /// when that group has no eligible backend, unless `force`.
     Switch {
         service: String,
         group: Option<String>,
+        #[serde(default)]
+        force: bool,
     },
     /// Turns a service's maintenance on or off.
     Maintenance { service: String, on: bool },
-    /// Re-reads the config file; refused (and nothing changed) if it is invalid.
+    /// Re-reads the config file; refused (and nothing changed) if it is invalid or cannot be
+    /// applied whole.
     Reload,
     /// Stops the daemon; with `detach`, also removes the XDP program and the pinned maps.
     Shutdown { detach: bool },
 }
 
-/// The daemon's answer. `ok` false: `error` says why; `code` is the exit code the verb should
-/// end with (1 failure, 78 bad config).
+/// Why a request failed, for clients that act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No backend or group of that name.
+    UnknownTarget,
+    /// No service of that name.
+    UnknownService,
+    /// The request is valid but would leave the service without what it needs (e.g. a switch
+    /// to a group with no eligible backend).
+    Refused,
+    /// The config file is invalid.
+    Config,
+    /// The config is valid but cannot be applied (unresolvable MAC, capacity, a setting that
+    /// needs a restart); nothing was changed.
+    Apply,
+    /// Not allowed on the socket.
+    Permission,
+    /// Bad request line.
+    Malformed,
+    /// The daemon is too busy (too many connections).
+    Busy,
+    /// Anything else (a map write failed, the state could not be saved).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The exit code a verb ends with for this error.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Config => crate::exit::CONFIG,
+            ErrorKind::Permission => crate::exit::NOPERM,
+            ErrorKind::Busy => crate::exit::UNAVAILABLE,
+            _ => crate::exit::FAILURE,
+        }
+    }
+}
+
+/// The daemon's answer. Every reply has `ok`; when false, `error` says why and `kind` what
+/// sort of failure it is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u8>,
+    pub kind: Option<ErrorKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<Vec<FlowInfo>>,
+    /// Backends a change applied to (a group stands for its members).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    /// After a change: the flow scan that will first see it. A `drain --wait` trusts active
+    /// flow counts only from this scan on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<u64>,
+    /// What a reload changed, and notes (settings that win over others, and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -57,12 +113,21 @@ impl Response {
         }
     }
 
-    pub fn error(code: u8, error: impl Into<String>) -> Response {
+    pub fn error(kind: ErrorKind, error: impl Into<String>) -> Response {
         Response {
             ok: false,
             error: Some(error.into()),
-            code: Some(code),
+            kind: Some(kind),
             ..Response::default()
+        }
+    }
+
+    /// The exit code this reply means.
+    pub fn exit_code(&self) -> i32 {
+        if self.ok {
+            crate::exit::OK
+        } else {
+            self.kind.map_or(crate::exit::FAILURE, ErrorKind::exit_code)
         }
     }
 }
@@ -72,8 +137,26 @@ pub struct Status {
     pub config: String,
     pub services: Vec<ServiceStatus>,
     pub backends: Vec<BackendStatus>,
+    /// The scan of the connection table the active-flow counts come from.
+    pub flow_scan: FlowScan,
     /// Packets per datapath outcome and event, by name.
-    pub datapath: std::collections::BTreeMap<String, u64>,
+    pub datapath: BTreeMap<String, u64>,
+}
+
+/// The background scan of the connection table that counts active flows per backend.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FlowScan {
+    /// Number of the last completed scan (0: none yet).
+    pub seq: u64,
+    /// How old its counts are, in milliseconds.
+    pub age_ms: u64,
+    /// How long it took.
+    pub took_ms: u64,
+    /// Flows it read.
+    pub flows: u64,
+    /// Why the last scan failed; the counts are then unknown (`active_flows` absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -102,9 +185,9 @@ pub struct ServiceStatus {
     pub name: String,
     pub vip: String,
     pub port: u16,
-    pub protocol: String,
+    pub protocol: Proto,
     pub maintenance: bool,
-    /// Pool backends that may take new flows now.
+    /// Pool backends in the live Maglev table: eligible, weight > 0, and in the active group.
     pub eligible: usize,
     /// The group `switch` made eligible, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,22 +201,26 @@ pub struct BackendStatus {
     pub name: String,
     pub service: String,
     pub address: String,
-    pub role: String,
+    pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub admin: AdminState,
-    /// "up" or "down".
-    pub health: String,
-    /// Why the last check failed, or "ok".
+    pub health: Health,
+    /// Why the last check failed, or "ok"; "not checked yet"; "no checks".
     pub check: String,
     /// Checks run since the daemon started.
     pub checks_run: u64,
     /// Last check's latency in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<f64>,
+    /// The weight in force.
     pub weight: u32,
-    /// Flows not ended and seen within the service's idle timeout.
-    pub active_flows: u64,
+    /// The config's weight (differs from `weight` when `steer-ctl weight` set another).
+    pub config_weight: u32,
+    /// Flows not ended and seen within the service's idle timeout, as of `flow_scan`; absent
+    /// when the scan failed or none has completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_flows: Option<u64>,
     pub counters: Counters,
 }
 
@@ -141,7 +228,7 @@ pub struct BackendStatus {
 pub struct FlowInfo {
     pub client: String,
     pub vip: String,
-    pub protocol: String,
+    pub protocol: Proto,
     pub backend: String,
     pub state: String,
     pub idle_ms: u64,

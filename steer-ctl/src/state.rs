@@ -12,50 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::balancer::Admin;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    #[default]
-    Ready,
-    Drain,
-    Maint,
-    Reject,
-}
-
-impl From<AdminState> for Admin {
-    fn from(a: AdminState) -> Admin {
-        match a {
-            AdminState::Ready => Admin::Ready,
-            AdminState::Drain => Admin::Drain,
-            AdminState::Maint => Admin::Maint,
-            AdminState::Reject => Admin::Reject,
-        }
-    }
-}
-
-impl From<Admin> for AdminState {
-    fn from(a: Admin) -> AdminState {
-        match a {
-            Admin::Ready => AdminState::Ready,
-            Admin::Drain => AdminState::Drain,
-            Admin::Maint => AdminState::Maint,
-            Admin::Reject => AdminState::Reject,
-        }
-    }
-}
-
-impl std::fmt::Display for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-            AdminState::Reject => "reject",
-        })
-    }
-}
+pub use crate::model::AdminState;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

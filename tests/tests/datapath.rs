@@ -10,8 +10,8 @@ use std::{
 use etherparse::PacketBuilder;
 use steer_common::{event, flow_flags, hash::flow_hash, outcome, FlowKey, PROTO_TCP, PROTO_UDP};
 use steer_ctl::{
-    balancer::addr_bytes, Admin, BackendSpec, Balancer, Datapath, NoBackend, Options, Role,
-    ServiceSpec,
+    balancer::addr_bytes, AdminState as Admin, BackendSpec, Balancer, Datapath, Health, NoBackend,
+    Options, Role, ServiceSpec,
 };
 use steer_tests::fixture::{
     arp_request, tcp4, tcp6, udp4, Delta, Expect, Field, Frame, Row, Table, CLIENT_MAC, LB_MAC,
@@ -456,7 +456,7 @@ fn datapath_fixtures() {
     );
     t.check(row);
     t.bal.set_admin("web-a", Admin::Ready).unwrap();
-    t.bal.set_health("web-b", false).unwrap();
+    t.bal.set_health("web-b", Health::Down).unwrap();
     let row = fwd(
         &t.bal,
         "a backend marked down keeps its established flows",
@@ -466,7 +466,7 @@ fn datapath_fixtures() {
         false,
     );
     t.check(row);
-    t.bal.set_health("web-b", true).unwrap();
+    t.bal.set_health("web-b", Health::Up).unwrap();
 
     // Rule 1: a pool change moves no established flow.
     let before: Vec<(u16, String)> = (44_000..44_050)
@@ -506,7 +506,7 @@ fn datapath_fixtures() {
         true,
     );
     t.check(row);
-    t.bal.set_health("web-c", false).unwrap();
+    t.bal.set_health("web-c", Health::Down).unwrap();
     let again = maglev_choice(&t.bal, "web", &tcp_key(ps));
     let mut row = fwd(
         &t.bal,
@@ -523,7 +523,7 @@ fn datapath_fixtures() {
         again,
         "the entry follows the redispatch"
     );
-    t.bal.set_health("web-c", true).unwrap();
+    t.bal.set_health("web-c", Health::Up).unwrap();
 
     // Rule 4: reject answers every further packet of the backend's flows with a RST.
     let pr = port_to(&t.bal, "web-c", 46_000);
@@ -790,7 +790,7 @@ fn datapath_fixtures() {
         true,
     ));
     for b in ["web-a", "web-b", "web-c"] {
-        t.bal.set_health(b, false).unwrap();
+        t.bal.set_health(b, Health::Down).unwrap();
     }
     t.check(fwd(
         &t.bal,
@@ -801,7 +801,7 @@ fn datapath_fixtures() {
         true,
     ));
     for b in ["web-a", "web-b", "web-c"] {
-        t.bal.set_health(b, true).unwrap();
+        t.bal.set_health(b, Health::Up).unwrap();
     }
     t.check(rst_row(
         "a SYN to a service with no backend is answered with RST|ACK",

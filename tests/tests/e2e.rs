@@ -12,7 +12,8 @@ use std::{
 use aya::programs::XdpMode;
 use steer_common::{hash::flow_hash, outcome, FlowKey, PROTO_TCP};
 use steer_ctl::{
-    balancer::addr_bytes, Admin, BackendSpec, Balancer, Datapath, Options, Role, ServiceSpec,
+    balancer::addr_bytes, AdminState as Admin, BackendSpec, Balancer, Datapath, Health, Options,
+    Role, ServiceSpec,
 };
 use steer_tests::{
     http::{self, Conn},
@@ -444,7 +445,7 @@ fn syn_to_a_dead_backend_is_redispatched_when_it_is_marked_down() {
             Err(format!("{n} of 5 pinned"))
         }
     });
-    bal.set_health("web-b2", false).unwrap();
+    bal.set_health("web-b2", Health::Down).unwrap();
     let results = attempts.join().unwrap();
     for r in &results {
         let b = r.as_ref().unwrap_or_else(|e| panic!("{e}"));

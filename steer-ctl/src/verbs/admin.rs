@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use steer_ctl::{
-    daemon::exit,
+    exit,
     proto::{BackendStatus, Request},
     state::AdminState,
 };
@@ -30,7 +30,7 @@ fn progress(msg: &str) {
 
 pub fn set(ctx: &Ctx, name: &str, state: AdminState) -> Result<(), i32> {
     ctx.call(&Request::Admin {
-        backend: name.into(),
+        target: name.into(),
         state,
     })?;
     ctx.done(
@@ -65,7 +65,7 @@ pub fn active(ctx: &Ctx, names: &[String]) -> Result<u64, i32> {
     Ok(s.backends
         .iter()
         .filter(|b| names.contains(&b.name))
-        .map(|b| b.active_flows)
+        .map(|b| b.active_flows.unwrap_or(0))
         .sum())
 }
 
@@ -73,6 +73,7 @@ pub fn switch(ctx: &Ctx, service: &str, group: Option<&str>) -> Result<(), i32> 
     ctx.call(&Request::Switch {
         service: service.into(),
         group: group.map(String::from),
+        force: false,
     })?;
     let text = match group {
         Some(g) => {
@@ -99,7 +100,7 @@ pub fn drain(
     let first = steer_ctl::client::request(
         ctx.socket,
         &Request::Admin {
-            backend: name.into(),
+            target: name.into(),
             state: AdminState::Drain,
         },
         Duration::from_secs(30),
@@ -115,7 +116,7 @@ pub fn drain(
             let names = members(ctx, name)?;
             for b in &names {
                 ctx.call(&Request::Admin {
-                    backend: b.clone(),
+                    target: b.clone(),
                     state: AdminState::Drain,
                 })?;
             }
@@ -124,7 +125,7 @@ pub fn drain(
         _ => {
             // Report it as every other verb does.
             ctx.call(&Request::Admin {
-                backend: name.into(),
+                target: name.into(),
                 state: AdminState::Drain,
             })?;
             vec![name.to_string()]
@@ -183,7 +184,7 @@ pub fn ready(ctx: &Ctx, name: &str, wait_healthy: bool, timeout: Duration) -> Re
         0
     };
     ctx.call(&Request::Admin {
-        backend: name.into(),
+        target: name.into(),
         state: AdminState::Ready,
     })?;
     if !wait_healthy {
@@ -197,7 +198,9 @@ pub fn ready(ctx: &Ctx, name: &str, wait_healthy: bool, timeout: Duration) -> Re
     loop {
         let b = backend(ctx, name)?;
         let unchecked = b.checks_run == 0;
-        if b.health == "up" && (unchecked || (b.checks_run > runs0 && b.check == "ok")) {
+        if b.health == steer_ctl::Health::Up
+            && (unchecked || (b.checks_run > runs0 && b.check == "ok"))
+        {
             let t = start.elapsed();
             ctx.done(
                 serde_json::json!({"ok": true, "backend": name, "admin": "ready", "health": "up", "waited_ms": t.as_millis() as u64}),
@@ -231,7 +234,7 @@ pub fn ready(ctx: &Ctx, name: &str, wait_healthy: bool, timeout: Duration) -> Re
 
 pub fn weight(ctx: &Ctx, name: &str, weight: u32) -> Result<(), i32> {
     ctx.call(&Request::Weight {
-        backend: name.into(),
+        target: name.into(),
         weight,
     })?;
     ctx.done(

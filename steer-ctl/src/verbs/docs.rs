@@ -19,6 +19,6 @@ pub fn man() -> Result<(), i32> {
         .render(&mut std::io::stdout())
         .map_err(|e| {
             eprintln!("steer-ctl: {e}");
-            steer_ctl::daemon::exit::FAILURE
+            steer_ctl::exit::FAILURE
         })
 }

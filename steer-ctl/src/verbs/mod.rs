@@ -1,4 +1,4 @@
-//! One module per verb group. Each returns the process's exit code (see `daemon::exit`).
+//! One module per verb group. Each returns the process's exit code (see `exit`).
 
 mod admin;
 mod docs;
@@ -10,7 +10,7 @@ use std::{path::Path, time::Duration};
 
 use steer_ctl::{
     client::{self, ClientError},
-    daemon::exit,
+    exit,
     proto::{Request, Response},
 };
 
@@ -33,7 +33,7 @@ impl Ctx<'_> {
                     .clone()
                     .unwrap_or_else(|| "the daemon refused".into());
                 self.fail(&msg);
-                Err(r.code.map(i32::from).unwrap_or(exit::FAILURE))
+                Err(r.exit_code())
             }
             Err(e) => {
                 self.fail(&e.to_string());

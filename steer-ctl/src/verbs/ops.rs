@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use steer_ctl::{config::Config, daemon::exit, proto::Request};
+use steer_ctl::{config::Config, exit, proto::Request};
 
 use super::Ctx;
 use crate::cli::LogFormat;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use steer_ctl::{
-    daemon::exit,
+    exit,
     proto::{BackendStatus, Request},
     state::AdminState,
 };
@@ -65,7 +65,7 @@ fn status(ctx: &Ctx) -> Result<Vec<BackendStatus>, i32> {
 
 fn set(ctx: &Ctx, backend: &str, state: AdminState) -> Result<(), i32> {
     ctx.call(&Request::Admin {
-        backend: backend.into(),
+        target: backend.into(),
         state,
     })
     .map(|_| ())
@@ -85,7 +85,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
         let mut v: Vec<BackendStatus> = now
             .backends
             .into_iter()
-            .filter(|b| b.service == plan.service && b.role == "pool")
+            .filter(|b| b.service == plan.service && b.role == steer_ctl::Role::Pool)
             .filter(|b| group_filter.is_none() || b.group == group_filter)
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
     }
     let eligible = backends
         .iter()
-        .filter(|b| b.admin == AdminState::Ready && b.health == "up")
+        .filter(|b| b.admin == AdminState::Ready && b.health == steer_ctl::Health::Up)
         .count();
     if eligible < 2 {
         ctx.fail(&format!(
@@ -136,9 +136,9 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
         // Recount before each batch: failures left drained, or checks, may have taken some out.
         let eligible_now = status(ctx)?
             .iter()
-            .filter(|b| b.service == plan.service && b.role == "pool")
+            .filter(|b| b.service == plan.service && b.role == steer_ctl::Role::Pool)
             .filter(|b| group_filter.is_none() || b.group == group_filter)
-            .filter(|b| b.admin == AdminState::Ready && b.health == "up")
+            .filter(|b| b.admin == AdminState::Ready && b.health == steer_ctl::Health::Up)
             .count();
         let n = batch.min(eligible_now.saturating_sub(1));
         if n == 0 {
@@ -245,8 +245,10 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(), i32> {
                 let b = status(ctx)?.into_iter().find(|b| b.name == s.backend);
                 let fresh = b.as_ref().is_some_and(|b| {
                     // A backend without checks is up by definition.
-                    (b.checks_run == 0 && b.health == "up")
-                        || (b.checks_run >= runs0 + 2 && b.check == "ok" && b.health == "up")
+                    (b.checks_run == 0 && b.health == steer_ctl::Health::Up)
+                        || (b.checks_run >= runs0 + 2
+                            && b.check == "ok"
+                            && b.health == steer_ctl::Health::Up)
                 });
                 if fresh {
                     break true;

@@ -48,7 +48,7 @@ fn print_backends(s: &Status) {
             b.admin.to_string(),
             b.health,
             b.weight,
-            b.active_flows,
+            b.active_flows.map_or("?".to_string(), |n| n.to_string()),
             b.counters.packets,
             b.check
         );
