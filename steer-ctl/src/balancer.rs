@@ -64,6 +64,10 @@ pub struct BackendSpec {
     pub role: Role,
     /// Deployment group (`blue`, `green`): `switch` makes one group of a service eligible.
     pub group: Option<String>,
+    /// Admin state and health the entry is written with (so an adopted or re-added backend
+    /// is never briefly `ready` and `up` when it is not).
+    pub admin: AdminState,
+    pub health: Health,
 }
 
 impl BackendSpec {
@@ -76,6 +80,8 @@ impl BackendSpec {
             weight: 1,
             role: Role::Pool,
             group: None,
+            admin: AdminState::Ready,
+            health: Health::Up,
         }
     }
 }
@@ -324,14 +330,7 @@ impl Balancer {
                 port: s.spec.port,
                 proto: s.spec.proto,
                 maintenance: s.value.flags & svc_flags::MAINTENANCE != 0,
-                eligible: s
-                    .backends
-                    .iter()
-                    .filter_map(|b| self.backends.get(b))
-                    .filter(|b| {
-                        b.spec.role == Role::Pool && b.entry.eligible() && b.spec.weight > 0
-                    })
-                    .count(),
+                eligible: self.table_members(s).count(),
                 backends: s.backends.clone(),
                 active_group: s.active_group.clone(),
             })
@@ -359,10 +358,11 @@ impl Balancer {
                 ));
             }
         }
-        self.services
-            .get_mut(service)
-            .expect("looked up")
-            .active_group = group.map(String::from);
+        let svc = self.services.get_mut(service).expect("looked up");
+        if svc.active_group.as_deref() == group {
+            return Ok(());
+        }
+        svc.active_group = group.map(String::from);
         self.rebuild(service)
     }
 
@@ -518,8 +518,8 @@ impl Balancer {
             addr,
             mac: spec.mac,
             family,
-            admin: admin::READY,
-            health: Health::Up.code(),
+            admin: spec.admin.code(),
+            health: spec.health.code(),
             service: svc_id,
             gen: self.gens[id as usize],
             ..Backend::EMPTY
@@ -641,6 +641,9 @@ impl Balancer {
         } else {
             value.flags &= !svc_flags::MAINTENANCE;
         }
+        if value == svc.value {
+            return Ok(());
+        }
         if let Some(dirty) = &mut self.batch {
             svc.value = value;
             dirty.insert(service.to_string());
@@ -734,6 +737,147 @@ impl Balancer {
             .read_table(svc.id, svc.value.table_slot, svc.value.maglev_size)?)
     }
 
+    /// The backends a service's Maglev table holds: pool, ready and up, weight above zero, in
+    /// the active group.
+    fn table_members<'a>(
+        &'a self,
+        svc: &'a ServiceState,
+    ) -> impl Iterator<Item = &'a BackendState> + 'a {
+        svc.backends
+            .iter()
+            .filter_map(|n| self.backends.get(n))
+            .filter(|b| {
+                b.spec.role == Role::Pool
+                    && b.entry.eligible()
+                    && b.spec.weight > 0
+                    && in_group(&svc.active_group, &b.spec.group)
+            })
+    }
+
+    /// Backends of `group` in `service` that would be in its table were the group active.
+    pub fn eligible_in_group(&self, service: &str, group: Option<&str>) -> Result<usize> {
+        let svc = self
+            .services
+            .get(service)
+            .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
+        Ok(svc
+            .backends
+            .iter()
+            .filter_map(|n| self.backends.get(n))
+            .filter(|b| {
+                b.spec.role == Role::Pool
+                    && b.entry.eligible()
+                    && b.spec.weight > 0
+                    && (group.is_none() || b.spec.group.as_deref() == group)
+            })
+            .count())
+    }
+
+    /// Changes a service's settings in place (idle timeout, what to do with no backend,
+    /// Maglev size): its flows, backends and their health are untouched. The address, port and
+    /// protocol must stay the same (another address is another service).
+    pub fn update_service(&mut self, spec: ServiceSpec) -> Result<()> {
+        let svc = self
+            .services
+            .get_mut(&spec.name)
+            .ok_or_else(|| BalancerError::UnknownService(spec.name.clone()))?;
+        assert!(
+            svc.spec.vip == spec.vip && svc.spec.port == spec.port && svc.spec.proto == spec.proto,
+            "update_service cannot move a service to another address"
+        );
+        if !maglev::is_prime(spec.maglev_size) || spec.maglev_size > steer_common::MAGLEV_MAX_SIZE {
+            return Err(MaglevError::BadSize(spec.maglev_size).into());
+        }
+        if svc.spec == spec {
+            return Ok(());
+        }
+        svc.value.idle_timeout_s = spec.idle_timeout_s;
+        match spec.no_backend {
+            NoBackend::Reset => svc.value.flags &= !svc_flags::NO_BACKEND_DROP,
+            NoBackend::Drop => svc.value.flags |= svc_flags::NO_BACKEND_DROP,
+        }
+        svc.spec = spec;
+        let name = svc.spec.name.clone();
+        // The table is rebuilt at the new size (if it changed) and published with the settings.
+        self.rebuild(&name)
+    }
+
+    /// Changes a backend's MAC, weight, role or group in place: it keeps its id, generation,
+    /// admin state, health and flows. Its address must stay the same (another address is
+    /// another server).
+    pub fn update_backend_spec(&mut self, spec: BackendSpec) -> Result<()> {
+        let be = self
+            .backends
+            .get_mut(&spec.name)
+            .ok_or_else(|| BalancerError::UnknownBackend(spec.name.clone()))?;
+        assert_eq!(
+            be.spec.addr, spec.addr,
+            "update_backend_spec cannot readdress"
+        );
+        if be.spec.weight == spec.weight
+            && be.spec.group == spec.group
+            && be.spec.role == spec.role
+            && be.spec.mac == spec.mac
+        {
+            return Ok(());
+        }
+        let (id, service) = (be.id, be.service.clone());
+        let old_role = be.spec.role;
+        be.spec.weight = spec.weight;
+        be.spec.group = spec.group;
+        be.spec.role = spec.role;
+        let mac_changed = be.spec.mac != spec.mac;
+        be.spec.mac = spec.mac;
+        be.entry.mac = spec.mac;
+        let entry = be.entry;
+        if mac_changed {
+            self.dp.put_backend(id, &entry)?;
+        }
+        if old_role != spec.role {
+            let svc = self.services.get_mut(&service).expect("backend's service");
+            if svc.value.fallback == id {
+                svc.value.fallback = BACKEND_NONE;
+            }
+            if svc.value.maintenance == id {
+                svc.value.maintenance = BACKEND_NONE;
+            }
+            match spec.role {
+                Role::Pool => {}
+                Role::Fallback => svc.value.fallback = id,
+                Role::Maintenance => svc.value.maintenance = id,
+            }
+            if svc.value.maintenance == BACKEND_NONE {
+                svc.value.flags &= !svc_flags::MAINTENANCE;
+            }
+        }
+        self.rebuild(&service)
+    }
+
+    /// For the flow scanner: per backend id, the generation that counts and the idle timeout
+    /// of its service in nanoseconds.
+    pub fn scan_inputs(&self) -> std::collections::HashMap<u32, (u16, u64)> {
+        self.backends
+            .values()
+            .map(|b| {
+                let t = self
+                    .services
+                    .get(&b.service)
+                    .map_or(DEFAULT_IDLE_TIMEOUT_S, |s| s.spec.idle_timeout_s);
+                (b.id, (b.entry.gen, t as u64 * 1_000_000_000))
+            })
+            .collect()
+    }
+
+    /// The spec of a service, if there is one of that name.
+    pub fn service_spec(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(name).map(|s| &s.spec)
+    }
+
+    /// The spec a backend was added (or last updated) with.
+    pub fn backend_spec(&self, name: &str) -> Option<&BackendSpec> {
+        self.backends.get(name).map(|b| &b.spec)
+    }
+
     /// Rebuilds a service's table from its eligible backends, writes it to the idle slot and
     /// makes it live.
     fn rebuild(&mut self, service: &str) -> Result<()> {
@@ -750,15 +894,8 @@ impl Balancer {
             .services
             .get(service)
             .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
-        let entries: Vec<maglev::Entry<'_>> = svc
-            .backends
-            .iter()
-            .filter_map(|n| self.backends.get(n))
-            .filter(|b| {
-                b.spec.role == Role::Pool
-                    && b.entry.eligible()
-                    && in_group(&svc.active_group, &b.spec.group)
-            })
+        let entries: Vec<maglev::Entry<'_>> = self
+            .table_members(svc)
             .map(|b| maglev::Entry {
                 name: &b.spec.name,
                 weight: b.spec.weight,

@@ -16,7 +16,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::config::{Check, CheckKind, HttpMethod};
+use crate::{
+    config::{Check, CheckKind, HttpMethod},
+    model::Health,
+};
 
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,62 +27,76 @@ pub enum Outcome {
     Ok,
     /// Why not: "timeout", "refused", "status 503", "body mismatch", …
     Failed(String),
+    /// The check could not run because of a problem on this host (no file descriptors, no
+    /// ports, no memory): it says nothing about the backend, whose health stays as it was
+    /// (fail static).
+    Local(String),
 }
 
 /// Consecutive results and the state they lead to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Health {
-    pub up: bool,
+pub struct Tracker {
+    pub health: Health,
     pub successes: u32,
     pub failures: u32,
 }
 
-impl Health {
-    pub fn new(up: bool) -> Health {
-        Health {
-            up,
+impl Tracker {
+    pub fn new(health: Health) -> Tracker {
+        Tracker {
+            health,
             successes: 0,
             failures: 0,
         }
     }
 
-    /// Records one result; returns the new state when it changes.
-    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    /// Records one result; returns the new health when it changes. From `Unknown` the first
+    /// result decides at once (a backend not yet checked is not kept out for `rise` checks,
+    /// nor kept in for `fall`).
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Health> {
+        let before = self.health;
         if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
-            if !self.up && self.successes >= rise {
-                self.up = true;
-                return Some(true);
+            if before == Health::Unknown || (before == Health::Down && self.successes >= rise) {
+                self.health = Health::Up;
             }
         } else {
             self.successes = 0;
             self.failures = self.failures.saturating_add(1);
-            if self.up && self.failures >= fall {
-                self.up = false;
-                return Some(false);
+            if before == Health::Unknown || (before == Health::Up && self.failures >= fall) {
+                self.health = Health::Down;
             }
         }
-        None
+        (self.health != before).then_some(self.health)
     }
 
     /// How long until the next check: `interval` when steady up, `downinterval` when steady
-    /// down, `fastinterval` while results disagree with the state.
+    /// down, `fastinterval` while results disagree with the state (or it is unknown).
     pub fn next_interval(&self, c: &Check) -> Duration {
-        match (self.up, self.failures, self.successes) {
-            (true, 0, _) => c.interval.0,
-            (false, _, 0) => c.downinterval.0,
+        match (self.health, self.failures, self.successes) {
+            (Health::Up, 0, _) => c.interval.0,
+            (Health::Down, _, 0) => c.downinterval.0,
             _ => c.fastinterval.0,
         }
     }
+}
+
+/// A connect error that comes from this host, not from the backend.
+fn local_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// Runs one check against `addr`.
 pub async fn probe(c: &Check, addr: SocketAddr) -> Outcome {
     let work = async {
         let mut s = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "refused".to_string(),
-            _ => format!("connect: {e}"),
+            _ if local_error(&e) => Err(format!("cannot check from this host: {e}")),
+            std::io::ErrorKind::ConnectionRefused => Ok("refused".to_string()),
+            _ => Ok(format!("connect: {e}")),
         })?;
         if c.kind != CheckKind::Http {
             return Ok(());
@@ -95,13 +112,13 @@ pub async fn probe(c: &Check, addr: SocketAddr) -> Outcome {
         );
         s.write_all(req.as_bytes())
             .await
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(|e| Ok(format!("send: {e}")))?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
             let n = s.read(&mut chunk).await.map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionReset => "reset".to_string(),
-                _ => format!("receive: {e}"),
+                std::io::ErrorKind::ConnectionReset => Ok("reset".to_string()),
+                _ => Ok(format!("receive: {e}")),
             })?;
             if n == 0 || buf.len() > 64 * 1024 {
                 break;
@@ -113,22 +130,28 @@ pub async fn probe(c: &Check, addr: SocketAddr) -> Outcome {
             .strip_prefix("HTTP/1.")
             .and_then(|r| r.get(2..5))
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "not an HTTP response".to_string())?;
+            .ok_or_else(|| Ok("not an HTTP response".to_string()))?;
         if !c.status.contains(status) {
-            return Err(format!("status {status}"));
+            return Err(Ok(format!("status {status}")));
         }
         if let Some(want) = &c.body {
             let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
             if !body.contains(want.as_str()) {
-                return Err("body mismatch".to_string());
+                return Err(Ok("body mismatch".to_string()));
             }
         }
         Ok(())
     };
-    match tokio::time::timeout(c.timeout.0, work).await {
-        Ok(Ok(())) => Outcome::Ok,
-        Ok(Err(why)) => Outcome::Failed(why),
-        Err(_) => Outcome::Failed("timeout".to_string()),
+    // Err(Ok(why)): the backend failed the check; Err(Err(why)): this host could not check.
+    let r: Result<(), Result<String, String>> = match tokio::time::timeout(c.timeout.0, work).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Ok("timeout".to_string())),
+    };
+    match r {
+        Ok(()) => Outcome::Ok,
+        Err(Ok(why)) => Outcome::Failed(why),
+        Err(Err(why)) => Outcome::Local(why),
     }
 }
 
@@ -138,23 +161,24 @@ pub struct Report {
     pub backend: String,
     pub outcome: Outcome,
     pub latency: Duration,
-    /// `Some(up)` when this result changed the backend's health.
-    pub change: Option<bool>,
+    /// `Some(health)` when this result changed the backend's health.
+    pub change: Option<Health>,
     pub successes: u32,
     pub failures: u32,
 }
 
 /// Checks one backend until the task is aborted: reports every result, and transitions as
-/// they happen. While `paused` (admin `maint`) it does not check.
+/// they happen. While `paused` (admin `maint`) it does not check. A check that cannot run
+/// for a local reason is reported but counts neither way.
 pub async fn run(
     backend: String,
     check: Check,
     addr: SocketAddr,
-    initial_up: bool,
+    initial: Health,
     paused: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Report>,
 ) {
-    let mut h = Health::new(initial_up);
+    let mut h = Tracker::new(initial);
     loop {
         if paused.load(Ordering::Relaxed) {
             tokio::time::sleep(check.interval.0).await;
@@ -163,7 +187,10 @@ pub async fn run(
         let start = Instant::now();
         let outcome = probe(&check, addr).await;
         let latency = start.elapsed();
-        let change = h.record(outcome == Outcome::Ok, check.rise, check.fall);
+        let change = match outcome {
+            Outcome::Local(_) => None,
+            _ => h.record(outcome == Outcome::Ok, check.rise, check.fall),
+        };
         let report = Report {
             backend: backend.clone(),
             outcome,
@@ -185,32 +212,41 @@ mod tests {
 
     #[test]
     fn rise_and_fall_count_consecutive_results_only() {
-        let mut h = Health::new(true);
+        let mut h = Tracker::new(Health::Up);
         // Failing every other check never takes a backend down with fall >= 2.
         for _ in 0..10 {
             assert_eq!(h.record(false, 2, 2), None);
             assert_eq!(h.record(true, 2, 2), None);
         }
-        assert!(h.up);
+        assert_eq!(h.health, Health::Up);
         assert_eq!(h.record(false, 2, 2), None);
-        assert_eq!(h.record(false, 2, 2), Some(false));
+        assert_eq!(h.record(false, 2, 2), Some(Health::Down));
         assert_eq!(h.record(true, 3, 2), None);
         assert_eq!(h.record(false, 3, 2), None);
         assert_eq!(h.record(true, 3, 2), None);
         assert_eq!(h.record(true, 3, 2), None);
-        assert_eq!(h.record(true, 3, 2), Some(true));
+        assert_eq!(h.record(true, 3, 2), Some(Health::Up));
+    }
+
+    #[test]
+    fn the_first_result_decides_an_unknown_health() {
+        let mut h = Tracker::new(Health::Unknown);
+        assert_eq!(h.record(false, 2, 3), Some(Health::Down));
+        let mut h = Tracker::new(Health::Unknown);
+        assert_eq!(h.record(true, 2, 3), Some(Health::Up));
+        assert_eq!(h.record(false, 2, 3), None);
     }
 
     #[test]
     fn intervals_follow_the_state() {
         let c = Check::default();
-        let mut h = Health::new(true);
+        let mut h = Tracker::new(Health::Up);
         assert_eq!(h.next_interval(&c), c.interval.0);
         h.record(false, 2, 3);
         assert_eq!(h.next_interval(&c), c.fastinterval.0);
         h.record(false, 2, 3);
         h.record(false, 2, 3);
-        assert!(!h.up);
+        assert_eq!(h.health, Health::Down);
         assert_eq!(h.next_interval(&c), c.downinterval.0);
         h.record(true, 2, 3);
         assert_eq!(h.next_interval(&c), c.fastinterval.0);

@@ -732,3 +732,51 @@ role = "maintenance"
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+impl DaemonCfg {
+    /// `[daemon]` settings that differ in `new` and only a restart can apply.
+    pub fn restart_needed(&self, new: &DaemonCfg) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} → {b}"));
+            }
+        };
+        cmp(
+            "interfaces",
+            format!("{:?}", self.interfaces),
+            format!("{:?}", new.interfaces),
+        );
+        cmp(
+            "xdp_mode",
+            format!("{:?}", self.xdp_mode),
+            format!("{:?}", new.xdp_mode),
+        );
+        cmp(
+            "pin_dir",
+            self.pin_dir.display().to_string(),
+            new.pin_dir.display().to_string(),
+        );
+        cmp(
+            "state_file",
+            self.state_file.display().to_string(),
+            new.state_file.display().to_string(),
+        );
+        cmp(
+            "socket",
+            self.socket.display().to_string(),
+            new.socket.display().to_string(),
+        );
+        cmp(
+            "max_flows",
+            self.max_flows.to_string(),
+            new.max_flows.to_string(),
+        );
+        cmp(
+            "max_services",
+            self.max_services.to_string(),
+            new.max_services.to_string(),
+        );
+        out
+    }
+}

@@ -122,6 +122,57 @@ pub fn unpin_all(dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// A pinned map whose size is not what the config asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinMismatch {
+    pub map: &'static str,
+    pub setting: &'static str,
+    pub pinned: u32,
+    pub wanted: u32,
+}
+
+/// Compares the maps pinned under `opts.pin_dir` (if any) with the sizes `opts` asks for.
+/// Adopting a map of another size silently (or failing with "Invalid argument") would be
+/// worse than refusing: the caller says what to do.
+pub fn pin_mismatches(opts: &Options) -> Result<Vec<PinMismatch>> {
+    let Some(dir) = &opts.pin_dir else {
+        return Ok(Vec::new());
+    };
+    let wanted = [
+        (map::FLOWS, "max_flows", opts.max_flows),
+        (map::SERVICES, "max_services", opts.max_services),
+        (map::SERVICE_STATS, "max_services", opts.max_services),
+        (
+            map::MAGLEV,
+            "max_services",
+            maglev_chunks(opts.max_services),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, setting, want) in wanted {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        if info.max_entries() != want {
+            out.push(PinMismatch {
+                map: name,
+                setting,
+                pinned: info.max_entries(),
+                wanted: want,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether any map of the datapath is pinned under `dir` (a daemon ran before).
+pub fn has_pins(dir: &Path) -> bool {
+    map::ALL.iter().any(|n| dir.join(n).exists())
+}
+
 /// How to load the datapath.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -519,75 +570,131 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A handle on the connection table of its own (a duplicated descriptor), so that a
+/// background task can read the table without holding whatever guards the `Datapath`.
+pub struct FlowReader {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl FlowReader {
+    /// Calls `f` on every flow in the connection table, fetching them in batches of 4,096
+    /// (one syscall each). Returns the number of flows read.
+    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &Flow)) -> Result<u64> {
+        for_each_flow(self.fd.as_raw_fd(), f)
+    }
+}
+
+fn for_each_flow(fd: std::os::fd::RawFd, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<u64> {
+    let mut keys = vec![
+        FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            sport_be: 0,
+            dport_be: 0,
+            proto: 0,
+            family: 0,
+            _pad: [0; 2],
+        };
+        BATCH
+    ];
+    let mut values = vec![
+        Flow {
+            backend: 0,
+            gen: 0,
+            flags: 0,
+            last_seen_ns: 0,
+        };
+        BATCH
+    ];
+    let mut token = [0u64; 2];
+    let mut first = true;
+    let mut n = 0u64;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64 + 8,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values, and 8-byte tokens.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        let done = match &err {
+            None => false,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e) => {
+                return Err(DatapathError::FlowIter(std::io::Error::from_raw_os_error(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )))
+            }
+        };
+        for i in 0..attr.count as usize {
+            f(&keys[i], &values[i]);
+        }
+        n += attr.count as u64;
+        if done {
+            return Ok(n);
+        }
+        token[0] = token[1];
+        first = false;
+    }
+}
+
 impl Datapath {
+    fn flows_fd(&self) -> std::os::fd::RawFd {
+        aya::maps::IterableMap::map(&self.flows)
+            .fd()
+            .as_fd()
+            .as_raw_fd()
+    }
+
     /// Calls `f` on every flow in the connection table, fetching them in batches of 4,096
     /// (one syscall each): 100,000 flows take a few milliseconds.
-    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<()> {
+    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &Flow)) -> Result<()> {
+        for_each_flow(self.flows_fd(), f).map(|_| ())
+    }
+
+    /// A reader of the connection table that does not borrow this `Datapath`.
+    pub fn flow_reader(&self) -> Result<FlowReader> {
         let fd = aya::maps::IterableMap::map(&self.flows)
             .fd()
             .as_fd()
-            .as_raw_fd();
-        let mut keys = vec![
-            FlowKey {
-                src: [0; 16],
-                dst: [0; 16],
-                sport_be: 0,
-                dport_be: 0,
-                proto: 0,
-                family: 0,
-                _pad: [0; 2],
-            };
-            BATCH
-        ];
-        let mut values = vec![
-            Flow {
-                backend: 0,
-                gen: 0,
-                flags: 0,
-                last_seen_ns: 0,
-            };
-            BATCH
-        ];
-        let mut token = [0u64; 2];
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { token.as_ptr() as u64 },
-                out_batch: token.as_mut_ptr() as u64 + 8,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: fd as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: attr points at buffers of `count` keys and values, and 8-byte tokens.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let err = (r < 0).then(std::io::Error::last_os_error);
-            let done = match &err {
-                None => false,
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Some(e) => {
-                    return Err(DatapathError::FlowIter(std::io::Error::from_raw_os_error(
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                    )))
-                }
-            };
-            for i in 0..attr.count as usize {
-                f(&keys[i], &values[i]);
+            .try_clone_to_owned()
+            .map_err(DatapathError::FlowIter)?;
+        Ok(FlowReader { fd })
+    }
+
+    /// Every service entry in the map, with its key (what a daemon that ran before left).
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let mut out = Vec::new();
+        for k in self.service_keys()? {
+            if let Some(v) = self.service(&k)? {
+                out.push((k, v));
             }
-            if done {
-                return Ok(());
-            }
-            token[0] = token[1];
-            first = false;
         }
+        Ok(out)
+    }
+
+    /// Every backend slot in use, by id.
+    pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>> {
+        let mut out = Vec::new();
+        for id in 0..steer_common::MAX_BACKENDS {
+            let b = self.backend(id)?;
+            if b.admin != steer_common::admin::NONE {
+                out.push((id, b));
+            }
+        }
+        Ok(out)
     }
 
     /// Active flows per backend id: not ended (no FIN or RST seen) and seen within `idle_ns`.

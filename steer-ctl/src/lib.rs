@@ -13,7 +13,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod proto;
-pub mod state;
+pub mod store;
 
 pub use balancer::{BackendSpec, Balancer, ServiceSpec};
 pub use datapath::{Datapath, Options};

@@ -176,7 +176,13 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
     out
 }
 
-/// Serves `GET /metrics` (any path) with `render()` on `addr`.
+/// Connections served at once; more are closed at once (any local user can connect).
+const MAX_CONNS: usize = 32;
+/// A connection gets this long for its request and the answer, whatever it does.
+const CONN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `GET /metrics` (any path) with `render()` on `addr`: one request per connection,
+/// at most `MAX_CONNS` at once, each closed after `CONN_TIMEOUT`.
 pub async fn serve(
     addr: SocketAddr,
     render: impl Fn() -> String + Send + Sync + 'static,
@@ -184,8 +190,25 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "metrics endpoint listening");
     let render = Arc::new(render);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
+    let mut errors = 0u64;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: say so now and then, never spin.
+                if errors % 1000 == 0 {
+                    tracing::warn!(error = %e, held_back = errors, "accept on the metrics endpoint");
+                }
+                errors += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let render = render.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |_req| {
@@ -204,9 +227,12 @@ pub async fn serve(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
+            drop(permit);
         });
     }
 }

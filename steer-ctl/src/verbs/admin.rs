@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use steer_ctl::{
     exit,
+    model::AdminState,
     proto::{BackendStatus, Request},
-    state::AdminState,
 };
 
 use super::Ctx;

@@ -84,9 +84,9 @@ pub fn run(cli: Cli) -> i32 {
             wait_healthy,
             timeout,
         } => admin::ready(&ctx, &backend, wait_healthy, timeout),
-        Verb::Maint { backend } => admin::set(&ctx, &backend, steer_ctl::state::AdminState::Maint),
+        Verb::Maint { backend } => admin::set(&ctx, &backend, steer_ctl::model::AdminState::Maint),
         Verb::Reject { backend } => {
-            admin::set(&ctx, &backend, steer_ctl::state::AdminState::Reject)
+            admin::set(&ctx, &backend, steer_ctl::model::AdminState::Reject)
         }
         Verb::Weight { backend, weight } => admin::weight(&ctx, &backend, weight),
         Verb::Maintenance { service, state } => {

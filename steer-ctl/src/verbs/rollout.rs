@@ -10,8 +10,8 @@ use std::{
 
 use steer_ctl::{
     exit,
+    model::AdminState,
     proto::{BackendStatus, Request},
-    state::AdminState,
 };
 
 use super::{admin::active, Ctx};

@@ -1,0 +1,798 @@
+//! `steer-ctl daemon`: takes the single-instance lock, checks and builds everything a config
+//! needs, loads (or adopts) the datapath, publishes the config whole, then runs the health
+//! checks, the flow scanner, the control socket and the metrics endpoint until told to stop.
+//!
+//! Rooms: `os` (bpffs, lock, limits, neighbours), `reconcile` (config + intent → datapath, in
+//! place, all or nothing), `control` (the socket), `status` (status, flows, the flow
+//! scanner), `health` (check supervision). This file owns the tasks and the run loop.
+//!
+//! On SIGTERM/SIGINT it exits leaving the XDP program and maps pinned: traffic goes on with
+//! the last state until the next daemon adopts them.
+
+mod control;
+mod health;
+mod os;
+pub mod reconcile;
+mod status;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use aya::programs::XdpMode;
+use tokio::{sync::mpsc, task::JoinSet};
+use tracing::{error, info, warn};
+
+use crate::{
+    balancer::Balancer,
+    checks::Report,
+    config::{Config, XdpModeCfg},
+    datapath::{self, Attached, Datapath, FlowReader, Options},
+    exit,
+    model::{AdminState, Health},
+    proto::{ErrorKind, Request, Response},
+    store::{FileStore, Intent, IntentStore},
+};
+use reconcile::{ApplyError, Desired};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error(transparent)]
+    Balancer(#[from] crate::balancer::BalancerError),
+    #[error("the config cannot be applied (nothing was changed): {0}")]
+    Apply(String),
+    #[error("control socket {0}: {1}")]
+    Socket(PathBuf, #[source] std::io::Error),
+    #[error("another steer daemon answers on {0}")]
+    SocketInUse(PathBuf),
+    #[error("another steer daemon is running on {0} (it holds the lock on that pin directory); stop it first, or give this one its own daemon.pin_dir")]
+    AlreadyRunning(PathBuf),
+    #[error("daemon.interfaces: no interface named {} in this network namespace", .0.join(", "))]
+    NoInterface(Vec<String>),
+    #[error("the maps pinned under {dir} do not match the config: {}. Either set the config back to the pinned sizes, or remove the datapath with `steer-ctl shutdown --detach` (every connection through it is lost) and start again", .list.join("; "))]
+    PinMismatch { dir: PathBuf, list: Vec<String> },
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+}
+
+impl DaemonError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(_)
+            | DaemonError::Apply(_)
+            | DaemonError::NoInterface(_)
+            | DaemonError::PinMismatch { .. } => exit::CONFIG,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// Everything the daemon knows, behind one lock (never held across an await, nor across a
+/// scan of the connection table).
+pub(crate) struct Core {
+    cfg: Config,
+    intent: Intent,
+    store: Box<dyn IntentStore>,
+    bal: Balancer,
+    checks: BTreeMap<String, health::CheckState>,
+    /// Per backend: checks paused (admin `maint`).
+    paused: BTreeMap<String, Arc<AtomicBool>>,
+    reader: Arc<FlowReader>,
+}
+
+type Shared = Mutex<Core>;
+
+/// The daemon's shared parts: its state and the flow counts.
+pub(crate) struct Daemon {
+    core: Shared,
+    counts: Arc<status::FlowCounts>,
+}
+
+fn xdp_mode(m: XdpModeCfg) -> XdpMode {
+    match m {
+        XdpModeCfg::Native => XdpMode::Driver,
+        XdpModeCfg::Generic => XdpMode::Skb,
+    }
+}
+
+impl Core {
+    /// Health for a backend added now: what its checks last found, else unknown.
+    fn current_health(&self) -> BTreeMap<String, Health> {
+        self.bal
+            .backend_infos()
+            .into_iter()
+            .map(|b| (b.name, b.health))
+            .collect()
+    }
+
+    /// Makes `intent` the operator's intent: checked against the config, stored, then applied.
+    /// Refused with nothing changed when it cannot apply whole or cannot be stored.
+    fn commit_intent(&mut self, intent: Intent) -> Result<Vec<String>, Response> {
+        let health = self.current_health();
+        let no_macs = BTreeMap::new();
+        let initial = |n: &str| health.get(n).copied().unwrap_or_default();
+        let d = Desired {
+            cfg: &self.cfg,
+            intent: &intent,
+            macs: &no_macs,
+            initial_health: &initial,
+        };
+        let checked = reconcile::check(&self.bal, &d)
+            .map_err(|e| Response::error(ErrorKind::Refused, e.to_string()))?;
+        self.store.put(&checked.intent).map_err(|e| {
+            Response::error(ErrorKind::Internal, format!("{e}: nothing was changed"))
+        })?;
+        let d = Desired {
+            intent: &checked.intent,
+            ..d
+        };
+        let r = reconcile::apply(&mut self.bal, &d);
+        self.intent = checked.intent;
+        for (name, p) in &self.paused {
+            p.store(
+                self.intent.backend(name).admin == AdminState::Maint,
+                Ordering::Relaxed,
+            );
+        }
+        r.map_err(|e| {
+            error!(error = %e, "applying a change failed part way");
+            Response::error(ErrorKind::Internal, e.to_string())
+        })
+    }
+
+    /// The backends a name stands for: that backend, or every backend of that group.
+    fn targets(&self, name: &str) -> Option<Vec<String>> {
+        let all: Vec<(&String, Option<&String>)> = self
+            .cfg
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (b.name.get_ref(), b.group.as_ref()))
+            })
+            .collect();
+        if all.iter().any(|(n, _)| *n == name) {
+            return Some(vec![name.to_string()]);
+        }
+        let group: Vec<String> = all
+            .iter()
+            .filter(|(_, g)| g.is_some_and(|g| g == name))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        (!group.is_empty()).then_some(group)
+    }
+
+    fn service_exists(&self, name: &str) -> Result<(), Response> {
+        if self.cfg.services.iter().any(|s| s.name.get_ref() == name) {
+            Ok(())
+        } else {
+            Err(Response::error(
+                ErrorKind::UnknownService,
+                format!("no service named {name:?}"),
+            ))
+        }
+    }
+}
+
+impl Daemon {
+    /// Handles a request that needs no task of the run loop.
+    fn handle(&self, req: Request) -> Response {
+        match self.try_handle(req) {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    fn try_handle(&self, req: Request) -> Result<Response, Response> {
+        let unknown = |name: &str| {
+            Response::error(
+                ErrorKind::UnknownTarget,
+                format!("no backend or group named {name:?}"),
+            )
+        };
+        match req {
+            Request::Status => {
+                self.counts.want();
+                let c = self.core.lock().expect("core lock");
+                Ok(Response {
+                    status: Some(c.status(&self.counts)),
+                    ..Response::ok()
+                })
+            }
+            Request::Flows { limit } => {
+                let view = self.core.lock().expect("core lock").flow_view();
+                let flows = view
+                    .list(limit)
+                    .map_err(|e| Response::error(ErrorKind::Internal, e))?;
+                Ok(Response {
+                    flows: Some(flows),
+                    ..Response::ok()
+                })
+            }
+            Request::Admin { target, state } => {
+                let mut c = self.core.lock().expect("core lock");
+                let names = c.targets(&target).ok_or_else(|| unknown(&target))?;
+                let mut intent = c.intent.clone();
+                let mut old = Vec::new();
+                for n in &names {
+                    old.push(intent.backend(n).admin);
+                    intent.backend_mut(n).admin = state;
+                }
+                c.commit_intent(intent)?;
+                for (n, o) in names.iter().zip(old) {
+                    info!(backend = %n, old = %o, new = %state, reason = "operator", "admin state changed");
+                }
+                Ok(Response {
+                    backends: names,
+                    scan: Some(self.counts.next_scan()),
+                    ..Response::ok()
+                })
+            }
+            Request::Weight { target, weight } => {
+                let mut c = self.core.lock().expect("core lock");
+                let names = c.targets(&target).ok_or_else(|| unknown(&target))?;
+                let cfg_weights: BTreeMap<String, u32> = c
+                    .cfg
+                    .services
+                    .iter()
+                    .flat_map(|s| {
+                        s.backends
+                            .iter()
+                            .map(|b| (b.name.get_ref().clone(), b.weight))
+                    })
+                    .collect();
+                let mut intent = c.intent.clone();
+                for n in &names {
+                    let b = intent.backend_mut(n);
+                    b.weight = Some(weight);
+                    b.config_weight = cfg_weights.get(n).copied();
+                }
+                c.commit_intent(intent)?;
+                info!(target = %target, weight, "weight changed");
+                Ok(Response {
+                    backends: names,
+                    ..Response::ok()
+                })
+            }
+            Request::Switch {
+                service,
+                group,
+                force,
+            } => {
+                let mut c = self.core.lock().expect("core lock");
+                c.service_exists(&service)?;
+                if let Some(g) = &group {
+                    let svc = c
+                        .cfg
+                        .services
+                        .iter()
+                        .find(|s| s.name.get_ref() == &service)
+                        .expect("exists");
+                    if !svc.backends.iter().any(|b| b.group.as_ref() == Some(g)) {
+                        return Err(Response::error(
+                            ErrorKind::UnknownTarget,
+                            format!("service {service} has no backend in group {g:?}"),
+                        ));
+                    }
+                    let eligible = c.bal.eligible_in_group(&service, Some(g)).unwrap_or(0);
+                    if eligible == 0 && !force {
+                        let why: Vec<String> = c
+                            .bal
+                            .backend_infos()
+                            .into_iter()
+                            .filter(|b| b.service == service && b.group.as_ref() == Some(g))
+                            .map(|b| format!("{} {} {}", b.name, b.admin, b.health))
+                            .collect();
+                        return Err(Response::error(
+                            ErrorKind::Refused,
+                            format!(
+                                "group {g} of {service} has no eligible backend ({}): switching would leave {service} without one; use --force to switch anyway",
+                                why.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                let mut intent = c.intent.clone();
+                intent.service_mut(&service).group = group.clone();
+                c.commit_intent(intent)?;
+                info!(service = %service, group = ?group, force, "switched: only this group takes new flows");
+                Ok(Response {
+                    scan: Some(self.counts.next_scan()),
+                    ..Response::ok()
+                })
+            }
+            Request::Maintenance { service, on } => {
+                let mut c = self.core.lock().expect("core lock");
+                c.service_exists(&service)?;
+                let has = c
+                    .cfg
+                    .services
+                    .iter()
+                    .find(|s| s.name.get_ref() == &service)
+                    .is_some_and(|s| {
+                        s.backends
+                            .iter()
+                            .any(|b| b.role() == crate::model::Role::Maintenance)
+                    });
+                if on && !has {
+                    return Err(Response::error(
+                        ErrorKind::Refused,
+                        format!(
+                            "service {service} has no maintenance backend (role = \"maintenance\")"
+                        ),
+                    ));
+                }
+                let mut intent = c.intent.clone();
+                intent.service_mut(&service).maintenance = on;
+                c.commit_intent(intent)?;
+                info!(service = %service, maintenance = on, "maintenance changed");
+                Ok(Response::ok())
+            }
+            Request::Reload | Request::Shutdown { .. } => Err(Response::error(
+                ErrorKind::Internal,
+                "handled by the run loop",
+            )),
+        }
+    }
+}
+
+/// What a reload changed that the run loop must act on.
+#[derive(Default)]
+struct Reloaded {
+    metrics: Option<Option<SocketAddr>>,
+    socket_group: Option<Option<String>>,
+}
+
+/// Re-reads the config and applies it whole, or refuses it with nothing changed.
+async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
+    let (path, old_daemon, needed) = {
+        let c = daemon.core.lock().expect("core lock");
+        (c.cfg.path.clone(), c.cfg.daemon.clone(), ())
+    };
+    let _ = needed;
+    let new = match Config::load(&path) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(config = %path.display(), error = %e, "reload refused: the running config stays");
+            return (Response::error(ErrorKind::Config, e.to_string()), None);
+        }
+    };
+    let restart = old_daemon.restart_needed(&new.daemon);
+    if !restart.is_empty() {
+        let msg = format!(
+            "reload refused, nothing changed: these [daemon] settings only change at a restart: {}",
+            restart.join("; ")
+        );
+        warn!("{msg}");
+        return (Response::error(ErrorKind::Apply, msg), None);
+    }
+    // MACs are resolved outside the lock: it can take a moment.
+    let need = {
+        let c = daemon.core.lock().expect("core lock");
+        reconcile::macs_needed(&c.bal, &new)
+    };
+    let macs = tokio::task::spawn_blocking(move || os::resolve_macs(&need, Duration::from_secs(3)))
+        .await
+        .unwrap_or_default();
+    let mut c = daemon.core.lock().expect("core lock");
+    let health = c.current_health();
+    let initial = |n: &str| health.get(n).copied().unwrap_or_default();
+    let intent = c.intent.clone();
+    let d = Desired {
+        cfg: &new,
+        intent: &intent,
+        macs: &macs,
+        initial_health: &initial,
+    };
+    let checked = match reconcile::check(&c.bal, &d) {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(error = %e, "reload refused: the running config stays");
+            return (
+                Response::error(
+                    ErrorKind::Apply,
+                    format!("reload refused, nothing changed: {e}"),
+                ),
+                None,
+            );
+        }
+    };
+    // Weights an operator set that the config now overrides, or that still override it.
+    let mut notes = checked.notes.clone();
+    for s in &new.services {
+        for b in &s.backends {
+            let n = b.name.get_ref();
+            let bi = checked.intent.backend(n);
+            if let Some(w) = bi.weight {
+                match checked.intent.weight(n, b.weight) {
+                    (_, true) => notes.push(format!(
+                        "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
+                        b.weight
+                    )),
+                    (_, false) => notes.push(format!(
+                        "backend {n}: the config's weight {} (changed) replaces the weight {w} set by `steer-ctl weight`",
+                        b.weight
+                    )),
+                }
+            }
+        }
+    }
+    let mut intent = checked.intent.clone();
+    // A config weight that replaced an override clears it.
+    for s in &new.services {
+        for b in &s.backends {
+            let n = b.name.get_ref();
+            if intent.backends.get(n).is_some_and(|x| x.weight.is_some())
+                && !intent.weight(n, b.weight).1
+            {
+                let x = intent.backend_mut(n);
+                x.weight = None;
+                x.config_weight = None;
+            }
+        }
+    }
+    intent.compact();
+    if let Err(e) = c.store.put(&intent) {
+        return (
+            Response::error(ErrorKind::Internal, format!("{e}: nothing was changed")),
+            None,
+        );
+    }
+    let d = Desired {
+        intent: &intent,
+        ..d
+    };
+    let result = reconcile::apply(&mut c.bal, &d);
+    let old = std::mem::replace(&mut c.cfg, new.clone());
+    c.intent = intent;
+    let reloaded = Reloaded {
+        metrics: (old.daemon.metrics != new.daemon.metrics).then_some(new.daemon.metrics),
+        socket_group: (old.daemon.socket_group != new.daemon.socket_group)
+            .then(|| new.daemon.socket_group.clone()),
+    };
+    match result {
+        Ok(mut changes) => {
+            for n in &notes {
+                warn!("{n}");
+            }
+            info!(config = %path.display(), changes = changes.len(), "config reloaded");
+            changes.extend(notes);
+            (
+                Response {
+                    message: Some(format!("reloaded {}", path.display())),
+                    changes,
+                    ..Response::ok()
+                },
+                Some(reloaded),
+            )
+        }
+        Err(e) => {
+            error!(error = %e, "reload failed part way");
+            (
+                Response::error(ErrorKind::Internal, e.to_string()),
+                Some(reloaded),
+            )
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or a shutdown request. Returns the exit code.
+pub fn run(config_path: &Path) -> i32 {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(serve(cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = %e, "daemon failed to start");
+            eprintln!("steer-ctl daemon: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Start-up: everything that can fail is checked before the datapath is touched; if start-up
+/// still fails, what this run created is removed again.
+struct Started {
+    daemon: Arc<Daemon>,
+    listener: tokio::net::UnixListener,
+    _lock: os::InstanceLock,
+}
+
+async fn start(cfg: Config) -> Result<Started, DaemonError> {
+    let d = cfg.daemon.clone();
+    let nofile = os::raise_nofile();
+    let missing = os::missing_interfaces(&d.interfaces);
+    if !missing.is_empty() {
+        return Err(DaemonError::NoInterface(missing));
+    }
+    os::ensure_bpffs(&d.pin_dir)?;
+    let lock = os::lock_instance(&d.pin_dir)?;
+    let had_pins = datapath::has_pins(&d.pin_dir);
+    let undo = |lock: &os::InstanceLock| {
+        if !had_pins {
+            let _ = datapath::unpin_all(&lock.dir);
+        } else if lock.created {
+            let _ = std::fs::remove_dir(&lock.dir);
+        }
+    };
+    let r = start_locked(cfg, had_pins, nofile).await;
+    match r {
+        Ok((daemon, listener)) => Ok(Started {
+            daemon,
+            listener,
+            _lock: lock,
+        }),
+        Err(e) => {
+            undo(&lock);
+            Err(e)
+        }
+    }
+}
+
+async fn start_locked(
+    cfg: Config,
+    had_pins: bool,
+    nofile: u64,
+) -> Result<(Arc<Daemon>, tokio::net::UnixListener), DaemonError> {
+    let d = cfg.daemon.clone();
+    let store = FileStore::new(&d.state_file);
+    let stored = store.load()?;
+    let opts = Options {
+        max_services: d.max_services,
+        max_flows: d.max_flows,
+        pin_dir: Some(d.pin_dir.clone()),
+    };
+    let mismatches = datapath::pin_mismatches(&opts)?;
+    if !mismatches.is_empty() {
+        let mut list: Vec<String> = mismatches
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} holds {} entries where daemon.{} asks for {}",
+                    m.map, m.pinned, m.setting, m.wanted
+                )
+            })
+            .collect();
+        list.dedup();
+        return Err(DaemonError::PinMismatch {
+            dir: d.pin_dir.clone(),
+            list,
+        });
+    }
+    // MACs before the datapath: an unresolvable backend refuses the start with nothing
+    // touched.
+    let need: Vec<_> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter())
+        .filter(|b| b.mac.is_none())
+        .map(|b| *b.address.get_ref())
+        .collect();
+    let macs = tokio::task::spawn_blocking(move || os::resolve_macs(&need, Duration::from_secs(3)))
+        .await
+        .unwrap_or_default();
+
+    let dp = Datapath::load(&opts)?;
+    let adopted = if had_pins {
+        reconcile::adopt(&dp, &cfg)?
+    } else {
+        Default::default()
+    };
+    let intent = match stored {
+        Some(i) => i,
+        None if had_pins => {
+            let i = adopted.intent();
+            warn!(
+                state_file = %d.state_file.display(),
+                backends = i.backends.len(),
+                "the state file is missing: admin states and maintenance recovered from the pinned maps (weights and switched groups come from the config)"
+            );
+            i
+        }
+        None => Intent::default(),
+    };
+    let reader = Arc::new(dp.flow_reader()?);
+    let mut bal = Balancer::new(dp);
+    bal.reserve_ids(adopted.service_ids.clone(), adopted.backend_ids.clone());
+    let initial = |n: &str| adopted.health.get(n).copied().unwrap_or(Health::Unknown);
+    let desired = Desired {
+        cfg: &cfg,
+        intent: &intent,
+        macs: &macs,
+        initial_health: &initial,
+    };
+    let checked = reconcile::check(&bal, &desired).map_err(|e| match e {
+        ApplyError::Refused(list) => DaemonError::Apply(list.join("; ")),
+        ApplyError::Datapath(e) => DaemonError::Balancer(e),
+    })?;
+    for n in &checked.notes {
+        warn!("{n}");
+    }
+    let desired = Desired {
+        intent: &checked.intent,
+        ..desired
+    };
+    reconcile::apply(&mut bal, &desired).map_err(|e| DaemonError::Apply(e.to_string()))?;
+    bal.clear_reservations();
+    bal.clear_unused()?;
+    for iface in &d.interfaces {
+        let how = bal.datapath_mut().attach_pinned(
+            iface,
+            xdp_mode(d.xdp_mode),
+            &datapath::link_pin(&d.pin_dir, iface),
+        )?;
+        match how {
+            Attached::New => info!(interface = %iface, mode = ?d.xdp_mode, "XDP attached"),
+            Attached::Replaced => {
+                info!(interface = %iface, "XDP program replaced in the pinned link (adopted)")
+            }
+        }
+    }
+    let mut store: Box<dyn IntentStore> = Box::new(store);
+    store.put(&checked.intent)?;
+    let listener = control::bind(&d.socket, d.socket_group.as_deref())?;
+    info!(
+        config = %cfg.path.display(),
+        services = cfg.services.len(),
+        adopted = had_pins,
+        open_files = nofile,
+        "steer daemon ready"
+    );
+    let daemon = Arc::new(Daemon {
+        core: Mutex::new(Core {
+            cfg,
+            intent: checked.intent,
+            store,
+            bal,
+            checks: BTreeMap::new(),
+            paused: BTreeMap::new(),
+            reader,
+        }),
+        counts: status::FlowCounts::new(),
+    });
+    Ok((daemon, listener))
+}
+
+fn spawn_metrics(set: &mut JoinSet<()>, daemon: &Arc<Daemon>, addr: SocketAddr) {
+    let daemon = daemon.clone();
+    set.spawn(async move {
+        let render = move || {
+            daemon.counts.want();
+            let c = daemon.core.lock().expect("core lock");
+            crate::metrics::render(&c.status(&daemon.counts), &c.bal)
+        };
+        if let Err(e) = crate::metrics::serve(addr, render).await {
+            error!(address = %addr, error = %e, "metrics endpoint failed");
+        }
+    });
+}
+
+async fn serve(cfg: Config) -> Result<i32, DaemonError> {
+    let d = cfg.daemon.clone();
+    let Started {
+        daemon,
+        listener,
+        _lock,
+    } = start(cfg).await?;
+
+    let mut tasks = JoinSet::new();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
+    let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<control::Deferred>();
+    let mut checks = health::Supervisor::new(report_tx);
+    checks.restart(&daemon.core).await;
+    {
+        let reader = daemon.core.lock().expect("core lock").reader.clone();
+        let dd = daemon.clone();
+        tasks.spawn(daemon.counts.clone().run(reader, move || {
+            dd.core.lock().expect("core lock").bal.scan_inputs()
+        }));
+    }
+    let mut metrics = JoinSet::new();
+    if let Some(addr) = d.metrics {
+        spawn_metrics(&mut metrics, &daemon, addr);
+    }
+    let group = Arc::new(AtomicU32::new(
+        d.socket_group
+            .as_deref()
+            .and_then(os::group_id)
+            .unwrap_or(u32::MAX),
+    ));
+    tasks.spawn(control::serve(
+        listener,
+        daemon.clone(),
+        deferred_tx,
+        group.clone(),
+    ));
+
+    let sig =
+        |k| tokio::signal::unix::signal(k).map_err(|e| DaemonError::Socket(d.socket.clone(), e));
+    use tokio::signal::unix::SignalKind;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut reply_to_shutdown = None;
+    let detach = loop {
+        let reload_req = tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping; XDP stays attached with the last state"); break false; }
+            _ = int.recv() => { info!("SIGINT: stopping; XDP stays attached with the last state"); break false; }
+            _ = hup.recv() => None,
+            Some(r) = report_rx.recv() => { health::apply_report(&daemon.core, r); continue; }
+            Some(req) = deferred_rx.recv() => match req.req {
+                Request::Shutdown { detach } => { reply_to_shutdown = Some(req.reply); break detach; }
+                _ => Some(req.reply),
+            },
+        };
+        let (resp, reloaded) = reload(&daemon).await;
+        if let Some(r) = reloaded {
+            checks.restart(&daemon.core).await;
+            if let Some(m) = r.metrics {
+                metrics.abort_all();
+                while metrics.join_next().await.is_some() {}
+                if let Some(addr) = m {
+                    spawn_metrics(&mut metrics, &daemon, addr);
+                }
+            }
+            if let Some(g) = r.socket_group {
+                if let Err(e) = control::set_group(&d.socket, g.as_deref()) {
+                    error!(error = %e, "socket_group");
+                }
+                group.store(
+                    g.as_deref().and_then(os::group_id).unwrap_or(u32::MAX),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        if let Some(tx) = reload_req {
+            let _ = tx.send(resp);
+        }
+    };
+    checks.stop();
+    metrics.abort_all();
+    while metrics.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(&d.socket);
+    if let Some(tx) = reply_to_shutdown {
+        let _ = tx.send(Response::ok());
+        // Let the reply go out before the tasks stop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    if detach {
+        // The balancer's handles must close before the pins go, or the maps outlive us.
+        drop(daemon);
+        match datapath::unpin_all(&d.pin_dir) {
+            Ok(n) => {
+                info!(pins = n, dir = %d.pin_dir.display(), "detached: XDP program and maps removed")
+            }
+            Err(e) => {
+                error!(error = %e, "detach failed");
+                return Ok(exit::FAILURE);
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,357 @@
+//! OS plumbing of the daemon: bpffs, the single-instance lock, the open-file limit,
+//! interfaces, peer credentials, and MAC addresses from the kernel's neighbour table (netlink).
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tracing::info;
+
+use super::DaemonError;
+
+/// Mounts bpffs on /sys/fs/bpf if `pin_dir` is under it and nothing is mounted there.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DaemonError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    let c = CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: statfs on a valid path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = CString::new("bpf").expect("no NUL");
+    // SAFETY: mounting bpffs with valid C strings.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(DaemonError::Bpffs(format!(
+            "cannot mount bpffs on /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    info!("mounted bpffs on /sys/fs/bpf");
+    Ok(())
+}
+
+/// The single-instance lock: an exclusive `flock` on the pin directory, taken before the
+/// daemon reads or writes anything. Held until dropped (or the process dies).
+pub struct InstanceLock {
+    _fd: OwnedFd,
+    /// The directory was made by this lock (removed again if start-up fails).
+    pub created: bool,
+    pub dir: PathBuf,
+}
+
+pub fn lock_instance(pin_dir: &Path) -> Result<InstanceLock, DaemonError> {
+    let created = !pin_dir.exists();
+    std::fs::create_dir_all(pin_dir)
+        .map_err(|e| DaemonError::Bpffs(format!("{}: {e}", pin_dir.display())))?;
+    let c = CString::new(pin_dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| DaemonError::Bpffs("pin_dir holds a NUL byte".into()))?;
+    // SAFETY: open with a valid C string; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(DaemonError::Bpffs(format!(
+            "{}: {}",
+            pin_dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DaemonError::AlreadyRunning(pin_dir.to_path_buf()));
+        }
+        return Err(DaemonError::Bpffs(format!(
+            "locking {}: {e}",
+            pin_dir.display()
+        )));
+    }
+    Ok(InstanceLock {
+        _fd: fd,
+        created,
+        dir: pin_dir.to_path_buf(),
+    })
+}
+
+/// Raises the soft open-file limit to the hard one: health checks, the control socket and
+/// the metrics endpoint all need descriptors. Returns the limit in force.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur;
+        }
+    }
+    r.rlim_cur
+}
+
+/// Interfaces of `names` that do not exist in this network namespace.
+pub fn missing_interfaces(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            let Ok(c) = CString::new(n.as_str()) else {
+                return true;
+            };
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) == 0 }
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
+}
+
+/// Whether a peer may use the control socket: root, the daemon's own user, or a member of
+/// `group` — by primary or supplementary group (the usual `usermod -aG steer alice`).
+pub fn peer_allowed(uid: u32, gid: u32, pid: Option<i32>, group: Option<u32>) -> bool {
+    // SAFETY: getuid has no preconditions.
+    if uid == 0 || uid == unsafe { libc::getuid() } {
+        return true;
+    }
+    let Some(g) = group else {
+        return false;
+    };
+    if gid == g {
+        return true;
+    }
+    let Some(pid) = pid else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|l| l.split_whitespace().any(|x| x.parse() == Ok(g)))
+        })
+        .unwrap_or(false)
+}
+
+// Neighbour table through rtnetlink (linux/rtnetlink.h, linux/neighbour.h).
+const RTM_GETNEIGH: u16 = 30;
+const RTM_NEWNEIGH: u16 = 28;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const NUD_INCOMPLETE: u16 = 0x01;
+const NUD_FAILED: u16 = 0x20;
+
+/// The neighbour table: address → MAC, for entries that have one (not incomplete or failed).
+pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16) + ndmsg (12): a dump of every family.
+    let mut req = [0u8; 28];
+    req[0..4].copy_from_slice(&28u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETNEIGH.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: sending a buffer we own.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
+            if len < 16 || len > msgs.len() {
+                return Ok(out);
+            }
+            match kind {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
+                    return Err(std::io::Error::from_raw_os_error(-errno));
+                }
+                RTM_NEWNEIGH if len >= 28 => {
+                    let family = msgs[16];
+                    let state = u16::from_ne_bytes(msgs[24..26].try_into().expect("2 bytes"));
+                    let (mut dst, mut mac) = (None, None);
+                    let mut attrs = &msgs[28..len];
+                    while attrs.len() >= 4 {
+                        let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                        let akind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                        if alen < 4 || alen > attrs.len() {
+                            break;
+                        }
+                        let v = &attrs[4..alen];
+                        match (akind, family as i32, v.len()) {
+                            (NDA_DST, libc::AF_INET, 4) => {
+                                dst = Some(IpAddr::from(<[u8; 4]>::try_from(v).expect("4")))
+                            }
+                            (NDA_DST, libc::AF_INET6, 16) => {
+                                dst = Some(IpAddr::from(<[u8; 16]>::try_from(v).expect("16")))
+                            }
+                            (NDA_LLADDR, _, 6) => mac = Some(<[u8; 6]>::try_from(v).expect("6")),
+                            _ => {}
+                        }
+                        attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+                    }
+                    if let (Some(d), Some(m)) = (dst, mac) {
+                        if state & (NUD_INCOMPLETE | NUD_FAILED) == 0 && m != [0; 6] {
+                            out.insert(d, m);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+        }
+    }
+}
+
+/// MACs of `addrs` from the neighbour table, asking the kernel to resolve the ones it does
+/// not know (a UDP datagram to the discard port makes it send ARP or neighbour
+/// solicitations), all at once, until `deadline`. Unresolved addresses are absent.
+pub fn resolve_macs(addrs: &[IpAddr], within: Duration) -> BTreeMap<IpAddr, [u8; 6]> {
+    let want: Vec<IpAddr> = addrs.to_vec();
+    let mut found = BTreeMap::new();
+    let deadline = Instant::now() + within;
+    let mut asked = false;
+    loop {
+        if let Ok(n) = neighbours() {
+            for a in &want {
+                if let Some(m) = n.get(a) {
+                    found.insert(*a, *m);
+                }
+            }
+        }
+        if want.iter().all(|a| found.contains_key(a)) || Instant::now() >= deadline {
+            return found;
+        }
+        if !asked {
+            for a in want.iter().filter(|a| !found.contains_key(a)) {
+                let bind: SocketAddr = if a.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("address")
+                } else {
+                    "[::]:0".parse().expect("address")
+                };
+                if let Ok(s) = std::net::UdpSocket::bind(bind) {
+                    let _ = s.send_to(b"", SocketAddr::new(*a, 9));
+                }
+            }
+            asked = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Logs a repeated message at most once per `every` per key, saying how many were held back.
+pub struct Throttle {
+    every: Duration,
+    seen: std::sync::Mutex<BTreeMap<String, (Instant, u64)>>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            seen: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this occurrence of `key` should be logged.
+    pub fn allow(&self, key: &str) -> Option<u64> {
+        let mut seen = self.seen.lock().expect("throttle lock");
+        let now = Instant::now();
+        match seen.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let n = *held;
+                *at = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                seen.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.allow("a"), Some(0));
+        assert_eq!(t.allow("a"), None);
+        assert_eq!(t.allow("a"), None);
+        assert_eq!(t.allow("b"), Some(0));
+    }
+
+    #[test]
+    fn the_neighbour_table_can_be_read() {
+        // Whatever this host has; the dump itself must work unprivileged.
+        neighbours().expect("RTM_GETNEIGH dump");
+    }
+}

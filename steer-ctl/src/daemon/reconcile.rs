@@ -1,0 +1,365 @@
+//! Reconciling: making the balancer (and through it the datapath) hold what the config and
+//! the operator's intent say — as a diff applied in place, all or nothing.
+//!
+//! Every change goes through here: daemon start (against what the pinned maps hold), a
+//! reload (a new config), a verb (a new intent). `check` finds everything that would stop the
+//! change from applying whole — MACs, capacities, stale intent — before anything is written;
+//! `apply` then changes only what differs, in one batch: each touched service is published
+//! once, whole. A setting change never resets a flow or forgets health; only a removed
+//! backend's (or service's) flows end.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use steer_common::{svc_flags, MAX_BACKENDS};
+
+use crate::{
+    balancer::{addr_bytes, BackendSpec, Balancer, ServiceSpec},
+    config::{BackendCfg, CheckKind, Config, ServiceCfg},
+    datapath::Datapath,
+    model::{AdminState, Health},
+    store::Intent,
+};
+
+/// Why a change cannot be applied; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("applying failed part way (the datapath holds what was applied): {0}")]
+    Datapath(#[from] crate::balancer::BalancerError),
+}
+
+/// Everything a reconcile needs besides the balancer.
+pub struct Desired<'a> {
+    pub cfg: &'a Config,
+    pub intent: &'a Intent,
+    /// MACs resolved from the neighbour table, by backend address.
+    pub macs: &'a BTreeMap<IpAddr, [u8; 6]>,
+    /// Health to give a backend that is added now (adopted, or unknown until checked).
+    pub initial_health: &'a dyn Fn(&str) -> Health,
+}
+
+pub fn service_spec(s: &ServiceCfg) -> ServiceSpec {
+    ServiceSpec {
+        name: s.name.get_ref().clone(),
+        vip: *s.vip.get_ref(),
+        port: s.port,
+        proto: s.proto(),
+        maglev_size: *s.maglev_size.get_ref(),
+        idle_timeout_s: s.idle_timeout.0.as_secs().max(1) as u32,
+        no_backend: s.no_backend(),
+    }
+}
+
+/// Whether a backend has health checks (otherwise it is always up).
+pub fn is_checked(s: &ServiceCfg, b: &BackendCfg) -> bool {
+    s.check_for(b.check.as_ref().unwrap_or(&toml::Table::new()))
+        .map(|c| c.kind != CheckKind::None)
+        .unwrap_or(true)
+}
+
+/// Addresses of backends whose MAC must come from the neighbour table: no MAC in the config,
+/// and not already known to the balancer at the same address.
+pub fn macs_needed(bal: &Balancer, cfg: &Config) -> Vec<IpAddr> {
+    let mut out = BTreeSet::new();
+    for s in &cfg.services {
+        for b in &s.backends {
+            let addr = *b.address.get_ref();
+            let known = bal
+                .backend_spec(b.name.get_ref())
+                .is_some_and(|k| k.addr == addr);
+            if b.mac.is_none() && !known {
+                out.insert(addr);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn same_key(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.vip == b.vip && a.port == b.port && a.proto == b.proto
+}
+
+/// What `check` found: the intent corrected where it names what no longer exists, and notes
+/// that say so.
+pub struct Checked {
+    pub intent: Intent,
+    pub notes: Vec<String>,
+}
+
+/// Everything that would stop `d` from applying whole, found without writing anything.
+pub fn check(bal: &Balancer, d: &Desired) -> Result<Checked, ApplyError> {
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    let mut intent = d.intent.clone();
+    let cfg = d.cfg;
+
+    let max_services = bal.datapath().max_services() as usize;
+    if cfg.services.len() > max_services {
+        errors.push(format!(
+            "{} services, but the datapath holds {max_services} (daemon.max_services)",
+            cfg.services.len()
+        ));
+    }
+    let current: BTreeMap<String, crate::balancer::BackendInfo> = bal
+        .backend_infos()
+        .into_iter()
+        .map(|b| (b.name.clone(), b))
+        .collect();
+    let mut added = 0usize;
+    for s in &cfg.services {
+        let spec = service_spec(s);
+        let svc_kept = bal
+            .service_spec(&spec.name)
+            .is_some_and(|o| same_key(o, &spec));
+        for b in &s.backends {
+            let name = b.name.get_ref();
+            let addr = *b.address.get_ref();
+            let kept = svc_kept
+                && current
+                    .get(name)
+                    .is_some_and(|c| c.addr == addr && c.service == spec.name);
+            if !kept {
+                added += 1;
+            }
+            if b.mac.is_none() && !kept && !d.macs.contains_key(&addr) {
+                errors.push(format!(
+                    "backend {name}: no MAC address in the config, and {addr} does not answer ARP or neighbour solicitation (is it up, on this host's L2 segment?)"
+                ));
+            }
+        }
+        // Stale intent: a group or maintenance the config no longer allows.
+        let si = intent.service(&spec.name);
+        if let Some(g) = &si.group {
+            if !s.backends.iter().any(|b| b.group.as_deref() == Some(g)) {
+                notes.push(format!(
+                    "service {}: the switched-to group {g} is gone from the config: every group takes new flows",
+                    spec.name
+                ));
+                intent.service_mut(&spec.name).group = None;
+            }
+        }
+        if si.maintenance
+            && !s
+                .backends
+                .iter()
+                .any(|b| b.role() == crate::model::Role::Maintenance)
+        {
+            notes.push(format!(
+                "service {}: maintenance was on, but the service has no maintenance backend any more: off",
+                spec.name
+            ));
+            intent.service_mut(&spec.name).maintenance = false;
+        }
+    }
+    // Ids freed by this change are not given out again before it is published.
+    let free = MAX_BACKENDS as usize - current.len();
+    if added > free {
+        errors.push(format!(
+            "{added} backends to add, but only {free} backend slots are free (limit {MAX_BACKENDS}; slots of removed backends are reused after the change): apply it in two steps"
+        ));
+    }
+    // Names in the intent that the config no longer has are dropped.
+    let names: BTreeSet<&String> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.name.get_ref()))
+        .collect();
+    intent.backends.retain(|n, _| names.contains(n));
+    let snames: BTreeSet<&String> = cfg.services.iter().map(|s| s.name.get_ref()).collect();
+    intent.services.retain(|n, _| snames.contains(n));
+    intent.compact();
+    if errors.is_empty() {
+        Ok(Checked { intent, notes })
+    } else {
+        Err(ApplyError::Refused(errors))
+    }
+}
+
+/// Applies `d` (already `check`ed, with its corrected intent) in one batch. Returns a line per
+/// change made.
+pub fn apply(bal: &mut Balancer, d: &Desired) -> Result<Vec<String>, ApplyError> {
+    bal.begin_batch();
+    let mut changes = Vec::new();
+    let r = apply_batched(bal, d, &mut changes);
+    let c = bal.commit();
+    r?;
+    c?;
+    Ok(changes)
+}
+
+fn apply_batched(
+    bal: &mut Balancer,
+    d: &Desired,
+    changes: &mut Vec<String>,
+) -> Result<(), ApplyError> {
+    let cfg = d.cfg;
+    let wanted: BTreeMap<&String, &ServiceCfg> =
+        cfg.services.iter().map(|s| (s.name.get_ref(), s)).collect();
+
+    // Services gone, or moved to another address (another service: its flows end).
+    for old in bal.service_infos() {
+        let keep = wanted.get(&old.name).is_some_and(|s| {
+            bal.service_spec(&old.name)
+                .is_some_and(|o| same_key(o, &service_spec(s)))
+        });
+        if !keep {
+            bal.remove_service(&old.name)?;
+            changes.push(format!("service {}: removed", old.name));
+        }
+    }
+    // Backends gone, readdressed or moved to another service (another server: flows end).
+    let backend_cfg: BTreeMap<&String, (&ServiceCfg, &BackendCfg)> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(move |b| (b.name.get_ref(), (s, b))))
+        .collect();
+    for old in bal.backend_infos() {
+        let keep = backend_cfg.get(&old.name).is_some_and(|(s, b)| {
+            s.name.get_ref() == &old.service && *b.address.get_ref() == old.addr
+        });
+        if !keep {
+            bal.remove_backend(&old.name)?;
+            changes.push(format!("backend {}: removed", old.name));
+        }
+    }
+    for s in &cfg.services {
+        let spec = service_spec(s);
+        let name = spec.name.clone();
+        match bal.service_spec(&name) {
+            Some(o) if *o == spec => {}
+            Some(_) => {
+                bal.update_service(spec)?;
+                changes.push(format!("service {name}: settings changed in place"));
+            }
+            None => {
+                bal.add_service(spec)?;
+                changes.push(format!("service {name}: added"));
+            }
+        }
+        for b in &s.backends {
+            let bname = b.name.get_ref();
+            let addr = *b.address.get_ref();
+            let intent = d.intent.backend(bname);
+            let (weight, _) = d.intent.weight(bname, b.weight);
+            match bal.backend_spec(bname).cloned() {
+                Some(cur) => {
+                    let spec = BackendSpec {
+                        mac: b.mac.map(|m| m.0).unwrap_or(cur.mac),
+                        weight,
+                        role: b.role(),
+                        group: b.group.clone(),
+                        ..cur.clone()
+                    };
+                    if spec.mac != cur.mac
+                        || spec.weight != cur.weight
+                        || spec.role != cur.role
+                        || spec.group != cur.group
+                    {
+                        changes.push(format!("backend {bname}: updated in place"));
+                    }
+                    bal.update_backend_spec(spec)?;
+                    bal.set_admin(bname, intent.admin)?;
+                }
+                None => {
+                    let mac = b
+                        .mac
+                        .map(|m| m.0)
+                        .or_else(|| d.macs.get(&addr).copied())
+                        .expect("checked: every new backend has a MAC");
+                    let health = if is_checked(s, b) {
+                        (d.initial_health)(bname)
+                    } else {
+                        Health::Up
+                    };
+                    bal.add_backend(
+                        &name,
+                        BackendSpec {
+                            name: bname.clone(),
+                            addr,
+                            mac,
+                            weight,
+                            role: b.role(),
+                            group: b.group.clone(),
+                            admin: intent.admin,
+                            health,
+                        },
+                    )?;
+                    changes.push(format!("backend {bname}: added ({health})"));
+                }
+            }
+        }
+        let si = d.intent.service(&name);
+        bal.set_active_group(&name, si.group.as_deref())?;
+        // Maintenance last: its backend must be in place first.
+        bal.set_maintenance(&name, si.maintenance)?;
+    }
+    Ok(())
+}
+
+/// What the maps pinned by a daemon that ran before say about the services and backends of
+/// `cfg`: ids and generations (flows name backends by them), admin states, health and
+/// maintenance. Services are matched by address, port and protocol; backends by service and
+/// address (unique within a service).
+#[derive(Debug, Default)]
+pub struct Adopted {
+    pub service_ids: BTreeMap<String, u32>,
+    pub backend_ids: BTreeMap<String, (u32, u16)>,
+    pub admin: BTreeMap<String, AdminState>,
+    pub health: BTreeMap<String, Health>,
+    pub maintenance: BTreeMap<String, bool>,
+}
+
+pub fn adopt(dp: &Datapath, cfg: &Config) -> Result<Adopted, crate::datapath::DatapathError> {
+    let services = dp.service_entries()?;
+    let backends = dp.backend_entries()?;
+    let mut out = Adopted::default();
+    for s in &cfg.services {
+        let spec = service_spec(s);
+        let (addr, family) = addr_bytes(spec.vip);
+        let Some((_, v)) = services.iter().find(|(k, _)| {
+            k.addr == addr
+                && k.family == family
+                && k.port_be == spec.port.to_be()
+                && k.proto == spec.proto.number()
+        }) else {
+            continue;
+        };
+        out.service_ids.insert(spec.name.clone(), v.id);
+        out.maintenance
+            .insert(spec.name.clone(), v.flags & svc_flags::MAINTENANCE != 0);
+        for b in &s.backends {
+            let (baddr, bfam) = addr_bytes(*b.address.get_ref());
+            if let Some((id, e)) = backends
+                .iter()
+                .find(|(_, e)| e.service == v.id && e.addr == baddr && e.family == bfam)
+            {
+                let name = b.name.get_ref().clone();
+                out.backend_ids.insert(name.clone(), (*id, e.gen));
+                if let Some(a) = AdminState::from_code(e.admin) {
+                    out.admin.insert(name.clone(), a);
+                }
+                out.health.insert(name, Health::from_code(e.health));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Adopted {
+    /// The intent the pinned maps record, for a daemon whose state file is gone.
+    pub fn intent(&self) -> Intent {
+        let mut i = Intent::default();
+        for (n, a) in &self.admin {
+            i.backend_mut(n).admin = *a;
+        }
+        for (n, m) in &self.maintenance {
+            i.service_mut(n).maintenance = *m;
+        }
+        i.compact();
+        i
+    }
+}
