@@ -23,29 +23,6 @@ use steer_common::{
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
 
-/// Helper programs: `steer_pass` passes everything, for the peer of a veth that runs steer in
-/// native mode (veth only delivers `XDP_TX` frames promptly to a peer with an XDP program);
-/// `bench_floor` swaps MACs and transmits, the floor of the datapath benchmark.
-pub static AUX_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-aux"));
-
-/// Attaches `steer_pass` to `iface` (in the calling thread's namespace), natively. It stays
-/// attached while the returned handle lives.
-pub fn attach_pass(iface: &str) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(AUX_OBJECT)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("steer_pass")
-        .ok_or(DatapathError::MissingProgram)?
-        .try_into()?;
-    prog.load()?;
-    prog.attach(iface, XdpMode::Driver)
-        .map_err(|source| DatapathError::Attach {
-            iface: iface.to_string(),
-            mode: XdpMode::Driver,
-            source,
-        })?;
-    Ok(ebpf)
-}
-
 /// Errors from loading or driving the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

@@ -1,6 +1,8 @@
 //! Test support for steer: the `BPF_PROG_TEST_RUN` fixture runner, network-namespace
-//! topologies, and a small HTTP client. Used by the tests in `tests/tests/` and by `xtask demo`.
+//! topologies, a small HTTP client, and the test-only XDP programs. Used by the tests in
+//! `tests/tests/`, the demo and the benchmarks.
 
+pub mod aux;
 pub mod daemon;
 pub mod fixture;
 pub mod http;

@@ -316,8 +316,7 @@ impl Topology {
         }
         t.client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         // Native XDP_TX on a veth is delivered promptly only to a peer with an XDP program.
-        let peer = t.switch.run(|| steer_ctl::datapath::attach_pass("p-lb"));
-        t.peer_prog = Some(peer.expect("attach XDP_PASS to the LB's peer"));
+        t.peer_prog = Some(t.switch.run(|| crate::aux::attach_pass("p-lb")));
         t
     }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-/// Keep in step with `steer-ctl/build.rs`.
+/// Keep in step with `steer-ctl/build.rs` and `tests/build.rs`.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -17,7 +17,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use steer_ctl::{datapath::AUX_OBJECT, BackendSpec, Balancer, Datapath, Options, ServiceSpec};
+use steer_ctl::{BackendSpec, Balancer, Datapath, Options, ServiceSpec};
 use steer_tests::fixture::{tcp4, udp4, XDP_PASS, XDP_TX};
 
 const REPEAT: u32 = 1_000_000;
@@ -102,7 +102,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench"));
 
-    let mut aux = Ebpf::load(AUX_OBJECT).expect("load the helper programs");
+    let mut aux = Ebpf::load(steer_tests::aux::OBJECT).expect("load the helper programs");
     for name in ["bench_floor", "bench_wrap"] {
         let p: &mut Xdp = aux
             .program_mut(name)

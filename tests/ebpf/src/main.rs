@@ -1,10 +1,14 @@
-//! Helper programs that are not the datapath.
+//! XDP programs that only steer's tests and benchmarks load; embedded in `steer-tests` as
+//! `steer_tests::aux::OBJECT`, never in steer-ctl.
 //!
 //! `steer_pass`: `XDP_PASS` and nothing else, for the peer of a veth that runs steer in native
 //! mode. veth hands `XDP_TX` frames to its peer's ring, but only kicks the peer's NAPI when the peer
 //! has an XDP program of its own; with none, the frames wait there until unrelated traffic
 //! arrives (seen on 6.18: the LB transmitted, the peer counted nothing). Real NICs need none of
 //! this. Used by the tests' and the demo's topologies.
+//!
+//! `bench_floor` and `bench_wrap`: the floor of `cargo xtask bench datapath` and the wrapper that
+//! lets it time paths which rewrite their packet.
 #![no_std]
 #![no_main]
 

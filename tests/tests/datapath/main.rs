@@ -1,0 +1,19 @@
+//! SPEC.md's datapath rules as `BPF_PROG_TEST_RUN` fixtures: each row is a frame in, the action
+//! and frame out, and the counters that must move. One module per rule; each `#[test]` loads a
+//! datapath of its own (`common::table`), so a broken row cannot leak state into another rule's
+//! rows, and changes it between rows (drain, reject, maintenance…) as an operator would.
+//!
+//! One test binary (linking one per rule would be slow); shared set-up lives in `common`.
+
+mod common;
+
+mod admin;
+mod established;
+mod ipv6;
+mod maintenance_fallback;
+mod new_flows;
+mod no_backend;
+mod parse;
+mod redispatch;
+mod udp;
+// NAT rows (translation and reverse translation) go in a module of their own here.
