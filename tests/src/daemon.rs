@@ -48,6 +48,8 @@ pub struct SteerDaemon {
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub metrics_port: u16,
+    /// Run before the binary (e.g. `prlimit --nofile=1024:1024`).
+    pub prefix: Vec<String>,
     child: Option<Child>,
 }
 
@@ -85,6 +87,7 @@ impl SteerDaemon {
             // Each daemon serves metrics on its own namespace's loopback: no clash.
             metrics_port: 9469,
             dir,
+            prefix: Vec::new(),
             child: None,
         }
     }
@@ -113,16 +116,8 @@ impl SteerDaemon {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns.name))
-            .arg(steer_ctl_bin())
-            .args([
-                "--socket",
-                self.socket.to_str().unwrap(),
-                "daemon",
-                "--config",
-                self.config.to_str().unwrap(),
-            ])
+        let child = self
+            .daemon_command()
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -145,6 +140,51 @@ impl SteerDaemon {
                 }
             },
         );
+    }
+
+    fn daemon_command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns.name))
+            .args(&self.prefix)
+            .arg(steer_ctl_bin())
+            .args(["daemon", "--config", self.config.to_str().unwrap()]);
+        c
+    }
+
+    /// Runs another `steer-ctl daemon` on this guard's config and waits (up to `timeout`)
+    /// for it to exit: for starts that must be refused. Killed and reported if it runs on.
+    pub fn run_refused(&self, timeout: Duration) -> Ran {
+        let mut child = self
+            .daemon_command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start steer-ctl daemon");
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "a daemon that should have been refused is still running after {timeout:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
     }
 
     pub fn log(&self) -> String {

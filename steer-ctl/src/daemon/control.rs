@@ -23,7 +23,7 @@ use super::{os, Daemon, DaemonError};
 use crate::proto::{self, ErrorKind, Request, Response};
 
 pub const MAX_CONNS: usize = 128;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 static ACCEPT_ERRORS: os::Throttle = os::Throttle::new(Duration::from_secs(60));

@@ -1,0 +1,450 @@
+//! The control plane on its bad days, through the real binary: a second daemon, starts and
+//! reloads that cannot apply, settings changed under long-lived connections, a lost state
+//! file, pinned maps of another size, a restart with a dead backend, a missing interface,
+//! thousands of idle control and metrics connections, and socket permissions.
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use common::*;
+use steer_tests::{
+    daemon::SteerDaemon,
+    http::Conn,
+    netns::{addr, wait_for, Topology},
+};
+
+const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+
+/// Opens `n` kept-alive connections from the client and makes one request on each; returns
+/// them with the backend that answered.
+fn open_conns(topo: &Topology, n: usize) -> Vec<(Conn, String)> {
+    topo.client.run(move || {
+        (0..n)
+            .map(|i| {
+                let mut c = Conn::open(VIP, T).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let r = c
+                    .get()
+                    .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+                (c, r.backend)
+            })
+            .collect()
+    })
+}
+
+/// Every connection still answers, by the same backend.
+fn all_alive(conns: &mut [(Conn, String)], when: &str) {
+    for (i, (c, b)) in conns.iter_mut().enumerate() {
+        let r = c
+            .get()
+            .unwrap_or_else(|e| panic!("{when}: connection {i} (on {b}) broke: {e}"));
+        assert_eq!(&r.backend, b, "{when}: connection {i} moved");
+    }
+}
+
+fn started(topo: &Topology, cfg: &str) -> SteerDaemon {
+    let mut d = SteerDaemon::new(&topo.lb);
+    d.write_config(cfg);
+    d.start();
+    d
+}
+
+fn wait_up(d: &SteerDaemon, names: &[&str]) {
+    for b in names {
+        wait_health(d, b, "up");
+    }
+}
+
+/// A backend in the LB's subnet that nobody answers for: its MAC cannot be resolved.
+const GHOST: &str = "[[service.backend]]\nname = \"ghost\"\naddress = \"10.99.0.200\"\n";
+
+#[test]
+fn a_second_daemon_is_refused_before_it_touches_anything() {
+    if !steer_tests::privileged("a_second_daemon_is_refused_before_it_touches_anything") {
+        return;
+    }
+    let mut topo = lab(2);
+    let d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_up(&d, &["b0", "b1"]);
+    topo.stop_http(1);
+    wait_health(&d, "b1", "down");
+    let r = d.run_refused(T);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("another steer daemon is running"),
+        "says why: {r:?}"
+    );
+    // The running daemon's state is what it was: b1 down and out of the table.
+    let b1 = d.backend("b1");
+    assert_eq!(b1["health"], "down", "{b1}");
+    assert_eq!(d.ok_json(&["status"])["services"][0]["eligible"], 1);
+    let served = requests(&topo, 30);
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["b0"], "{served:?}");
+    assert!(d.log().lines().all(|l| !l.contains("XDP program replaced")));
+}
+
+#[test]
+fn a_start_that_cannot_apply_changes_nothing() {
+    if !steer_tests::privileged("a_start_that_cannot_apply_changes_nothing") {
+        return;
+    }
+    let topo = lab(2);
+    // Fresh: refused with exit 78, naming the backend; nothing left behind.
+    let fresh = SteerDaemon::new(&topo.lb);
+    fresh.write_config(&format!("{}{GHOST}", web_config(&topo, &[0], None)));
+    let r = fresh.run_refused(Duration::from_secs(20));
+    assert_eq!(r.code, 78, "{r:?}");
+    assert!(
+        r.stderr.contains("ghost") && r.stderr.contains("10.99.0.200"),
+        "{r:?}"
+    );
+    assert!(!fresh.pin_dir.exists(), "a refused start leaves no pins");
+    let link = topo.lb.ip(&["link", "show", "eth0"]);
+    assert!(!link.contains("prog/xdp"), "nor a program: {link}");
+
+    // Adopting: the running datapath keeps forwarding exactly as it did.
+    let mut d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_up(&d, &["b0", "b1"]);
+    d.kill9();
+    d.write_config(&format!("{}{GHOST}", web_config(&topo, &[0, 1], None)));
+    let r = d.run_refused(Duration::from_secs(20));
+    assert_eq!(r.code, 78, "{r:?}");
+    assert!(d.pin_dir.exists(), "the pins of the running datapath stay");
+    let served = requests(&topo, 40);
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        ["b0", "b1"],
+        "the datapath still serves both: {served:?}"
+    );
+    // Back to a good config: it adopts them.
+    d.write_config(&web_config(&topo, &[0, 1], None));
+    d.start();
+    assert_eq!(d.ok_json(&["status"])["services"][0]["eligible"], 2);
+}
+
+#[test]
+fn a_missing_interface_fails_cleanly() {
+    if !steer_tests::privileged("a_missing_interface_fails_cleanly") {
+        return;
+    }
+    let topo = lab(1);
+    let d = SteerDaemon::new(&topo.lb);
+    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0], None))
+        .replace("interfaces = [\"eth0\"]", "interfaces = [\"nope0\"]");
+    std::fs::write(&d.config, cfg).unwrap();
+    let r = d.run_refused(T);
+    assert_eq!(r.code, 78, "{r:?}");
+    assert!(
+        r.stderr.contains("nope0") && !r.stderr.contains("Skb"),
+        "{r:?}"
+    );
+    assert!(!d.pin_dir.exists(), "nothing left behind");
+}
+
+#[test]
+fn a_reload_that_cannot_apply_whole_changes_nothing() {
+    if !steer_tests::privileged("a_reload_that_cannot_apply_whole_changes_nothing") {
+        return;
+    }
+    let topo = lab(3);
+    let d = started(&topo, &web_config(&topo, &[0, 1, 2], None));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let mut conns = open_conns(&topo, 30);
+    assert!(conns.iter().any(|(_, b)| b == "b2"), "some land on b2");
+    // Remove b2 and add a backend whose MAC cannot be resolved: refused whole.
+    d.write_config(&format!("{}{GHOST}", web_config(&topo, &[0, 1], None)));
+    let r = d.ctl(&["--json", "reload"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("ghost"), "{r:?}");
+    all_alive(&mut conns, "after a refused reload");
+    let s = d.ok_json(&["status"]);
+    assert_eq!(s["backends"].as_array().unwrap().len(), 3, "{s}");
+    assert_eq!(s["services"][0]["eligible"], 3, "{s}");
+    // [daemon] settings that need a restart are refused, not silently ignored.
+    let cfg = format!(
+        "{}\n{}",
+        d.daemon_table(),
+        web_config(&topo, &[0, 1, 2], None)
+    )
+    .replace("max_flows = 65536", "max_flows = 131072");
+    std::fs::write(&d.config, cfg).unwrap();
+    let r = d.ctl(&["reload"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("max_flows: 65536 → 131072"), "{r:?}");
+    all_alive(&mut conns, "after a refused [daemon] change");
+}
+
+#[test]
+fn a_reload_changes_settings_in_place() {
+    if !steer_tests::privileged("a_reload_changes_settings_in_place") {
+        return;
+    }
+    let mut topo = lab(3);
+    let d = started(&topo, &web_config(&topo, &[0, 1, 2], None));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let mut conns = open_conns(&topo, 40);
+    topo.stop_http(2);
+    wait_health(&d, "b2", "down");
+    conns.retain(|(_, b)| b != "b2");
+    d.ok_json(&["weight", "b1", "3"]);
+    // Every service setting, a group and a weight change at once.
+    let cfg = web_config(&topo, &[0, 1, 2], None)
+        .replace(
+            "port = 80\n",
+            "port = 80\nidle_timeout = \"2m\"\nno_backend = \"drop\"\nmaglev_size = 251\n",
+        )
+        .replacen(
+            "name = \"b0\"\n",
+            "name = \"b0\"\ngroup = \"blue\"\nweight = 2\n",
+            1,
+        );
+    d.write_config(&cfg);
+    let v = d.ok_json(&["reload"]);
+    let changes = v.to_string();
+    assert!(changes.contains("settings changed in place"), "{v}");
+    assert!(
+        changes.contains("weight 3 set by `steer-ctl weight` stays in force"),
+        "{v}"
+    );
+    all_alive(&mut conns, "after changing every setting");
+    let b2 = d.backend("b2");
+    assert_eq!(b2["health"], "down", "a reload forgets no health: {b2}");
+    let (b0, b1) = (d.backend("b0"), d.backend("b1"));
+    assert_eq!(
+        (b0["weight"].as_u64(), b0["group"].as_str()),
+        (Some(2), Some("blue"))
+    );
+    assert_eq!(
+        (b1["weight"].as_u64(), b1["config_weight"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let served = requests(&topo, 40);
+    assert!(!served.contains_key("b2"), "{served:?}");
+    // A config weight that changes replaces the operator's.
+    d.write_config(&cfg.replacen("name = \"b1\"\n", "name = \"b1\"\nweight = 4\n", 1));
+    let v = d.ok_json(&["reload"]);
+    assert!(v.to_string().contains("replaces the weight 3"), "{v}");
+    assert_eq!(d.backend("b1")["weight"], 4);
+    all_alive(&mut conns, "after a weight change");
+}
+
+#[test]
+fn switch_counts_the_active_group_and_refuses_an_empty_one() {
+    if !steer_tests::privileged("switch_counts_the_active_group_and_refuses_an_empty_one") {
+        return;
+    }
+    let mut topo = lab(4);
+    let mut cfg = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"200ms\", timeout = \"200ms\", rise = 2, fall = 2 }}\n",
+        addr::VIP
+    );
+    for (i, g) in [(0, "blue"), (1, "blue"), (2, "green"), (3, "green")] {
+        cfg += &backend_toml(&topo, i, &format!("b{i}"), &format!("group = \"{g}\""));
+    }
+    let d = started(&topo, &cfg);
+    wait_up(&d, &["b0", "b1", "b2", "b3"]);
+    d.ok_json(&["switch", "web", "blue"]);
+    assert_eq!(d.ok_json(&["status"])["services"][0]["eligible"], 2);
+    topo.stop_http(2);
+    topo.stop_http(3);
+    wait_health(&d, "b2", "down");
+    wait_health(&d, "b3", "down");
+    let r = d.ctl(&["switch", "web", "green"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no eligible backend"), "{r:?}");
+    let s = d.ok_json(&["status"]);
+    assert_eq!(s["services"][0]["active_group"], "blue", "{s}");
+    assert_eq!(requests(&topo, 20).len(), 2, "blue still serves");
+    let r = d.ctl(&["switch", "web", "nosuch"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    // --force does it all the same.
+    d.ok_json(&["switch", "web", "green", "--force"]);
+    assert_eq!(d.ok_json(&["status"])["services"][0]["eligible"], 0);
+}
+
+#[test]
+fn a_lost_state_file_is_recovered_from_the_pinned_maps() {
+    if !steer_tests::privileged("a_lost_state_file_is_recovered_from_the_pinned_maps") {
+        return;
+    }
+    let topo = lab(3);
+    let mut d = started(&topo, &web_config(&topo, &[0, 1, 2], None));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let mut conns = open_conns(&topo, 30);
+    d.ok_json(&["drain", "b1"]);
+    d.kill9();
+    std::fs::remove_file(d.state_file()).unwrap();
+    // And the backends listed in another order: ids come from the pinned maps, not the order.
+    d.write_config(&web_config(&topo, &[2, 0, 1], None));
+    d.start();
+    assert!(
+        d.log().contains("recovered from the pinned maps"),
+        "says so"
+    );
+    assert_eq!(
+        d.backend("b1")["admin"],
+        "drain",
+        "a drained backend stays drained"
+    );
+    all_alive(&mut conns, "after a restart without the state file");
+    let served = requests(&topo, 40);
+    assert!(!served.contains_key("b1"), "{served:?}");
+}
+
+#[test]
+fn pinned_maps_of_another_size_are_refused_with_what_to_do() {
+    if !steer_tests::privileged("pinned_maps_of_another_size_are_refused_with_what_to_do") {
+        return;
+    }
+    let topo = lab(2);
+    let mut d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_up(&d, &["b0", "b1"]);
+    d.kill9();
+    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0, 1], None))
+        .replace("max_flows = 65536", "max_flows = 131072");
+    std::fs::write(&d.config, cfg).unwrap();
+    let r = d.run_refused(T);
+    assert_eq!(r.code, 78, "{r:?}");
+    assert!(
+        r.stderr.contains("max_flows asks for 131072")
+            && r.stderr.contains("holds 65536")
+            && r.stderr.contains("shutdown --detach"),
+        "{r:?}"
+    );
+    assert_eq!(requests(&topo, 20).len(), 2, "traffic goes on meanwhile");
+}
+
+#[test]
+fn a_restarted_daemon_does_not_put_a_dead_backend_back() {
+    if !steer_tests::privileged("a_restarted_daemon_does_not_put_a_dead_backend_back") {
+        return;
+    }
+    let mut topo = lab(2);
+    let mut d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_up(&d, &["b0", "b1"]);
+    topo.stop_http(1);
+    wait_health(&d, "b1", "down");
+    let load = Load::start(&topo);
+    d.kill9();
+    d.start();
+    assert_eq!(d.backend("b1")["health"], "down", "adopted as it was");
+    std::thread::sleep(Duration::from_millis(500)); // load runs across the restart
+    let (served, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} refused: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["b0"], "{served:?}");
+}
+
+#[test]
+fn idle_control_and_metrics_connections_do_not_exhaust_the_daemon() {
+    if !steer_tests::privileged("idle_control_and_metrics_connections_do_not_exhaust_the_daemon") {
+        return;
+    }
+    let topo = lab(2);
+    let mut d = SteerDaemon::new(&topo.lb);
+    // As a daemon limited to 1,024 descriptors (the default soft limit).
+    d.prefix = vec!["prlimit".into(), "--nofile=1024:1024".into()];
+    d.write_config(&web_config(&topo, &[0, 1], None));
+    d.start();
+    wait_up(&d, &["b0", "b1"]);
+    let load = Load::start(&topo);
+    let control: Vec<_> = (0..3000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&d.socket))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("connecting to the control socket: {e}"));
+    let port = d.metrics_port;
+    let metrics: Vec<std::net::TcpStream> = d.ns.run(move || {
+        (0..1100)
+            .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            .collect()
+    });
+    // Checks keep running meanwhile: both backends stay up through several rounds.
+    let runs = d.backend("b0")["checks_run"].as_u64().unwrap_or(0);
+    wait_for(
+        "b0 to be checked 10 more times",
+        Duration::from_secs(20),
+        || {
+            let b = d.backend("b0");
+            assert_eq!(b["health"], "up", "{b}");
+            let n = b["checks_run"].as_u64().unwrap();
+            if n >= runs + 10 {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    );
+    drop(control);
+    drop(metrics);
+    let (served, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} client connections failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert_eq!(d.backend("b1")["health"], "up");
+    let log = d.log();
+    assert!(
+        log.lines().count() < 200,
+        "the log stays readable: {} lines",
+        log.lines().count()
+    );
+    assert!(d.scrape().contains("steer_backend_up"));
+}
+
+#[test]
+fn the_socket_group_admits_supplementary_members_and_refuses_others_with_77() {
+    if !steer_tests::privileged(
+        "the_socket_group_admits_supplementary_members_and_refuses_others_with_77",
+    ) {
+        return;
+    }
+    let topo = lab(1);
+    let mut d = SteerDaemon::new(&topo.lb);
+    let cfg = format!(
+        "{}socket_group = \"adm\"\n\n{}",
+        d.daemon_table(),
+        web_config(&topo, &[0], None)
+    );
+    std::fs::write(&d.config, cfg).unwrap();
+    d.start();
+    let as_nobody = |groups: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                &format!("--groups={groups}"),
+            ])
+            .arg(steer_tests::daemon::steer_ctl_bin())
+            .args(["--socket", d.socket.to_str().unwrap(), "status"])
+            .output()
+            .expect("setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The socket's directory must be reachable by others for this test.
+    let _ = std::process::Command::new("chmod")
+        .args(["755", d.dir.to_str().unwrap()])
+        .status();
+    let (code, err) = as_nobody("4");
+    assert_eq!(
+        code,
+        Some(0),
+        "a member of adm by a supplementary group: {err}"
+    );
+    let (code, err) = as_nobody("65534");
+    assert_eq!(code, Some(77), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+}
