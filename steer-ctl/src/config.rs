@@ -13,8 +13,8 @@ use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::{
-    balancer::{NoBackend, Proto, Role},
     maglev,
+    model::{Mode, NoBackend, Proto, Role},
 };
 
 /// Where a config file puts things by default.
@@ -107,34 +107,6 @@ pub enum XdpModeCfg {
     Native,
     /// In the kernel's generic path (any interface, slower).
     Generic,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModeCfg {
-    Dsr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProtoCfg {
-    Tcp,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoBackendCfg {
-    Reset,
-    Drop,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleCfg {
-    Pool,
-    Fallback,
-    Maintenance,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -251,7 +223,7 @@ pub struct BackendCfg {
     pub weight: u32,
     pub group: Option<String>,
     #[serde(default = "pool")]
-    pub role: Spanned<RoleCfg>,
+    pub role: Spanned<Role>,
     /// Overrides of the service's check.
     pub check: Option<toml::Table>,
 }
@@ -260,8 +232,8 @@ fn one() -> u32 {
     1
 }
 
-fn pool() -> Spanned<RoleCfg> {
-    Spanned::new(0..0, RoleCfg::Pool)
+fn pool() -> Spanned<Role> {
+    Spanned::new(0..0, Role::Pool)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -270,28 +242,22 @@ pub struct ServiceCfg {
     pub name: Spanned<String>,
     pub vip: Spanned<IpAddr>,
     pub port: u16,
-    #[serde(default = "tcp")]
-    pub protocol: ProtoCfg,
-    #[serde(default = "dsr")]
-    pub mode: ModeCfg,
+    #[serde(default)]
+    pub protocol: Proto,
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default = "maglev_default")]
     pub maglev_size: Spanned<u32>,
     #[serde(default = "idle_default")]
     pub idle_timeout: Dur,
-    #[serde(default = "reset")]
-    pub no_backend: NoBackendCfg,
+    #[serde(default)]
+    pub no_backend: NoBackend,
     #[serde(default)]
     pub check: Check,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendCfg>,
 }
 
-fn tcp() -> ProtoCfg {
-    ProtoCfg::Tcp
-}
-fn dsr() -> ModeCfg {
-    ModeCfg::Dsr
-}
 fn maglev_default() -> Spanned<u32> {
     Spanned::new(0..0, steer_common::MAGLEV_DEFAULT_SIZE)
 }
@@ -299,9 +265,6 @@ fn idle_default() -> Dur {
     Dur(Duration::from_secs(
         steer_common::DEFAULT_IDLE_TIMEOUT_S as u64,
     ))
-}
-fn reset() -> NoBackendCfg {
-    NoBackendCfg::Reset
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -420,7 +383,7 @@ impl Config {
                     format!("service name {:?} is used twice", s.name.get_ref()),
                 ));
             }
-            if !vips.insert((*s.vip.get_ref(), s.port, s.protocol as u8)) {
+            if !vips.insert((*s.vip.get_ref(), s.port, s.protocol)) {
                 errs.push(err(
                     span(&s.vip.span()),
                     format!("another service already has {}:{}", s.vip.get_ref(), s.port),
@@ -473,12 +436,12 @@ impl Config {
                     ));
                 }
                 let role = *b.role.get_ref();
-                if role != RoleCfg::Pool {
+                if role != Role::Pool {
                     if !roles.insert(role as u8) {
                         errs.push(err(
                             span(&b.role.span()),
                             format!(
-                                "service {:?} has more than one {role:?} backend",
+                                "service {:?} has more than one {role} backend",
                                 s.name.get_ref()
                             ),
                         ));
@@ -521,17 +484,15 @@ impl Config {
 
 impl ServiceCfg {
     pub fn proto(&self) -> Proto {
-        match self.protocol {
-            ProtoCfg::Tcp => Proto::Tcp,
-            ProtoCfg::Udp => Proto::Udp,
-        }
+        self.protocol
     }
 
     pub fn no_backend(&self) -> NoBackend {
-        match self.no_backend {
-            NoBackendCfg::Reset => NoBackend::Reset,
-            NoBackendCfg::Drop => NoBackend::Drop,
-        }
+        self.no_backend
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The check of a backend: the service's, with the backend's overrides applied.
@@ -547,11 +508,7 @@ impl ServiceCfg {
 
 impl BackendCfg {
     pub fn role(&self) -> Role {
-        match self.role.get_ref() {
-            RoleCfg::Pool => Role::Pool,
-            RoleCfg::Fallback => Role::Fallback,
-            RoleCfg::Maintenance => Role::Maintenance,
-        }
+        *self.role.get_ref()
     }
 }
 
@@ -724,6 +681,21 @@ role = "maintenance"
     fn maintenance_is_never_the_fallback_server() {
         let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n");
         assert!(e.contains("must be different servers"), "{e}");
+    }
+
+    #[test]
+    fn roles_are_named_as_written() {
+        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.8\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"n\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n");
+        assert_eq!(
+            e,
+            "steer.toml:12:8: service \"w\" has more than one maintenance backend"
+        );
+        let c = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\n").unwrap();
+        let s = &c.services[0];
+        assert_eq!(
+            (s.proto(), s.no_backend(), s.mode()),
+            (Proto::Udp, NoBackend::Drop, Mode::Dsr)
+        );
     }
 
     #[test]
