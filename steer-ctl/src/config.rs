@@ -2,9 +2,10 @@
 //! reported with file, line and column and what was expected.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -313,13 +314,146 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-/// 1-based line and column of byte `at` in `text`.
+/// 1-based line and column (in characters) of byte `at` in `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
-    (line, col)
+    let start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// The config text as a tree of spanned values. The typed structs keep most values without a
+/// span (their types are what the daemon reads), so errors find their position here, by key.
+#[derive(Debug)]
+struct Node {
+    /// Where the value is in the text (a table's: its header or braces).
+    span: Range<usize>,
+    kids: Kids,
+}
+
+#[derive(Debug)]
+enum Kids {
+    Table(BTreeMap<String, Node>),
+    Array(Vec<Node>),
+    Leaf,
+}
+
+/// What an absent key's lookup finds: the start of the file.
+static NOWHERE: Node = Node {
+    span: 0..0,
+    kids: Kids::Leaf,
+};
+
+impl Node {
+    /// The value of `key` in this table, or `NOWHERE`.
+    fn get(&self, key: &str) -> &Node {
+        match &self.kids {
+            Kids::Table(t) => t.get(key).unwrap_or(&NOWHERE),
+            _ => &NOWHERE,
+        }
+    }
+
+    /// Item `i` of this array, or `NOWHERE`.
+    fn at(&self, i: usize) -> &Node {
+        match &self.kids {
+            Kids::Array(a) => a.get(i).unwrap_or(&NOWHERE),
+            _ => &NOWHERE,
+        }
+    }
+
+    fn is_present(&self) -> bool {
+        !std::ptr::eq(self, &NOWHERE)
+    }
+
+    /// This node if it is in the text, else `other`.
+    fn or<'a>(&'a self, other: &'a Node) -> &'a Node {
+        if self.is_present() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Kids {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Kids;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Kids, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element::<Spanned<Kids>>()? {
+                    v.push(n.into());
+                }
+                Ok(Kids::Array(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Kids, A::Error> {
+                let mut t = BTreeMap::new();
+                while let Some((k, n)) = a.next_entry::<String, Spanned<Kids>>()? {
+                    t.insert(k, n.into());
+                }
+                Ok(Kids::Table(t))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<Spanned<Kids>> for Node {
+    fn from(s: Spanned<Kids>) -> Node {
+        Node {
+            span: s.span(),
+            kids: s.into_inner(),
+        }
+    }
+}
+
+/// The errors found so far in one text.
+struct Report<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Report<'_> {
+    /// An error at the start of `span` (the start of the file for an empty span).
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Every error, in the order of the text.
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        ConfigErrors(self.errors)
+    }
 }
 
 impl Config {
@@ -336,153 +470,159 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` only names it in errors.
+    /// Parses and validates config text; `path` only names it in errors. Every error is
+    /// reported, in the order of the text, each at the value it is about.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let err = |span: Option<std::ops::Range<usize>>, message: String| {
-            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
-            ConfigError {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message,
+        let mut r = Report {
+            text,
+            file: path,
+            errors: Vec::new(),
+        };
+        let mut cfg: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                r.at(e.span().unwrap_or(0..0), e.message().trim_end());
+                return Err(r.finish());
             }
         };
-        let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![err(e.span(), e.message().trim_end().to_string())]))?;
         cfg.path = path.to_path_buf();
-        let mut errs = Vec::new();
-        let mut names = BTreeSet::new();
-        let mut backend_names = BTreeSet::new();
-        let mut vips = BTreeSet::new();
-        if let Some(m) = cfg.daemon.metrics {
+        // The text parsed as a `Config`, so it parses as a tree too.
+        let doc = Node {
+            span: 0..0,
+            kids: toml::from_str(text).unwrap_or(Kids::Leaf),
+        };
+        cfg.daemon.validate(doc.get("daemon"), &mut r);
+        let mut seen = Seen::default();
+        for (i, s) in cfg.services.iter().enumerate() {
+            s.validate(doc.get("service").at(i), &mut seen, &mut r);
+        }
+        if r.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(r.finish())
+        }
+    }
+}
+
+/// What the services before the one being checked already use.
+#[derive(Default)]
+struct Seen {
+    services: BTreeSet<String>,
+    backends: BTreeSet<String>,
+    listeners: BTreeSet<(IpAddr, u16, Proto)>,
+}
+
+impl DaemonCfg {
+    /// Adds the errors in `[daemon]` (at `at`) to `r`.
+    fn validate(&self, at: &Node, r: &mut Report) {
+        if let Some(m) = self.metrics {
             if !m.ip().is_loopback() {
-                let at = text.find("metrics").map(|i| i..i + 7);
-                errs.push(err(
-                    at,
+                r.at(
+                    at.get("metrics").span.clone(),
                     format!(
                         "daemon.metrics must be a loopback address (127.0.0.1 or ::1), found {m}"
                     ),
-                ));
+                );
             }
-        }
-        if cfg.services.len() as u32 > cfg.daemon.max_services {
-            errs.push(err(
-                None,
-                format!(
-                    "{} services, but daemon.max_services is {}",
-                    cfg.services.len(),
-                    cfg.daemon.max_services
-                ),
-            ));
-        }
-        for s in &cfg.services {
-            let span = |x: &std::ops::Range<usize>| (!x.is_empty()).then(|| x.clone());
-            if !names.insert(s.name.get_ref().clone()) {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!("service name {:?} is used twice", s.name.get_ref()),
-                ));
-            }
-            if !vips.insert((*s.vip.get_ref(), s.port, s.protocol)) {
-                errs.push(err(
-                    span(&s.vip.span()),
-                    format!("another service already has {}:{}", s.vip.get_ref(), s.port),
-                ));
-            }
-            let size = *s.maglev_size.get_ref();
-            if !maglev::is_prime(size) || !(3..=steer_common::MAGLEV_MAX_SIZE).contains(&size) {
-                errs.push(err(
-                    span(&s.maglev_size.span()),
-                    format!(
-                        "maglev_size must be a prime from 3 to {}, found {size}",
-                        steer_common::MAGLEV_MAX_SIZE
-                    ),
-                ));
-            }
-            if s.idle_timeout.0.as_secs() == 0 || s.idle_timeout.0.as_secs() > u32::MAX as u64 {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!(
-                        "service {:?}: idle_timeout must be at least 1s",
-                        s.name.get_ref()
-                    ),
-                ));
-            }
-            let mut roles = BTreeSet::new();
-            let mut special_addrs = Vec::new();
-            for b in &s.backends {
-                if !backend_names.insert(b.name.get_ref().clone()) {
-                    errs.push(err(
-                        span(&b.name.span()),
-                        format!(
-                            "backend name {:?} is used twice (backend names are unique per host)",
-                            b.name.get_ref()
-                        ),
-                    ));
-                }
-                if b.address.get_ref().is_ipv4() != s.vip.get_ref().is_ipv4() {
-                    errs.push(err(
-                        span(&b.address.span()),
-                        format!(
-                            "backend {:?} is {} but its service's VIP {} is not",
-                            b.name.get_ref(),
-                            if b.address.get_ref().is_ipv4() {
-                                "IPv4"
-                            } else {
-                                "IPv6"
-                            },
-                            s.vip.get_ref()
-                        ),
-                    ));
-                }
-                let role = *b.role.get_ref();
-                if role != Role::Pool {
-                    if !roles.insert(role as u8) {
-                        errs.push(err(
-                            span(&b.role.span()),
-                            format!(
-                                "service {:?} has more than one {role} backend",
-                                s.name.get_ref()
-                            ),
-                        ));
-                    }
-                    if special_addrs.contains(b.address.get_ref()) {
-                        errs.push(err(
-                            span(&b.address.span()),
-                            "the maintenance and fallback backends must be different servers"
-                                .to_string(),
-                        ));
-                    }
-                    special_addrs.push(*b.address.get_ref());
-                }
-                if let Some(t) = &b.check {
-                    if let Err(e) = s.check_for(t) {
-                        errs.push(err(
-                            span(&b.name.span()),
-                            format!("backend {:?}: check: {e}", b.name.get_ref()),
-                        ));
-                    }
-                }
-            }
-            if s.check.rise == 0 || s.check.fall == 0 {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!(
-                        "service {:?}: check rise and fall must be at least 1",
-                        s.name.get_ref()
-                    ),
-                ));
-            }
-        }
-        if errs.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errs))
         }
     }
 }
 
 impl ServiceCfg {
+    /// Adds the errors in this service (at `at`) to `r`.
+    fn validate(&self, at: &Node, seen: &mut Seen, r: &mut Report) {
+        let name = self.name.get_ref();
+        if !seen.services.insert(name.clone()) {
+            r.at(
+                self.name.span(),
+                format!("service name {name:?} is used twice"),
+            );
+        }
+        if !seen
+            .listeners
+            .insert((*self.vip.get_ref(), self.port, self.protocol))
+        {
+            r.at(
+                self.vip.span(),
+                format!(
+                    "another service already has {}/{}",
+                    SocketAddr::new(*self.vip.get_ref(), self.port),
+                    self.protocol
+                ),
+            );
+        }
+        let size = *self.maglev_size.get_ref();
+        if !maglev::is_prime(size) || !(3..=steer_common::MAGLEV_MAX_SIZE).contains(&size) {
+            r.at(
+                self.maglev_size.span(),
+                format!(
+                    "maglev_size must be a prime from 3 to {}, found {size}",
+                    steer_common::MAGLEV_MAX_SIZE
+                ),
+            );
+        }
+        if self.idle_timeout.0.as_secs() == 0 || self.idle_timeout.0.as_secs() > u32::MAX as u64 {
+            r.at(
+                at.get("idle_timeout").span.clone(),
+                format!("service {name:?}: idle_timeout must be at least 1s"),
+            );
+        }
+        if self.check.rise == 0 || self.check.fall == 0 {
+            r.at(
+                at.get("check").or(at.get("name")).span.clone(),
+                format!("service {name:?}: check rise and fall must be at least 1"),
+            );
+        }
+        let mut special: Vec<(Role, &BackendCfg)> = Vec::new();
+        for (j, b) in self.backends.iter().enumerate() {
+            let b_at = at.get("backend").at(j);
+            let bname = b.name.get_ref();
+            if !seen.backends.insert(bname.clone()) {
+                r.at(
+                    b.name.span(),
+                    format!(
+                        "backend name {bname:?} is used twice (backend names are unique per host)"
+                    ),
+                );
+            }
+            let addr = *b.address.get_ref();
+            if addr.is_ipv4() != self.vip.get_ref().is_ipv4() {
+                r.at(
+                    b.address.span(),
+                    format!(
+                        "backend {bname:?} is {} but its service's VIP {} is not",
+                        if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                        self.vip.get_ref()
+                    ),
+                );
+            }
+            let role = b.role();
+            if role != Role::Pool {
+                if special.iter().any(|(r, _)| *r == role) {
+                    r.at(
+                        b.role.span(),
+                        format!("service {name:?} has more than one {role} backend"),
+                    );
+                }
+                if special.iter().any(|(_, o)| *o.address.get_ref() == addr) {
+                    r.at(
+                        b.address.span(),
+                        "the maintenance and fallback backends must be different servers",
+                    );
+                }
+                special.push((role, b));
+            }
+            if let Some(t) = &b.check {
+                if let Err(e) = self.check_for(t) {
+                    r.at(
+                        b_at.get("check").span.clone(),
+                        format!("backend {bname:?}: check: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
     pub fn proto(&self) -> Proto {
         self.protocol
     }
@@ -673,8 +813,15 @@ role = "maintenance"
 
     #[test]
     fn metrics_only_on_loopback() {
-        let e = first_error("[daemon]\nmetrics = \"0.0.0.0:9469\"\n");
-        assert_eq!(e, "steer.toml:2:1: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
+        let e = first_error("# metrics: loopback only\n[daemon]\nmetrics = \"0.0.0.0:9469\"\n");
+        assert_eq!(e, "steer.toml:3:11: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
+    }
+
+    #[test]
+    fn every_error_is_reported_in_the_order_of_the_text() {
+        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:9469\"\n").unwrap_err();
+        let at: Vec<(usize, usize)> = errs.0.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, [(5, 15), (10, 8), (13, 11)], "{errs}");
     }
 
     #[test]
