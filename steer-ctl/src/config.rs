@@ -512,9 +512,86 @@ struct Seen {
     listeners: BTreeSet<(IpAddr, u16, Proto)>,
 }
 
+/// Largest `daemon.max_flows`. The connection table is preallocated at about 100 bytes a flow
+/// (a 40-byte key, a 16-byte value and the kernel's LRU element around them), so 64 Mi flows
+/// already hold some 6.7 GB of kernel memory; a larger number is a typo.
+pub const MAX_FLOWS_LIMIT: u32 = 64 << 20;
+
+/// Largest `daemon.max_services`. Each service preallocates two Maglev tables (the one in use
+/// and the next) of 65,537 four-byte slots, 512 KiB whatever its size, so 1024 services hold
+/// 512 MiB of kernel memory; hosts with more services split them among LB hosts.
+pub const MAX_SERVICES_LIMIT: u32 = 1024;
+
+/// Longest interface name the kernel takes (IFNAMSIZ less its NUL).
+const IFNAME_MAX: usize = 15;
+
+/// Why the kernel would refuse `name` as an interface name (its `dev_valid_name`), if it would.
+fn ifname_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".into())
+    } else if name.len() > IFNAME_MAX {
+        Some(format!(
+            "it is {} bytes long and the kernel allows at most {IFNAME_MAX}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are not allowed".into())
+    } else {
+        name.chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+            .map(|c| format!("it holds {c:?}, and '/', ':' and whitespace are not allowed"))
+    }
+}
+
 impl DaemonCfg {
     /// Adds the errors in `[daemon]` (at `at`) to `r`.
     fn validate(&self, at: &Node, r: &mut Report) {
+        let ifaces = at.get("interfaces");
+        if self.interfaces.is_empty() {
+            r.at(
+                ifaces.or(at).span.clone(),
+                format!(
+                    "daemon.interfaces is {}: the datapath would run nowhere; list the \
+                     interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]",
+                    if ifaces.is_present() {
+                        "empty"
+                    } else {
+                        "missing"
+                    }
+                ),
+            );
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            let span = ifaces.at(i).span.clone();
+            if let Some(why) = ifname_problem(name) {
+                r.at(
+                    span,
+                    format!("daemon.interfaces: {name:?} is not an interface name: {why}"),
+                );
+            } else if self.interfaces[..i].contains(name) {
+                r.at(span, format!("daemon.interfaces lists {name:?} twice"));
+            }
+        }
+        if !(1..=MAX_FLOWS_LIMIT).contains(&self.max_flows) {
+            r.at(
+                at.get("max_flows").span.clone(),
+                format!(
+                    "daemon.max_flows must be from 1 to {MAX_FLOWS_LIMIT} (64 Mi flows, about \
+                     100 bytes each, preallocated), found {}",
+                    self.max_flows
+                ),
+            );
+        }
+        if !(1..=MAX_SERVICES_LIMIT).contains(&self.max_services) {
+            r.at(
+                at.get("max_services").span.clone(),
+                format!(
+                    "daemon.max_services must be from 1 to {MAX_SERVICES_LIMIT} (each service \
+                     preallocates 512 KiB of Maglev tables), found {}",
+                    self.max_services
+                ),
+            );
+        }
         if let Some(m) = self.metrics {
             if !m.ip().is_loopback() {
                 r.at(
@@ -759,6 +836,81 @@ role = "maintenance"
         parse(s).unwrap_err().0[0].to_string()
     }
 
+    /// `services` with a valid `[daemon]` after them, so their lines stay as written.
+    fn with_daemon(services: &str) -> String {
+        format!("{services}\n[daemon]\ninterfaces = [\"eth0\"]\n")
+    }
+
+    fn errors(s: &str) -> Vec<String> {
+        match parse(s) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_daemon_must_run_somewhere() {
+        assert_eq!(
+            errors("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n"),
+            [
+                "steer.toml:1:1: daemon.interfaces is missing: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+        assert_eq!(
+            errors("# no interfaces yet\n[daemon]\nxdp_mode = \"generic\"\n"),
+            [
+                "steer.toml:2:1: daemon.interfaces is missing: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+        assert_eq!(
+            errors("[daemon]\ninterfaces = []\n"),
+            [
+                "steer.toml:2:14: daemon.interfaces is empty: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn interface_names_are_ones_the_kernel_takes() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\", \"\", \"a-very-long-name0\", \"br/0\", \"eth 1\", \"eth0:1\", \"..\", \"eth0\", \"veth-0123456789\"]\n"),
+            [
+                "steer.toml:2:23: daemon.interfaces: \"\" is not an interface name: it is empty",
+                "steer.toml:2:27: daemon.interfaces: \"a-very-long-name0\" is not an interface name: it is 17 bytes long and the kernel allows at most 15",
+                "steer.toml:2:48: daemon.interfaces: \"br/0\" is not an interface name: it holds '/', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:56: daemon.interfaces: \"eth 1\" is not an interface name: it holds ' ', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:65: daemon.interfaces: \"eth0:1\" is not an interface name: it holds ':', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:75: daemon.interfaces: \"..\" is not an interface name: \".\" and \"..\" are not allowed",
+                "steer.toml:2:81: daemon.interfaces lists \"eth0\" twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn table_sizes_are_bounded() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 0\nmax_services = 0\n"),
+            [
+                "steer.toml:3:13: daemon.max_flows must be from 1 to 67108864 (64 Mi flows, about 100 bytes each, preallocated), found 0",
+                "steer.toml:4:16: daemon.max_services must be from 1 to 1024 (each service preallocates 512 KiB of Maglev tables), found 0",
+            ]
+        );
+        assert_eq!(
+            errors(
+                "[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 67108865\nmax_services = 1025\n"
+            )
+            .len(),
+            2
+        );
+        assert!(parse(
+            "[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 67108864\nmax_services = 1024\n"
+        )
+        .is_ok());
+    }
+
     #[test]
     fn unknown_field_is_refused_with_its_position() {
         let e = first_error(
@@ -789,16 +941,16 @@ role = "maintenance"
 
     #[test]
     fn semantic_errors_point_at_the_value() {
-        let e = first_error(
+        let e = first_error(&with_daemon(
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 1000\n",
-        );
+        ));
         assert_eq!(
             e,
             "steer.toml:5:15: maglev_size must be a prime from 3 to 65537, found 1000"
         );
-        let errs = parse(
+        let errs = parse(&with_daemon(
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"fd00::2\"\n",
-        )
+        ))
         .unwrap_err();
         let all = errs.to_string();
         assert!(
@@ -813,31 +965,31 @@ role = "maintenance"
 
     #[test]
     fn metrics_only_on_loopback() {
-        let e = first_error("# metrics: loopback only\n[daemon]\nmetrics = \"0.0.0.0:9469\"\n");
+        let e = first_error("# metrics: loopback only\n[daemon]\nmetrics = \"0.0.0.0:9469\"\ninterfaces = [\"eth0\"]\n");
         assert_eq!(e, "steer.toml:3:11: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
     }
 
     #[test]
     fn every_error_is_reported_in_the_order_of_the_text() {
-        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:9469\"\n").unwrap_err();
+        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:9469\"\ninterfaces = [\"eth0\"]\n").unwrap_err();
         let at: Vec<(usize, usize)> = errs.0.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(at, [(5, 15), (10, 8), (13, 11)], "{errs}");
     }
 
     #[test]
     fn maintenance_is_never_the_fallback_server() {
-        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n");
+        let e = first_error(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n"));
         assert!(e.contains("must be different servers"), "{e}");
     }
 
     #[test]
     fn roles_are_named_as_written() {
-        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.8\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"n\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n");
+        let e = first_error(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.8\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"n\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n"));
         assert_eq!(
             e,
             "steer.toml:12:8: service \"w\" has more than one maintenance backend"
         );
-        let c = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\n").unwrap();
+        let c = parse(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\n")).unwrap();
         let s = &c.services[0];
         assert_eq!(
             (s.proto(), s.no_backend(), s.mode()),
