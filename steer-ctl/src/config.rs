@@ -492,7 +492,12 @@ impl Config {
             kids: toml::from_str(text).unwrap_or(Kids::Leaf),
         };
         cfg.daemon.validate(doc.get("daemon"), &mut r);
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            max_services: cfg.daemon.max_services,
+            total_services: cfg.services.len(),
+            total_backends: cfg.services.iter().map(|s| s.backends.len()).sum(),
+            ..Seen::default()
+        };
         for (i, s) in cfg.services.iter().enumerate() {
             s.validate(doc.get("service").at(i), &mut seen, &mut r);
         }
@@ -510,7 +515,58 @@ struct Seen {
     services: BTreeSet<String>,
     backends: BTreeSet<String>,
     listeners: BTreeSet<(IpAddr, u16, Proto)>,
+    max_services: u32,
+    total_services: usize,
+    total_backends: usize,
 }
+
+/// Longest service, backend or group name.
+const NAME_MAX: usize = 64;
+
+/// Why `name` cannot name a service, backend or group (`what`), if it cannot. Names reach
+/// shell commands (`rollout --exec`), URLs and metric labels, so they hold only characters
+/// that mean nothing there.
+fn name_problem(what: &str, name: &str) -> Option<String> {
+    const ALLOWED: &str = "names may hold only ASCII letters, digits, '.', '_' and '-'";
+    if name.is_empty() {
+        Some(format!("{what} name is empty; {ALLOWED}"))
+    } else if name.len() > NAME_MAX {
+        Some(format!(
+            "{what} name {name:?} is {} bytes long; at most {NAME_MAX} are allowed",
+            name.len()
+        ))
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(format!(
+            "{what} name {name:?} holds {c:?}; {ALLOWED} (names reach shell commands and URLs)"
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!(
+            "{what} name {name:?} is not allowed: in a path or URL it means a directory"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why `ip` cannot be a VIP or a backend's address, if it cannot.
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// Bounds of a service's `idle_timeout`: a flow idle this long is gone.
+const IDLE_MIN: Duration = Duration::from_secs(1);
+const IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest `daemon.max_flows`. The connection table is preallocated at about 100 bytes a flow
 /// (a 40-byte key, a 16-byte value and the kernel's LRU element around them), so 64 Mi flows
@@ -609,21 +665,45 @@ impl ServiceCfg {
     /// Adds the errors in this service (at `at`) to `r`.
     fn validate(&self, at: &Node, seen: &mut Seen, r: &mut Report) {
         let name = self.name.get_ref();
+        let vip = *self.vip.get_ref();
+        if let Some(e) = name_problem("service", name) {
+            r.at(self.name.span(), e);
+        }
         if !seen.services.insert(name.clone()) {
             r.at(
                 self.name.span(),
                 format!("service name {name:?} is used twice"),
             );
         }
-        if !seen
-            .listeners
-            .insert((*self.vip.get_ref(), self.port, self.protocol))
-        {
+        let max = seen.max_services;
+        if seen.services.len() == max as usize + 1 && (1..=MAX_SERVICES_LIMIT).contains(&max) {
+            r.at(
+                self.name.span(),
+                format!(
+                    "the config has {} services but daemon.max_services is {max}; service \
+                     {name:?} is the first beyond it",
+                    seen.total_services
+                ),
+            );
+        }
+        if let Some(why) = not_unicast(vip) {
+            r.at(
+                self.vip.span(),
+                format!("vip {vip} is {why}; a VIP must be a unicast address clients send to"),
+            );
+        }
+        if self.port == 0 {
+            r.at(
+                at.get("port").span.clone(),
+                "port must be from 1 to 65535, found 0",
+            );
+        }
+        if !seen.listeners.insert((vip, self.port, self.protocol)) {
             r.at(
                 self.vip.span(),
                 format!(
                     "another service already has {}/{}",
-                    SocketAddr::new(*self.vip.get_ref(), self.port),
+                    SocketAddr::new(vip, self.port),
                     self.protocol
                 ),
             );
@@ -638,10 +718,14 @@ impl ServiceCfg {
                 ),
             );
         }
-        if self.idle_timeout.0.as_secs() == 0 || self.idle_timeout.0.as_secs() > u32::MAX as u64 {
+        let idle = self.idle_timeout.0;
+        if !(IDLE_MIN..=IDLE_MAX).contains(&idle) {
             r.at(
                 at.get("idle_timeout").span.clone(),
-                format!("service {name:?}: idle_timeout must be at least 1s"),
+                format!(
+                    "idle_timeout must be from 1s to 24h, found {}",
+                    humantime::format_duration(idle)
+                ),
             );
         }
         if self.check.rise == 0 || self.check.fall == 0 {
@@ -650,52 +734,109 @@ impl ServiceCfg {
                 format!("service {name:?}: check rise and fall must be at least 1"),
             );
         }
-        let mut special: Vec<(Role, &BackendCfg)> = Vec::new();
-        for (j, b) in self.backends.iter().enumerate() {
-            let b_at = at.get("backend").at(j);
-            let bname = b.name.get_ref();
-            if !seen.backends.insert(bname.clone()) {
+        for j in 0..self.backends.len() {
+            self.validate_backend(j, at.get("backend").at(j), seen, r);
+        }
+    }
+
+    /// Adds the errors in backend `j` (at `at`) to `r`.
+    fn validate_backend(&self, j: usize, at: &Node, seen: &mut Seen, r: &mut Report) {
+        let b = &self.backends[j];
+        let bname = b.name.get_ref();
+        if let Some(e) = name_problem("backend", bname) {
+            r.at(b.name.span(), e);
+        }
+        if !seen.backends.insert(bname.clone()) {
+            r.at(
+                b.name.span(),
+                format!("backend name {bname:?} is used twice (backend names are unique per host)"),
+            );
+        }
+        if seen.backends.len() == steer_common::MAX_BACKENDS as usize + 1 {
+            r.at(
+                b.name.span(),
+                format!(
+                    "the config has {} backends but steer holds at most {}; backend {bname:?} \
+                     is the first beyond it",
+                    seen.total_backends,
+                    steer_common::MAX_BACKENDS
+                ),
+            );
+        }
+        let addr = *b.address.get_ref();
+        let vip = *self.vip.get_ref();
+        if addr.is_ipv4() != vip.is_ipv4() {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?} is {} but its service's VIP {vip} is not",
+                    if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                ),
+            );
+        } else if addr == vip {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?}: address {addr} is the service's VIP; give the server's \
+                     own address"
+                ),
+            );
+        } else if let Some(why) = not_unicast(addr) {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?}: address {addr} is {why}; give the server's own unicast \
+                     address"
+                ),
+            );
+        } else if let Some(o) = self.backends[..j]
+            .iter()
+            .find(|o| *o.address.get_ref() == addr)
+        {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?} has the address of backend {:?}, {addr}: the backends \
+                     of a service must be different servers",
+                    o.name.get_ref()
+                ),
+            );
+        }
+        let role = b.role();
+        if role != Role::Pool {
+            if self.backends[..j].iter().any(|o| o.role() == role) {
                 r.at(
-                    b.name.span(),
+                    b.role.span(),
                     format!(
-                        "backend name {bname:?} is used twice (backend names are unique per host)"
+                        "service {:?} has more than one {role} backend",
+                        self.name.get_ref()
                     ),
                 );
             }
-            let addr = *b.address.get_ref();
-            if addr.is_ipv4() != self.vip.get_ref().is_ipv4() {
+            if b.group.is_some() {
                 r.at(
-                    b.address.span(),
+                    at.get("group").span.clone(),
                     format!(
-                        "backend {bname:?} is {} but its service's VIP {} is not",
-                        if addr.is_ipv4() { "IPv4" } else { "IPv6" },
-                        self.vip.get_ref()
+                        "backend {bname:?} is the service's {role} backend; a group applies \
+                         only to pool backends"
                     ),
                 );
             }
-            let role = b.role();
-            if role != Role::Pool {
-                if special.iter().any(|(r, _)| *r == role) {
-                    r.at(
-                        b.role.span(),
-                        format!("service {name:?} has more than one {role} backend"),
-                    );
-                }
-                if special.iter().any(|(_, o)| *o.address.get_ref() == addr) {
-                    r.at(
-                        b.address.span(),
-                        "the maintenance and fallback backends must be different servers",
-                    );
-                }
-                special.push((role, b));
+        }
+        if let Some(g) = &b.group {
+            if let Some(e) = name_problem("group", g) {
+                r.at(
+                    at.get("group").span.clone(),
+                    format!("backend {bname:?}: {e}"),
+                );
             }
-            if let Some(t) = &b.check {
-                if let Err(e) = self.check_for(t) {
-                    r.at(
-                        b_at.get("check").span.clone(),
-                        format!("backend {bname:?}: check: {e}"),
-                    );
-                }
+        }
+        if let Some(t) = &b.check {
+            if let Err(e) = self.check_for(t) {
+                r.at(
+                    at.get("check").span.clone(),
+                    format!("backend {bname:?}: check: {e}"),
+                );
             }
         }
     }
@@ -994,6 +1135,158 @@ role = "maintenance"
         assert_eq!(
             (s.proto(), s.no_backend(), s.mode()),
             (Proto::Udp, NoBackend::Drop, Mode::Dsr)
+        );
+    }
+
+    #[test]
+    fn a_backend_is_a_server_of_its_own() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+[[service.backend]]
+name = "a"
+address = "10.0.0.2"
+[[service.backend]]
+name = "sorry"
+address = "10.0.0.2"
+role = "maintenance"
+[[service.backend]]
+name = "self"
+address = "10.0.0.1"
+[[service.backend]]
+name = "any"
+address = "0.0.0.0"
+role = "fallback"
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:10:11: backend \"sorry\" has the address of backend \"a\", 10.0.0.2: the backends of a service must be different servers",
+                "steer.toml:14:11: backend \"self\": address 10.0.0.1 is the service's VIP; give the server's own address",
+                "steer.toml:17:11: backend \"any\": address 0.0.0.0 is unspecified; give the server's own unicast address",
+            ]
+        );
+        // The same address in two services is two services of one server: fine.
+        assert_eq!(
+            errors(&with_daemon(
+                "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service]]\nname = \"x\"\nvip = \"10.0.0.1\"\nport = 81\n[[service.backend]]\nname = \"b\"\naddress = \"10.0.0.2\"\n"
+            )),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_vip_is_a_unicast_address_on_a_real_port() {
+        let errs = errors(&with_daemon(
+            "[[service]]\nname = \"a\"\nvip = \"0.0.0.0\"\nport = 0\n[[service]]\nname = \"b\"\nvip = \"224.0.0.1\"\nport = 80\n[[service]]\nname = \"c\"\nvip = \"255.255.255.255\"\nport = 80\n[[service]]\nname = \"d\"\nvip = \"::\"\nport = 80\n[[service]]\nname = \"e\"\nvip = \"ff02::1\"\nport = 80\n",
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:3:7: vip 0.0.0.0 is unspecified; a VIP must be a unicast address clients send to",
+                "steer.toml:4:8: port must be from 1 to 65535, found 0",
+                "steer.toml:7:7: vip 224.0.0.1 is multicast; a VIP must be a unicast address clients send to",
+                "steer.toml:11:7: vip 255.255.255.255 is the broadcast address; a VIP must be a unicast address clients send to",
+                "steer.toml:15:7: vip :: is unspecified; a VIP must be a unicast address clients send to",
+                "steer.toml:19:7: vip ff02::1 is multicast; a VIP must be a unicast address clients send to",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_safe_in_shells_and_urls() {
+        let long = "x".repeat(65);
+        let errs = errors(&with_daemon(&format!(
+            r#"[[service]]
+name = "web site"
+vip = "10.0.0.1"
+port = 80
+[[service.backend]]
+name = ""
+address = "10.0.0.2"
+[[service.backend]]
+name = "{long}"
+address = "10.0.0.3"
+group = "blue;rm -rf /"
+[[service.backend]]
+name = ".."
+address = "10.0.0.4"
+[[service.backend]]
+name = "web-a_1.b"
+address = "10.0.0.5"
+group = "Green-2"
+"#
+        )));
+        let allowed = "names may hold only ASCII letters, digits, '.', '_' and '-'";
+        assert_eq!(
+            errs,
+            [
+                format!("steer.toml:2:8: service name \"web site\" holds ' '; {allowed} (names reach shell commands and URLs)"),
+                format!("steer.toml:6:8: backend name is empty; {allowed}"),
+                format!("steer.toml:9:8: backend name \"{long}\" is 65 bytes long; at most 64 are allowed"),
+                format!("steer.toml:11:9: backend \"{long}\": group name \"blue;rm -rf /\" holds ';'; {allowed} (names reach shell commands and URLs)"),
+                "steer.toml:13:8: backend name \"..\" is not allowed: in a path or URL it means a directory".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_are_for_pool_backends() {
+        let errs = errors(&with_daemon(
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.2\"\nrole = \"maintenance\"\ngroup = \"blue\"\n",
+        ));
+        assert_eq!(
+            errs,
+            ["steer.toml:9:9: backend \"m\" is the service's maintenance backend; a group applies only to pool backends"]
+        );
+    }
+
+    #[test]
+    fn idle_timeout_is_bounded() {
+        let svc = |t: &str| {
+            errors(&with_daemon(&format!(
+                "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nidle_timeout = \"{t}\"\n"
+            )))
+        };
+        assert_eq!(
+            svc("500ms"),
+            ["steer.toml:5:16: idle_timeout must be from 1s to 24h, found 500ms"]
+        );
+        assert_eq!(
+            svc("25h"),
+            ["steer.toml:5:16: idle_timeout must be from 1s to 24h, found 1day 1h"]
+        );
+        assert!(svc("1s").is_empty() && svc("24h").is_empty());
+    }
+
+    #[test]
+    fn counts_are_within_the_maps() {
+        let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\nmax_services = 2\n");
+        for (i, s) in ["a", "b", "c", "d"].iter().enumerate() {
+            text += &format!(
+                "[[service]]\nname = \"{s}\"\nvip = \"10.0.0.1\"\nport = {}\n",
+                80 + i
+            );
+        }
+        assert_eq!(
+            errors(&text),
+            ["steer.toml:13:8: the config has 4 services but daemon.max_services is 2; service \"c\" is the first beyond it"]
+        );
+        let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\n");
+        for s in 0..2 {
+            text += &format!("[[service]]\nname = \"s{s}\"\nvip = \"fd00:ff::{s}\"\nport = 80\n");
+            for b in 0..2050 {
+                text += &format!(
+                    "[[service.backend]]\nname = \"b{s}-{b}\"\naddress = \"fd00:{s}::{b:x}\"\n"
+                );
+            }
+        }
+        assert_eq!(
+            errors(&text),
+            ["steer.toml:12300:8: the config has 4100 backends but steer holds at most 4096; backend \"b1-2046\" is the first beyond it"]
         );
     }
 
