@@ -193,6 +193,101 @@ pub struct Check {
     pub fall: u32,
 }
 
+/// Bounds of a check's intervals and timeout: under 10ms checks spin (\"0s\" would never
+/// sleep), over an hour a dead server would go unseen for that long.
+const CHECK_MIN: Duration = Duration::from_millis(10);
+const CHECK_MAX: Duration = Duration::from_secs(3600);
+/// Largest `rise` and `fall`.
+const COUNT_MAX: u32 = 100;
+
+impl Check {
+    /// What is wrong with this check of a `proto` service: each problem with the key to point
+    /// at and the one to point at when the first is not written.
+    fn problems(&self, proto: Proto) -> Vec<(&'static str, &'static str, String)> {
+        let mut p = Vec::new();
+        if self.port == Some(0) {
+            p.push((
+                "port",
+                "port",
+                "check.port must be from 1 to 65535, found 0".into(),
+            ));
+        }
+        if proto == Proto::Udp && self.kind != CheckKind::None && self.port.is_none() {
+            p.push((
+                "type",
+                "type",
+                format!(
+                    "the service is UDP and {} check connects over TCP, so checking the \
+                     service's port means nothing: set check.port to a TCP port the server \
+                     answers on, or type = \"none\"",
+                    if self.kind == CheckKind::Http {
+                        "an http"
+                    } else {
+                        "a tcp"
+                    }
+                ),
+            ));
+        }
+        let d = |d: Dur| humantime::format_duration(d.0).to_string();
+        let timings = [
+            ("interval", self.interval),
+            ("fastinterval", self.fastinterval),
+            ("downinterval", self.downinterval),
+            ("timeout", self.timeout),
+        ];
+        let mut timings_ok = true;
+        for (key, v) in timings {
+            if !(CHECK_MIN..=CHECK_MAX).contains(&v.0) {
+                timings_ok = false;
+                p.push((
+                    key,
+                    key,
+                    format!("check.{key} must be from 10ms to 1h, found {}", d(v)),
+                ));
+            }
+        }
+        if timings_ok {
+            for (key, v) in [
+                ("interval", self.interval),
+                ("downinterval", self.downinterval),
+            ] {
+                if self.timeout.0 > v.0 {
+                    p.push((
+                        "timeout",
+                        key,
+                        format!(
+                            "check.timeout {} is longer than check.{key} {}: a check would \
+                             still be waiting when the next one is due",
+                            d(self.timeout),
+                            d(v)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (key, v) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=COUNT_MAX).contains(&v) {
+                p.push((
+                    key,
+                    key,
+                    format!("check.{key} must be from 1 to {COUNT_MAX}, found {v}"),
+                ));
+            }
+        }
+        p
+    }
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::None => "none",
+        }
+    }
+}
+
 impl Default for Check {
     fn default() -> Self {
         Check {
@@ -728,11 +823,10 @@ impl ServiceCfg {
                 ),
             );
         }
-        if self.check.rise == 0 || self.check.fall == 0 {
-            r.at(
-                at.get("check").or(at.get("name")).span.clone(),
-                format!("service {name:?}: check rise and fall must be at least 1"),
-            );
+        let chk = at.get("check");
+        for (key, alt, message) in self.check.problems(self.protocol) {
+            let span = chk.get(key).or(chk.get(alt)).or(chk);
+            r.at(span.or(at.get("protocol")).span.clone(), message);
         }
         for j in 0..self.backends.len() {
             self.validate_backend(j, at.get("backend").at(j), seen, r);
@@ -832,11 +926,28 @@ impl ServiceCfg {
             }
         }
         if let Some(t) = &b.check {
-            if let Err(e) = self.check_for(t) {
-                r.at(
+            match self.check_for(t) {
+                Err(e) => r.at(
                     at.get("check").span.clone(),
                     format!("backend {bname:?}: check: {e}"),
-                );
+                ),
+                Ok(merged) => {
+                    // What is wrong with the service's check is said once, at the service.
+                    let inherited: Vec<String> = self
+                        .check
+                        .problems(self.protocol)
+                        .into_iter()
+                        .map(|p| p.2)
+                        .collect();
+                    for (_, _, message) in merged.problems(self.protocol) {
+                        if !inherited.contains(&message) {
+                            r.at(
+                                at.get("check").span.clone(),
+                                format!("backend {bname:?}: {message}"),
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -896,11 +1007,7 @@ impl From<&Check> for CheckSer {
     fn from(c: &Check) -> Self {
         let d = |d: Dur| humantime::format_duration(d.0).to_string();
         CheckSer {
-            kind: match c.kind {
-                CheckKind::Tcp => "tcp",
-                CheckKind::Http => "http",
-                CheckKind::None => "none",
-            },
+            kind: c.kind.as_str(),
             port: c.port,
             method: match c.method {
                 HttpMethod::Get => "GET",
@@ -1130,7 +1237,7 @@ role = "maintenance"
             e,
             "steer.toml:12:8: service \"w\" has more than one maintenance backend"
         );
-        let c = parse(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\n")).unwrap();
+        let c = parse(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\ncheck = { type = \"none\" }\n")).unwrap();
         let s = &c.services[0];
         assert_eq!(
             (s.proto(), s.no_backend(), s.mode()),
@@ -1287,6 +1394,109 @@ group = "Green-2"
         assert_eq!(
             errors(&text),
             ["steer.toml:12300:8: the config has 4100 backends but steer holds at most 4096; backend \"b1-2046\" is the first beyond it"]
+        );
+    }
+
+    #[test]
+    fn checks_of_a_udp_service_need_a_tcp_port() {
+        let udp = |check: &str| {
+            errors(&with_daemon(&format!(
+                "[[service]]\nname = \"dns\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\n{check}"
+            )))
+        };
+        let why = "the service is UDP and a tcp check connects over TCP, so checking the service's port means nothing: set check.port to a TCP port the server answers on, or type = \"none\"";
+        assert_eq!(udp(""), [format!("steer.toml:5:12: {why}")]);
+        assert_eq!(
+            udp("[service.check]\nrise = 3\n"),
+            [format!("steer.toml:6:1: {why}")]
+        );
+        assert_eq!(
+            udp("check = { type = \"http\", path = \"/\" }\n"),
+            [format!(
+                "steer.toml:6:18: {}",
+                why.replace("a tcp", "an http")
+            )]
+        );
+        assert!(udp("check = { type = \"tcp\", port = 5353 }\n").is_empty());
+        assert!(udp("check = { type = \"http\", port = 8080 }\n").is_empty());
+        assert!(udp("check = { type = \"none\" }\n").is_empty());
+        // A backend that overrides the type without a port is told at its check.
+        assert_eq!(
+            udp("check = { type = \"none\" }\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\ncheck = { type = \"tcp\" }\n"),
+            [format!("steer.toml:10:9: backend \"a\": {why}")]
+        );
+        assert_eq!(
+            udp("check = { type = \"tcp\", port = 0 }\n"),
+            ["steer.toml:6:32: check.port must be from 1 to 65535, found 0"]
+        );
+    }
+
+    #[test]
+    fn check_timings_are_sane() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+[service.check]
+interval = "0s"
+fastinterval = "5ms"
+downinterval = "2h"
+timeout = "1s"
+rise = 0
+fall = 101
+[[service]]
+name = "x"
+vip = "10.0.0.1"
+port = 81
+check = { interval = "500ms", downinterval = "800ms" }
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:6:12: check.interval must be from 10ms to 1h, found 0s",
+                "steer.toml:7:16: check.fastinterval must be from 10ms to 1h, found 5ms",
+                "steer.toml:8:16: check.downinterval must be from 10ms to 1h, found 2h",
+                "steer.toml:10:8: check.rise must be from 1 to 100, found 0",
+                "steer.toml:11:8: check.fall must be from 1 to 100, found 101",
+                "steer.toml:16:22: check.timeout 1s is longer than check.interval 500ms: a check would still be waiting when the next one is due",
+                "steer.toml:16:46: check.timeout 1s is longer than check.downinterval 800ms: a check would still be waiting when the next one is due",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backends_check_is_checked_once_merged() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+check = { timeout = "3s" }
+[[service.backend]]
+name = "a"
+address = "10.0.0.2"
+check = { path = "/ready" }
+[[service.backend]]
+name = "b"
+address = "10.0.0.3"
+check = { interval = "10s", downinterval = "10s", rise = 0 }
+[[service.backend]]
+name = "c"
+address = "10.0.0.4"
+check = { interval = "10s", downinterval = "10s", timeout = "2h" }
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                // Once at the service, not again at backend "a" which inherits it.
+                "steer.toml:5:21: check.timeout 3s is longer than check.interval 2s: a check would still be waiting when the next one is due",
+                "steer.toml:5:21: check.timeout 3s is longer than check.downinterval 2s: a check would still be waiting when the next one is due",
+                "steer.toml:13:9: backend \"b\": check.rise must be from 1 to 100, found 0",
+                "steer.toml:17:9: backend \"c\": check.timeout must be from 10ms to 1h, found 2h",
+            ]
         );
     }
 
