@@ -694,7 +694,69 @@ fn ifname_problem(name: &str) -> Option<String> {
     }
 }
 
+impl XdpModeCfg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpModeCfg::Native => "native",
+            XdpModeCfg::Generic => "generic",
+        }
+    }
+}
+
 impl DaemonCfg {
+    /// The `[daemon]` settings that differ in `new` and that only a restart applies (the
+    /// datapath's attachment and map sizes, the daemon's files and socket), one line each in
+    /// the form `"max_flows: 65536 → 131072"`. `metrics` and `socket_group` apply live.
+    pub fn restart_needed(&self, new: &DaemonCfg) -> Vec<String> {
+        fn line<T: PartialEq>(
+            out: &mut Vec<String>,
+            key: &str,
+            old: &T,
+            new: &T,
+            show: fn(&T) -> String,
+        ) {
+            if old != new {
+                out.push(format!("{key}: {} → {}", show(old), show(new)));
+            }
+        }
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut out = Vec::new();
+        line(
+            &mut out,
+            "interfaces",
+            &self.interfaces,
+            &new.interfaces,
+            |v| format!("{v:?}"),
+        );
+        line(&mut out, "xdp_mode", &self.xdp_mode, &new.xdp_mode, |m| {
+            m.as_str().into()
+        });
+        line(&mut out, "pin_dir", &self.pin_dir, &new.pin_dir, path);
+        line(
+            &mut out,
+            "state_file",
+            &self.state_file,
+            &new.state_file,
+            path,
+        );
+        line(&mut out, "socket", &self.socket, &new.socket, path);
+        line(
+            &mut out,
+            "max_flows",
+            &self.max_flows,
+            &new.max_flows,
+            u32::to_string,
+        );
+        line(
+            &mut out,
+            "max_services",
+            &self.max_services,
+            &new.max_services,
+            u32::to_string,
+        );
+        out
+    }
+
     /// Adds the errors in `[daemon]` (at `at`) to `r`.
     fn validate(&self, at: &Node, r: &mut Report) {
         let ifaces = at.get("interfaces");
@@ -1496,6 +1558,45 @@ check = { interval = "10s", downinterval = "10s", timeout = "2h" }
                 "steer.toml:5:21: check.timeout 3s is longer than check.downinterval 2s: a check would still be waiting when the next one is due",
                 "steer.toml:13:9: backend \"b\": check.rise must be from 1 to 100, found 0",
                 "steer.toml:17:9: backend \"c\": check.timeout must be from 10ms to 1h, found 2h",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_needed_lists_what_only_a_restart_applies() {
+        let old = DaemonCfg {
+            interfaces: vec!["eth0".into()],
+            max_flows: 65_536,
+            ..DaemonCfg::default()
+        };
+        assert!(old.restart_needed(&old.clone()).is_empty());
+        // Applied live: not listed.
+        let live = DaemonCfg {
+            metrics: Some("127.0.0.1:9469".parse().unwrap()),
+            socket_group: Some("steer".into()),
+            ..old.clone()
+        };
+        assert!(old.restart_needed(&live).is_empty());
+        let new = DaemonCfg {
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            xdp_mode: XdpModeCfg::Generic,
+            pin_dir: "/sys/fs/bpf/steer2".into(),
+            state_file: "/var/lib/steer/s.json".into(),
+            socket: "/run/steer/s.sock".into(),
+            max_flows: 131_072,
+            max_services: 128,
+            ..live
+        };
+        assert_eq!(
+            old.restart_needed(&new),
+            [
+                "interfaces: [\"eth0\"] → [\"eth0\", \"eth1\"]",
+                "xdp_mode: native → generic",
+                "pin_dir: /sys/fs/bpf/steer → /sys/fs/bpf/steer2",
+                "state_file: /var/lib/steer/state.json → /var/lib/steer/s.json",
+                "socket: /run/steer/steer.sock → /run/steer/s.sock",
+                "max_flows: 65536 → 131072",
+                "max_services: 64 → 128",
             ]
         );
     }
