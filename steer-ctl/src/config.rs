@@ -255,10 +255,14 @@ impl Check {
                     p.push((
                         "timeout",
                         key,
+                        // Checks of a backend run one after the other: a probe, then a sleep.
                         format!(
-                            "check.timeout {} is longer than check.{key} {}: a check would \
-                             still be waiting when the next one is due",
+                            "check.timeout {} is longer than check.{key} {}: a server that \
+                             stops answering would be checked every {}, not every {}; make the \
+                             timeout at most the {key}",
                             d(self.timeout),
+                            d(v),
+                            d(Dur(self.timeout.0 + v.0)),
                             d(v)
                         ),
                     ));
@@ -1522,8 +1526,8 @@ check = { interval = "500ms", downinterval = "800ms" }
                 "steer.toml:8:16: check.downinterval must be from 10ms to 1h, found 2h",
                 "steer.toml:10:8: check.rise must be from 1 to 100, found 0",
                 "steer.toml:11:8: check.fall must be from 1 to 100, found 101",
-                "steer.toml:16:22: check.timeout 1s is longer than check.interval 500ms: a check would still be waiting when the next one is due",
-                "steer.toml:16:46: check.timeout 1s is longer than check.downinterval 800ms: a check would still be waiting when the next one is due",
+                "steer.toml:16:22: check.timeout 1s is longer than check.interval 500ms: a server that stops answering would be checked every 1s 500ms, not every 500ms; make the timeout at most the interval",
+                "steer.toml:16:46: check.timeout 1s is longer than check.downinterval 800ms: a server that stops answering would be checked every 1s 800ms, not every 800ms; make the timeout at most the downinterval",
             ]
         );
     }
@@ -1554,8 +1558,8 @@ check = { interval = "10s", downinterval = "10s", timeout = "2h" }
             errs,
             [
                 // Once at the service, not again at backend "a" which inherits it.
-                "steer.toml:5:21: check.timeout 3s is longer than check.interval 2s: a check would still be waiting when the next one is due",
-                "steer.toml:5:21: check.timeout 3s is longer than check.downinterval 2s: a check would still be waiting when the next one is due",
+                "steer.toml:5:21: check.timeout 3s is longer than check.interval 2s: a server that stops answering would be checked every 5s, not every 2s; make the timeout at most the interval",
+                "steer.toml:5:21: check.timeout 3s is longer than check.downinterval 2s: a server that stops answering would be checked every 5s, not every 2s; make the timeout at most the downinterval",
                 "steer.toml:13:9: backend \"b\": check.rise must be from 1 to 100, found 0",
                 "steer.toml:17:9: backend \"c\": check.timeout must be from 10ms to 1h, found 2h",
             ]
