@@ -193,7 +193,7 @@ pub struct Check {
     pub fall: u32,
 }
 
-/// Bounds of a check's intervals and timeout: under 10ms checks spin (\"0s\" would never
+/// Bounds of a check's intervals and timeout: under 10ms checks spin ("0s" would never
 /// sleep), over an hour a dead server would go unseen for that long.
 const CHECK_MIN: Duration = Duration::from_millis(10);
 const CHECK_MAX: Duration = Duration::from_secs(3600);
@@ -283,6 +283,7 @@ impl Check {
 }
 
 impl CheckKind {
+    /// As written in the config.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckKind::Tcp => "tcp",
@@ -537,7 +538,7 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// An error at the start of `span` (the start of the file for an empty span).
+    /// An error at the start of `span` (line 1, column 1 for `NOWHERE`'s).
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         self.errors.push(ConfigError {
@@ -570,7 +571,8 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` only names it in errors. Every error is
-    /// reported, in the order of the text, each at the value it is about.
+    /// reported, in the order of the text, each at the value it is about; a TOML syntax or
+    /// type error stops the parse, so it is reported alone.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         let mut r = Report {
             text,
@@ -585,7 +587,8 @@ impl Config {
             }
         };
         cfg.path = path.to_path_buf();
-        // The text parsed as a `Config`, so it parses as a tree too.
+        // The text parsed as a `Config`, so it parses as a tree too, but for a datetime in a
+        // backend's check (which `Spanned` cannot carry): then errors point at line 1.
         let doc = Node {
             span: 0..0,
             kids: toml::from_str(text).unwrap_or(Kids::Leaf),
@@ -608,7 +611,7 @@ impl Config {
     }
 }
 
-/// What the services before the one being checked already use.
+/// What the services before the one being checked already use, and the limits on counts.
 #[derive(Default)]
 struct Seen {
     services: BTreeSet<String>,
@@ -674,7 +677,7 @@ pub const MAX_FLOWS_LIMIT: u32 = 64 << 20;
 
 /// Largest `daemon.max_services`. Each service preallocates two Maglev tables (the one in use
 /// and the next) of 65,537 four-byte slots, 512 KiB whatever its size, so 1024 services hold
-/// 512 MiB of kernel memory; hosts with more services split them among LB hosts.
+/// 512 MiB of kernel memory before the first flow.
 pub const MAX_SERVICES_LIMIT: u32 = 1024;
 
 /// Longest interface name the kernel takes (IFNAMSIZ less its NUL).
@@ -699,6 +702,7 @@ fn ifname_problem(name: &str) -> Option<String> {
 }
 
 impl XdpModeCfg {
+    /// As written in the config.
     pub fn as_str(self) -> &'static str {
         match self {
             XdpModeCfg::Native => "native",
@@ -712,52 +716,25 @@ impl DaemonCfg {
     /// datapath's attachment and map sizes, the daemon's files and socket), one line each in
     /// the form `"max_flows: 65536 → 131072"`. `metrics` and `socket_group` apply live.
     pub fn restart_needed(&self, new: &DaemonCfg) -> Vec<String> {
-        fn line<T: PartialEq>(
-            out: &mut Vec<String>,
-            key: &str,
-            old: &T,
-            new: &T,
-            show: fn(&T) -> String,
-        ) {
-            if old != new {
-                out.push(format!("{key}: {} → {}", show(old), show(new)));
-            }
+        let mut out = Vec::new();
+        // One line when `self.$key` and `new.$key` differ, named after the field (its key).
+        macro_rules! diff {
+            ($key:ident, $show:expr) => {
+                if self.$key != new.$key {
+                    let show = $show;
+                    let (old, new) = (show(&self.$key), show(&new.$key));
+                    out.push(format!("{}: {old} → {new}", stringify!($key)));
+                }
+            };
         }
         let path = |p: &PathBuf| p.display().to_string();
-        let mut out = Vec::new();
-        line(
-            &mut out,
-            "interfaces",
-            &self.interfaces,
-            &new.interfaces,
-            |v| format!("{v:?}"),
-        );
-        line(&mut out, "xdp_mode", &self.xdp_mode, &new.xdp_mode, |m| {
-            m.as_str().into()
-        });
-        line(&mut out, "pin_dir", &self.pin_dir, &new.pin_dir, path);
-        line(
-            &mut out,
-            "state_file",
-            &self.state_file,
-            &new.state_file,
-            path,
-        );
-        line(&mut out, "socket", &self.socket, &new.socket, path);
-        line(
-            &mut out,
-            "max_flows",
-            &self.max_flows,
-            &new.max_flows,
-            u32::to_string,
-        );
-        line(
-            &mut out,
-            "max_services",
-            &self.max_services,
-            &new.max_services,
-            u32::to_string,
-        );
+        diff!(interfaces, |v: &Vec<String>| format!("{v:?}"));
+        diff!(xdp_mode, |m: &XdpModeCfg| m.as_str().to_string());
+        diff!(pin_dir, path);
+        diff!(state_file, path);
+        diff!(socket, path);
+        diff!(max_flows, u32::to_string);
+        diff!(max_services, u32::to_string);
         out
     }
 
