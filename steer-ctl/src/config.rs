@@ -2,9 +2,10 @@
 //! reported with file, line and column and what was expected.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,8 +14,8 @@ use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::{
-    balancer::{NoBackend, Proto, Role},
     maglev,
+    model::{Mode, NoBackend, Proto, Role},
 };
 
 /// Where a config file puts things by default.
@@ -111,34 +112,6 @@ pub enum XdpModeCfg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ModeCfg {
-    Dsr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProtoCfg {
-    Tcp,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoBackendCfg {
-    Reset,
-    Drop,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleCfg {
-    Pool,
-    Fallback,
-    Maintenance,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     Tcp,
     Http,
@@ -220,6 +193,106 @@ pub struct Check {
     pub fall: u32,
 }
 
+/// Bounds of a check's intervals and timeout: under 10ms checks spin ("0s" would never
+/// sleep), over an hour a dead server would go unseen for that long.
+const CHECK_MIN: Duration = Duration::from_millis(10);
+const CHECK_MAX: Duration = Duration::from_secs(3600);
+/// Largest `rise` and `fall`.
+const COUNT_MAX: u32 = 100;
+
+impl Check {
+    /// What is wrong with this check of a `proto` service: each problem with the key to point
+    /// at and the one to point at when the first is not written.
+    fn problems(&self, proto: Proto) -> Vec<(&'static str, &'static str, String)> {
+        let mut p = Vec::new();
+        if self.port == Some(0) {
+            p.push((
+                "port",
+                "port",
+                "check.port must be from 1 to 65535, found 0".into(),
+            ));
+        }
+        if proto == Proto::Udp && self.kind != CheckKind::None && self.port.is_none() {
+            p.push((
+                "type",
+                "type",
+                format!(
+                    "the service is UDP and {} check connects over TCP, so checking the \
+                     service's port means nothing: set check.port to a TCP port the server \
+                     answers on, or type = \"none\"",
+                    if self.kind == CheckKind::Http {
+                        "an http"
+                    } else {
+                        "a tcp"
+                    }
+                ),
+            ));
+        }
+        let d = |d: Dur| humantime::format_duration(d.0).to_string();
+        let timings = [
+            ("interval", self.interval),
+            ("fastinterval", self.fastinterval),
+            ("downinterval", self.downinterval),
+            ("timeout", self.timeout),
+        ];
+        let mut timings_ok = true;
+        for (key, v) in timings {
+            if !(CHECK_MIN..=CHECK_MAX).contains(&v.0) {
+                timings_ok = false;
+                p.push((
+                    key,
+                    key,
+                    format!("check.{key} must be from 10ms to 1h, found {}", d(v)),
+                ));
+            }
+        }
+        if timings_ok {
+            for (key, v) in [
+                ("interval", self.interval),
+                ("downinterval", self.downinterval),
+            ] {
+                if self.timeout.0 > v.0 {
+                    p.push((
+                        "timeout",
+                        key,
+                        // Checks of a backend run one after the other: a probe, then a sleep.
+                        format!(
+                            "check.timeout {} is longer than check.{key} {}: a server that \
+                             stops answering would be checked every {}, not every {}; make the \
+                             timeout at most the {key}",
+                            d(self.timeout),
+                            d(v),
+                            d(Dur(self.timeout.0 + v.0)),
+                            d(v)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (key, v) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=COUNT_MAX).contains(&v) {
+                p.push((
+                    key,
+                    key,
+                    format!("check.{key} must be from 1 to {COUNT_MAX}, found {v}"),
+                ));
+            }
+        }
+        p
+    }
+}
+
+impl CheckKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::None => "none",
+        }
+    }
+}
+
 impl Default for Check {
     fn default() -> Self {
         Check {
@@ -251,7 +324,7 @@ pub struct BackendCfg {
     pub weight: u32,
     pub group: Option<String>,
     #[serde(default = "pool")]
-    pub role: Spanned<RoleCfg>,
+    pub role: Spanned<Role>,
     /// Overrides of the service's check.
     pub check: Option<toml::Table>,
 }
@@ -260,8 +333,8 @@ fn one() -> u32 {
     1
 }
 
-fn pool() -> Spanned<RoleCfg> {
-    Spanned::new(0..0, RoleCfg::Pool)
+fn pool() -> Spanned<Role> {
+    Spanned::new(0..0, Role::Pool)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -270,28 +343,22 @@ pub struct ServiceCfg {
     pub name: Spanned<String>,
     pub vip: Spanned<IpAddr>,
     pub port: u16,
-    #[serde(default = "tcp")]
-    pub protocol: ProtoCfg,
-    #[serde(default = "dsr")]
-    pub mode: ModeCfg,
+    #[serde(default)]
+    pub protocol: Proto,
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default = "maglev_default")]
     pub maglev_size: Spanned<u32>,
     #[serde(default = "idle_default")]
     pub idle_timeout: Dur,
-    #[serde(default = "reset")]
-    pub no_backend: NoBackendCfg,
+    #[serde(default)]
+    pub no_backend: NoBackend,
     #[serde(default)]
     pub check: Check,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendCfg>,
 }
 
-fn tcp() -> ProtoCfg {
-    ProtoCfg::Tcp
-}
-fn dsr() -> ModeCfg {
-    ModeCfg::Dsr
-}
 fn maglev_default() -> Spanned<u32> {
     Spanned::new(0..0, steer_common::MAGLEV_DEFAULT_SIZE)
 }
@@ -299,9 +366,6 @@ fn idle_default() -> Dur {
     Dur(Duration::from_secs(
         steer_common::DEFAULT_IDLE_TIMEOUT_S as u64,
     ))
-}
-fn reset() -> NoBackendCfg {
-    NoBackendCfg::Reset
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -350,13 +414,146 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-/// 1-based line and column of byte `at` in `text`.
+/// 1-based line and column (in characters) of byte `at` in `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
-    (line, col)
+    let start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// The config text as a tree of spanned values. The typed structs keep most values without a
+/// span (their types are what the daemon reads), so errors find their position here, by key.
+#[derive(Debug)]
+struct Node {
+    /// Where the value is in the text (a table's: its header or braces).
+    span: Range<usize>,
+    kids: Kids,
+}
+
+#[derive(Debug)]
+enum Kids {
+    Table(BTreeMap<String, Node>),
+    Array(Vec<Node>),
+    Leaf,
+}
+
+/// What an absent key's lookup finds: the start of the file.
+static NOWHERE: Node = Node {
+    span: 0..0,
+    kids: Kids::Leaf,
+};
+
+impl Node {
+    /// The value of `key` in this table, or `NOWHERE`.
+    fn get(&self, key: &str) -> &Node {
+        match &self.kids {
+            Kids::Table(t) => t.get(key).unwrap_or(&NOWHERE),
+            _ => &NOWHERE,
+        }
+    }
+
+    /// Item `i` of this array, or `NOWHERE`.
+    fn at(&self, i: usize) -> &Node {
+        match &self.kids {
+            Kids::Array(a) => a.get(i).unwrap_or(&NOWHERE),
+            _ => &NOWHERE,
+        }
+    }
+
+    fn is_present(&self) -> bool {
+        !std::ptr::eq(self, &NOWHERE)
+    }
+
+    /// This node if it is in the text, else `other`.
+    fn or<'a>(&'a self, other: &'a Node) -> &'a Node {
+        if self.is_present() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Kids {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Kids;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Kids, E> {
+                Ok(Kids::Leaf)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Kids, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element::<Spanned<Kids>>()? {
+                    v.push(n.into());
+                }
+                Ok(Kids::Array(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Kids, A::Error> {
+                let mut t = BTreeMap::new();
+                while let Some((k, n)) = a.next_entry::<String, Spanned<Kids>>()? {
+                    t.insert(k, n.into());
+                }
+                Ok(Kids::Table(t))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<Spanned<Kids>> for Node {
+    fn from(s: Spanned<Kids>) -> Node {
+        Node {
+            span: s.span(),
+            kids: s.into_inner(),
+        }
+    }
+}
+
+/// The errors found so far in one text.
+struct Report<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Report<'_> {
+    /// An error at the start of `span` (line 1, column 1 for `NOWHERE`'s).
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Every error, in the order of the text.
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        ConfigErrors(self.errors)
+    }
 }
 
 impl Config {
@@ -373,165 +570,441 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` only names it in errors.
+    /// Parses and validates config text; `path` only names it in errors. Every error is
+    /// reported, in the order of the text, each at the value it is about; a TOML syntax or
+    /// type error stops the parse, so it is reported alone.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let err = |span: Option<std::ops::Range<usize>>, message: String| {
-            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
-            ConfigError {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message,
+        let mut r = Report {
+            text,
+            file: path,
+            errors: Vec::new(),
+        };
+        let mut cfg: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                r.at(e.span().unwrap_or(0..0), e.message().trim_end());
+                return Err(r.finish());
             }
         };
-        let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![err(e.span(), e.message().trim_end().to_string())]))?;
         cfg.path = path.to_path_buf();
-        let mut errs = Vec::new();
-        let mut names = BTreeSet::new();
-        let mut backend_names = BTreeSet::new();
-        let mut vips = BTreeSet::new();
-        if let Some(m) = cfg.daemon.metrics {
+        // The text parsed as a `Config`, so it parses as a tree too, but for a datetime in a
+        // backend's check (which `Spanned` cannot carry): then errors point at line 1.
+        let doc = Node {
+            span: 0..0,
+            kids: toml::from_str(text).unwrap_or(Kids::Leaf),
+        };
+        cfg.daemon.validate(doc.get("daemon"), &mut r);
+        let mut seen = Seen {
+            max_services: cfg.daemon.max_services,
+            total_services: cfg.services.len(),
+            total_backends: cfg.services.iter().map(|s| s.backends.len()).sum(),
+            ..Seen::default()
+        };
+        for (i, s) in cfg.services.iter().enumerate() {
+            s.validate(doc.get("service").at(i), &mut seen, &mut r);
+        }
+        if r.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(r.finish())
+        }
+    }
+}
+
+/// What the services before the one being checked already use, and the limits on counts.
+#[derive(Default)]
+struct Seen {
+    services: BTreeSet<String>,
+    backends: BTreeSet<String>,
+    listeners: BTreeSet<(IpAddr, u16, Proto)>,
+    max_services: u32,
+    total_services: usize,
+    total_backends: usize,
+}
+
+/// Longest service, backend or group name.
+const NAME_MAX: usize = 64;
+
+/// Why `name` cannot name a service, backend or group (`what`), if it cannot. Names reach
+/// shell commands (`rollout --exec`), URLs and metric labels, so they hold only characters
+/// that mean nothing there.
+fn name_problem(what: &str, name: &str) -> Option<String> {
+    const ALLOWED: &str = "names may hold only ASCII letters, digits, '.', '_' and '-'";
+    if name.is_empty() {
+        Some(format!("{what} name is empty; {ALLOWED}"))
+    } else if name.len() > NAME_MAX {
+        Some(format!(
+            "{what} name {name:?} is {} bytes long; at most {NAME_MAX} are allowed",
+            name.len()
+        ))
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(format!(
+            "{what} name {name:?} holds {c:?}; {ALLOWED} (names reach shell commands and URLs)"
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!(
+            "{what} name {name:?} is not allowed: in a path or URL it means a directory"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why `ip` cannot be a VIP or a backend's address, if it cannot.
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// Bounds of a service's `idle_timeout`: a flow idle this long is gone.
+const IDLE_MIN: Duration = Duration::from_secs(1);
+const IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest `daemon.max_flows`. The connection table is preallocated at about 100 bytes a flow
+/// (a 40-byte key, a 16-byte value and the kernel's LRU element around them), so 64 Mi flows
+/// already hold some 6.7 GB of kernel memory; a larger number is a typo.
+pub const MAX_FLOWS_LIMIT: u32 = 64 << 20;
+
+/// Largest `daemon.max_services`. Each service preallocates two Maglev tables (the one in use
+/// and the next) of 65,537 four-byte slots, 512 KiB whatever its size, so 1024 services hold
+/// 512 MiB of kernel memory before the first flow.
+pub const MAX_SERVICES_LIMIT: u32 = 1024;
+
+/// Longest interface name the kernel takes (IFNAMSIZ less its NUL).
+const IFNAME_MAX: usize = 15;
+
+/// Why the kernel would refuse `name` as an interface name (its `dev_valid_name`), if it would.
+fn ifname_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".into())
+    } else if name.len() > IFNAME_MAX {
+        Some(format!(
+            "it is {} bytes long and the kernel allows at most {IFNAME_MAX}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are not allowed".into())
+    } else {
+        name.chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+            .map(|c| format!("it holds {c:?}, and '/', ':' and whitespace are not allowed"))
+    }
+}
+
+impl XdpModeCfg {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpModeCfg::Native => "native",
+            XdpModeCfg::Generic => "generic",
+        }
+    }
+}
+
+impl DaemonCfg {
+    /// The `[daemon]` settings that differ in `new` and that only a restart applies (the
+    /// datapath's attachment and map sizes, the daemon's files and socket), one line each in
+    /// the form `"max_flows: 65536 → 131072"`. `metrics` and `socket_group` apply live.
+    pub fn restart_needed(&self, new: &DaemonCfg) -> Vec<String> {
+        let mut out = Vec::new();
+        // One line when `self.$key` and `new.$key` differ, named after the field (its key).
+        macro_rules! diff {
+            ($key:ident, $show:expr) => {
+                if self.$key != new.$key {
+                    let show = $show;
+                    let (old, new) = (show(&self.$key), show(&new.$key));
+                    out.push(format!("{}: {old} → {new}", stringify!($key)));
+                }
+            };
+        }
+        let path = |p: &PathBuf| p.display().to_string();
+        diff!(interfaces, |v: &Vec<String>| format!("{v:?}"));
+        diff!(xdp_mode, |m: &XdpModeCfg| m.as_str().to_string());
+        diff!(pin_dir, path);
+        diff!(state_file, path);
+        diff!(socket, path);
+        diff!(max_flows, u32::to_string);
+        diff!(max_services, u32::to_string);
+        out
+    }
+
+    /// Adds the errors in `[daemon]` (at `at`) to `r`.
+    fn validate(&self, at: &Node, r: &mut Report) {
+        let ifaces = at.get("interfaces");
+        if self.interfaces.is_empty() {
+            r.at(
+                ifaces.or(at).span.clone(),
+                format!(
+                    "daemon.interfaces is {}: the datapath would run nowhere; list the \
+                     interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]",
+                    if ifaces.is_present() {
+                        "empty"
+                    } else {
+                        "missing"
+                    }
+                ),
+            );
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            let span = ifaces.at(i).span.clone();
+            if let Some(why) = ifname_problem(name) {
+                r.at(
+                    span,
+                    format!("daemon.interfaces: {name:?} is not an interface name: {why}"),
+                );
+            } else if self.interfaces[..i].contains(name) {
+                r.at(span, format!("daemon.interfaces lists {name:?} twice"));
+            }
+        }
+        if !(1..=MAX_FLOWS_LIMIT).contains(&self.max_flows) {
+            r.at(
+                at.get("max_flows").span.clone(),
+                format!(
+                    "daemon.max_flows must be from 1 to {MAX_FLOWS_LIMIT} (64 Mi flows, about \
+                     100 bytes each, preallocated), found {}",
+                    self.max_flows
+                ),
+            );
+        }
+        if !(1..=MAX_SERVICES_LIMIT).contains(&self.max_services) {
+            r.at(
+                at.get("max_services").span.clone(),
+                format!(
+                    "daemon.max_services must be from 1 to {MAX_SERVICES_LIMIT} (each service \
+                     preallocates 512 KiB of Maglev tables), found {}",
+                    self.max_services
+                ),
+            );
+        }
+        if let Some(m) = self.metrics {
             if !m.ip().is_loopback() {
-                let at = text.find("metrics").map(|i| i..i + 7);
-                errs.push(err(
-                    at,
+                r.at(
+                    at.get("metrics").span.clone(),
                     format!(
                         "daemon.metrics must be a loopback address (127.0.0.1 or ::1), found {m}"
                     ),
-                ));
+                );
             }
-        }
-        if cfg.services.len() as u32 > cfg.daemon.max_services {
-            errs.push(err(
-                None,
-                format!(
-                    "{} services, but daemon.max_services is {}",
-                    cfg.services.len(),
-                    cfg.daemon.max_services
-                ),
-            ));
-        }
-        for s in &cfg.services {
-            let span = |x: &std::ops::Range<usize>| (!x.is_empty()).then(|| x.clone());
-            if !names.insert(s.name.get_ref().clone()) {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!("service name {:?} is used twice", s.name.get_ref()),
-                ));
-            }
-            if !vips.insert((*s.vip.get_ref(), s.port, s.protocol as u8)) {
-                errs.push(err(
-                    span(&s.vip.span()),
-                    format!("another service already has {}:{}", s.vip.get_ref(), s.port),
-                ));
-            }
-            let size = *s.maglev_size.get_ref();
-            if !maglev::is_prime(size) || !(3..=steer_common::MAGLEV_MAX_SIZE).contains(&size) {
-                errs.push(err(
-                    span(&s.maglev_size.span()),
-                    format!(
-                        "maglev_size must be a prime from 3 to {}, found {size}",
-                        steer_common::MAGLEV_MAX_SIZE
-                    ),
-                ));
-            }
-            if s.idle_timeout.0.as_secs() == 0 || s.idle_timeout.0.as_secs() > u32::MAX as u64 {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!(
-                        "service {:?}: idle_timeout must be at least 1s",
-                        s.name.get_ref()
-                    ),
-                ));
-            }
-            let mut roles = BTreeSet::new();
-            let mut special_addrs = Vec::new();
-            for b in &s.backends {
-                if !backend_names.insert(b.name.get_ref().clone()) {
-                    errs.push(err(
-                        span(&b.name.span()),
-                        format!(
-                            "backend name {:?} is used twice (backend names are unique per host)",
-                            b.name.get_ref()
-                        ),
-                    ));
-                }
-                if b.address.get_ref().is_ipv4() != s.vip.get_ref().is_ipv4() {
-                    errs.push(err(
-                        span(&b.address.span()),
-                        format!(
-                            "backend {:?} is {} but its service's VIP {} is not",
-                            b.name.get_ref(),
-                            if b.address.get_ref().is_ipv4() {
-                                "IPv4"
-                            } else {
-                                "IPv6"
-                            },
-                            s.vip.get_ref()
-                        ),
-                    ));
-                }
-                let role = *b.role.get_ref();
-                if role != RoleCfg::Pool {
-                    if !roles.insert(role as u8) {
-                        errs.push(err(
-                            span(&b.role.span()),
-                            format!(
-                                "service {:?} has more than one {role:?} backend",
-                                s.name.get_ref()
-                            ),
-                        ));
-                    }
-                    if special_addrs.contains(b.address.get_ref()) {
-                        errs.push(err(
-                            span(&b.address.span()),
-                            "the maintenance and fallback backends must be different servers"
-                                .to_string(),
-                        ));
-                    }
-                    special_addrs.push(*b.address.get_ref());
-                }
-                if let Some(t) = &b.check {
-                    if let Err(e) = s.check_for(t) {
-                        errs.push(err(
-                            span(&b.name.span()),
-                            format!("backend {:?}: check: {e}", b.name.get_ref()),
-                        ));
-                    }
-                }
-            }
-            if s.check.rise == 0 || s.check.fall == 0 {
-                errs.push(err(
-                    span(&s.name.span()),
-                    format!(
-                        "service {:?}: check rise and fall must be at least 1",
-                        s.name.get_ref()
-                    ),
-                ));
-            }
-        }
-        if errs.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errs))
         }
     }
 }
 
 impl ServiceCfg {
-    pub fn proto(&self) -> Proto {
-        match self.protocol {
-            ProtoCfg::Tcp => Proto::Tcp,
-            ProtoCfg::Udp => Proto::Udp,
+    /// Adds the errors in this service (at `at`) to `r`.
+    fn validate(&self, at: &Node, seen: &mut Seen, r: &mut Report) {
+        let name = self.name.get_ref();
+        let vip = *self.vip.get_ref();
+        if let Some(e) = name_problem("service", name) {
+            r.at(self.name.span(), e);
+        }
+        if !seen.services.insert(name.clone()) {
+            r.at(
+                self.name.span(),
+                format!("service name {name:?} is used twice"),
+            );
+        }
+        let max = seen.max_services;
+        if seen.services.len() == max as usize + 1 && (1..=MAX_SERVICES_LIMIT).contains(&max) {
+            r.at(
+                self.name.span(),
+                format!(
+                    "the config has {} services but daemon.max_services is {max}; service \
+                     {name:?} is the first beyond it",
+                    seen.total_services
+                ),
+            );
+        }
+        if let Some(why) = not_unicast(vip) {
+            r.at(
+                self.vip.span(),
+                format!("vip {vip} is {why}; a VIP must be a unicast address clients send to"),
+            );
+        }
+        if self.port == 0 {
+            r.at(
+                at.get("port").span.clone(),
+                "port must be from 1 to 65535, found 0",
+            );
+        }
+        if !seen.listeners.insert((vip, self.port, self.protocol)) {
+            r.at(
+                self.vip.span(),
+                format!(
+                    "another service already has {}/{}",
+                    SocketAddr::new(vip, self.port),
+                    self.protocol
+                ),
+            );
+        }
+        let size = *self.maglev_size.get_ref();
+        if !maglev::is_prime(size) || !(3..=steer_common::MAGLEV_MAX_SIZE).contains(&size) {
+            r.at(
+                self.maglev_size.span(),
+                format!(
+                    "maglev_size must be a prime from 3 to {}, found {size}",
+                    steer_common::MAGLEV_MAX_SIZE
+                ),
+            );
+        }
+        let idle = self.idle_timeout.0;
+        if !(IDLE_MIN..=IDLE_MAX).contains(&idle) {
+            r.at(
+                at.get("idle_timeout").span.clone(),
+                format!(
+                    "idle_timeout must be from 1s to 24h, found {}",
+                    humantime::format_duration(idle)
+                ),
+            );
+        }
+        let chk = at.get("check");
+        for (key, alt, message) in self.check.problems(self.protocol) {
+            let span = chk.get(key).or(chk.get(alt)).or(chk);
+            r.at(span.or(at.get("protocol")).span.clone(), message);
+        }
+        for j in 0..self.backends.len() {
+            self.validate_backend(j, at.get("backend").at(j), seen, r);
         }
     }
 
-    pub fn no_backend(&self) -> NoBackend {
-        match self.no_backend {
-            NoBackendCfg::Reset => NoBackend::Reset,
-            NoBackendCfg::Drop => NoBackend::Drop,
+    /// Adds the errors in backend `j` (at `at`) to `r`.
+    fn validate_backend(&self, j: usize, at: &Node, seen: &mut Seen, r: &mut Report) {
+        let b = &self.backends[j];
+        let bname = b.name.get_ref();
+        if let Some(e) = name_problem("backend", bname) {
+            r.at(b.name.span(), e);
         }
+        if !seen.backends.insert(bname.clone()) {
+            r.at(
+                b.name.span(),
+                format!("backend name {bname:?} is used twice (backend names are unique per host)"),
+            );
+        }
+        if seen.backends.len() == steer_common::MAX_BACKENDS as usize + 1 {
+            r.at(
+                b.name.span(),
+                format!(
+                    "the config has {} backends but steer holds at most {}; backend {bname:?} \
+                     is the first beyond it",
+                    seen.total_backends,
+                    steer_common::MAX_BACKENDS
+                ),
+            );
+        }
+        let addr = *b.address.get_ref();
+        let vip = *self.vip.get_ref();
+        if addr.is_ipv4() != vip.is_ipv4() {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?} is {} but its service's VIP {vip} is not",
+                    if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                ),
+            );
+        } else if addr == vip {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?}: address {addr} is the service's VIP; give the server's \
+                     own address"
+                ),
+            );
+        } else if let Some(why) = not_unicast(addr) {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?}: address {addr} is {why}; give the server's own unicast \
+                     address"
+                ),
+            );
+        } else if let Some(o) = self.backends[..j]
+            .iter()
+            .find(|o| *o.address.get_ref() == addr)
+        {
+            r.at(
+                b.address.span(),
+                format!(
+                    "backend {bname:?} has the address of backend {:?}, {addr}: the backends \
+                     of a service must be different servers",
+                    o.name.get_ref()
+                ),
+            );
+        }
+        let role = b.role();
+        if role != Role::Pool {
+            if self.backends[..j].iter().any(|o| o.role() == role) {
+                r.at(
+                    b.role.span(),
+                    format!(
+                        "service {:?} has more than one {role} backend",
+                        self.name.get_ref()
+                    ),
+                );
+            }
+            if b.group.is_some() {
+                r.at(
+                    at.get("group").span.clone(),
+                    format!(
+                        "backend {bname:?} is the service's {role} backend; a group applies \
+                         only to pool backends"
+                    ),
+                );
+            }
+        }
+        if let Some(g) = &b.group {
+            if let Some(e) = name_problem("group", g) {
+                r.at(
+                    at.get("group").span.clone(),
+                    format!("backend {bname:?}: {e}"),
+                );
+            }
+        }
+        if let Some(t) = &b.check {
+            match self.check_for(t) {
+                Err(e) => r.at(
+                    at.get("check").span.clone(),
+                    format!("backend {bname:?}: check: {e}"),
+                ),
+                Ok(merged) => {
+                    // What is wrong with the service's check is said once, at the service.
+                    let inherited: Vec<String> = self
+                        .check
+                        .problems(self.protocol)
+                        .into_iter()
+                        .map(|p| p.2)
+                        .collect();
+                    for (_, _, message) in merged.problems(self.protocol) {
+                        if !inherited.contains(&message) {
+                            r.at(
+                                at.get("check").span.clone(),
+                                format!("backend {bname:?}: {message}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.protocol
+    }
+
+    pub fn no_backend(&self) -> NoBackend {
+        self.no_backend
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The check of a backend: the service's, with the backend's overrides applied.
@@ -547,11 +1020,7 @@ impl ServiceCfg {
 
 impl BackendCfg {
     pub fn role(&self) -> Role {
-        match self.role.get_ref() {
-            RoleCfg::Pool => Role::Pool,
-            RoleCfg::Fallback => Role::Fallback,
-            RoleCfg::Maintenance => Role::Maintenance,
-        }
+        *self.role.get_ref()
     }
 }
 
@@ -581,11 +1050,7 @@ impl From<&Check> for CheckSer {
     fn from(c: &Check) -> Self {
         let d = |d: Dur| humantime::format_duration(d.0).to_string();
         CheckSer {
-            kind: match c.kind {
-                CheckKind::Tcp => "tcp",
-                CheckKind::Http => "http",
-                CheckKind::None => "none",
-            },
+            kind: c.kind.as_str(),
             port: c.port,
             method: match c.method {
                 HttpMethod::Get => "GET",
@@ -662,6 +1127,81 @@ role = "maintenance"
         parse(s).unwrap_err().0[0].to_string()
     }
 
+    /// `services` with a valid `[daemon]` after them, so their lines stay as written.
+    fn with_daemon(services: &str) -> String {
+        format!("{services}\n[daemon]\ninterfaces = [\"eth0\"]\n")
+    }
+
+    fn errors(s: &str) -> Vec<String> {
+        match parse(s) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_daemon_must_run_somewhere() {
+        assert_eq!(
+            errors("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n"),
+            [
+                "steer.toml:1:1: daemon.interfaces is missing: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+        assert_eq!(
+            errors("# no interfaces yet\n[daemon]\nxdp_mode = \"generic\"\n"),
+            [
+                "steer.toml:2:1: daemon.interfaces is missing: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+        assert_eq!(
+            errors("[daemon]\ninterfaces = []\n"),
+            [
+                "steer.toml:2:14: daemon.interfaces is empty: the datapath would run nowhere; \
+              list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn interface_names_are_ones_the_kernel_takes() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\", \"\", \"a-very-long-name0\", \"br/0\", \"eth 1\", \"eth0:1\", \"..\", \"eth0\", \"veth-0123456789\"]\n"),
+            [
+                "steer.toml:2:23: daemon.interfaces: \"\" is not an interface name: it is empty",
+                "steer.toml:2:27: daemon.interfaces: \"a-very-long-name0\" is not an interface name: it is 17 bytes long and the kernel allows at most 15",
+                "steer.toml:2:48: daemon.interfaces: \"br/0\" is not an interface name: it holds '/', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:56: daemon.interfaces: \"eth 1\" is not an interface name: it holds ' ', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:65: daemon.interfaces: \"eth0:1\" is not an interface name: it holds ':', and '/', ':' and whitespace are not allowed",
+                "steer.toml:2:75: daemon.interfaces: \"..\" is not an interface name: \".\" and \"..\" are not allowed",
+                "steer.toml:2:81: daemon.interfaces lists \"eth0\" twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn table_sizes_are_bounded() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 0\nmax_services = 0\n"),
+            [
+                "steer.toml:3:13: daemon.max_flows must be from 1 to 67108864 (64 Mi flows, about 100 bytes each, preallocated), found 0",
+                "steer.toml:4:16: daemon.max_services must be from 1 to 1024 (each service preallocates 512 KiB of Maglev tables), found 0",
+            ]
+        );
+        assert_eq!(
+            errors(
+                "[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 67108865\nmax_services = 1025\n"
+            )
+            .len(),
+            2
+        );
+        assert!(parse(
+            "[daemon]\ninterfaces = [\"eth0\"]\nmax_flows = 67108864\nmax_services = 1024\n"
+        )
+        .is_ok());
+    }
+
     #[test]
     fn unknown_field_is_refused_with_its_position() {
         let e = first_error(
@@ -692,16 +1232,16 @@ role = "maintenance"
 
     #[test]
     fn semantic_errors_point_at_the_value() {
-        let e = first_error(
+        let e = first_error(&with_daemon(
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 1000\n",
-        );
+        ));
         assert_eq!(
             e,
             "steer.toml:5:15: maglev_size must be a prime from 3 to 65537, found 1000"
         );
-        let errs = parse(
+        let errs = parse(&with_daemon(
             "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"fd00::2\"\n",
-        )
+        ))
         .unwrap_err();
         let all = errs.to_string();
         assert!(
@@ -716,14 +1256,330 @@ role = "maintenance"
 
     #[test]
     fn metrics_only_on_loopback() {
-        let e = first_error("[daemon]\nmetrics = \"0.0.0.0:9469\"\n");
-        assert_eq!(e, "steer.toml:2:1: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
+        let e = first_error("# metrics: loopback only\n[daemon]\nmetrics = \"0.0.0.0:9469\"\ninterfaces = [\"eth0\"]\n");
+        assert_eq!(e, "steer.toml:3:11: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
+    }
+
+    #[test]
+    fn every_error_is_reported_in_the_order_of_the_text() {
+        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:9469\"\ninterfaces = [\"eth0\"]\n").unwrap_err();
+        let at: Vec<(usize, usize)> = errs.0.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, [(5, 15), (10, 8), (13, 11)], "{errs}");
     }
 
     #[test]
     fn maintenance_is_never_the_fallback_server() {
-        let e = first_error("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n");
+        let e = first_error(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"f\"\naddress = \"10.0.0.9\"\nrole = \"fallback\"\n"));
         assert!(e.contains("must be different servers"), "{e}");
+    }
+
+    #[test]
+    fn roles_are_named_as_written() {
+        let e = first_error(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.8\"\nrole = \"maintenance\"\n[[service.backend]]\nname = \"n\"\naddress = \"10.0.0.9\"\nrole = \"maintenance\"\n"));
+        assert_eq!(
+            e,
+            "steer.toml:12:8: service \"w\" has more than one maintenance backend"
+        );
+        let c = parse(&with_daemon("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nno_backend = \"drop\"\ncheck = { type = \"none\" }\n")).unwrap();
+        let s = &c.services[0];
+        assert_eq!(
+            (s.proto(), s.no_backend(), s.mode()),
+            (Proto::Udp, NoBackend::Drop, Mode::Dsr)
+        );
+    }
+
+    #[test]
+    fn a_backend_is_a_server_of_its_own() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+[[service.backend]]
+name = "a"
+address = "10.0.0.2"
+[[service.backend]]
+name = "sorry"
+address = "10.0.0.2"
+role = "maintenance"
+[[service.backend]]
+name = "self"
+address = "10.0.0.1"
+[[service.backend]]
+name = "any"
+address = "0.0.0.0"
+role = "fallback"
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:10:11: backend \"sorry\" has the address of backend \"a\", 10.0.0.2: the backends of a service must be different servers",
+                "steer.toml:14:11: backend \"self\": address 10.0.0.1 is the service's VIP; give the server's own address",
+                "steer.toml:17:11: backend \"any\": address 0.0.0.0 is unspecified; give the server's own unicast address",
+            ]
+        );
+        // The same address in two services is two services of one server: fine.
+        assert_eq!(
+            errors(&with_daemon(
+                "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service]]\nname = \"x\"\nvip = \"10.0.0.1\"\nport = 81\n[[service.backend]]\nname = \"b\"\naddress = \"10.0.0.2\"\n"
+            )),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_vip_is_a_unicast_address_on_a_real_port() {
+        let errs = errors(&with_daemon(
+            "[[service]]\nname = \"a\"\nvip = \"0.0.0.0\"\nport = 0\n[[service]]\nname = \"b\"\nvip = \"224.0.0.1\"\nport = 80\n[[service]]\nname = \"c\"\nvip = \"255.255.255.255\"\nport = 80\n[[service]]\nname = \"d\"\nvip = \"::\"\nport = 80\n[[service]]\nname = \"e\"\nvip = \"ff02::1\"\nport = 80\n",
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:3:7: vip 0.0.0.0 is unspecified; a VIP must be a unicast address clients send to",
+                "steer.toml:4:8: port must be from 1 to 65535, found 0",
+                "steer.toml:7:7: vip 224.0.0.1 is multicast; a VIP must be a unicast address clients send to",
+                "steer.toml:11:7: vip 255.255.255.255 is the broadcast address; a VIP must be a unicast address clients send to",
+                "steer.toml:15:7: vip :: is unspecified; a VIP must be a unicast address clients send to",
+                "steer.toml:19:7: vip ff02::1 is multicast; a VIP must be a unicast address clients send to",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_safe_in_shells_and_urls() {
+        let long = "x".repeat(65);
+        let errs = errors(&with_daemon(&format!(
+            r#"[[service]]
+name = "web site"
+vip = "10.0.0.1"
+port = 80
+[[service.backend]]
+name = ""
+address = "10.0.0.2"
+[[service.backend]]
+name = "{long}"
+address = "10.0.0.3"
+group = "blue;rm -rf /"
+[[service.backend]]
+name = ".."
+address = "10.0.0.4"
+[[service.backend]]
+name = "web-a_1.b"
+address = "10.0.0.5"
+group = "Green-2"
+"#
+        )));
+        let allowed = "names may hold only ASCII letters, digits, '.', '_' and '-'";
+        assert_eq!(
+            errs,
+            [
+                format!("steer.toml:2:8: service name \"web site\" holds ' '; {allowed} (names reach shell commands and URLs)"),
+                format!("steer.toml:6:8: backend name is empty; {allowed}"),
+                format!("steer.toml:9:8: backend name \"{long}\" is 65 bytes long; at most 64 are allowed"),
+                format!("steer.toml:11:9: backend \"{long}\": group name \"blue;rm -rf /\" holds ';'; {allowed} (names reach shell commands and URLs)"),
+                "steer.toml:13:8: backend name \"..\" is not allowed: in a path or URL it means a directory".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_are_for_pool_backends() {
+        let errs = errors(&with_daemon(
+            "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\n[[service.backend]]\nname = \"m\"\naddress = \"10.0.0.2\"\nrole = \"maintenance\"\ngroup = \"blue\"\n",
+        ));
+        assert_eq!(
+            errs,
+            ["steer.toml:9:9: backend \"m\" is the service's maintenance backend; a group applies only to pool backends"]
+        );
+    }
+
+    #[test]
+    fn idle_timeout_is_bounded() {
+        let svc = |t: &str| {
+            errors(&with_daemon(&format!(
+                "[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nidle_timeout = \"{t}\"\n"
+            )))
+        };
+        assert_eq!(
+            svc("500ms"),
+            ["steer.toml:5:16: idle_timeout must be from 1s to 24h, found 500ms"]
+        );
+        assert_eq!(
+            svc("25h"),
+            ["steer.toml:5:16: idle_timeout must be from 1s to 24h, found 1day 1h"]
+        );
+        assert!(svc("1s").is_empty() && svc("24h").is_empty());
+    }
+
+    #[test]
+    fn counts_are_within_the_maps() {
+        let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\nmax_services = 2\n");
+        for (i, s) in ["a", "b", "c", "d"].iter().enumerate() {
+            text += &format!(
+                "[[service]]\nname = \"{s}\"\nvip = \"10.0.0.1\"\nport = {}\n",
+                80 + i
+            );
+        }
+        assert_eq!(
+            errors(&text),
+            ["steer.toml:13:8: the config has 4 services but daemon.max_services is 2; service \"c\" is the first beyond it"]
+        );
+        let mut text = String::from("[daemon]\ninterfaces = [\"eth0\"]\n");
+        for s in 0..2 {
+            text += &format!("[[service]]\nname = \"s{s}\"\nvip = \"fd00:ff::{s}\"\nport = 80\n");
+            for b in 0..2050 {
+                text += &format!(
+                    "[[service.backend]]\nname = \"b{s}-{b}\"\naddress = \"fd00:{s}::{b:x}\"\n"
+                );
+            }
+        }
+        assert_eq!(
+            errors(&text),
+            ["steer.toml:12300:8: the config has 4100 backends but steer holds at most 4096; backend \"b1-2046\" is the first beyond it"]
+        );
+    }
+
+    #[test]
+    fn checks_of_a_udp_service_need_a_tcp_port() {
+        let udp = |check: &str| {
+            errors(&with_daemon(&format!(
+                "[[service]]\nname = \"dns\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\n{check}"
+            )))
+        };
+        let why = "the service is UDP and a tcp check connects over TCP, so checking the service's port means nothing: set check.port to a TCP port the server answers on, or type = \"none\"";
+        assert_eq!(udp(""), [format!("steer.toml:5:12: {why}")]);
+        assert_eq!(
+            udp("[service.check]\nrise = 3\n"),
+            [format!("steer.toml:6:1: {why}")]
+        );
+        assert_eq!(
+            udp("check = { type = \"http\", path = \"/\" }\n"),
+            [format!(
+                "steer.toml:6:18: {}",
+                why.replace("a tcp", "an http")
+            )]
+        );
+        assert!(udp("check = { type = \"tcp\", port = 5353 }\n").is_empty());
+        assert!(udp("check = { type = \"http\", port = 8080 }\n").is_empty());
+        assert!(udp("check = { type = \"none\" }\n").is_empty());
+        // A backend that overrides the type without a port is told at its check.
+        assert_eq!(
+            udp("check = { type = \"none\" }\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\ncheck = { type = \"tcp\" }\n"),
+            [format!("steer.toml:10:9: backend \"a\": {why}")]
+        );
+        assert_eq!(
+            udp("check = { type = \"tcp\", port = 0 }\n"),
+            ["steer.toml:6:32: check.port must be from 1 to 65535, found 0"]
+        );
+    }
+
+    #[test]
+    fn check_timings_are_sane() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+[service.check]
+interval = "0s"
+fastinterval = "5ms"
+downinterval = "2h"
+timeout = "1s"
+rise = 0
+fall = 101
+[[service]]
+name = "x"
+vip = "10.0.0.1"
+port = 81
+check = { interval = "500ms", downinterval = "800ms" }
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:6:12: check.interval must be from 10ms to 1h, found 0s",
+                "steer.toml:7:16: check.fastinterval must be from 10ms to 1h, found 5ms",
+                "steer.toml:8:16: check.downinterval must be from 10ms to 1h, found 2h",
+                "steer.toml:10:8: check.rise must be from 1 to 100, found 0",
+                "steer.toml:11:8: check.fall must be from 1 to 100, found 101",
+                "steer.toml:16:22: check.timeout 1s is longer than check.interval 500ms: a server that stops answering would be checked every 1s 500ms, not every 500ms; make the timeout at most the interval",
+                "steer.toml:16:46: check.timeout 1s is longer than check.downinterval 800ms: a server that stops answering would be checked every 1s 800ms, not every 800ms; make the timeout at most the downinterval",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backends_check_is_checked_once_merged() {
+        let errs = errors(&with_daemon(
+            r#"[[service]]
+name = "w"
+vip = "10.0.0.1"
+port = 80
+check = { timeout = "3s" }
+[[service.backend]]
+name = "a"
+address = "10.0.0.2"
+check = { path = "/ready" }
+[[service.backend]]
+name = "b"
+address = "10.0.0.3"
+check = { interval = "10s", downinterval = "10s", rise = 0 }
+[[service.backend]]
+name = "c"
+address = "10.0.0.4"
+check = { interval = "10s", downinterval = "10s", timeout = "2h" }
+"#,
+        ));
+        assert_eq!(
+            errs,
+            [
+                // Once at the service, not again at backend "a" which inherits it.
+                "steer.toml:5:21: check.timeout 3s is longer than check.interval 2s: a server that stops answering would be checked every 5s, not every 2s; make the timeout at most the interval",
+                "steer.toml:5:21: check.timeout 3s is longer than check.downinterval 2s: a server that stops answering would be checked every 5s, not every 2s; make the timeout at most the downinterval",
+                "steer.toml:13:9: backend \"b\": check.rise must be from 1 to 100, found 0",
+                "steer.toml:17:9: backend \"c\": check.timeout must be from 10ms to 1h, found 2h",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_needed_lists_what_only_a_restart_applies() {
+        let old = DaemonCfg {
+            interfaces: vec!["eth0".into()],
+            max_flows: 65_536,
+            ..DaemonCfg::default()
+        };
+        assert!(old.restart_needed(&old.clone()).is_empty());
+        // Applied live: not listed.
+        let live = DaemonCfg {
+            metrics: Some("127.0.0.1:9469".parse().unwrap()),
+            socket_group: Some("steer".into()),
+            ..old.clone()
+        };
+        assert!(old.restart_needed(&live).is_empty());
+        let new = DaemonCfg {
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            xdp_mode: XdpModeCfg::Generic,
+            pin_dir: "/sys/fs/bpf/steer2".into(),
+            state_file: "/var/lib/steer/s.json".into(),
+            socket: "/run/steer/s.sock".into(),
+            max_flows: 131_072,
+            max_services: 128,
+            ..live
+        };
+        assert_eq!(
+            old.restart_needed(&new),
+            [
+                "interfaces: [\"eth0\"] → [\"eth0\", \"eth1\"]",
+                "xdp_mode: native → generic",
+                "pin_dir: /sys/fs/bpf/steer → /sys/fs/bpf/steer2",
+                "state_file: /var/lib/steer/state.json → /var/lib/steer/s.json",
+                "socket: /run/steer/steer.sock → /run/steer/s.sock",
+                "max_flows: 65536 → 131072",
+                "max_services: 64 → 128",
+            ]
+        );
     }
 
     #[test]
