@@ -27,7 +27,7 @@ const T: Duration = Duration::from_secs(10);
 fn config(topo: &Topology, groups: &[&str]) -> String {
     let mut s = format!(
         "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
-         check = {{ type = \"http\", path = \"/\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"100ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
+         check = {{ type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
         addr::VIP
     );
     for (i, b) in topo.backends.iter().enumerate() {

@@ -119,7 +119,7 @@ fn lab(system: System) -> Lab {
             let mut d = SteerDaemon::new(&lab.topo.lb);
             let mut cfg = format!(
                 "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
-                 check = {{ type = \"tcp\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
+                 check = {{ type = \"tcp\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
                 addr::VIP
             );
             for (i, b) in lab.topo.backends.iter().enumerate() {

@@ -179,7 +179,7 @@ fn run() -> Result<i32, String> {
     let servers = Servers::new(&topo, &d.dir.join("servers"), &httpd);
     let mut cfg = format!(
         "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
-         check = {{ type = \"http\", path = \"/\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\n",
+         check = {{ type = \"http\", path = \"/\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\n",
         addr::VIP
     );
     for (i, b) in topo.backends.iter().enumerate() {

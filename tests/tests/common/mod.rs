@@ -36,7 +36,7 @@ pub fn backend_toml(topo: &Topology, i: usize, name: &str, extra: &str) -> Strin
 pub fn web_config(topo: &Topology, pool: &[usize], maint: Option<usize>) -> String {
     let mut s = format!(
         "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
-         check = {{ type = \"http\", path = \"/\", interval = \"200ms\", fastinterval = \"100ms\", downinterval = \"200ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
+         check = {{ type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
         addr::VIP
     );
     for &i in pool {
