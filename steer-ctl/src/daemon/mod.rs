@@ -358,11 +358,10 @@ struct Reloaded {
 
 /// Re-reads the config and applies it whole, or refuses it with nothing changed.
 async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
-    let (path, old_daemon, needed) = {
+    let (path, old_daemon) = {
         let c = daemon.core.lock().expect("core lock");
-        (c.cfg.path.clone(), c.cfg.daemon.clone(), ())
+        (c.cfg.path.clone(), c.cfg.daemon.clone())
     };
-    let _ = needed;
     let new = match Config::load(&path) {
         Ok(n) => n,
         Err(e) => {
@@ -388,8 +387,8 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
         .await
         .unwrap_or_default();
     let mut c = daemon.core.lock().expect("core lock");
-    let health = c.current_health();
-    let initial = |n: &str| health.get(n).copied().unwrap_or_default();
+    // Backends a reload adds (new, readdressed or moved) are unknown until checked.
+    let initial = |_: &str| Health::Unknown;
     let intent = c.intent.clone();
     let d = Desired {
         cfg: &new,
