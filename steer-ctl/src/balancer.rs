@@ -266,6 +266,17 @@ impl Balancer {
         self.reserved_backends = backends;
     }
 
+    /// Seeds the generation counter of every backend slot from what a pinned map holds, so an
+    /// id given to a new backend never carries a generation that old pinned flows have —
+    /// also for slots whose backend is gone from the config.
+    pub fn seed_generations(&mut self, slots: &[(u32, u16)]) {
+        for (id, gen) in slots {
+            if let Some(g) = self.gens.get_mut(*id as usize) {
+                *g = (*g).max(*gen);
+            }
+        }
+    }
+
     /// The ids in use: service name → id, backend name → (id, generation).
     pub fn ids(&self) -> (BTreeMap<String, u32>, BTreeMap<String, (u32, u16)>) {
         (

@@ -616,6 +616,7 @@ async fn start_locked(
     };
     let reader = Arc::new(dp.flow_reader()?);
     let mut bal = Balancer::new(dp);
+    bal.seed_generations(&adopted.generations);
     bal.reserve_ids(adopted.service_ids.clone(), adopted.backend_ids.clone());
     let initial = |n: &str| adopted.health.get(n).copied().unwrap_or(Health::Unknown);
     let desired = Desired {

@@ -311,12 +311,17 @@ pub struct Adopted {
     pub admin: BTreeMap<String, AdminState>,
     pub health: BTreeMap<String, Health>,
     pub maintenance: BTreeMap<String, bool>,
+    /// Generation of every slot in use, named in the config or not.
+    pub generations: Vec<(u32, u16)>,
 }
 
 pub fn adopt(dp: &Datapath, cfg: &Config) -> Result<Adopted, crate::datapath::DatapathError> {
     let services = dp.service_entries()?;
     let backends = dp.backend_entries()?;
-    let mut out = Adopted::default();
+    let mut out = Adopted {
+        generations: backends.iter().map(|(id, b)| (*id, b.gen)).collect(),
+        ..Default::default()
+    };
     for s in &cfg.services {
         let spec = service_spec(s);
         let (addr, family) = addr_bytes(spec.vip);
