@@ -9,7 +9,7 @@ mod show;
 use std::{path::Path, time::Duration};
 
 use steer_ctl::{
-    client::{self, ClientError},
+    client,
     exit,
     proto::{Request, Response},
 };
@@ -37,10 +37,7 @@ impl Ctx<'_> {
             }
             Err(e) => {
                 self.fail(&e.to_string());
-                Err(match e {
-                    ClientError::Unreachable(..) => exit::UNAVAILABLE,
-                    _ => exit::FAILURE,
-                })
+                Err(e.exit_code())
             }
         }
     }
