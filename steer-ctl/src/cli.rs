@@ -177,6 +177,23 @@ pub enum Verb {
     Man,
 }
 
+impl Verb {
+    /// Verbs that must not die when whoever reads their output goes away: the daemon (a client
+    /// hanging up must not kill it) and the verbs that change state in several steps and undo
+    /// or report them at the end.
+    pub fn outlives_its_reader(&self) -> bool {
+        matches!(
+            self,
+            Verb::Daemon { .. }
+                | Verb::Rollout { .. }
+                | Verb::Ready {
+                    wait_healthy: true,
+                    ..
+                }
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ConfigVerb {
     /// Report every error with file, line and column.
