@@ -276,9 +276,9 @@ pub fn call(ctl: &mut impl Control, req: &Request) -> Result<Response, DeployErr
 
 /// The daemon's status.
 pub fn status(ctl: &mut impl Control) -> Result<Status, DeployError> {
-    call(ctl, &Request::Status)?.status.ok_or_else(|| {
-        ClientError::Protocol("a status reply without a status".into()).into()
-    })
+    call(ctl, &Request::Status)?
+        .status
+        .ok_or_else(|| ClientError::Protocol("a status reply without a status".into()).into())
 }
 
 /// The backends a target stands for, as the daemon resolves it: the backend of that name, or
@@ -299,11 +299,7 @@ pub fn members<'a>(status: &'a Status, target: &str) -> Vec<&'a BackendStatus> {
         .collect()
 }
 
-fn set(
-    ctl: &mut impl Control,
-    target: &str,
-    state: AdminState,
-) -> Result<Response, DeployError> {
+fn set(ctl: &mut impl Control, target: &str, state: AdminState) -> Result<Response, DeployError> {
     call(
         ctl,
         &Request::Admin {
@@ -379,7 +375,16 @@ pub fn drain(
         ))
         .into());
     }
-    wait_drained(ctl, env, target, &backends, scan, start, opts.timeout, opts.min)?;
+    wait_drained(
+        ctl,
+        env,
+        target,
+        &backends,
+        scan,
+        start,
+        opts.timeout,
+        opts.min,
+    )?;
     Ok(Drained {
         target: target.into(),
         backends,
@@ -506,10 +511,7 @@ fn fresh_up(b: &BackendStatus, runs0: u64, fresh_checks: u64) -> bool {
 }
 
 /// Puts backends back to the admin states they had; returns the failures.
-fn restore(
-    ctl: &mut impl Control,
-    changed: &[(String, AdminState)],
-) -> Vec<(String, DeployError)> {
+fn restore(ctl: &mut impl Control, changed: &[(String, AdminState)]) -> Vec<(String, DeployError)> {
     let mut failed = Vec::new();
     for (name, state) in changed {
         if let Err(e) = set(ctl, name, *state) {
@@ -608,9 +610,13 @@ fn wait_then_ready(
         let st = status(ctl)?;
         let mut pending: Vec<&BackendStatus> = Vec::new();
         for (name, _, runs0) in before {
-            let b = st.backends.iter().find(|b| &b.name == name).ok_or_else(|| {
-                DeployError::Refused(format!("{name} is no longer in the daemon's status"))
-            })?;
+            let b = st
+                .backends
+                .iter()
+                .find(|b| &b.name == name)
+                .ok_or_else(|| {
+                    DeployError::Refused(format!("{name} is no longer in the daemon's status"))
+                })?;
             if !fresh_up(b, *runs0, opts.fresh_checks) {
                 pending.push(b);
             }
@@ -651,16 +657,12 @@ fn wait_then_ready(
         }
         for b in &pending {
             let line = format!(
-                "{}: {} (last check: {}; {} run since the command)",
+                "{}: {} (last check: {}; {} run since the command); waiting for a passing one",
                 b.name,
                 b.health,
                 b.check,
-                b.checks_run.saturating_sub(
-                    before
-                        .iter()
-                        .find(|x| x.0 == b.name)
-                        .map_or(0, |x| x.2)
-                )
+                b.checks_run
+                    .saturating_sub(before.iter().find(|x| x.0 == b.name).map_or(0, |x| x.2))
             );
             // Say it when the health or the check's result changes.
             let key = format!("{} {}", b.health, b.check);
@@ -934,12 +936,7 @@ enum Batch {
 
 /// One batch: drain all and wait, run the command per backend, then put each back once fresh
 /// checks pass. Marks every step it drained and did not put back `left_drained`.
-fn run_batch(
-    ctl: &mut impl Control,
-    env: &mut impl Env,
-    plan: &Plan,
-    steps: &mut [Step],
-) -> Batch {
+fn run_batch(ctl: &mut impl Control, env: &mut impl Env, plan: &Plan, steps: &mut [Step]) -> Batch {
     let names: Vec<String> = steps.iter().map(|s| s.backend.clone()).collect();
     let label = names.join(", ");
     // 1. Drain and wait.
@@ -1222,15 +1219,16 @@ mod tests {
             self.now += 1;
             let now = self.now;
             let due: Vec<Event> = {
-                let (due, later): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut self.events).into_iter().partition(|e| e.0 <= now);
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.events)
+                    .into_iter()
+                    .partition(|e| e.0 <= now);
                 self.events = later;
                 due.into_iter().map(|e| e.1).collect()
             };
             for f in due {
                 f(self);
             }
-            if now % self.check_every == 0 {
+            if now.is_multiple_of(self.check_every) {
                 for b in &mut self.backends {
                     if b.has_checks && b.st.admin != AdminState::Maint {
                         b.st.checks_run += 1;
@@ -1239,7 +1237,7 @@ mod tests {
                     }
                 }
             }
-            if now % self.scan_every == 0 {
+            if now.is_multiple_of(self.scan_every) {
                 if self.scan_error.is_some() {
                     for b in &mut self.backends {
                         b.st.active_flows = None;
@@ -1412,8 +1410,8 @@ mod tests {
 
     #[test]
     fn drain_without_wait_sends_one_request_and_returns() {
-        let (w, mut ctl, mut env) = World::new(&[("b0", Some("blue")), ("b1", Some("blue"))])
-            .shared();
+        let (w, mut ctl, mut env) =
+            World::new(&[("b0", Some("blue")), ("b1", Some("blue"))]).shared();
         let opts = DrainOpts {
             wait: false,
             ..WAIT
@@ -1437,7 +1435,8 @@ mod tests {
         assert_eq!(e.exit_code(), exit::FAILURE);
         assert_eq!(e.kind(), "flows_unknown");
         assert!(
-            e.to_string().contains("b0: active flows unknown: the flow scan failed: reading"),
+            e.to_string()
+                .contains("b0: active flows unknown: the flow scan failed: reading"),
             "{e}"
         );
         assert!(w.borrow().now < 1000, "fails at once");
@@ -1467,23 +1466,40 @@ mod tests {
         };
         let e = drain(&mut ctl, &mut env, "b0", opts).unwrap_err();
         assert!(
-            matches!(e, DeployError::DrainTimeout { active_flows: Some(4), .. }),
+            matches!(
+                e,
+                DeployError::DrainTimeout {
+                    active_flows: Some(4),
+                    ..
+                }
+            ),
             "{e:?}"
         );
         assert_eq!(e.exit_code(), exit::TIMEOUT);
-        assert!(e.to_string().starts_with("b0: 4 active flows left after 3.0 s"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("b0: 4 active flows left after 3.0 s"),
+            "{e}"
+        );
         let w = w.borrow();
         assert_eq!(w.b_admin("b0"), AdminState::Drain, "the drain stays");
         // Progress repeats an unchanged count only every 5 s.
         assert_eq!(
-            w.progress.iter().filter(|p| *p == "b0: 4 active flows").count(),
+            w.progress
+                .iter()
+                .filter(|p| *p == "b0: 4 active flows")
+                .count(),
             1
         );
     }
 
     #[test]
     fn draining_a_group_is_one_request_and_waits_for_every_member() {
-        let mut w = World::new(&[("b0", Some("blue")), ("b1", Some("blue")), ("b2", Some("green"))]);
+        let mut w = World::new(&[
+            ("b0", Some("blue")),
+            ("b1", Some("blue")),
+            ("b2", Some("green")),
+        ]);
         w.b("b0").flows = 1;
         w.b("b1").flows = 1;
         w.b("b2").flows = 9;
@@ -1553,7 +1569,9 @@ mod tests {
         assert_eq!(r.waited_ms, 2000);
         assert_eq!(w.b_admin("b0"), AdminState::Ready);
         assert!(
-            w.progress.iter().any(|p| p.starts_with("b0: down (last check: refused")),
+            w.progress
+                .iter()
+                .any(|p| p.starts_with("b0: down (last check: refused")),
             "{:?}",
             w.progress
         );
@@ -1702,7 +1720,11 @@ mod tests {
         };
         let e = ready(&mut ctl, &mut env, "blue", opts).unwrap_err();
         let w = w.borrow();
-        assert_eq!(w.b_admin("b0"), AdminState::Maint, "b0 was fine but b1 was not");
+        assert_eq!(
+            w.b_admin("b0"),
+            AdminState::Maint,
+            "b0 was fine but b1 was not"
+        );
         assert_eq!(w.b_admin("b1"), AdminState::Reject);
         assert!(w.readies("blue").is_empty());
         assert_eq!(
@@ -1886,7 +1908,9 @@ mod tests {
         let r = rollout(&mut ctl, &mut env, &plan()).unwrap();
         assert_eq!(r.left_drained, vec!["b0".to_string()]);
         assert!(
-            r.backends[0].result.contains("the flow scan failed: map read failed"),
+            r.backends[0]
+                .result
+                .contains("the flow scan failed: map read failed"),
             "{r:?}"
         );
         assert!(w.borrow().execs.is_empty());
@@ -1898,10 +1922,7 @@ mod tests {
         let mut w = World::new(&[("b0", None), ("b1", None), ("b2", None)]);
         w.exec_hook = Some(restarts(&[], 100));
         let (w, mut ctl, mut env) = w.shared();
-        let p = Plan {
-            batch: 5,
-            ..plan()
-        };
+        let p = Plan { batch: 5, ..plan() };
         let r = rollout(&mut ctl, &mut env, &p).unwrap();
         let w = w.borrow();
         assert!(r.ok, "{r:?}");
