@@ -14,15 +14,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Parser, Debug)]
 #[command(name = "steer-ctl", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The daemon's control socket.
-    #[arg(
-        long,
-        global = true,
-        env = "STEER_SOCKET",
-        default_value = "/run/steer/steer.sock"
-    )]
-    pub socket: PathBuf,
-    /// Machine-readable output: one JSON object on stdout.
+    /// The daemon's control socket [default: /run/steer/steer.sock]. With `daemon`, it must
+    /// be the config's `[daemon] socket`.
+    #[arg(long, global = true, env = "STEER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output: one JSON object with `ok` on stdout (not for `daemon`).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -80,9 +76,10 @@ pub enum Verb {
         after_help = "Example (a deploy hook):\n  steer-ctl drain web-a --wait --timeout 5m && systemctl restart app"
     )]
     Drain {
-        backend: String,
-        /// Wait until the backend has no active flow (flows idle past the service's idle
-        /// timeout count as gone), printing progress.
+        /// A backend, or a group (every backend of it, in one change).
+        target: String,
+        /// Wait until no active flow is left (flows idle past the service's idle timeout
+        /// count as gone), as counted by a flow scan from after the drain; print progress.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this long (exit 75).
@@ -92,25 +89,40 @@ pub enum Verb {
         #[arg(long, value_parser = duration, default_value = "0s")]
         min: Duration,
     },
-    /// Put a backend back in rotation (it takes new flows once its checks find it up).
+    /// Put a backend (or every backend of a group) back in rotation; it takes new flows once
+    /// its checks find it up.
     #[command(after_help = "Example:\n  steer-ctl ready web-a --wait-healthy --timeout 1m")]
     Ready {
-        backend: String,
-        /// Wait until the health checks find it up.
+        /// A backend, or a group.
+        target: String,
+        /// Set ready only after a check run since this command passed (a backend in maint is
+        /// drained meanwhile so that its checks run); on --timeout, leave it as it was.
         #[arg(long)]
         wait_healthy: bool,
+        /// Give up waiting after this long (exit 75).
         #[arg(long, value_parser = duration, default_value = "2m")]
         timeout: Duration,
     },
-    /// Like drain, and pause the backend's health checks (it is being worked on).
+    /// Like drain, and pause the health checks (the server is being worked on).
     #[command(after_help = "Example:\n  steer-ctl maint web-a")]
-    Maint { backend: String },
-    /// Take a backend out and reset every further packet of its flows (fail fast).
+    Maint {
+        /// A backend, or a group.
+        target: String,
+    },
+    /// Take a backend (or group) out and reset every further packet of its flows (fail fast).
     #[command(after_help = "Example:\n  steer-ctl reject web-a")]
-    Reject { backend: String },
-    /// Set a backend's Maglev weight (0 takes it out of the table).
+    Reject {
+        /// A backend, or a group.
+        target: String,
+    },
+    /// Set the Maglev weight of a backend, or of every backend of a group (0 takes it out of
+    /// the table).
     #[command(after_help = "Example:\n  steer-ctl weight web-a 3")]
-    Weight { backend: String, weight: u32 },
+    Weight {
+        /// A backend, or a group.
+        target: String,
+        weight: u32,
+    },
     /// Send every new flow of a service to its maintenance backend, or stop.
     #[command(after_help = "Example:\n  steer-ctl maintenance web on")]
     Maintenance {
@@ -130,6 +142,10 @@ pub enum Verb {
         group: Option<String>,
         #[arg(long, conflicts_with = "group")]
         all: bool,
+        /// Switch even when the group has no eligible backend (new flows then get the
+        /// service's fallback or no-backend answer).
+        #[arg(long)]
+        force: bool,
     },
     /// Restart a service's backends one by one (or N at a time): drain and wait, run the
     /// command, set ready and wait until healthy; stop at the first failure.
@@ -175,6 +191,23 @@ pub enum Verb {
     /// Print the manual page (roff).
     #[command(after_help = "Example:\n  steer-ctl man | man -l -")]
     Man,
+}
+
+impl Verb {
+    /// Verbs that must not die when whoever reads their output goes away: the daemon (a client
+    /// hanging up must not kill it) and the verbs that change state in several steps and undo
+    /// or report them at the end.
+    pub fn outlives_its_reader(&self) -> bool {
+        matches!(
+            self,
+            Verb::Daemon { .. }
+                | Verb::Rollout { .. }
+                | Verb::Ready {
+                    wait_healthy: true,
+                    ..
+                }
+        )
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod deploy;
 pub mod exit;
 pub mod maglev;
 pub mod metrics;

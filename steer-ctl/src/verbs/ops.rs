@@ -2,10 +2,27 @@
 
 use std::path::Path;
 
+use serde_json::json;
 use steer_ctl::{config::Config, exit, proto::Request};
 
-use super::Ctx;
+use super::{err, out, usage, Ctx};
 use crate::cli::LogFormat;
+
+/// `--socket` (or STEER_SOCKET) given to `daemon`: the daemon listens where its config says, so
+/// a different socket is a usage error (exit 2) rather than a flag silently ignored. A config
+/// that does not load is left for the daemon to report.
+pub fn socket_mismatch(config: &Path, socket: &Path) -> Option<i32> {
+    let cfg = Config::load(config).ok()?;
+    (cfg.daemon.socket != socket).then(|| {
+        usage(&format!(
+            "--socket (or STEER_SOCKET) is {}, but the daemon listens on {} ([daemon] socket in \
+             {}); set it there, or leave --socket out",
+            socket.display(),
+            cfg.daemon.socket.display(),
+            config.display()
+        ))
+    })
+}
 
 pub fn daemon(config: &Path, log: LogFormat) -> Result<(), i32> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEER_LOG")
@@ -28,7 +45,7 @@ pub fn config_check(ctx: &Ctx, path: &Path) -> Result<(), i32> {
         Ok(c) => {
             let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
             ctx.done(
-                serde_json::json!({"ok": true, "config": path, "services": c.services.len(), "backends": backends}),
+                json!({"ok": true, "config": path, "services": c.services.len(), "backends": backends}),
                 &format!("{}: ok ({} services, {backends} backends)", path.display(), c.services.len()),
             );
             Ok(())
@@ -38,11 +55,12 @@ pub fn config_check(ctx: &Ctx, path: &Path) -> Result<(), i32> {
                 let list: Vec<_> = errs
                     .0
                     .iter()
-                    .map(|e| serde_json::json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}))
+                    .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}))
                     .collect();
-                println!("{}", serde_json::json!({"ok": false, "errors": list}));
+                let error = format!("{}: {} error(s)", path.display(), list.len());
+                out(json!({"ok": false, "error": error, "kind": "config", "errors": list}));
             } else {
-                eprintln!("{errs}");
+                err(&errs);
             }
             Err(exit::CONFIG)
         }
@@ -52,14 +70,21 @@ pub fn config_check(ctx: &Ctx, path: &Path) -> Result<(), i32> {
 pub fn reload(ctx: &Ctx) -> Result<(), i32> {
     let r = ctx.call(&Request::Reload)?;
     let msg = r.message.unwrap_or_else(|| "reloaded".into());
-    ctx.done(serde_json::json!({"ok": true, "message": msg}), &msg);
+    let mut text = msg.clone();
+    for c in &r.changes {
+        text += &format!("\n  {c}");
+    }
+    ctx.done(
+        json!({"ok": true, "message": msg, "changes": r.changes}),
+        &text,
+    );
     Ok(())
 }
 
 pub fn shutdown(ctx: &Ctx, detach: bool) -> Result<(), i32> {
     ctx.call(&Request::Shutdown { detach })?;
     ctx.done(
-        serde_json::json!({"ok": true, "detach": detach}),
+        json!({"ok": true, "detach": detach}),
         if detach {
             "daemon stopping; XDP program and maps being removed"
         } else {

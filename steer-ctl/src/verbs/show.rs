@@ -1,88 +1,208 @@
-//! `status` and `show services|backends|flows`.
+//! `status` and `show services|backends|flows`. With --json, one object with `ok`: `status`
+//! is the daemon's status with `"ok": true` added; `show` wraps its list
+//! (`{"ok": true, "backends": […]}`).
 
-use steer_ctl::proto::{Request, Status};
+use serde_json::{json, Value};
+use steer_ctl::proto::{BackendStatus, FlowScan, Request, ServiceStatus, Status};
 
-use super::Ctx;
+use super::{out, Ctx};
 use crate::cli::ShowWhat;
 
 fn fetch(ctx: &Ctx) -> Result<Status, i32> {
-    Ok(ctx.call(&Request::Status)?.status.unwrap_or_default())
+    ctx.call(&Request::Status)?.status.ok_or_else(|| {
+        ctx.fail_msg(
+            "the daemon's answer is not understood: a status reply without a status",
+            "protocol",
+            steer_ctl::exit::FAILURE,
+        )
+    })
 }
 
-fn print_services(s: &Status) {
-    println!(
-        "{:<12} {:<24} {:<5} {:<11} {:>8} {:>12} {:>10}",
-        "SERVICE", "ADDRESS", "PROTO", "MAINTENANCE", "ELIGIBLE", "PACKETS", "NEW FLOWS"
-    );
-    for v in &s.services {
+/// Columns aligned to their widest cell; `right` columns are numbers.
+struct Table {
+    head: Vec<(&'static str, bool)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(head: &[(&'static str, bool)]) -> Table {
+        Table {
+            head: head.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let mut width: Vec<usize> = self.head.iter().map(|(h, _)| h.len()).collect();
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let last = cells.len() - 1;
+            let mut s = String::new();
+            for (i, c) in cells.into_iter().enumerate() {
+                let (w, right) = (width[i], self.head[i].1);
+                if i > 0 {
+                    s.push_str("  ");
+                }
+                if right {
+                    s += &format!("{c:>w$}");
+                } else if i == last {
+                    s += c;
+                } else {
+                    s += &format!("{c:<w$}");
+                }
+            }
+            s
+        };
+        let mut out = vec![line(self.head.iter().map(|(h, _)| *h).collect())];
+        out.extend(
+            self.rows
+                .iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        );
+        out
+    }
+
+    fn print(&self) {
+        for l in self.lines() {
+            out(l);
+        }
+    }
+}
+
+fn services_table(services: &[ServiceStatus]) -> Table {
+    let mut t = Table::new(&[
+        ("SERVICE", false),
+        ("ADDRESS", false),
+        ("PROTO", false),
+        ("MAINTENANCE", false),
+        ("GROUP", false),
+        ("ELIGIBLE", true),
+        ("PACKETS", true),
+        ("NEW FLOWS", true),
+    ]);
+    for v in services {
         let addr = if v.vip.contains(':') {
             format!("[{}]:{}", v.vip, v.port)
         } else {
             format!("{}:{}", v.vip, v.port)
         };
-        println!(
-            "{:<12} {:<24} {:<5} {:<11} {:>8} {:>12} {:>10}",
-            v.name,
+        t.row(vec![
+            v.name.clone(),
             addr,
-            v.protocol,
-            if v.maintenance { "on" } else { "off" },
-            v.eligible,
-            v.counters.packets,
-            v.counters.new_flows
-        );
+            v.protocol.to_string(),
+            if v.maintenance { "on" } else { "off" }.into(),
+            v.active_group.clone().unwrap_or_else(|| "-".into()),
+            v.eligible.to_string(),
+            v.counters.packets.to_string(),
+            v.counters.new_flows.to_string(),
+        ]);
+    }
+    t
+}
+
+/// "3", or "3 (config 1)" when `steer-ctl weight` changed it.
+fn weight(b: &BackendStatus) -> String {
+    if b.weight == b.config_weight {
+        b.weight.to_string()
+    } else {
+        format!("{} (config {})", b.weight, b.config_weight)
     }
 }
 
-fn print_backends(s: &Status) {
-    println!(
-        "{:<12} {:<10} {:<16} {:<11} {:<7} {:<6} {:>6} {:>7} {:>12}  CHECK",
-        "BACKEND", "SERVICE", "ADDRESS", "ROLE", "ADMIN", "HEALTH", "WEIGHT", "ACTIVE", "PACKETS"
-    );
-    for b in &s.backends {
-        println!(
-            "{:<12} {:<10} {:<16} {:<11} {:<7} {:<6} {:>6} {:>7} {:>12}  {}",
-            b.name,
-            b.service,
-            b.address,
-            b.role,
+fn backends_table(backends: &[BackendStatus]) -> Table {
+    let mut t = Table::new(&[
+        ("BACKEND", false),
+        ("SERVICE", false),
+        ("GROUP", false),
+        ("ADDRESS", false),
+        ("ROLE", false),
+        ("ADMIN", false),
+        ("HEALTH", false),
+        ("WEIGHT", true),
+        ("ACTIVE", true),
+        ("PACKETS", true),
+        ("CHECK", false),
+    ]);
+    for b in backends {
+        t.row(vec![
+            b.name.clone(),
+            b.service.clone(),
+            b.group.clone().unwrap_or_else(|| "-".into()),
+            b.address.clone(),
+            b.role.to_string(),
             b.admin.to_string(),
-            b.health,
-            b.weight,
+            b.health.to_string(),
+            weight(b),
+            // Unknown when the last flow scan failed or none has completed yet.
             b.active_flows.map_or("?".to_string(), |n| n.to_string()),
-            b.counters.packets,
-            b.check
-        );
+            b.counters.packets.to_string(),
+            b.check.clone(),
+        ]);
     }
+    t
+}
+
+/// Where the ACTIVE column comes from.
+fn flow_scan_line(f: &FlowScan) -> String {
+    match (&f.error, f.seq) {
+        (Some(e), _) => format!("flow scan: failed ({e}); active flows unknown"),
+        (None, 0) => "flow scan: none completed yet; active flows unknown".into(),
+        (None, seq) => format!(
+            "flow scan: #{seq}, {} ms ago, {} flows read in {} ms",
+            f.age_ms, f.flows, f.took_ms
+        ),
+    }
+}
+
+/// `{"ok": true, …}` with the fields of `value` (an object).
+fn ok_with(value: impl serde::Serialize) -> Value {
+    let mut v = json!({"ok": true});
+    if let Value::Object(fields) = serde_json::to_value(value).expect("serializes") {
+        v.as_object_mut().expect("object").extend(fields);
+    }
+    v
 }
 
 pub fn status(ctx: &Ctx) -> Result<(), i32> {
     let s = fetch(ctx)?;
     if ctx.json {
-        println!("{}", serde_json::to_string(&s).expect("status serializes"));
+        out(ok_with(&s));
         return Ok(());
     }
-    println!("config: {}", s.config);
-    println!();
-    print_services(&s);
-    println!();
-    print_backends(&s);
+    out(format!("config: {}", s.config));
+    out(flow_scan_line(&s.flow_scan));
+    out("");
+    services_table(&s.services).print();
+    out("");
+    backends_table(&s.backends).print();
     Ok(())
 }
 
 pub fn show(ctx: &Ctx, what: ShowWhat, limit: usize) -> Result<(), i32> {
     match what {
-        ShowWhat::Services | ShowWhat::Backends => {
+        ShowWhat::Services => {
             let s = fetch(ctx)?;
             if ctx.json {
-                let v = match what {
-                    ShowWhat::Services => serde_json::to_value(&s.services),
-                    _ => serde_json::to_value(&s.backends),
-                };
-                println!("{}", v.expect("serializes"));
-            } else if matches!(what, ShowWhat::Services) {
-                print_services(&s);
+                out(json!({"ok": true, "services": s.services}));
             } else {
-                print_backends(&s);
+                services_table(&s.services).print();
+            }
+        }
+        ShowWhat::Backends => {
+            let s = fetch(ctx)?;
+            if ctx.json {
+                out(json!({"ok": true, "backends": s.backends, "flow_scan": s.flow_scan}));
+            } else {
+                out(flow_scan_line(&s.flow_scan));
+                backends_table(&s.backends).print();
             }
         }
         ShowWhat::Flows => {
@@ -91,20 +211,75 @@ pub fn show(ctx: &Ctx, what: ShowWhat, limit: usize) -> Result<(), i32> {
                 .flows
                 .unwrap_or_default();
             if ctx.json {
-                println!("{}", serde_json::to_string(&flows).expect("serializes"));
+                out(json!({"ok": true, "flows": flows}));
             } else {
-                println!(
-                    "{:<46} {:<46} {:<5} {:<12} {:<12} {:>9}",
-                    "CLIENT", "VIP", "PROTO", "BACKEND", "STATE", "IDLE MS"
-                );
+                let mut t = Table::new(&[
+                    ("CLIENT", false),
+                    ("VIP", false),
+                    ("PROTO", false),
+                    ("BACKEND", false),
+                    ("STATE", false),
+                    ("IDLE MS", true),
+                ]);
                 for f in flows {
-                    println!(
-                        "{:<46} {:<46} {:<5} {:<12} {:<12} {:>9}",
-                        f.client, f.vip, f.protocol, f.backend, f.state, f.idle_ms
-                    );
+                    t.row(vec![
+                        f.client,
+                        f.vip,
+                        f.protocol.to_string(),
+                        f.backend,
+                        f.state,
+                        f.idle_ms.to_string(),
+                    ]);
                 }
+                t.print();
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steer_ctl::{AdminState, Health};
+
+    #[test]
+    fn backends_table_is_aligned_with_group_weight_and_unknown_counts() {
+        let b = |name: &str, group: Option<&str>, w: u32, active: Option<u64>| BackendStatus {
+            name: name.into(),
+            service: "web".into(),
+            address: "10.0.0.1".into(),
+            group: group.map(String::from),
+            admin: AdminState::Drain,
+            health: Health::Unknown,
+            check: "not checked yet".into(),
+            weight: w,
+            config_weight: 1,
+            active_flows: active,
+            ..BackendStatus::default()
+        };
+        let lines = backends_table(&[
+            b("a-very-long-backend-name", Some("blue"), 3, Some(12)),
+            b("b1", None, 1, None),
+        ])
+        .lines();
+        assert_eq!(
+            lines,
+            vec![
+                "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH         WEIGHT  ACTIVE  PACKETS  CHECK",
+                "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  3 (config 1)      12        0  not checked yet",
+                "b1                        web      -      10.0.0.1  pool  drain  unknown             1       ?        0  not checked yet",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_status_is_an_object_with_ok() {
+        let v = ok_with(Status::default());
+        assert_eq!(v["ok"], true);
+        assert!(
+            v["backends"].is_array() && v["flow_scan"]["seq"] == 0,
+            "{v}"
+        );
+    }
 }
