@@ -304,7 +304,8 @@ impl Balancer {
             if self.backends.values().all(|b| b.id != id)
                 && self.dp.backend(id)?.admin != admin::NONE
             {
-                self.dp.put_backend(id, &Backend::EMPTY)?;
+                let gen = self.dp.backend(id)?.gen;
+                self.dp.put_backend(id, &Backend::emptied(gen))?;
             }
         }
         Ok(())
@@ -581,7 +582,8 @@ impl Balancer {
         if self.services.contains_key(&be.service) {
             self.publish(&be.service)?;
         }
-        self.dp.put_backend(be.id, &Backend::EMPTY)?;
+        self.dp
+            .put_backend(be.id, &Backend::emptied(be.entry.gen))?;
         if self.batch.is_some() {
             self.freed.insert(be.id);
         }
@@ -674,7 +676,8 @@ impl Balancer {
         self.dp.remove_service(&svc.key)?;
         for name in &svc.backends {
             if let Some(be) = self.backends.remove(name) {
-                self.dp.put_backend(be.id, &Backend::EMPTY)?;
+                self.dp
+                    .put_backend(be.id, &Backend::emptied(be.entry.gen))?;
             }
         }
         Ok(())

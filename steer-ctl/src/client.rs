@@ -92,9 +92,15 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Respon
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("request serializes");
     line.push(b'\n');
-    s.write_all(&line).map_err(io)?;
+    // The daemon may answer before reading (e.g. "busy") and close: the write then fails, but
+    // its answer is waiting to be read, and it is the better error.
+    let written = s.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).map_err(io)?;
+    let read = BufReader::new(s).read_line(&mut answer);
+    if answer.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
+    }
     if answer.is_empty() {
         return Err(ClientError::Protocol(
             "the daemon closed the connection without answering".into(),

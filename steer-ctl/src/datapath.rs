@@ -662,6 +662,18 @@ impl Datapath {
         Ok(out)
     }
 
+    /// The generation of every backend slot that ever had one (in use or emptied).
+    pub fn backend_generations(&self) -> Result<Vec<(u32, u16)>> {
+        let mut out = Vec::new();
+        for id in 0..steer_common::MAX_BACKENDS {
+            let b = self.backend(id)?;
+            if b.gen != 0 {
+                out.push((id, b.gen));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every backend slot in use, by id.
     pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>> {
         let mut out = Vec::new();

@@ -113,7 +113,11 @@ fn verbs_health_checks_and_metrics_through_the_binary() {
     d.ok_json(&["maintenance", "web", "off"]);
     assert!(!counted(&topo, &mut tally, 20).contains_key("maint"));
     let flows = d.ok_json(&["show", "flows", "--limit", "5"]);
-    assert_eq!(flows.as_array().map(|a| a.len()), Some(5), "{flows}");
+    assert_eq!(
+        flows["flows"].as_array().map(|a| a.len()),
+        Some(5),
+        "{flows}"
+    );
 
     // Failures and their exit codes.
     let r = d.ctl(&["--json", "drain", "nope"]);

@@ -319,7 +319,7 @@ pub fn adopt(dp: &Datapath, cfg: &Config) -> Result<Adopted, crate::datapath::Da
     let services = dp.service_entries()?;
     let backends = dp.backend_entries()?;
     let mut out = Adopted {
-        generations: backends.iter().map(|(id, b)| (*id, b.gen)).collect(),
+        generations: dp.backend_generations()?,
         ..Default::default()
     };
     for s in &cfg.services {
