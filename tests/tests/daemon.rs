@@ -251,27 +251,39 @@ fn drain_wait_returns_when_the_flows_end_and_times_out_with_75() {
     assert!(r.stderr.contains("b1: 1 active flows"), "progress: {r:?}");
     d.ok_json(&["ready", "b1"]);
 
-    let bin = steer_tests::daemon::steer_ctl_bin();
-    let socket = d.socket.clone();
-    let drain = std::thread::spawn(move || {
-        std::process::Command::new(bin)
-            .args([
-                "--socket",
-                socket.to_str().unwrap(),
-                "drain",
-                "b0",
-                "--wait",
-                "--timeout",
-                "60s",
-            ])
-            .output()
-            .expect("run drain")
-    });
-    wait_for("drain to take effect", T, || {
-        if d.backend("b0")["admin"] == "drain" {
+    let mut drain = std::process::Command::new(steer_tests::daemon::steer_ctl_bin())
+        .args([
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "drain",
+            "b0",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run drain");
+    // Its progress, line by line, as it prints it.
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (p, err) = (progress.clone(), drain.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut p = p.lock().unwrap();
+                p.push_str(&l);
+                p.push('\n');
+            }
+        })
+    };
+    wait_for("drain to count b0's 5 open flows", T, || {
+        let p = progress.lock().unwrap().clone();
+        if p.contains("b0: 5 active flows") {
             Ok(())
         } else {
-            Err("not yet".into())
+            Err(p)
         }
     });
     // The connections keep working while drain waits; then the client closes them.
@@ -288,13 +300,14 @@ fn drain_wait_returns_when_the_flows_end_and_times_out_with_75() {
         b0_conns
     });
     assert!(
-        !drain.is_finished(),
+        drain.try_wait().unwrap().is_none(),
         "drain --wait returned while 5 flows were open"
     );
     drop(b0_conns);
-    let out = drain.join().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = drain.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let stderr = progress.lock().unwrap().clone();
+    assert_eq!(out.status.code(), Some(0), "{out:?} {stderr}");
     assert!(
         stderr.contains("b0: 5 active flows"),
         "progress lines: {stderr}"
@@ -354,10 +367,11 @@ fn kill_9_loses_no_request_and_a_new_daemon_adopts_the_pins() {
         "admin state survives the restart"
     );
     let flows = d.ok_json(&["show", "flows", "--limit", "100000"]);
+    let flows = flows["flows"].as_array().unwrap();
     assert!(
-        flows.as_array().unwrap().len() > 100,
+        flows.len() > 100,
         "the connection table survived: {} flows",
-        flows.as_array().unwrap().len()
+        flows.len()
     );
     let (mut c, was) = long;
     let again = topo.client.run(move || c.get().map(|r| r.backend));

@@ -95,6 +95,51 @@ pub(crate) struct Core {
 
 type Shared = Mutex<Core>;
 
+/// One change to what the daemon applies. Verbs, reloads and (later) the intent store's
+/// watch all become one of these, applied by `Core::apply_change`.
+pub(crate) enum Change {
+    /// An operator's verb: the intent as it should be now (to be stored).
+    Intent(Intent),
+    /// A reload: the new config, and the MACs of the backends it adds.
+    Config {
+        cfg: Config,
+        macs: BTreeMap<std::net::IpAddr, [u8; 6]>,
+    },
+    /// Intent stored by someone else (another host), to apply as it is.
+    #[allow(dead_code)]
+    Stored(Intent),
+}
+
+/// Weights an operator set, against a reloaded config: an override stays in force until the
+/// config's weight for that backend changes; then the config wins and the override goes.
+fn settle_weights(cfg: &Config, intent: &mut Intent) -> Vec<String> {
+    let mut notes = Vec::new();
+    for s in &cfg.services {
+        for b in &s.backends {
+            let n = b.name.get_ref();
+            let Some(w) = intent.backends.get(n).and_then(|x| x.weight) else {
+                continue;
+            };
+            if intent.weight(n, b.weight).1 {
+                notes.push(format!(
+                    "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
+                    b.weight
+                ));
+            } else {
+                notes.push(format!(
+                    "backend {n}: the config's weight {} (changed) replaces the weight {w} set by `steer-ctl weight`",
+                    b.weight
+                ));
+                let x = intent.backend_mut(n);
+                x.weight = None;
+                x.config_weight = None;
+            }
+        }
+    }
+    intent.compact();
+    notes
+}
+
 /// The daemon's shared parts: its state and the flow counts.
 pub(crate) struct Daemon {
     core: Shared,
@@ -118,39 +163,80 @@ impl Core {
             .collect()
     }
 
-    /// Makes `intent` the operator's intent: checked against the config, stored, then applied.
-    /// Refused with nothing changed when it cannot apply whole or cannot be stored.
-    fn commit_intent(&mut self, intent: Intent) -> Result<Vec<String>, Response> {
+    /// Applies one change — a verb's new intent, a reloaded config, or (later) intent another
+    /// host stored — the same way: checked whole against what it would change, the intent
+    /// stored, then the diff applied. Refused with nothing changed when it cannot apply whole
+    /// or its intent cannot be stored. Returns what changed, then notes.
+    fn apply_change(&mut self, change: Change) -> Result<Vec<String>, Response> {
+        let (cfg, intent, macs, from_store) = match change {
+            Change::Intent(i) => (None, i, BTreeMap::new(), false),
+            Change::Stored(i) => (None, i, BTreeMap::new(), true),
+            Change::Config { cfg, macs } => (Some(cfg), self.intent.clone(), macs, false),
+        };
+        let reloading = cfg.is_some();
+        let cfg_ref = cfg.as_ref().unwrap_or(&self.cfg);
         let health = self.current_health();
-        let no_macs = BTreeMap::new();
-        let initial = |n: &str| health.get(n).copied().unwrap_or_default();
+        // A reload's added backends (new, readdressed or moved) are unknown until checked;
+        // nothing else adds backends.
+        let initial = |n: &str| {
+            if reloading {
+                Health::Unknown
+            } else {
+                health.get(n).copied().unwrap_or_default()
+            }
+        };
         let d = Desired {
-            cfg: &self.cfg,
+            cfg: cfg_ref,
             intent: &intent,
-            macs: &no_macs,
+            macs: &macs,
             initial_health: &initial,
         };
-        let checked = reconcile::check(&self.bal, &d)
-            .map_err(|e| Response::error(ErrorKind::Refused, e.to_string()))?;
-        self.store.put(&checked.intent).map_err(|e| {
-            Response::error(ErrorKind::Internal, format!("{e}: nothing was changed"))
+        let checked = reconcile::check(&self.bal, &d).map_err(|e| {
+            let kind = if reloading {
+                ErrorKind::Apply
+            } else {
+                ErrorKind::Refused
+            };
+            Response::error(kind, format!("refused, nothing changed: {e}"))
         })?;
+        let mut notes = checked.notes;
+        let mut intent = checked.intent;
+        if reloading {
+            notes.extend(settle_weights(cfg_ref, &mut intent));
+        }
+        if !from_store {
+            self.store.put(&intent).map_err(|e| {
+                Response::error(ErrorKind::Internal, format!("{e}: nothing was changed"))
+            })?;
+        }
         let d = Desired {
-            intent: &checked.intent,
+            intent: &intent,
             ..d
         };
         let r = reconcile::apply(&mut self.bal, &d);
-        self.intent = checked.intent;
+        if let Some(cfg) = cfg {
+            self.cfg = cfg;
+        }
+        self.intent = intent;
         for (name, p) in &self.paused {
             p.store(
                 self.intent.backend(name).admin == AdminState::Maint,
                 Ordering::Relaxed,
             );
         }
-        r.map_err(|e| {
-            error!(error = %e, "applying a change failed part way");
-            Response::error(ErrorKind::Internal, e.to_string())
-        })
+        for n in &notes {
+            warn!("{n}");
+        }
+        match r {
+            Ok(mut changes) => {
+                changes.extend(notes);
+                Ok(changes)
+            }
+            Err(e) => {
+                error!(error = %e, "applying a change failed part way");
+                Err(Response::error(ErrorKind::Internal, e.to_string()))
+            }
+        }
     }
 
     /// The backends a name stands for: that backend, or every backend of that group.
@@ -231,7 +317,7 @@ impl Daemon {
                     old.push(intent.backend(n).admin);
                     intent.backend_mut(n).admin = state;
                 }
-                c.commit_intent(intent)?;
+                c.apply_change(Change::Intent(intent))?;
                 for (n, o) in names.iter().zip(old) {
                     info!(backend = %n, old = %o, new = %state, reason = "operator", "admin state changed");
                 }
@@ -260,7 +346,7 @@ impl Daemon {
                     b.weight = Some(weight);
                     b.config_weight = cfg_weights.get(n).copied();
                 }
-                c.commit_intent(intent)?;
+                c.apply_change(Change::Intent(intent))?;
                 info!(target = %target, weight, "weight changed");
                 Ok(Response {
                     backends: names,
@@ -307,7 +393,7 @@ impl Daemon {
                 }
                 let mut intent = c.intent.clone();
                 intent.service_mut(&service).group = group.clone();
-                c.commit_intent(intent)?;
+                c.apply_change(Change::Intent(intent))?;
                 info!(service = %service, group = ?group, force, "switched: only this group takes new flows");
                 Ok(Response {
                     scan: Some(self.counts.next_scan()),
@@ -337,7 +423,7 @@ impl Daemon {
                 }
                 let mut intent = c.intent.clone();
                 intent.service_mut(&service).maintenance = on;
-                c.commit_intent(intent)?;
+                c.apply_change(Change::Intent(intent))?;
                 info!(service = %service, maintenance = on, "maintenance changed");
                 Ok(Response::ok())
             }
@@ -387,88 +473,15 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
         .await
         .unwrap_or_default();
     let mut c = daemon.core.lock().expect("core lock");
-    // Backends a reload adds (new, readdressed or moved) are unknown until checked.
-    let initial = |_: &str| Health::Unknown;
-    let intent = c.intent.clone();
-    let d = Desired {
-        cfg: &new,
-        intent: &intent,
-        macs: &macs,
-        initial_health: &initial,
-    };
-    let checked = match reconcile::check(&c.bal, &d) {
-        Ok(k) => k,
-        Err(e) => {
-            warn!(error = %e, "reload refused: the running config stays");
-            return (
-                Response::error(
-                    ErrorKind::Apply,
-                    format!("reload refused, nothing changed: {e}"),
-                ),
-                None,
-            );
-        }
-    };
-    // Weights an operator set that the config now overrides, or that still override it.
-    let mut notes = checked.notes.clone();
-    for s in &new.services {
-        for b in &s.backends {
-            let n = b.name.get_ref();
-            let bi = checked.intent.backend(n);
-            if let Some(w) = bi.weight {
-                match checked.intent.weight(n, b.weight) {
-                    (_, true) => notes.push(format!(
-                        "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
-                        b.weight
-                    )),
-                    (_, false) => notes.push(format!(
-                        "backend {n}: the config's weight {} (changed) replaces the weight {w} set by `steer-ctl weight`",
-                        b.weight
-                    )),
-                }
-            }
-        }
-    }
-    let mut intent = checked.intent.clone();
-    // A config weight that replaced an override clears it.
-    for s in &new.services {
-        for b in &s.backends {
-            let n = b.name.get_ref();
-            if intent.backends.get(n).is_some_and(|x| x.weight.is_some())
-                && !intent.weight(n, b.weight).1
-            {
-                let x = intent.backend_mut(n);
-                x.weight = None;
-                x.config_weight = None;
-            }
-        }
-    }
-    intent.compact();
-    if let Err(e) = c.store.put(&intent) {
-        return (
-            Response::error(ErrorKind::Internal, format!("{e}: nothing was changed")),
-            None,
-        );
-    }
-    let d = Desired {
-        intent: &intent,
-        ..d
-    };
-    let result = reconcile::apply(&mut c.bal, &d);
-    let old = std::mem::replace(&mut c.cfg, new.clone());
-    c.intent = intent;
+    let old = c.cfg.daemon.clone();
     let reloaded = Reloaded {
-        metrics: (old.daemon.metrics != new.daemon.metrics).then_some(new.daemon.metrics),
-        socket_group: (old.daemon.socket_group != new.daemon.socket_group)
+        metrics: (old.metrics != new.daemon.metrics).then_some(new.daemon.metrics),
+        socket_group: (old.socket_group != new.daemon.socket_group)
             .then(|| new.daemon.socket_group.clone()),
     };
-    match result {
-        Ok(mut changes) => {
-            for n in &notes {
-                warn!("{n}");
-            }
+    match c.apply_change(Change::Config { cfg: new, macs }) {
+        Ok(changes) => {
             info!(config = %path.display(), changes = changes.len(), "config reloaded");
-            changes.extend(notes);
             (
                 Response {
                     message: Some(format!("reloaded {}", path.display())),
@@ -478,12 +491,11 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
                 Some(reloaded),
             )
         }
-        Err(e) => {
-            error!(error = %e, "reload failed part way");
-            (
-                Response::error(ErrorKind::Internal, e.to_string()),
-                Some(reloaded),
-            )
+        Err(resp) => {
+            warn!(error = ?resp.error, "reload refused: the running config stays");
+            // A failure part way did apply some of it: its checks must follow.
+            let applied = resp.kind == Some(ErrorKind::Internal);
+            (resp, applied.then_some(reloaded))
         }
     }
 }

@@ -203,7 +203,6 @@ fn run() -> Result<i32, String> {
     }
     d.write_config(&cfg);
     d.start();
-    ctl(&d, &["switch", "web", "blue"])?;
     say(&format!(
         "steer-ctl daemon running; XDP on the LB's eth0; service web = {}:80, blue b0 b1 b2 (v1)",
         addr::VIP
@@ -221,6 +220,8 @@ fn run() -> Result<i32, String> {
             d.backend(b)["health"] == "up"
         })?;
     }
+    // Once checked: a switch to a group with nothing eligible would be refused.
+    ctl(&d, &["switch", "web", "blue"])?;
 
     let load = Load::start(&topo, 2);
     let mut t = Instant::now();
