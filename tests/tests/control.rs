@@ -467,3 +467,56 @@ fn the_socket_group_admits_supplementary_members_and_refuses_others_with_77() {
     assert_eq!(code, Some(77), "{err}");
     assert!(err.contains("permission denied"), "{err}");
 }
+
+#[test]
+fn ready_wait_healthy_on_a_dead_server_leaves_it_out_and_says_so() {
+    if !steer_tests::privileged("ready_wait_healthy_on_a_dead_server_leaves_it_out_and_says_so") {
+        return;
+    }
+    let mut topo = lab(3);
+    let mut cfg = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n",
+        addr::VIP
+    );
+    for (i, g) in [(0, "blue"), (1, "green"), (2, "green")] {
+        cfg += &backend_toml(&topo, i, &format!("b{i}"), &format!("group = \"{g}\""));
+    }
+    let d = started(&topo, &cfg);
+    wait_up(&d, &["b0", "b1", "b2"]);
+    // A group is a target for every backend verb.
+    let v = d.ok_json(&["drain", "green"]);
+    assert_eq!(v["backends"], serde_json::json!(["b1", "b2"]), "{v}");
+    d.ok_json(&["ready", "green"]);
+    d.ok_json(&["maint", "green"]);
+    d.ok_json(&["weight", "green", "2"]);
+    assert_eq!(d.backend("b2")["weight"], 2);
+    d.ok_json(&["ready", "green", "--wait-healthy", "--timeout", "10s"]);
+    assert_eq!(d.backend("b1")["admin"], "ready");
+
+    // b1's server dies while it is drained (a deploy's restart gone wrong): its last passing
+    // check is stale, and ready --wait-healthy must not put it back.
+    d.ok_json(&["drain", "b1"]);
+    topo.stop_http(1);
+    let load = Load::start(&topo);
+    let r = d.ctl(&["ready", "b1", "--wait-healthy", "--timeout", "2s"]);
+    assert_eq!(r.code, 75, "{r:?}");
+    assert!(r.stderr.contains("left drain"), "says what it left: {r:?}");
+    assert_eq!(d.backend("b1")["admin"], "drain", "left as it was");
+    // From maint (checks paused) the same: back to maint on timeout.
+    d.ok_json(&["maint", "b1"]);
+    let r = d.ctl(&["ready", "b1", "--wait-healthy", "--timeout", "2s"]);
+    assert_eq!(r.code, 75, "{r:?}");
+    assert_eq!(d.backend("b1")["admin"], "maint");
+    let (served, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert!(
+        !served.contains_key("b1"),
+        "a dead server never got a connection: {served:?}"
+    );
+}

@@ -168,6 +168,11 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
             .contains("command failed"),
         "{summary}"
     );
+    assert_eq!(
+        summary["left_drained"],
+        serde_json::json!(["b0"]),
+        "the summary says what a failed step left drained: {summary}"
+    );
     assert_eq!(d.backend("b0")["admin"], "drain");
     assert_eq!(d.backend("b1")["admin"], "ready");
     assert_eq!(d.backend("b2")["admin"], "ready");
@@ -193,6 +198,11 @@ fn rollout_restarts_every_backend_under_load_with_no_failed_request() {
     let summary = r.json();
     assert_eq!(
         summary["backends"][0]["result"], "not healthy in time; left drained",
+        "{summary}"
+    );
+    assert_eq!(
+        summary["left_drained"],
+        serde_json::json!(["b0"]),
         "{summary}"
     );
     assert_eq!(d.backend("b0")["admin"], "drain");
