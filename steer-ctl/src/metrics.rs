@@ -197,7 +197,7 @@ pub async fn serve(
             Ok((s, _)) => s,
             Err(e) => {
                 // Out of descriptors, most likely: say so now and then, never spin.
-                if errors % 1000 == 0 {
+                if errors.is_multiple_of(1000) {
                     tracing::warn!(error = %e, held_back = errors, "accept on the metrics endpoint");
                 }
                 errors += 1;

@@ -140,6 +140,27 @@ fn settle_weights(cfg: &Config, intent: &mut Intent) -> Vec<String> {
     notes
 }
 
+/// A request refused or failed: what kind of failure, and why.
+pub(crate) struct Refusal {
+    kind: ErrorKind,
+    error: String,
+}
+
+impl Refusal {
+    fn new(kind: ErrorKind, error: impl Into<String>) -> Self {
+        Refusal {
+            kind,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Response {
+    fn from(r: Refusal) -> Response {
+        Response::error(r.kind, r.error)
+    }
+}
+
 /// The daemon's shared parts: its state and the flow counts.
 pub(crate) struct Daemon {
     core: Shared,
@@ -167,7 +188,7 @@ impl Core {
     /// host stored — the same way: checked whole against what it would change, the intent
     /// stored, then the diff applied. Refused with nothing changed when it cannot apply whole
     /// or its intent cannot be stored. Returns what changed, then notes.
-    fn apply_change(&mut self, change: Change) -> Result<Vec<String>, Response> {
+    fn apply_change(&mut self, change: Change) -> Result<Vec<String>, Refusal> {
         let (cfg, intent, macs, from_store) = match change {
             Change::Intent(i) => (None, i, BTreeMap::new(), false),
             Change::Stored(i) => (None, i, BTreeMap::new(), true),
@@ -197,7 +218,7 @@ impl Core {
             } else {
                 ErrorKind::Refused
             };
-            Response::error(kind, format!("refused, nothing changed: {e}"))
+            Refusal::new(kind, format!("refused, nothing changed: {e}"))
         })?;
         let mut notes = checked.notes;
         let mut intent = checked.intent;
@@ -206,7 +227,7 @@ impl Core {
         }
         if !from_store {
             self.store.put(&intent).map_err(|e| {
-                Response::error(ErrorKind::Internal, format!("{e}: nothing was changed"))
+                Refusal::new(ErrorKind::Internal, format!("{e}: nothing was changed"))
             })?;
         }
         let d = Desired {
@@ -234,7 +255,7 @@ impl Core {
             }
             Err(e) => {
                 error!(error = %e, "applying a change failed part way");
-                Err(Response::error(ErrorKind::Internal, e.to_string()))
+                Err(Refusal::new(ErrorKind::Internal, e.to_string()))
             }
         }
     }
@@ -262,11 +283,11 @@ impl Core {
         (!group.is_empty()).then_some(group)
     }
 
-    fn service_exists(&self, name: &str) -> Result<(), Response> {
+    fn service_exists(&self, name: &str) -> Result<(), Refusal> {
         if self.cfg.services.iter().any(|s| s.name.get_ref() == name) {
             Ok(())
         } else {
-            Err(Response::error(
+            Err(Refusal::new(
                 ErrorKind::UnknownService,
                 format!("no service named {name:?}"),
             ))
@@ -277,14 +298,12 @@ impl Core {
 impl Daemon {
     /// Handles a request that needs no task of the run loop.
     fn handle(&self, req: Request) -> Response {
-        match self.try_handle(req) {
-            Ok(r) | Err(r) => r,
-        }
+        self.try_handle(req).unwrap_or_else(Response::from)
     }
 
-    fn try_handle(&self, req: Request) -> Result<Response, Response> {
+    fn try_handle(&self, req: Request) -> Result<Response, Refusal> {
         let unknown = |name: &str| {
-            Response::error(
+            Refusal::new(
                 ErrorKind::UnknownTarget,
                 format!("no backend or group named {name:?}"),
             )
@@ -302,7 +321,7 @@ impl Daemon {
                 let view = self.core.lock().expect("core lock").flow_view();
                 let flows = view
                     .list(limit)
-                    .map_err(|e| Response::error(ErrorKind::Internal, e))?;
+                    .map_err(|e| Refusal::new(ErrorKind::Internal, e))?;
                 Ok(Response {
                     flows: Some(flows),
                     ..Response::ok()
@@ -368,7 +387,7 @@ impl Daemon {
                         .find(|s| s.name.get_ref() == &service)
                         .expect("exists");
                     if !svc.backends.iter().any(|b| b.group.as_ref() == Some(g)) {
-                        return Err(Response::error(
+                        return Err(Refusal::new(
                             ErrorKind::UnknownTarget,
                             format!("service {service} has no backend in group {g:?}"),
                         ));
@@ -382,7 +401,7 @@ impl Daemon {
                             .filter(|b| b.service == service && b.group.as_ref() == Some(g))
                             .map(|b| format!("{} {} {}", b.name, b.admin, b.health))
                             .collect();
-                        return Err(Response::error(
+                        return Err(Refusal::new(
                             ErrorKind::Refused,
                             format!(
                                 "group {g} of {service} has no eligible backend ({}): switching would leave {service} without one; use --force to switch anyway",
@@ -414,7 +433,7 @@ impl Daemon {
                             .any(|b| b.role() == crate::model::Role::Maintenance)
                     });
                 if on && !has {
-                    return Err(Response::error(
+                    return Err(Refusal::new(
                         ErrorKind::Refused,
                         format!(
                             "service {service} has no maintenance backend (role = \"maintenance\")"
@@ -427,10 +446,9 @@ impl Daemon {
                 info!(service = %service, maintenance = on, "maintenance changed");
                 Ok(Response::ok())
             }
-            Request::Reload | Request::Shutdown { .. } => Err(Response::error(
-                ErrorKind::Internal,
-                "handled by the run loop",
-            )),
+            Request::Reload | Request::Shutdown { .. } => {
+                Err(Refusal::new(ErrorKind::Internal, "handled by the run loop"))
+            }
         }
     }
 }
@@ -491,11 +509,11 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
                 Some(reloaded),
             )
         }
-        Err(resp) => {
-            warn!(error = ?resp.error, "reload refused: the running config stays");
+        Err(refusal) => {
+            warn!(error = %refusal.error, "reload refused: the running config stays");
             // A failure part way did apply some of it: its checks must follow.
-            let applied = resp.kind == Some(ErrorKind::Internal);
-            (resp, applied.then_some(reloaded))
+            let applied = refusal.kind == ErrorKind::Internal;
+            (refusal.into(), applied.then_some(reloaded))
         }
     }
 }
