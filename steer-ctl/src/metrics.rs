@@ -146,9 +146,10 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         b_new.get_or_create(&l).inc_by(b.counters.new_flows);
         b_ended.get_or_create(&l).inc_by(b.counters.ended_flows);
         b_rst.get_or_create(&l).inc_by(b.counters.rst_sent);
-        b_active
-            .get_or_create(&l)
-            .set(b.active_flows.unwrap_or(0) as f64);
+        // Unknown (no scan yet, or it failed): absent rather than a wrong zero.
+        if let Some(n) = b.active_flows {
+            b_active.get_or_create(&l).set(n as f64);
+        }
         b_up.get_or_create(&l)
             .set((b.health == crate::model::Health::Up) as u8 as f64);
         b_weight.get_or_create(&l).set(b.weight as f64);
