@@ -377,7 +377,7 @@ fn idle_control_and_metrics_connections_do_not_exhaust_the_daemon() {
         || {
             let r = d.ctl(&["--json", "status"]);
             // Busy, or the socket's backlog full for a moment (EAGAIN): both are 69.
-        if r.code == 69 {
+            if r.code == 69 {
                 busy += 1;
                 return Err("busy".into());
             }
