@@ -1,5 +1,5 @@
 //! `cargo xtask`: what cargo alone cannot do — set up a fresh machine, run the privileged tests,
-//! run the demo.
+//! run the demo and the benchmarks.
 //!
 //! xtask must build on a machine that has nothing but stable Rust: it depends on no crate of the
 //! workspace (those need the eBPF toolchain that `setup` installs) and runs them through cargo.
@@ -51,6 +51,8 @@ enum Bench {
     /// steer, nftables DNAT and HAProxy side by side in namespaces: conn/s, req/s, latency,
     /// and a rolling restart under load.
     E2e,
+    /// Latency of the daemon's `status` with 0, 100,000 and 1,000,000 flows in the table.
+    Control,
 }
 
 /// Builds binaries of the tests crate, and `steer-ctl` (which the demo and benchmarks drive),
@@ -184,6 +186,17 @@ fn main() -> Result<()> {
                     b.arg(workspace_root().join("target/bench"));
                     let r = run(b);
                     cleanup_stale_namespaces();
+                    r
+                }
+                Bench::Control => {
+                    let bin = build_release(&["steer-bench-control", "steer-httpd"])?;
+                    cleanup_stale_namespaces();
+                    cleanup_stale_pins();
+                    let mut b = Command::new(bin.join("steer-bench-control"));
+                    b.arg(workspace_root().join("target/bench"));
+                    let r = run(b);
+                    cleanup_stale_namespaces();
+                    cleanup_stale_pins();
                     r
                 }
             }
