@@ -44,6 +44,8 @@ pub struct FlowCounts {
     wanted_ms: AtomicU64,
     epoch: Instant,
     wake: tokio::sync::Notify,
+    /// A change is waiting to be seen (a drain): the next scan starts without its rest.
+    urgent: tokio::sync::Notify,
 }
 
 const REST: Duration = Duration::from_millis(50);
@@ -60,6 +62,7 @@ impl FlowCounts {
             wanted_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             wake: tokio::sync::Notify::new(),
+            urgent: tokio::sync::Notify::new(),
         })
     }
 
@@ -73,6 +76,7 @@ impl FlowCounts {
     /// The number of the first scan that starts after now: it sees every change made so far.
     pub fn next_scan(&self) -> u64 {
         self.want();
+        self.urgent.notify_one();
         self.started.load(Ordering::SeqCst) + 1
     }
 
@@ -138,7 +142,12 @@ impl FlowCounts {
                     }
                 }
             }
-            tokio::time::sleep(took.max(REST)).await;
+            // Rest as long as the scan took (at most half the time scanning), unless a change
+            // waits to be counted: a deploy hook's drain should not wait for a rest.
+            tokio::select! {
+                _ = tokio::time::sleep(took.max(REST)) => {}
+                _ = self.urgent.notified() => {}
+            }
         }
     }
 }
