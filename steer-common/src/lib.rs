@@ -250,6 +250,9 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+// The datapath updates `backend | gen << 32 | flags << 48` as one aligned, atomic 64-bit word.
+const _: () =
+    assert!(core::mem::offset_of!(Flow, flags) == 6 && core::mem::align_of::<Flow>() == 8);
 
 /// Per-CPU counters of one service or backend. Value of `STEER_SSTAT_V1` and `STEER_BSTAT_V1`.
 #[repr(C)]
@@ -327,8 +330,21 @@ pub mod event {
     pub const REDISPATCH: u32 = super::outcome::COUNT + 1;
     /// A UDP flow idle for longer than its service's idle timeout was steered afresh.
     pub const IDLE_EXPIRED: u32 = super::outcome::COUNT + 2;
-    pub const NAMES: [&str; 3] = ["flow_insert_failed", "redispatch", "idle_expired"];
+    /// A SYN arrived on the 5-tuple of an established flow (one whose end the LB did not see,
+    /// e.g. reset by the backend in DSR): a new connection, steered afresh.
+    pub const STALE_SYN: u32 = super::outcome::COUNT + 3;
+    pub const NAMES: [&str; 4] = [
+        "flow_insert_failed",
+        "redispatch",
+        "idle_expired",
+        "stale_syn",
+    ];
 }
+
+/// A connection attempt that has seen only SYNs counts as an active flow this long after its
+/// last SYN (a handshake in progress), not for the idle timeout: its next retransmission is
+/// steered to an eligible backend anyway (rule 5), so a drain need not wait for it.
+pub const SYN_ACTIVE_NS: u64 = 3_000_000_000;
 
 /// Size of `STEER_GSTAT_V1`: outcomes, then events.
 pub const GLOBAL_SLOTS: u32 = 32;

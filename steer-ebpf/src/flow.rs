@@ -1,5 +1,7 @@
 //! The connection table: which backend each flow is pinned to, and what was seen of it.
 
+use core::intrinsics::{atomic_and, atomic_or, AtomicOrdering::Relaxed};
+
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use steer_common::{event, flow_flags, Flow, FlowKey};
 
@@ -55,23 +57,50 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
     }
 }
 
+/// The flow's first 8 bytes, `backend | gen << 32 | flags << 48` (little-endian), updated
+/// with 64-bit atomics (the only width BPF has): another CPU may set FIN or RST on the same
+/// flow at the same moment, and neither bit may be lost.
+#[inline(always)]
+fn head(flow: *mut Flow) -> *mut u64 {
+    flow as *mut u64
+}
+
+const FLAGS_SHIFT: u32 = 48;
+
+/// Sets `bits` of the flow's flags atomically; returns the flags before.
+#[inline(always)]
+fn set_flags(flow: *mut Flow, bits: u16) -> u16 {
+    // SAFETY: an 8-byte-aligned map value that lives for this program run.
+    let before =
+        unsafe { atomic_or::<u64, u64, { Relaxed }>(head(flow), (bits as u64) << FLAGS_SHIFT) };
+    (before >> FLAGS_SHIFT) as u16
+}
+
+/// Clears `bits` of the flow's flags atomically.
+#[inline(always)]
+fn clear_flags(flow: *mut Flow, bits: u16) {
+    // SAFETY: as in set_flags.
+    unsafe { atomic_and::<u64, u64, { Relaxed }>(head(flow), !((bits as u64) << FLAGS_SHIFT)) };
+}
+
 /// Records a packet of a known flow. Returns true when this packet ends the flow (its first
-/// FIN or RST).
+/// FIN or RST). Flags change by atomic OR and AND, so concurrent packets of one flow on
+/// several CPUs never undo each other's bits.
 #[inline(always)]
 pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
-    // SAFETY: a pointer into the map from lookup_flow, valid for this program run. Concurrent
-    // writers on other CPUs can only set the same bits or a later time.
-    let f = unsafe { &mut *flow };
-    let before = f.flags;
-    let mut flags = before | flags_of(pkt);
-    if !pkt.is_syn() {
-        flags &= !flow_flags::SYN_ONLY;
+    let set = flags_of(pkt);
+    let before = if set != 0 {
+        set_flags(flow, set)
+    } else {
+        // SAFETY: as in set_flags; a plain read (BPF has no atomic load to select).
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*flow).flags)) }
+    };
+    if !pkt.is_syn() && before & flow_flags::SYN_ONLY != 0 {
+        clear_flags(flow, flow_flags::SYN_ONLY);
     }
-    if flags != before {
-        f.flags = flags;
-    }
-    f.last_seen_ns = now;
-    before & flow_flags::ENDED == 0 && flags & flow_flags::ENDED != 0
+    // SAFETY: as in set_flags; a later time from another CPU is as good as ours.
+    unsafe { (*flow).last_seen_ns = now };
+    before & flow_flags::ENDED == 0 && set & flow_flags::ENDED != 0
 }
 
 /// Moves a flow to another backend (redispatch of a SYN, or a new connection reusing an ended
@@ -94,10 +123,11 @@ pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, now: u6
 /// Records that steer answered the flow with a RST. Returns true when this ends the flow.
 #[inline(always)]
 pub fn mark_reset(flow: *mut Flow, now: u64) -> bool {
-    // SAFETY: as in touch_flow.
-    let f = unsafe { &mut *flow };
-    let before = f.flags;
-    f.flags = (before | flow_flags::RST) & !flow_flags::SYN_ONLY;
-    f.last_seen_ns = now;
+    let before = set_flags(flow, flow_flags::RST);
+    if before & flow_flags::SYN_ONLY != 0 {
+        clear_flags(flow, flow_flags::SYN_ONLY);
+    }
+    // SAFETY: as in set_flags.
+    unsafe { (*flow).last_seen_ns = now };
     before & flow_flags::ENDED == 0
 }

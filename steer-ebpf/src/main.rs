@@ -5,6 +5,10 @@
 //! packet. It never returns `XDP_ABORTED`: anything it cannot handle is passed to the kernel or
 //! dropped with a counted reason. SPEC.md's datapath rules are cited as (rule N).
 #![no_std]
+// Atomic OR and AND on a flow's flags: BPF has 64-bit atomics but no CAS, so core's atomic types
+// offer no fetch_or here; the intrinsics lower to BPF_ATOMIC instructions.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
 mod csum;
@@ -80,8 +84,15 @@ fn steer_known(
         stats::count_event(event::IDLE_EXPIRED);
         return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
     }
+    // A SYN on an established flow's 5-tuple is not a retry: the old connection ended without
+    // the LB seeing it (reset by the backend in DSR). A new connection, steered afresh, so a
+    // SYN never goes to a backend only because an old connection did (rule 5).
+    if pkt.is_syn() && flow.flags & flow_flags::SYN_ONLY == 0 {
+        stats::count_event(event::STALE_SYN);
+        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    }
     // A retransmitted SYN of a connection never established (rule 5).
-    let syn_retry = pkt.is_syn() && flow.flags & flow_flags::SYN_ONLY != 0;
+    let syn_retry = pkt.is_syn();
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
             if syn_retry && !be.eligible() {

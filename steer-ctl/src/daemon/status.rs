@@ -168,7 +168,13 @@ fn count(
             let Some((gen, idle)) = inputs.get(&f.backend) else {
                 return;
             };
-            if *gen == f.gen && now.saturating_sub(f.last_seen_ns) <= *idle {
+            let idle_ns = now.saturating_sub(f.last_seen_ns);
+            let limit = if f.flags & flow_flags::SYN_ONLY != 0 {
+                steer_common::SYN_ACTIVE_NS.min(*idle)
+            } else {
+                *idle
+            };
+            if *gen == f.gen && idle_ns <= limit {
                 *by_id.entry(f.backend).or_default() += 1;
             }
         })
@@ -307,6 +313,10 @@ impl FlowView {
                     "of a removed backend (ended)".to_string()
                 } else if idle.get(&f.backend).is_some_and(|(_, t)| idle_ns > *t) {
                     "idle past the timeout (ended)".to_string()
+                } else if f.flags & flow_flags::SYN_ONLY != 0
+                    && idle_ns > steer_common::SYN_ACTIVE_NS
+                {
+                    "syn: attempt over, no retry for 3 s (ended)".to_string()
                 } else if f.flags & flow_flags::SYN_ONLY != 0 {
                     "syn: connecting (counts)".to_string()
                 } else {

@@ -71,3 +71,56 @@ fn a_syn_whose_backend_was_rejected_is_steered_again() {
     t.check(row);
     t.finish();
 }
+
+#[test]
+fn a_syn_on_an_established_flows_tuple_is_a_new_connection() {
+    let Some(mut t) = table("redispatch::a_syn_on_an_established_flows_tuple_is_a_new_connection")
+    else {
+        return;
+    };
+    // An established flow to web-c whose end the LB never saw (reset by the backend in DSR);
+    // web-c is then drained. The client reuses the source port: its SYN is a new connection
+    // and never goes to the drained backend.
+    let p = port_to(&t.bal, "web-c", 47_000);
+    crate::common::establish(&mut t, "web-c", p);
+    t.bal.set_admin("web-c", AdminState::Drain).unwrap();
+    let fresh = maglev_choice(&t.bal, "web", &tcp_key(p));
+    assert_ne!(fresh, "web-c");
+    let mut row = fwd(
+        &t.bal,
+        "a SYN on a stale established flow of a drained backend takes a fresh choice",
+        "web",
+        &fresh,
+        tcp4(CLIENT, p, VIP, 80).syn().frame(),
+        true,
+    );
+    row.deltas.push(Delta::Outcome(event::STALE_SYN, 1));
+    t.check(row);
+    assert_eq!(flow_of(&t.bal, &tcp_key(p)).0, fresh, "the entry follows");
+
+    // With the backend eligible, the fresh choice is the same backend: a new connection all
+    // the same (counted), pinned as a half-open attempt again.
+    let q = port_to(&t.bal, "web-a", 47_500);
+    crate::common::establish(&mut t, "web-a", q);
+    let mut row = fwd(
+        &t.bal,
+        "a SYN on an established flow of an eligible backend: new connection, same choice",
+        "web",
+        "web-a",
+        tcp4(CLIENT, q, VIP, 80).syn().frame(),
+        true,
+    );
+    row.deltas.push(Delta::Outcome(event::STALE_SYN, 1));
+    t.check(row);
+    // And its retransmission is a retry of that attempt: same backend, no new flow.
+    let row = fwd(
+        &t.bal,
+        "the retransmitted SYN of that attempt stays with web-a",
+        "web",
+        "web-a",
+        tcp4(CLIENT, q, VIP, 80).syn().frame(),
+        false,
+    );
+    t.check(row);
+    t.finish();
+}
