@@ -74,7 +74,8 @@ fn main() {
     }
 }
 
-/// Serves requests on one connection until the client closes it or asks to.
+/// Serves requests on one connection until the client closes it or asks to (`/control/reset`
+/// resets it).
 fn serve(conn: TcpStream, cfg: &Config) {
     conn.set_nodelay(true).ok();
     let Ok(mut out) = conn.try_clone() else {
@@ -102,6 +103,12 @@ fn serve(conn: TcpStream, cfg: &Config) {
             if lower.starts_with("connection:") && lower.contains("close") {
                 close = true;
             }
+        }
+        if request_line.starts_with("GET /control/reset ") {
+            // Reset the connection, as a server that crashes or aborts does: the RST goes
+            // straight to the client (DSR), so the LB never sees this connection end.
+            let _ = socket2::SockRef::from(&out).set_linger(Some(std::time::Duration::ZERO));
+            return;
         }
         let body = format!("{} {}\n", cfg.name, cfg.version);
         use std::sync::atomic::Ordering::Relaxed;
