@@ -19,8 +19,12 @@ pub mod map {
     /// Maglev lookup tables: backend ids in `[u32; MAGLEV_CHUNK]` elements, two tables (double
     /// buffer) per service. Written by steer-ctl.
     pub const MAGLEV: &str = "STEER_MAGLEV_V1";
-    /// `FlowKey` → `Flow`, LRU. Written by the datapath.
+    /// `FlowKey` → `Flow`, LRU: established flows. Written by the datapath.
     pub const FLOWS: &str = "STEER_FLOWS_V1";
+    /// `FlowKey` → `Flow`, LRU: flows that are not (or no longer) established — connection
+    /// attempts that have seen only SYNs, and flows that have ended (FIN or RST seen). A SYN
+    /// flood or a churn of short connections turns this table over, never the established one.
+    pub const TRANSIENT: &str = "STEER_TRANS_V1";
     /// Per-CPU `Counters` per service id. Written by the datapath.
     pub const SERVICE_STATS: &str = "STEER_SSTAT_V1";
     /// Per-CPU `Counters` per backend id. Written by the datapath.
@@ -28,11 +32,12 @@ pub mod map {
     /// Per-CPU `u64` per `outcome` index. Written by the datapath.
     pub const GLOBAL_STATS: &str = "STEER_GSTAT_V1";
 
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
         FLOWS,
+        TRANSIENT,
         SERVICE_STATS,
         BACKEND_STATS,
         GLOBAL_STATS,
@@ -49,6 +54,18 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Default capacity of the connection table (LRU: the least recently used flow is evicted when
 /// it is full).
 pub const MAX_FLOWS: u32 = 1 << 20;
+/// Capacity of the transient table (SYN-only and ended flows) for a connection table of
+/// `max_flows`: a quarter of it, at least 4,096. An entry lives there for a handshake or a
+/// close, milliseconds; when a flood turns it over, a handshake's ACK that finds no entry
+/// takes the same Maglev choice as its SYN did.
+pub const fn transient_capacity(max_flows: u32) -> u32 {
+    let q = max_flows / 4;
+    if q < 4096 {
+        4096
+    } else {
+        q
+    }
+}
 /// Default idle timeout of a flow, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 30;
 /// Largest Maglev table.
@@ -333,11 +350,16 @@ pub mod event {
     /// A SYN arrived on the 5-tuple of an established flow (one whose end the LB did not see,
     /// e.g. reset by the backend in DSR): a new connection, steered afresh.
     pub const STALE_SYN: u32 = super::outcome::COUNT + 3;
-    pub const NAMES: [&str; 4] = [
+    /// A packet of an established TCP connection found no entry in either table: the LB
+    /// restarted without its pins, the flow came through another LB host, or its entry was
+    /// evicted from a full connection table. It took the Maglev choice.
+    pub const FLOW_MISS: u32 = super::outcome::COUNT + 4;
+    pub const NAMES: [&str; 5] = [
         "flow_insert_failed",
         "redispatch",
         "idle_expired",
         "stale_syn",
+        "flow_miss",
     ];
 }
 

@@ -117,6 +117,11 @@ pub fn pin_mismatches(opts: &Options) -> Result<Vec<PinMismatch>> {
     };
     let wanted = [
         (map::FLOWS, "max_flows", opts.max_flows),
+        (
+            map::TRANSIENT,
+            "max_flows",
+            steer_common::transient_capacity(opts.max_flows),
+        ),
         (map::SERVICES, "max_services", opts.max_services),
         (map::SERVICE_STATS, "max_services", opts.max_services),
         (
@@ -254,6 +259,9 @@ pub struct Datapath {
     backend_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    /// Half-open and ended flows (`STEER_TRANS_V1`).
+    transient: HashMap<MapData, FlowKey, Flow>,
+    max_flows: u32,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -273,6 +281,10 @@ impl Datapath {
             .map_max_entries(map::SERVICES, opts.max_services)
             .map_max_entries(map::SERVICE_STATS, opts.max_services)
             .map_max_entries(map::FLOWS, opts.max_flows)
+            .map_max_entries(
+                map::TRANSIENT,
+                steer_common::transient_capacity(opts.max_flows),
+            )
             .map_max_entries(map::MAGLEV, maglev_entries);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => map::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -313,6 +325,10 @@ impl Datapath {
             PerCpuArray::try_from(take(&mut ebpf, map::GLOBAL_STATS)?),
         )?;
         let flows = typed(map::FLOWS, HashMap::try_from(take(&mut ebpf, map::FLOWS)?))?;
+        let transient = typed(
+            map::TRANSIENT,
+            HashMap::try_from(take(&mut ebpf, map::TRANSIENT)?),
+        )?;
         Ok(Datapath {
             ebpf,
             max_services: opts.max_services,
@@ -323,6 +339,8 @@ impl Datapath {
             backend_stats,
             global_stats,
             flows,
+            transient,
+            max_flows: opts.max_flows,
         })
     }
 
@@ -547,17 +565,28 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A handle on the connection table of its own (a duplicated descriptor), so that a
-/// background task can read the table without holding whatever guards the `Datapath`.
+/// A handle on the connection tables of its own (duplicated descriptors), so that a
+/// background task can read them without holding whatever guards the `Datapath`.
 pub struct FlowReader {
-    fd: std::os::fd::OwnedFd,
+    established: std::os::fd::OwnedFd,
+    transient: std::os::fd::OwnedFd,
+}
+
+/// How many entries each table holds, as one pass over them read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub established: u64,
+    pub transient: u64,
 }
 
 impl FlowReader {
-    /// Calls `f` on every flow in the connection table, fetching them in batches of 4,096
-    /// (one syscall each). Returns the number of flows read.
-    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &Flow)) -> Result<u64> {
-        for_each_flow(self.fd.as_raw_fd(), f)
+    /// Calls `f` on every flow of both tables (established first), fetching them in batches of
+    /// 4,096 (one syscall each). Returns how many each held.
+    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<Occupancy> {
+        Ok(Occupancy {
+            established: for_each_flow(self.established.as_raw_fd(), &mut f)?,
+            transient: for_each_flow(self.transient.as_raw_fd(), &mut f)?,
+        })
     }
 }
 
@@ -628,27 +657,33 @@ fn for_each_flow(fd: std::os::fd::RawFd, mut f: impl FnMut(&FlowKey, &Flow)) -> 
 }
 
 impl Datapath {
-    fn flows_fd(&self) -> std::os::fd::RawFd {
-        aya::maps::IterableMap::map(&self.flows)
-            .fd()
-            .as_fd()
-            .as_raw_fd()
-    }
-
-    /// Calls `f` on every flow in the connection table, fetching them in batches of 4,096
+    /// Calls `f` on every flow of both connection tables, fetching them in batches of 4,096
     /// (one syscall each): 100,000 flows take a few milliseconds.
     pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &Flow)) -> Result<()> {
-        for_each_flow(self.flows_fd(), f).map(|_| ())
+        self.flow_reader()?.for_each_flow(f).map(|_| ())
     }
 
-    /// A reader of the connection table that does not borrow this `Datapath`.
+    /// A reader of the connection tables that does not borrow this `Datapath`.
     pub fn flow_reader(&self) -> Result<FlowReader> {
-        let fd = aya::maps::IterableMap::map(&self.flows)
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(DatapathError::FlowIter)?;
-        Ok(FlowReader { fd })
+        let dup = |m: &HashMap<MapData, FlowKey, Flow>| {
+            aya::maps::IterableMap::map(m)
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(DatapathError::FlowIter)
+        };
+        Ok(FlowReader {
+            established: dup(&self.flows)?,
+            transient: dup(&self.transient)?,
+        })
+    }
+
+    /// Capacity of the established table and of the transient one.
+    pub fn flow_capacity(&self) -> (u32, u32) {
+        (
+            self.max_flows,
+            steer_common::transient_capacity(self.max_flows),
+        )
     }
 
     /// Every service entry in the map, with its key (what a daemon that ran before left).
@@ -712,15 +747,20 @@ impl Datapath {
         Ok(out)
     }
 
-    /// The flow entry of a 5-tuple, if the table has one.
+    /// The flow entry of a 5-tuple, if either table has one (established first).
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        match self.flows.get(key, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                name: map::FLOWS,
-                source,
-            }),
+        for (name, m) in [(map::FLOWS, &self.flows), (map::TRANSIENT, &self.transient)] {
+            match m.get(key, 0) {
+                Ok(f) => return Ok(Some(f)),
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
         }
+        Ok(None)
+    }
+
+    /// Whether the 5-tuple's entry is in the established table (else transient, or none).
+    pub fn is_established(&self, key: &FlowKey) -> bool {
+        self.flows.get(key, 0).is_ok()
     }
 }

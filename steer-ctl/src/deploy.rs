@@ -417,6 +417,16 @@ fn wait_drained(
                 why: format!("the flow scan failed: {why}"),
             });
         }
+        if st.flow_scan.last_full_seq >= scan && scan > 0 {
+            // Entries evicted from a full table cannot be counted: "0 active" would be a guess.
+            return Err(DeployError::FlowsUnknown {
+                target: label.into(),
+                why: format!(
+                    "the connection table is full ({} of {} established flows): connections evicted from it cannot be counted; raise daemon.max_flows",
+                    st.flow_scan.established, st.flow_scan.capacity
+                ),
+            });
+        }
         let fresh = st.flow_scan.seq >= scan;
         let count = if fresh {
             let mut sum = 0;

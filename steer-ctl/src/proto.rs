@@ -152,8 +152,22 @@ pub struct FlowScan {
     pub age_ms: u64,
     /// How long it took.
     pub took_ms: u64,
-    /// Flows it read.
+    /// Flows it read, in both tables.
     pub flows: u64,
+    /// Entries of the established table, and its capacity (`daemon.max_flows`).
+    #[serde(default)]
+    pub established: u64,
+    #[serde(default)]
+    pub capacity: u64,
+    /// Entries of the transient table (half-open and ended flows), and its capacity.
+    #[serde(default)]
+    pub transient: u64,
+    #[serde(default)]
+    pub transient_capacity: u64,
+    /// The last scan that found the established table full (at least 95 %: the LRU evicts
+    /// established flows, which then cannot be counted); 0 if none has.
+    #[serde(default)]
+    pub last_full_seq: u64,
     /// Why the last scan failed; the counts are then unknown (`active_flows` absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use steer_common::{event, flow_flags, Flow, FlowKey};
 
 use crate::{
-    maps::FLOWS,
+    maps::{FLOWS, TRANSIENT},
     parse::{Packet, TCP_FIN, TCP_RST},
     stats,
 };
@@ -19,10 +19,16 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The flow's entry, if the table has one.
+/// The flow's entry in the established table, if it has one.
 #[inline(always)]
 pub fn lookup_flow(key: &FlowKey) -> Option<*mut Flow> {
     FLOWS.get_ptr_mut(key)
+}
+
+/// The flow's entry in the transient table (half-open or ended), if it has one.
+#[inline(always)]
+pub fn lookup_transient(key: &FlowKey) -> Option<*mut Flow> {
+    TRANSIENT.get_ptr_mut(key)
 }
 
 /// `flow_flags` a packet sets.
@@ -38,12 +44,15 @@ fn flags_of(pkt: &Packet) -> u16 {
     f
 }
 
-/// Pins a new flow to `backend`. On failure (table busy) counts it and carries on: the next
-/// packet makes the same Maglev choice while the pool is unchanged.
+/// Pins a new flow to `backend`: a SYN in the transient table (a connection attempt, until
+/// its handshake completes), anything else in the established table. On failure (table busy)
+/// counts it and carries on: the next packet makes the same Maglev choice while the pool is
+/// unchanged.
 #[inline(always)]
 pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
     let mut flags = flags_of(pkt);
-    if pkt.is_syn() {
+    let syn = pkt.is_syn();
+    if syn {
         flags |= flow_flags::SYN_ONLY;
     }
     let f = Flow {
@@ -52,9 +61,53 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
         flags,
         last_seen_ns: now,
     };
-    if FLOWS.insert(&pkt.key, &f, 0).is_err() {
+    let r = if syn || flags & flow_flags::ENDED != 0 {
+        TRANSIENT.insert(&pkt.key, &f, 0)
+    } else {
+        FLOWS.insert(&pkt.key, &f, 0)
+    };
+    if r.is_err() {
         stats::count_event(event::FLOW_INSERT_FAILED);
     }
+}
+
+/// A half-open flow's handshake completed: it moves to the established table (with what this
+/// packet says), and leaves the transient one.
+#[inline(always)]
+pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) {
+    // SAFETY: a pointer into the transient table from lookup_transient, valid for this run.
+    let f = unsafe { *flow };
+    let est = Flow {
+        backend: f.backend,
+        gen: f.gen,
+        flags: flags_of(pkt),
+        last_seen_ns: now,
+    };
+    if FLOWS.insert(&pkt.key, &est, 0).is_err() {
+        // Stays half-open: the next packet tries again; its Maglev choice is the same.
+        stats::count_event(event::FLOW_INSERT_FAILED);
+        touch_flow(flow, pkt, now);
+        return;
+    }
+    let _ = TRANSIENT.remove(&pkt.key);
+}
+
+/// An established flow ended (its first FIN or RST): it moves to the transient table for its
+/// last packets, so that ended flows never crowd out established ones.
+#[inline(always)]
+pub fn retire(pkt: &Packet, flow: *mut Flow) {
+    // SAFETY: a pointer into the established table from lookup_flow, valid for this run.
+    let f = unsafe { *flow };
+    if TRANSIENT.insert(&pkt.key, &f, 0).is_ok() {
+        let _ = FLOWS.remove(&pkt.key);
+    }
+}
+
+/// Forgets a flow of the established table (a new connection on its 5-tuple starts over in
+/// the transient table).
+#[inline(always)]
+pub fn forget(pkt: &Packet) {
+    let _ = FLOWS.remove(&pkt.key);
 }
 
 /// The flow's first 8 bytes, `backend | gen << 32 | flags << 48` (little-endian), updated

@@ -54,15 +54,22 @@ fn try_steer(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(svc_id, len);
     let now = flow::now();
-    match flow::lookup_flow(&pkt.key) {
-        Some(f) => steer_known(ctx, &pkt, svc_id, svc, f, len, now),
-        None => steer_new(ctx, &pkt, svc_id, svc, None, len, now),
+    if let Some(f) = flow::lookup_flow(&pkt.key) {
+        return steer_established(ctx, &pkt, svc_id, svc, f, len, now);
     }
+    if let Some(f) = flow::lookup_transient(&pkt.key) {
+        return steer_transient(ctx, &pkt, svc_id, svc, f, len, now);
+    }
+    if pkt.is_tcp() && !pkt.is_syn() {
+        // Mid-connection with no entry: LB restarted, another LB host, or evicted (rule 2).
+        stats::count_event(event::FLOW_MISS);
+    }
+    steer_new(ctx, &pkt, svc_id, svc, None, len, now)
 }
 
-/// A packet of a flow in the connection table (rule 1).
+/// A packet of a flow in the established table (rules 1, 4, 5).
 #[inline(always)]
-fn steer_known(
+fn steer_established(
     ctx: &XdpContext,
     pkt: &Packet,
     svc_id: u32,
@@ -73,10 +80,6 @@ fn steer_known(
 ) -> Result<Verdict, Stop> {
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
-    // A new connection on the 5-tuple of one that ended: a new flow.
-    if pkt.is_syn() && flow.flags & flow_flags::ENDED != 0 {
-        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
-    }
     // UDP has no end: a flow idle past the service's timeout is over.
     if !pkt.is_tcp()
         && now.saturating_sub(flow.last_seen_ns) > svc.idle_timeout_s as u64 * 1_000_000_000
@@ -87,41 +90,97 @@ fn steer_known(
     // A SYN on an established flow's 5-tuple is not a retry: the old connection ended without
     // the LB seeing it (reset by the backend in DSR). A new connection, steered afresh, so a
     // SYN never goes to a backend only because an old connection did (rule 5).
-    if pkt.is_syn() && flow.flags & flow_flags::SYN_ONLY == 0 {
-        stats::count_event(event::STALE_SYN);
-        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    if pkt.is_syn() {
+        if flow.flags & flow_flags::ENDED == 0 {
+            stats::count_event(event::STALE_SYN);
+        }
+        flow::forget(pkt);
+        return steer_new(ctx, pkt, svc_id, svc, None, len, now);
     }
-    // A retransmitted SYN of a connection never established (rule 5).
-    let syn_retry = pkt.is_syn();
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
-            if syn_retry && !be.eligible() {
+            if flow::touch_flow(f, pkt, now) {
+                stats::count_ended(svc_id, Some(be_id));
+                flow::retire(pkt, f);
+            }
+            stats::count_backend(be_id, len);
+            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+        }
+        // Rejected or removed (rule 4): the rest of the flow is reset.
+        rejected => reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, true, now),
+    }
+}
+
+/// A packet of a flow in the transient table: a connection attempt (SYN only) or a flow that
+/// has ended (rules 4, 5).
+#[inline(always)]
+fn steer_transient(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    svc: &Service,
+    f: *mut Flow,
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    // SAFETY: pointer from the map lookup, valid for this run.
+    let flow = unsafe { *f };
+    let half_open = flow.flags & flow_flags::ENDED == 0;
+    if pkt.is_syn() && !half_open {
+        // A new connection on the 5-tuple of one that ended.
+        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    }
+    match select::flow_backend(flow.backend, flow.gen) {
+        Some((be_id, be)) if be.keeps_flows() => {
+            if pkt.is_syn() && !be.eligible() {
+                // A retransmitted SYN whose backend was taken out: steered again (rule 5).
                 stats::count_event(event::REDISPATCH);
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
-            if flow::touch_flow(f, pkt, now) {
+            if half_open && !pkt.is_syn() && !pkt.ends_flow() {
+                // The handshake completed: established from now on.
+                flow::promote(pkt, f, now);
+            } else if flow::touch_flow(f, pkt, now) {
                 stats::count_ended(svc_id, Some(be_id));
             }
             stats::count_backend(be_id, len);
             forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
         }
-        // Rejected or removed (rule 4): new attempts go elsewhere, the rest is reset.
         rejected => {
-            if syn_retry {
+            if pkt.is_syn() {
+                // A new attempt leaves a rejected or removed backend (rule 5).
                 stats::count_event(event::REDISPATCH);
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
-            if !pkt.is_tcp() {
-                return Err(Stop::Drop(outcome::DROP_REJECTED));
-            }
-            let verdict = rst::reply_rst(ctx, pkt)?;
-            if flow::mark_reset(f, now) {
-                stats::count_ended(svc_id, rejected.map(|(id, _)| id));
-            }
-            stats::count_rst(svc_id, rejected.map(|(id, _)| id));
-            Ok((verdict, outcome::TX_RST))
+            reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, false, now)
         }
     }
+}
+
+/// Answers a packet of a rejected or removed backend's flow with a RST (TCP) or drops it
+/// (UDP), and records that the flow ended (rule 4).
+#[inline(always)]
+fn reset_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    be_id: Option<u32>,
+    f: *mut Flow,
+    established: bool,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    if !pkt.is_tcp() {
+        return Err(Stop::Drop(outcome::DROP_REJECTED));
+    }
+    let verdict = rst::reply_rst(ctx, pkt)?;
+    if flow::mark_reset(f, now) {
+        stats::count_ended(svc_id, be_id);
+        if established {
+            flow::retire(pkt, f);
+        }
+    }
+    stats::count_rst(svc_id, be_id);
+    Ok((verdict, outcome::TX_RST))
 }
 
 /// A packet that starts a flow: a SYN, a mid-flow packet the table does not know (LB restarted,

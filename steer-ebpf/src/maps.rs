@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    maglev_chunks, Backend, Counters, Flow, FlowKey, Service, ServiceKey, GLOBAL_SLOTS,
-    MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
+    maglev_chunks, transient_capacity, Backend, Counters, Flow, FlowKey, Service, ServiceKey,
+    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -41,6 +41,13 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 /// One LRU shared by all CPUs: `BPF_F_NO_COMMON_LRU` would split the capacity per CPU (a CPU
 /// receiving all the flows could hold only 1/N of them) and was no faster here.
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// The transient table: flows that have seen only SYNs (half-open) and flows that have ended,
+/// until their last packets pass. Kept apart so that a SYN flood or a churn of short
+/// connections never evicts an established flow. Written by the datapath, read by steer-ctl.
+#[map(name = "STEER_TRANS_V1")]
+pub static TRANSIENT: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(transient_capacity(MAX_FLOWS), 0);
 
 /// Per-CPU packet counts per `outcome`, then per `event`. Written by the datapath, summed by
 /// steer-ctl.

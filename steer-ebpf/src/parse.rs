@@ -44,6 +44,12 @@ impl Packet {
         self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
+    /// A TCP packet with FIN or RST: it ends its flow.
+    #[inline(always)]
+    pub fn ends_flow(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.key.proto == PROTO_TCP

@@ -692,6 +692,7 @@ async fn start_locked(
         open_files = nofile,
         "steer daemon ready"
     );
+    let capacity = bal.datapath().flow_capacity();
     let daemon = Arc::new(Daemon {
         core: Mutex::new(Core {
             cfg,
@@ -702,7 +703,7 @@ async fn start_locked(
             paused: BTreeMap::new(),
             reader,
         }),
-        counts: status::FlowCounts::new(),
+        counts: status::FlowCounts::new(capacity),
     });
     Ok((daemon, listener))
 }

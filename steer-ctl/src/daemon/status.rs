@@ -16,7 +16,7 @@ use steer_common::flow_flags;
 
 use super::Core;
 use crate::{
-    datapath::{self, FlowReader},
+    datapath::{self, FlowReader, Occupancy},
     model::Proto,
     proto::{self, BackendStatus, FlowInfo, FlowScan, ServiceStatus},
 };
@@ -28,6 +28,8 @@ struct Scan {
     at: Option<Instant>,
     took: Duration,
     flows: u64,
+    occupancy: Occupancy,
+    last_full_seq: u64,
     /// Active flows per backend id (generation checked).
     by_id: HashMap<u32, u64>,
     error: Option<String>,
@@ -43,6 +45,8 @@ pub struct FlowCounts {
     /// Last time someone asked for counts, as ms since `epoch`.
     wanted_ms: AtomicU64,
     epoch: Instant,
+    /// Capacity of the established and transient tables.
+    capacity: (u32, u32),
     wake: tokio::sync::Notify,
     /// A change is waiting to be seen (a drain): the next scan starts without its rest.
     urgent: tokio::sync::Notify,
@@ -55,8 +59,9 @@ const KEEP_SCANNING: Duration = Duration::from_secs(5);
 const IDLE_REFRESH: Duration = Duration::from_secs(30);
 
 impl FlowCounts {
-    pub fn new() -> Arc<Self> {
+    pub fn new(capacity: (u32, u32)) -> Arc<Self> {
         Arc::new(FlowCounts {
+            capacity,
             scan: Mutex::new(Scan::default()),
             started: AtomicU64::new(0),
             wanted_ms: AtomicU64::new(0),
@@ -93,6 +98,11 @@ impl FlowCounts {
             age_ms: s.at.map_or(0, |a| a.elapsed().as_millis() as u64),
             took_ms: s.took.as_millis() as u64,
             flows: s.flows,
+            established: s.occupancy.established,
+            capacity: self.capacity.0 as u64,
+            transient: s.occupancy.transient,
+            transient_capacity: self.capacity.1 as u64,
+            last_full_seq: s.last_full_seq,
             error: s.error.clone(),
         };
         let counts = (s.seq > 0 && s.error.is_none()).then(|| s.by_id.clone());
@@ -131,10 +141,14 @@ impl FlowCounts {
                 s.at = Some(Instant::now());
                 s.took = took;
                 match result {
-                    Ok((by_id, flows)) => {
+                    Ok((by_id, occ)) => {
                         s.by_id = by_id;
-                        s.flows = flows;
+                        s.flows = occ.established + occ.transient;
+                        s.occupancy = occ;
                         s.error = None;
+                        if occ.established * 100 >= self.capacity.0 as u64 * 95 {
+                            s.last_full_seq = seq;
+                        }
                     }
                     Err(e) => {
                         s.by_id.clear();
@@ -157,7 +171,7 @@ impl FlowCounts {
 fn count(
     reader: &FlowReader,
     inputs: &HashMap<u32, (u16, u64)>,
-) -> Result<(HashMap<u32, u64>, u64), String> {
+) -> Result<(HashMap<u32, u64>, Occupancy), String> {
     let now = datapath::monotonic_ns();
     let mut by_id: HashMap<u32, u64> = HashMap::new();
     let n = reader

@@ -156,8 +156,19 @@ fn flow_scan_line(f: &FlowScan) -> String {
         (Some(e), _) => format!("flow scan: failed ({e}); active flows unknown"),
         (None, 0) => "flow scan: none completed yet; active flows unknown".into(),
         (None, seq) => format!(
-            "flow scan: #{seq}, {} ms ago, {} flows read in {} ms",
-            f.age_ms, f.flows, f.took_ms
+            "flow scan: #{seq}, {} ms ago, {} flows read in {} ms; established {} of {}{}, transient (half-open and ended) {} of {}",
+            f.age_ms,
+            f.flows,
+            f.took_ms,
+            f.established,
+            f.capacity,
+            if f.last_full_seq > 0 && f.last_full_seq + 1 >= seq {
+                " (full: evicting)"
+            } else {
+                ""
+            },
+            f.transient,
+            f.transient_capacity
         ),
     }
 }

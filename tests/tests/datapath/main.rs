@@ -15,5 +15,6 @@ mod new_flows;
 mod no_backend;
 mod parse;
 mod redispatch;
+mod tables;
 mod udp;
 // NAT rows (translation and reverse translation) go in a module of their own here.
