@@ -3,15 +3,10 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr},
-};
+use std::io::{Read, Write};
 
 use common::*;
 use steer_tests::{daemon::SteerDaemon, http::Conn, netns::addr};
-
-const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
 
 #[test]
 fn reused_ports_of_connections_reset_by_the_backend_never_reach_a_drained_backend() {
@@ -82,5 +77,107 @@ fn reused_ports_of_connections_reset_by_the_backend_never_reach_a_drained_backen
         s["datapath"]["stale_syn"].as_u64().unwrap() >= on_b0 as u64,
         "counted: {}",
         s["datapath"]
+    );
+}
+
+/// Sends `n` TCP SYNs to the VIP from random spoofed sources, from the calling thread's
+/// namespace, through a raw socket.
+fn spoofed_syns(n: usize, seed: u64) -> usize {
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr::VIP.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut s = seed | 1;
+    let mut sent = 0;
+    for _ in 0..n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let src = [
+            ((s >> 56) as u8).max(1),
+            (s >> 48) as u8,
+            (s >> 40) as u8,
+            (s >> 32) as u8,
+        ];
+        let mut pkt = Vec::with_capacity(40);
+        etherparse::PacketBuilder::ipv4(src, addr::VIP.octets(), 64)
+            .tcp((s as u16) | 1024, 80, s as u32, 65_535)
+            .syn()
+            .write(&mut pkt, &[])
+            .unwrap();
+        // SAFETY: sending a buffer we own to a valid address.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if r > 0 {
+            sent += 1;
+        }
+    }
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+    sent
+}
+
+#[test]
+fn a_spoofed_syn_flood_breaks_no_established_connection_of_a_drained_backend() {
+    if !steer_tests::privileged(
+        "a_spoofed_syn_flood_breaks_no_established_connection_of_a_drained_backend",
+    ) {
+        return;
+    }
+    let topo = lab(2);
+    let mut d = SteerDaemon::new(&topo.lb);
+    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0, 1], None))
+        .replace("max_flows = 65536", "max_flows = 4096");
+    std::fs::write(&d.config, cfg).unwrap();
+    d.start();
+    wait_health(&d, "b0", "up");
+    wait_health(&d, "b1", "up");
+    let mut conns = open_conns(&topo, 60);
+    conns.retain(|(_, b)| b == "b0");
+    assert!(
+        conns.len() >= 10,
+        "enough connections on b0: {}",
+        conns.len()
+    );
+    d.ok_json(&["drain", "b0"]);
+    let load = Load::start(&topo);
+    let flood = 10 * 4096;
+    let sent = topo.client.run(move || spoofed_syns(flood, 0x5eed));
+    assert!(sent >= flood * 99 / 100, "sent {sent} of {flood}");
+    let (served, errors) = load.finish();
+    let ok: u64 = served.values().sum();
+    let failed = errors.len() as u64;
+    let kept = conns.len();
+    all_alive(&mut conns, "after a SYN flood of 10 x max_flows");
+    let s = d.ok_json(&["status"]);
+    println!(
+        "flood: {sent} spoofed SYNs; established connections of the drained b0 kept: {kept} of {kept}; \
+         legitimate new connections: {ok} ok, {failed} failed ({:.2} %); tables: {}",
+        100.0 * ok as f64 / (ok + failed).max(1) as f64,
+        s["flow_scan"]
+    );
+    assert!(
+        failed * 100 <= (ok + failed),
+        "legitimate connections must keep succeeding (>= 99 %): {ok} ok, {failed} failed: {:?}",
+        &errors[..errors.len().min(3)]
+    );
+    assert!(
+        !served.contains_key("b0"),
+        "no new connection to a drained backend: {served:?}"
     );
 }

@@ -5,45 +5,13 @@
 
 mod common;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::*;
 use steer_tests::{
     daemon::SteerDaemon,
-    http::Conn,
     netns::{addr, wait_for, Topology},
 };
-
-const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
-
-/// Opens `n` kept-alive connections from the client and makes one request on each; returns
-/// them with the backend that answered.
-fn open_conns(topo: &Topology, n: usize) -> Vec<(Conn, String)> {
-    topo.client.run(move || {
-        (0..n)
-            .map(|i| {
-                let mut c = Conn::open(VIP, T).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                let r = c
-                    .get()
-                    .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
-                (c, r.backend)
-            })
-            .collect()
-    })
-}
-
-/// Every connection still answers, by the same backend.
-fn all_alive(conns: &mut [(Conn, String)], when: &str) {
-    for (i, (c, b)) in conns.iter_mut().enumerate() {
-        let r = c
-            .get()
-            .unwrap_or_else(|e| panic!("{when}: connection {i} (on {b}) broke: {e}"));
-        assert_eq!(&r.backend, b, "{when}: connection {i} moved");
-    }
-}
 
 fn started(topo: &Topology, cfg: &str) -> SteerDaemon {
     let mut d = SteerDaemon::new(&topo.lb);

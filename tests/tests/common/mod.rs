@@ -16,7 +16,7 @@ use std::{
 
 use steer_tests::{
     daemon::SteerDaemon,
-    http,
+    http::{self, Conn},
     netns::{addr, wait_for, Topology, TopologySpec},
 };
 
@@ -132,5 +132,33 @@ impl Load {
     pub fn finish(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+pub const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+
+/// Opens `n` kept-alive connections from the client and makes one request on each; returns
+/// them with the backend that answered.
+pub fn open_conns(topo: &Topology, n: usize) -> Vec<(Conn, String)> {
+    topo.client.run(move || {
+        (0..n)
+            .map(|i| {
+                let mut c = Conn::open(VIP, T).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let r = c
+                    .get()
+                    .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+                (c, r.backend)
+            })
+            .collect()
+    })
+}
+
+/// Every connection still answers, by the same backend.
+pub fn all_alive(conns: &mut [(Conn, String)], when: &str) {
+    for (i, (c, b)) in conns.iter_mut().enumerate() {
+        let r = c
+            .get()
+            .unwrap_or_else(|e| panic!("{when}: connection {i} (on {b}) broke: {e}"));
+        assert_eq!(&r.backend, b, "{when}: connection {i} moved");
     }
 }
