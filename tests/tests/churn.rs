@@ -181,3 +181,39 @@ fn a_spoofed_syn_flood_breaks_no_established_connection_of_a_drained_backend() {
         "no new connection to a drained backend: {served:?}"
     );
 }
+
+#[test]
+fn a_churn_of_short_connections_evicts_no_long_lived_one() {
+    if !steer_tests::privileged("a_churn_of_short_connections_evicts_no_long_lived_one") {
+        return;
+    }
+    let topo = lab(2);
+    let mut d = SteerDaemon::new(&topo.lb);
+    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0, 1], None))
+        .replace("max_flows = 65536", "max_flows = 4096");
+    std::fs::write(&d.config, cfg).unwrap();
+    d.start();
+    wait_health(&d, "b0", "up");
+    wait_health(&d, "b1", "up");
+    let mut conns = open_conns(&topo, 60);
+    conns.retain(|(_, b)| b == "b0");
+    d.ok_json(&["drain", "b0"]);
+    // Three times the table's capacity in short connections, each opened and closed.
+    let n = 3 * 4096;
+    let served = requests(&topo, n);
+    assert_eq!(served.values().sum::<u64>(), n as u64);
+    let kept = conns.len();
+    all_alive(
+        &mut conns,
+        "after a churn of 3 x max_flows short connections",
+    );
+    let s = d.ok_json(&["status"]);
+    println!(
+        "churn: {n} short connections through a 4,096-flow table; long-lived connections of the drained b0 kept: {kept} of {kept}; flow_miss {}",
+        s["datapath"]["flow_miss"]
+    );
+    assert_eq!(
+        s["datapath"]["flow_miss"], 0,
+        "no established entry was evicted"
+    );
+}
