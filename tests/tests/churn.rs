@@ -217,3 +217,41 @@ fn a_churn_of_short_connections_evicts_no_long_lived_one() {
         "no established entry was evicted"
     );
 }
+
+#[test]
+fn drain_wait_right_after_an_unannounced_restart_does_not_wait_for_refused_attempts() {
+    if !steer_tests::privileged(
+        "drain_wait_right_after_an_unannounced_restart_does_not_wait_for_refused_attempts",
+    ) {
+        return;
+    }
+    let mut topo = lab(2);
+    let mut d = SteerDaemon::new(&topo.lb);
+    // Slow checks, so the restart below goes unnoticed by them: only its refused attempts remain.
+    let cfg = web_config(&topo, &[0, 1], None).replace(
+        "interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\"",
+        "interval = \"30s\", fastinterval = \"10s\", downinterval = \"30s\"",
+    );
+    d.write_config(&cfg);
+    d.start();
+    wait_health(&d, "b0", "up");
+    let load = Load::start(&topo);
+    // b0's server dies and comes back a moment later, unannounced: the attempts it refused
+    // meanwhile stay in the table as SYN-only entries.
+    topo.stop_http(0);
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the outage itself
+    topo.start_http(std::path::Path::new(HTTPD), 0);
+    let r = d.ctl(&["--json", "drain", "b0", "--wait", "--timeout", "20s"]);
+    let (_, errors) = load.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    println!(
+        "drain --wait right after an unannounced restart: {} ms ({} connections refused during the outage)",
+        v["waited_ms"],
+        errors.len()
+    );
+    assert!(
+        !errors.is_empty(),
+        "the outage refused some attempts: the case under test"
+    );
+}
