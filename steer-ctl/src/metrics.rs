@@ -34,6 +34,11 @@ struct BeStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -164,6 +169,29 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
                     state: st.into(),
                 })
                 .set((b.admin.to_string() == st) as u8 as f64);
+        }
+    }
+    let tables = gauge::<TableLabels>(
+        &mut reg,
+        "flow_table_entries",
+        "Entries of a connection table at the last scan (established; transient: half-open and ended)",
+    );
+    let capacity = gauge::<TableLabels>(
+        &mut reg,
+        "flow_table_capacity",
+        "Capacity of a connection table",
+    );
+    let f = &status.flow_scan;
+    if f.seq > 0 && f.error.is_none() {
+        for (table, n, cap) in [
+            ("established", f.established, f.capacity),
+            ("transient", f.transient, f.transient_capacity),
+        ] {
+            let l = TableLabels {
+                table: table.into(),
+            };
+            tables.get_or_create(&l).set(n as f64);
+            capacity.get_or_create(&l).set(cap as f64);
         }
     }
     for (reason, n) in &status.datapath {
