@@ -123,11 +123,6 @@ pub enum BalancerError {
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;
 
-/// A backend of `group` may take new flows while `active` is the service's group.
-fn in_group(active: &Option<String>, group: &Option<String>) -> bool {
-    active.is_none() || active == group
-}
-
 /// Splits an address into the datapath's 16-byte form and family.
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     let mut b = [0u8; 16];
@@ -751,21 +746,30 @@ impl Balancer {
             .read_table(svc.id, svc.value.table_slot, svc.value.maglev_size)?)
     }
 
-    /// The backends a service's Maglev table holds: pool, ready and up, weight above zero, in
-    /// the active group.
-    fn table_members<'a>(
+    /// The pool backends of a service that are ready, up and weighted, in `group` (`None`:
+    /// every group).
+    fn eligible_members<'a>(
         &'a self,
         svc: &'a ServiceState,
+        group: Option<&'a str>,
     ) -> impl Iterator<Item = &'a BackendState> + 'a {
         svc.backends
             .iter()
             .filter_map(|n| self.backends.get(n))
-            .filter(|b| {
+            .filter(move |b| {
                 b.spec.role == Role::Pool
                     && b.entry.eligible()
                     && b.spec.weight > 0
-                    && in_group(&svc.active_group, &b.spec.group)
+                    && (group.is_none() || b.spec.group.as_deref() == group)
             })
+    }
+
+    /// The backends a service's Maglev table holds: eligible, in the active group.
+    fn table_members<'a>(
+        &'a self,
+        svc: &'a ServiceState,
+    ) -> impl Iterator<Item = &'a BackendState> + 'a {
+        self.eligible_members(svc, svc.active_group.as_deref())
     }
 
     /// Backends of `group` in `service` that would be in its table were the group active.
@@ -774,17 +778,7 @@ impl Balancer {
             .services
             .get(service)
             .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
-        Ok(svc
-            .backends
-            .iter()
-            .filter_map(|n| self.backends.get(n))
-            .filter(|b| {
-                b.spec.role == Role::Pool
-                    && b.entry.eligible()
-                    && b.spec.weight > 0
-                    && (group.is_none() || b.spec.group.as_deref() == group)
-            })
-            .count())
+        Ok(self.eligible_members(svc, group).count())
     }
 
     /// Changes a service's settings in place (idle timeout, what to do with no backend,

@@ -6,7 +6,11 @@ mod common;
 use std::io::{Read, Write};
 
 use common::*;
-use steer_tests::{daemon::SteerDaemon, http::Conn, netns::addr};
+use steer_tests::{
+    daemon::SteerDaemon,
+    http::Conn,
+    netns::{addr, Topology},
+};
 
 #[test]
 fn reused_ports_of_connections_reset_by_the_backend_never_reach_a_drained_backend() {
@@ -132,6 +136,21 @@ fn spoofed_syns(n: usize, seed: u64) -> usize {
     sent
 }
 
+/// A daemon over `web` (b0, b1) with a 4,096-flow table, and the long-lived connections that
+/// landed on b0.
+fn small_table_with_b0_connections(topo: &Topology) -> (SteerDaemon, Vec<(Conn, String)>) {
+    let mut d = SteerDaemon::new(&topo.lb);
+    let cfg = format!("{}\n{}", d.daemon_table(), web_config(topo, &[0, 1], None))
+        .replace("max_flows = 65536", "max_flows = 4096");
+    std::fs::write(&d.config, cfg).unwrap();
+    d.start();
+    wait_health(&d, "b0", "up");
+    wait_health(&d, "b1", "up");
+    let mut conns = open_conns(topo, 60);
+    conns.retain(|(_, b)| b == "b0");
+    (d, conns)
+}
+
 #[test]
 fn a_spoofed_syn_flood_breaks_no_established_connection_of_a_drained_backend() {
     if !steer_tests::privileged(
@@ -140,15 +159,7 @@ fn a_spoofed_syn_flood_breaks_no_established_connection_of_a_drained_backend() {
         return;
     }
     let topo = lab(2);
-    let mut d = SteerDaemon::new(&topo.lb);
-    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0, 1], None))
-        .replace("max_flows = 65536", "max_flows = 4096");
-    std::fs::write(&d.config, cfg).unwrap();
-    d.start();
-    wait_health(&d, "b0", "up");
-    wait_health(&d, "b1", "up");
-    let mut conns = open_conns(&topo, 60);
-    conns.retain(|(_, b)| b == "b0");
+    let (d, mut conns) = small_table_with_b0_connections(&topo);
     assert!(
         conns.len() >= 10,
         "enough connections on b0: {}",
@@ -188,15 +199,7 @@ fn a_churn_of_short_connections_evicts_no_long_lived_one() {
         return;
     }
     let topo = lab(2);
-    let mut d = SteerDaemon::new(&topo.lb);
-    let cfg = format!("{}\n{}", d.daemon_table(), web_config(&topo, &[0, 1], None))
-        .replace("max_flows = 65536", "max_flows = 4096");
-    std::fs::write(&d.config, cfg).unwrap();
-    d.start();
-    wait_health(&d, "b0", "up");
-    wait_health(&d, "b1", "up");
-    let mut conns = open_conns(&topo, 60);
-    conns.retain(|(_, b)| b == "b0");
+    let (d, mut conns) = small_table_with_b0_connections(&topo);
     d.ok_json(&["drain", "b0"]);
     // Three times the table's capacity in short connections, each opened and closed.
     let n = 3 * 4096;
