@@ -265,8 +265,9 @@ fn main() {
             .unwrap()
             .try_clone()
             .unwrap();
+        // Established flows (mid-connection packets): SYNs would fill the transient table.
         let tpl = tcp4(Ipv4Addr::new(192, 0, 2, 9), 1, VIP, 80)
-            .syn()
+            .ack(1)
             .frame()
             .bytes;
         set_target(&mut aux, &fd, &tpl);
