@@ -165,6 +165,9 @@ pub struct Report {
     pub change: Option<Health>,
     pub successes: u32,
     pub failures: u32,
+    /// The supervisor's generation of check tasks that sent it: reports of tasks stopped by a
+    /// reload are dropped, never applied to the backend that now has the name.
+    pub epoch: u64,
 }
 
 /// Checks one backend until the task is aborted: reports every result, and transitions as
@@ -177,6 +180,7 @@ pub async fn run(
     initial: Health,
     paused: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Report>,
+    epoch: u64,
 ) {
     let mut h = Tracker::new(initial);
     loop {
@@ -198,6 +202,7 @@ pub async fn run(
             change,
             successes: h.successes,
             failures: h.failures,
+            epoch,
         };
         if tx.send(report).is_err() {
             return;

@@ -83,7 +83,9 @@ pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("link_{iface}"))
 }
 
-/// Removes every pin under `dir` (maps and links): links detach, maps go when unused.
+/// Removes steer's pins under `dir` (its maps and XDP links; links detach, maps go when
+/// unused), and `dir` itself when nothing else is left in it. Pins of other tools sharing the
+/// directory are left alone.
 pub fn unpin_all(dir: &Path) -> std::io::Result<usize> {
     let mut n = 0;
     let entries = match std::fs::read_dir(dir) {
@@ -92,10 +94,18 @@ pub fn unpin_all(dir: &Path) -> std::io::Result<usize> {
         Err(e) => return Err(e),
     };
     for e in entries {
-        std::fs::remove_file(e?.path())?;
-        n += 1;
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = map::ALL.contains(&name.as_ref())
+            || name.starts_with("link_")
+            || name.starts_with("STEER_");
+        if ours {
+            std::fs::remove_file(e.path())?;
+            n += 1;
+        }
     }
-    std::fs::remove_dir(dir)?;
+    let _ = std::fs::remove_dir(dir);
     Ok(n)
 }
 
@@ -580,12 +590,16 @@ pub struct Occupancy {
 }
 
 impl FlowReader {
-    /// Calls `f` on every flow of both tables (established first), fetching them in batches of
-    /// 4,096 (one syscall each). Returns how many each held.
+    /// Calls `f` on every flow of both tables, fetching them in batches of 4,096 (one syscall
+    /// each). Returns how many each held. The transient table is read first: a flow promoted
+    /// while the scan runs is inserted in the established table before it leaves the transient
+    /// one, so it is seen at least once (a flow going the other way has ended).
     pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<Occupancy> {
+        let transient = for_each_flow(self.transient.as_raw_fd(), &mut f)?;
+        let established = for_each_flow(self.established.as_raw_fd(), &mut f)?;
         Ok(Occupancy {
-            established: for_each_flow(self.established.as_raw_fd(), &mut f)?,
-            transient: for_each_flow(self.transient.as_raw_fd(), &mut f)?,
+            established,
+            transient,
         })
     }
 }

@@ -44,15 +44,14 @@ fn flags_of(pkt: &Packet) -> u16 {
     f
 }
 
-/// Pins a new flow to `backend`: a SYN in the transient table (a connection attempt, until
-/// its handshake completes), anything else in the established table. On failure (table busy)
+/// Pins a new flow to `backend` in the transient table (a SYN: a connection attempt, until its
+/// handshake completes; anything else: until its next packet). On failure (table busy)
 /// counts it and carries on: the next packet makes the same Maglev choice while the pool is
 /// unchanged.
 #[inline(always)]
 pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
     let mut flags = flags_of(pkt);
-    let syn = pkt.is_syn();
-    if syn {
+    if pkt.is_syn() {
         flags |= flow_flags::SYN_ONLY;
     }
     let f = Flow {
@@ -61,11 +60,10 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
         flags,
         last_seen_ns: now,
     };
-    let r = if syn || flags & flow_flags::ENDED != 0 {
-        TRANSIENT.insert(&pkt.key, &f, 0)
-    } else {
-        FLOWS.insert(&pkt.key, &f, 0)
-    };
+    // Every new flow starts in the transient table — a SYN, but also a packet of a flow the
+    // LB does not know (a flood of spoofed ACKs or UDP must not evict established flows); its
+    // next packet that is neither a SYN nor an end promotes it.
+    let r = TRANSIENT.insert(&pkt.key, &f, 0);
     if r.is_err() {
         stats::count_event(event::FLOW_INSERT_FAILED);
     }
@@ -157,20 +155,22 @@ pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
 }
 
 /// Moves a flow to another backend (redispatch of a SYN, or a new connection reusing an ended
-/// flow's 5-tuple).
+/// flow's 5-tuple). Backend, generation and flags change in one aligned 64-bit store, so no
+/// CPU reads the new backend with the old generation.
 #[inline(always)]
 pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, now: u64) {
-    // SAFETY: as in touch_flow.
-    let f = unsafe { &mut *flow };
-    f.backend = backend;
-    f.gen = gen;
-    f.flags = flags_of(pkt)
+    let flags = flags_of(pkt)
         | if pkt.is_syn() {
             flow_flags::SYN_ONLY
         } else {
             0
         };
-    f.last_seen_ns = now;
+    let word = backend as u64 | (gen as u64) << 32 | (flags as u64) << FLAGS_SHIFT;
+    // SAFETY: as in set_flags.
+    unsafe {
+        core::ptr::write_volatile(head(flow), word);
+        (*flow).last_seen_ns = now;
+    }
 }
 
 /// Records that steer answered the flow with a RST. Returns true when this ends the flow.

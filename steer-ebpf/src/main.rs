@@ -67,6 +67,17 @@ fn try_steer(ctx: &XdpContext) -> Result<Verdict, Stop> {
     steer_new(ctx, &pkt, svc_id, svc, None, len, now)
 }
 
+/// UDP has no end: a flow idle past the service's timeout is over (counted).
+#[inline(always)]
+fn idle_expired(pkt: &Packet, flow: &Flow, svc: &Service, now: u64) -> bool {
+    let expired = !pkt.is_tcp()
+        && now.saturating_sub(flow.last_seen_ns) > svc.idle_timeout_s as u64 * 1_000_000_000;
+    if expired {
+        stats::count_event(event::IDLE_EXPIRED);
+    }
+    expired
+}
+
 /// A packet of a flow in the established table (rules 1, 4, 5).
 #[inline(always)]
 fn steer_established(
@@ -80,11 +91,7 @@ fn steer_established(
 ) -> Result<Verdict, Stop> {
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
-    // UDP has no end: a flow idle past the service's timeout is over.
-    if !pkt.is_tcp()
-        && now.saturating_sub(flow.last_seen_ns) > svc.idle_timeout_s as u64 * 1_000_000_000
-    {
-        stats::count_event(event::IDLE_EXPIRED);
+    if idle_expired(pkt, &flow, svc, now) {
         return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
     }
     // A SYN on an established flow's 5-tuple is not a retry: the old connection ended without
@@ -125,6 +132,10 @@ fn steer_transient(
 ) -> Result<Verdict, Stop> {
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
+    if idle_expired(pkt, &flow, svc, now) {
+        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+    }
+    // Not ended: an attempt (SYN only), or a flow met mid-way that has not been promoted yet.
     let half_open = flow.flags & flow_flags::ENDED == 0;
     if pkt.is_syn() && !half_open {
         // A new connection on the 5-tuple of one that ended.

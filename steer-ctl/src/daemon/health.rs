@@ -37,6 +37,8 @@ static LOCAL_ERRORS: Throttle = Throttle::new(Duration::from_secs(60));
 pub struct Supervisor {
     tasks: JoinSet<()>,
     tx: mpsc::UnboundedSender<Report>,
+    /// Bumped at every restart; reports carry the epoch of the task that sent them.
+    epoch: u64,
 }
 
 impl Supervisor {
@@ -44,6 +46,7 @@ impl Supervisor {
         Supervisor {
             tasks: JoinSet::new(),
             tx,
+            epoch: 0,
         }
     }
 
@@ -52,7 +55,9 @@ impl Supervisor {
     pub async fn restart(&mut self, core: &Shared) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        self.epoch += 1;
         let mut c = core.lock().expect("core lock");
+        c.check_epoch = self.epoch;
         let infos: BTreeMap<String, crate::balancer::BackendInfo> = c
             .bal
             .backend_infos()
@@ -87,6 +92,7 @@ impl Supervisor {
                     info.health,
                     paused,
                     self.tx.clone(),
+                    self.epoch,
                 ));
             }
         }
@@ -102,6 +108,9 @@ impl Supervisor {
 /// Applies one check result.
 pub fn apply_report(core: &Shared, r: Report) {
     let mut c = core.lock().expect("core lock");
+    if r.epoch != c.check_epoch {
+        return; // From a task a reload stopped: about a server that may no longer be there.
+    }
     let last = match &r.outcome {
         Outcome::Ok => "ok".to_string(),
         Outcome::Failed(why) => why.clone(),

@@ -90,6 +90,8 @@ pub(crate) struct Core {
     checks: BTreeMap<String, health::CheckState>,
     /// Per backend: checks paused (admin `maint`).
     paused: BTreeMap<String, Arc<AtomicBool>>,
+    /// The current generation of check tasks (see `health::Supervisor`).
+    check_epoch: u64,
     reader: Arc<FlowReader>,
 }
 
@@ -510,9 +512,13 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
             )
         }
         Err(refusal) => {
-            warn!(error = %refusal.error, "reload refused: the running config stays");
             // A failure part way did apply some of it: its checks must follow.
             let applied = refusal.kind == ErrorKind::Internal;
+            if applied {
+                error!(error = %refusal.error, "reload failed part way: the new config is in force as far as it was applied");
+            } else {
+                warn!(error = %refusal.error, "reload refused: the running config stays");
+            }
             (refusal.into(), applied.then_some(reloaded))
         }
     }
@@ -659,11 +665,15 @@ async fn start_locked(
         ApplyError::Refused(list) => DaemonError::Apply(list.join("; ")),
         ApplyError::Datapath(e) => DaemonError::Balancer(e),
     })?;
-    for n in &checked.notes {
+    let mut intent = checked.intent;
+    let mut notes = checked.notes;
+    // A weight override whose config weight changed while the daemon was down gives way.
+    notes.extend(settle_weights(&cfg, &mut intent));
+    for n in &notes {
         warn!("{n}");
     }
     let desired = Desired {
-        intent: &checked.intent,
+        intent: &intent,
         ..desired
     };
     reconcile::apply(&mut bal, &desired).map_err(|e| DaemonError::Apply(e.to_string()))?;
@@ -683,7 +693,7 @@ async fn start_locked(
         }
     }
     let mut store: Box<dyn IntentStore> = Box::new(store);
-    store.put(&checked.intent)?;
+    store.put(&intent)?;
     let listener = control::bind(&d.socket, d.socket_group.as_deref())?;
     info!(
         config = %cfg.path.display(),
@@ -696,11 +706,12 @@ async fn start_locked(
     let daemon = Arc::new(Daemon {
         core: Mutex::new(Core {
             cfg,
-            intent: checked.intent,
+            intent,
             store,
             bal,
             checks: BTreeMap::new(),
             paused: BTreeMap::new(),
+            check_epoch: 0,
             reader,
         }),
         counts: status::FlowCounts::new(capacity),

@@ -222,7 +222,7 @@ pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
             }
             match kind {
                 NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
+                NLMSG_ERROR if len >= 20 => {
                     let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
                     return Err(std::io::Error::from_raw_os_error(-errno));
                 }

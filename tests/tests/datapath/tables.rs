@@ -79,6 +79,19 @@ fn an_attempt_is_transient_until_its_handshake_and_again_once_it_ends() {
     );
     row.deltas.push(Delta::Outcome(event::FLOW_MISS, 1));
     t.check(row);
+    assert!(
+        !t.bal.datapath().is_established(&tcp_key(q)),
+        "a flow met mid-way starts transient: a flood of spoofed ACKs evicts nothing"
+    );
+    let row = fwd(
+        &t.bal,
+        "its next packet makes it established",
+        "web",
+        "web-b",
+        tcp4(CLIENT, q, VIP, 80).ack(8).frame(),
+        false,
+    );
+    t.check(row);
     assert!(t.bal.datapath().is_established(&tcp_key(q)));
     t.finish();
 }
