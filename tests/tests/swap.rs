@@ -10,6 +10,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -18,12 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use steer_common::outcome;
+use steer_common::{map, outcome};
 use steer_ctl::{AdminState, BackendSpec, Balancer, Datapath, Health, Options, ServiceSpec};
 use steer_tests::fixture::{tcp4, XDP_TX};
 
 /// How long traffic runs while the pools change.
 const RUN: Duration = Duration::from_secs(8);
+/// How long the slow reader reads while the pools change.
+const SLOW_RUN: Duration = Duration::from_secs(4);
 /// A small prime table: a rebuild costs little, so updates come as fast as the balancer allows.
 const MAGLEV_SIZE: u32 = 1021;
 /// States of the pools remembered for readers (a run spans far fewer).
@@ -395,15 +398,13 @@ fn update(bal: &mut Balancer, pools: &Pools, stop: &AtomicBool) -> Updates {
     u
 }
 
-#[test]
-fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
-    if !steer_tests::privileged("syns_never_reach_a_backend_in_neither_table_while_pools_change") {
-        return;
-    }
+/// A datapath (its maps pinned in `pin_dir`, if given) serving both services, every backend
+/// ready and up.
+fn setup(pin_dir: Option<PathBuf>) -> Balancer {
     let dp = Datapath::load(&Options {
         max_services: 4,
         max_flows: 1 << 16,
-        ..Options::default()
+        pin_dir,
     })
     .expect("load the datapath");
     let mut bal = Balancer::new(dp);
@@ -417,6 +418,25 @@ fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
             bal.add_backend(svc.name, spec(s, i)).unwrap();
         }
     }
+    bal
+}
+
+fn new_pools() -> Arc<Pools> {
+    let pools = Arc::new(Pools {
+        seq: AtomicU64::new(0),
+        history: (0..HISTORY).map(|_| AtomicU64::new(0)).collect(),
+    });
+    // Every backend is in its table to begin with.
+    pools.publish((0..SERVICES.len()).fold(0, |m, s| m | (bit(s, PER_SERVICE) - bit(s, 0))));
+    pools
+}
+
+#[test]
+fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
+    if !steer_tests::privileged("syns_never_reach_a_backend_in_neither_table_while_pools_change") {
+        return;
+    }
+    let mut bal = setup(None);
     let prog = bal
         .datapath_mut()
         .program()
@@ -425,12 +445,7 @@ fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
         .try_clone()
         .expect("dup the program fd");
     let outcomes_before = bal.datapath().outcomes().unwrap();
-    let pools = Arc::new(Pools {
-        seq: AtomicU64::new(0),
-        history: (0..HISTORY).map(|_| AtomicU64::new(0)).collect(),
-    });
-    // Every backend is in its table to begin with.
-    pools.publish((0..SERVICES.len()).fold(0, |m, s| m | (bit(s, PER_SERVICE) - bit(s, 0))));
+    let pools = new_pools();
     let stop = Arc::new(AtomicBool::new(false));
     let updater = {
         let (pools, stop) = (pools.clone(), stop.clone());
@@ -497,4 +512,111 @@ fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
     );
     assert!(u.calls >= 50, "the pools changed only {} times", u.calls);
     assert!(syns >= 10_000, "only {syns} SYNs");
+}
+
+/// Removes a pin directory when dropped.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = steer_ctl::datapath::unpin_all(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A packet that takes a millisecond between reading the service entry and reading the table
+/// slot and backend entry (the test program `swap_slow_reader`, on steer's pinned maps) — as one
+/// interrupted mid-run, or on a descheduled vCPU, would — while the pools change as in the test
+/// above: the balancer must wait for it, so the slot and the service entry do not change under
+/// it, and the backend the slot named is still ready and up when it reads it. Far likelier to
+/// catch a missing or misplaced wait than packets of a few hundred nanoseconds.
+#[test]
+fn a_slow_packet_finds_what_the_table_it_read_named() {
+    if !steer_tests::privileged("a_slow_packet_finds_what_the_table_it_read_named") {
+        return;
+    }
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/steer-test-{}-swap",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("make the pin directory");
+    let pins = Pins(dir.clone());
+    let mut bal = setup(Some(dir.clone()));
+    let mut loader = aya::EbpfLoader::new();
+    for m in [map::SERVICES, map::BACKENDS, map::MAGLEV] {
+        loader.map_pin_path(m, dir.join(m));
+    }
+    let mut aux = loader
+        .load(steer_tests::aux::OBJECT)
+        .expect("load the test programs on steer's pinned maps");
+    let reader: &mut aya::programs::Xdp = aux
+        .program_mut("swap_slow_reader")
+        .expect("the test object has swap_slow_reader")
+        .try_into()
+        .expect("swap_slow_reader is an XDP program");
+    reader.load().expect("load swap_slow_reader");
+    let fd = reader.fd().expect("program fd").as_fd().as_raw_fd();
+    let frames: Vec<Vec<u8>> = SERVICES
+        .iter()
+        .map(|s| {
+            tcp4(Ipv4Addr::new(100, 64, 0, 1), 0, s.vip, 80)
+                .syn()
+                .frame()
+                .bytes
+        })
+        .collect();
+
+    let pools = new_pools();
+    let stop = Arc::new(AtomicBool::new(false));
+    let updater = {
+        let (pools, stop) = (pools.clone(), stop.clone());
+        thread::spawn(move || {
+            let u = update(&mut bal, &pools, &stop);
+            (bal, u)
+        })
+    };
+    let start = Instant::now();
+    let (mut runs, mut wrong, mut examples) = (0u64, 0u64, Vec::new());
+    let mut out = vec![0u8; 512];
+    while start.elapsed() < SLOW_RUN {
+        let s = runs as usize % SERVICES.len();
+        let mut f = frames[s].clone();
+        // The Maglev slots to read: all of them in turn, 16 at a time.
+        f[34..36].copy_from_slice(&((runs / 2) as u16).to_be_bytes());
+        let (action, _) = test_run(fd, &f, &mut out);
+        runs += 1;
+        let be_id = u32::from_le_bytes(out[0..4].try_into().unwrap());
+        let (admin, health, flags, bad) = (out[4], out[5], out[6], out[7]);
+        let ok = action == XDP_TX && flags == 0 && bad == 0;
+        if !ok {
+            wrong += 1;
+            if examples.len() < 5 {
+                examples.push(format!(
+                    "{}: action {action}, {bad} of 16 backends not ready and up at the end, \
+                     e.g. {be_id}: admin {admin}, health {health}; flags {flags:#x} (1: table \
+                     slots changed, 2: service entry changed)",
+                    SERVICES[s].name
+                ));
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (bal, u) = updater.join().unwrap();
+    drop(aux);
+    drop(bal);
+    drop(pins);
+    println!(
+        "slow reader: {runs} reads of {:.2} ms each while {} balancer calls ({} batches) \
+         changed the pools; {wrong} saw something change under them",
+        secs * 1e3 / runs as f64,
+        u.calls,
+        u.batches
+    );
+    assert!(
+        wrong == 0,
+        "{wrong} of {runs} slow reads saw the table, the service entry or the backend change \
+         under them, e.g. {examples:#?}"
+    );
+    assert!(u.calls >= 20, "the pools changed only {} times", u.calls);
 }
