@@ -191,16 +191,6 @@ pub struct Backend {
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 impl Backend {
-    /// An empty slot that still records the generation its last backend had: flows of that
-    /// backend stay recognisable as removed, and the next holder of the id gets a later
-    /// generation even after a daemon restart (the generation is seeded from the map).
-    pub const fn emptied(gen: u16) -> Backend {
-        Backend {
-            gen,
-            ..Backend::EMPTY
-        }
-    }
-
     pub const EMPTY: Backend = Backend {
         addr: [0; 16],
         mac: [0; 6],

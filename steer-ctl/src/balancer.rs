@@ -4,8 +4,33 @@
 //! backend entries, and rebuilds a service's Maglev table from its eligible backends whenever
 //! their set or weights change, writing the table the datapath is not reading and then flipping
 //! the service to it (one map update: packets see the old table or the new one, never a mix).
+//!
+//! A packet reads the service entry, then a slot of the table it names, then the backend entry
+//! that slot names: what it read first must still hold when it reads the rest. So nothing that a
+//! packet which began before a service-map write may still be using is changed until every such
+//! packet has ended (a grace period, `wait_for_running_programs`):
+//! - the table slot a flip left is rewritten only by a later flip, after a grace period;
+//! - a backend that left a table is emptied (removed) or marked `reject`, `drain`, down… only
+//!   after the flip that took it out and a grace period, so a packet that read the old table
+//!   finds the backend as it was;
+//! - two writes of the services map are a grace period apart: it is a preallocated hash map,
+//!   whose update of a key puts the new value in a spare element and keeps the replaced element
+//!   as the CPU's next spare, so the next update on that CPU (of any service) would overwrite the
+//!   element a packet may still be reading;
+//! - a backend slot is given to another backend in two writes, the new fields under admin `NONE`
+//!   first, so a flow of the slot's last holder never reads half of each; a removed backend's
+//!   slot only has its admin byte set to `NONE` (its flows may be reading the rest).
+//!
+//! Outside a batch every public change ends with the grace period its last write needs, so the
+//! next change's flip is not delayed by this one. In a batch, entries of backends leaving a table
+//! wait in `pending` until `commit` has flipped every changed service, then are written after
+//! one grace period.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use steer_common::{
     admin, svc_flags, Backend, Counters, Service, ServiceKey, BACKEND_NONE, DEFAULT_IDLE_TIMEOUT_S,
@@ -123,6 +148,50 @@ pub enum BalancerError {
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;
 
+/// `membarrier(2)` command that returns after an RCU grace period (`synchronize_rcu()`); not in
+/// the libc crate.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// How long to wait instead when `MEMBARRIER_CMD_GLOBAL` is refused (a `nohz_full` kernel, or a
+/// seccomp filter): an XDP run takes microseconds in a softirq that nothing preempts, so 20 ms is
+/// four orders of magnitude of margin, and covers a vCPU descheduled by its hypervisor for a few
+/// host scheduler slices; only the kernel's own grace period covers any stall.
+const FALLBACK_GRACE: Duration = Duration::from_millis(20);
+
+/// Waits until every BPF program run that began before the call has ended, the same wait the
+/// kernel makes after an update of a map-in-map (`maybe_wait_bpf_programs`): XDP programs run
+/// inside RCU read-side critical sections (NAPI poll with bottom halves off, or
+/// `BPF_PROG_TEST_RUN` under `rcu_read_lock`), so an RCU grace period covers them, including one
+/// whose CPU was preempted by a hypervisor mid-run. `membarrier(MEMBARRIER_CMD_GLOBAL)` is
+/// `synchronize_rcu()` (libbpf's selftests use it as `kern_sync_rcu`): about 8–30 ms on the
+/// project's 2-core machines.
+fn wait_for_running_programs() {
+    // SAFETY: membarrier takes no pointers; flags 0, cpu_id ignored.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let err = std::io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                error = %err,
+                wait = ?FALLBACK_GRACE,
+                "membarrier(MEMBARRIER_CMD_GLOBAL) refused: table swaps wait a fixed time for running packets instead of an RCU grace period"
+            )
+        });
+        std::thread::sleep(FALLBACK_GRACE);
+    }
+}
+
+/// A removed backend's slot: only the admin byte changes (`NONE`), so a packet of one of its
+/// flows that read the entry before still finds the MAC and generation it read. The datapath
+/// reads nothing but the admin state of a `NONE` slot; the generation stays for the next holder.
+fn vacated(entry: &Backend) -> Backend {
+    Backend {
+        admin: admin::NONE,
+        ..*entry
+    }
+}
+
 /// Splits an address into the datapath's 16-byte form and family.
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     let mut b = [0u8; 16];
@@ -174,10 +243,13 @@ pub struct Balancer {
     reserved_backends: BTreeMap<String, (u32, u16)>,
     /// While `Some`, table rebuilds and service updates are deferred: `commit` publishes each
     /// service named here once.
-    batch: Option<std::collections::BTreeSet<String>>,
-    /// Backend ids freed during the current batch: not given out again before `commit`, as a
-    /// service not yet republished may still point at them.
-    freed: std::collections::BTreeSet<u32>,
+    batch: Option<BTreeSet<String>>,
+    /// Backend entries to write once their service (named here) has flipped to a table without
+    /// them and a grace period has passed: backends leaving a table, and removed backends
+    /// (whose ids are not given out again until then).
+    pending: BTreeMap<u32, (String, Backend)>,
+    /// A services-map write (or a flip) happened since the last grace period.
+    unsettled: bool,
 }
 
 /// A backend as `Balancer` holds it, for status reports.
@@ -222,8 +294,34 @@ impl Balancer {
             reserved_services: BTreeMap::new(),
             reserved_backends: BTreeMap::new(),
             batch: None,
-            freed: Default::default(),
+            pending: BTreeMap::new(),
+            // A daemon before this one may have flipped a table just before it stopped.
+            unsettled: true,
         }
+    }
+
+    /// Waits out every packet that may have read what the last services-map write replaced.
+    fn settle(&mut self) {
+        if self.unsettled {
+            wait_for_running_programs();
+            self.unsettled = false;
+        }
+    }
+
+    /// Writes the pending entries of backends of the services in `flipped` (which must have
+    /// flipped, and a grace period passed since) or of services gone.
+    fn flush_pending(&mut self, flipped: &BTreeSet<String>) -> Result<()> {
+        let ready: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, (svc, _))| flipped.contains(svc) || !self.services.contains_key(svc))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let (_, entry) = self.pending.remove(&id).expect("listed above");
+            self.dp.put_backend(id, &entry)?;
+        }
+        Ok(())
     }
 
     /// Defers publishing services until `commit`: a daemon adopting pinned maps, or applying a
@@ -233,16 +331,29 @@ impl Balancer {
         self.batch.get_or_insert_with(Default::default);
     }
 
-    /// Publishes every service changed since `begin_batch`.
+    /// Publishes every service changed since `begin_batch` (a grace period between two flips),
+    /// then, after one more grace period, writes the entries of the backends that left.
     pub fn commit(&mut self) -> Result<()> {
         let dirty = self.batch.take().unwrap_or_default();
-        self.freed.clear();
+        let mut done = BTreeSet::new();
+        let mut failed = None;
         for s in dirty {
             if self.services.contains_key(&s) {
-                self.rebuild(&s)?;
+                match self.publish(&s) {
+                    Ok(()) => {
+                        done.insert(s);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(())
+        self.settle();
+        // A service that failed to flip keeps its old table: its leaving backends stay as they
+        // are until it flips.
+        let r = self.flush_pending(&done);
+        failed.map_or(r, Err)
     }
 
     /// Ids that services and backends of these names held before (a daemon restarting on
@@ -292,15 +403,21 @@ impl Balancer {
         let keys: Vec<ServiceKey> = self.services.values().map(|s| s.key).collect();
         for k in self.dp.service_keys()? {
             if !keys.contains(&k) {
+                self.settle();
+                self.unsettled = true;
                 self.dp.remove_service(&k)?;
             }
         }
+        // No table read from now on holds the slots below: every service left here has been
+        // published by this balancer, and the others are gone.
+        self.settle();
         for id in 0..MAX_BACKENDS {
-            if self.backends.values().all(|b| b.id != id)
-                && self.dp.backend(id)?.admin != admin::NONE
-            {
-                let gen = self.dp.backend(id)?.gen;
-                self.dp.put_backend(id, &Backend::emptied(gen))?;
+            if self.backends.values().any(|b| b.id == id) || self.pending.contains_key(&id) {
+                continue;
+            }
+            let entry = self.dp.backend(id)?;
+            if entry.admin != admin::NONE {
+                self.dp.put_backend(id, &vacated(&entry))?;
             }
         }
         Ok(())
@@ -497,7 +614,8 @@ impl Balancer {
             }
         }
         let svc_id = svc.id;
-        let free = |i: &u32| self.backends.values().all(|b| b.id != *i) && !self.freed.contains(i);
+        let free =
+            |i: &u32| self.backends.values().all(|b| b.id != *i) && !self.pending.contains_key(i);
         let reserved = self
             .reserved_backends
             .get(&spec.name)
@@ -531,7 +649,7 @@ impl Balancer {
             gen: self.gens[id as usize],
             ..Backend::EMPTY
         };
-        self.dp.put_backend(id, &entry)?;
+        self.give_slot(id, service, &entry)?;
         let role = spec.role;
         let name = spec.name.clone();
         self.backends.insert(
@@ -557,7 +675,41 @@ impl Balancer {
         Ok(id)
     }
 
-    /// Takes a backend out of its service's table and frees its id.
+    /// Writes the entry of a backend of `service` given slot `id`. The slot's last holder (a
+    /// removed backend) may still have flows whose packets read it: the new fields go in under
+    /// admin `NONE` (such a packet stops at the admin byte), then the admin state alone. The
+    /// same backend taking its slot back (a restarted daemon adopting its pinned maps) keeps it
+    /// in place, and if it is no longer eligible, its admin state and health wait for the flip
+    /// like any backend leaving a table (the pinned table may hold it).
+    fn give_slot(&mut self, id: u32, service: &str, entry: &Backend) -> Result<()> {
+        self.pending.remove(&id);
+        let cur = self.dp.backend(id)?;
+        if cur.admin != admin::NONE && cur.gen == entry.gen && cur.addr == entry.addr {
+            if cur.eligible() && !entry.eligible() {
+                let now = Backend {
+                    admin: cur.admin,
+                    health: cur.health,
+                    ..*entry
+                };
+                self.dp.put_backend(id, &now)?;
+                self.pending.insert(id, (service.to_string(), *entry));
+                return Ok(());
+            }
+            return Ok(self.dp.put_backend(id, entry)?);
+        }
+        if cur.admin != admin::NONE {
+            // Held by a backend this balancer does not know (pinned maps of an earlier
+            // config): vacated first, its packets waited out.
+            self.dp.put_backend(id, &vacated(&cur))?;
+            self.unsettled = true;
+            self.settle();
+        }
+        self.dp.put_backend(id, &vacated(entry))?;
+        Ok(self.dp.put_backend(id, entry)?)
+    }
+
+    /// Takes a backend out of its service's table, then (a grace period after the flip, or
+    /// after `commit` in a batch) empties its slot and frees its id.
     pub fn remove_backend(&mut self, name: &str) -> Result<()> {
         let be = self
             .backends
@@ -572,17 +724,17 @@ impl Balancer {
                 svc.value.maintenance = BACKEND_NONE;
             }
         }
-        // Out of the table before its entry empties, even within a batch: no live table may
-        // point at a freed id.
+        // The id stays taken until the entry is written: no live table may point at a freed
+        // id, nor a packet that read an old table find another backend there.
+        self.pending
+            .insert(be.id, (be.service.clone(), vacated(&be.entry)));
         if self.services.contains_key(&be.service) {
-            self.publish(&be.service)?;
+            self.rebuild(&be.service)
+        } else {
+            self.settle();
+            let gone = BTreeSet::new();
+            self.flush_pending(&gone)
         }
-        self.dp
-            .put_backend(be.id, &Backend::emptied(be.entry.gen))?;
-        if self.batch.is_some() {
-            self.freed.insert(be.id);
-        }
-        Ok(())
     }
 
     /// Drops the ids kept for names of an earlier run: after the first apply they are either
@@ -603,8 +755,10 @@ impl Balancer {
         self.rebuild(&service)
     }
 
-    /// Sets a backend's admin state. Leaving the table is applied table first (no new flow is
-    /// pinned to a backend that has just been rejected); joining it, entry first.
+    /// Sets a backend's admin state. Leaving the table is applied table first, and the entry
+    /// only once no packet that read the old table can still be running (no new flow is pinned
+    /// to a backend that has just been rejected); joining it, entry first. Returns a grace
+    /// period after the flip; the flip itself is not delayed.
     pub fn set_admin(&mut self, name: &str, state: AdminState) -> Result<()> {
         self.update_backend(name, |e| e.admin = state.code())
     }
@@ -626,10 +780,19 @@ impl Balancer {
             return Ok(());
         }
         if entry.eligible() && !before.eligible() {
+            // Joining: the entry first (a packet that reads the new table finds it ready).
+            self.pending.remove(&id);
             self.dp.put_backend(id, &entry)?;
             self.rebuild(&service)
+        } else if before.eligible() || self.batch.is_some() {
+            // Leaving (or, in a batch, perhaps still in the live table): the entry once the
+            // table without it is live and its last readers are gone.
+            self.pending.insert(id, (service.clone(), entry));
+            self.rebuild(&service)
         } else {
-            self.rebuild(&service)?;
+            // Out of every table already (drain to maint, down while drained): the table
+            // does not change.
+            self.pending.remove(&id);
             Ok(self.dp.put_backend(id, &entry)?)
         }
     }
@@ -657,9 +820,18 @@ impl Balancer {
             dirty.insert(service.to_string());
             return Ok(());
         }
-        self.dp.put_service(&svc.key, &value)?;
-        svc.value = value;
-        Ok(())
+        let key = svc.key;
+        self.settle();
+        self.unsettled = true;
+        let r = self.dp.put_service(&key, &value);
+        if r.is_ok() {
+            self.services
+                .get_mut(service)
+                .expect("looked up above")
+                .value = value;
+        }
+        self.settle();
+        Ok(r?)
     }
 
     /// Removes a service and its backends; their flows are treated as rejected.
@@ -668,14 +840,21 @@ impl Balancer {
             .services
             .remove(service)
             .ok_or_else(|| BalancerError::UnknownService(service.to_string()))?;
+        if let Some(dirty) = &mut self.batch {
+            dirty.remove(service);
+        }
+        self.settle();
+        self.unsettled = true;
         self.dp.remove_service(&svc.key)?;
+        // Its backends' slots once no packet can be reading the service's tables.
+        self.settle();
         for name in &svc.backends {
             if let Some(be) = self.backends.remove(name) {
-                self.dp
-                    .put_backend(be.id, &Backend::emptied(be.entry.gen))?;
+                self.pending
+                    .insert(be.id, (service.to_string(), vacated(&be.entry)));
             }
         }
-        Ok(())
+        self.flush_pending(&BTreeSet::new())
     }
 
     /// Active flows per backend name: not ended and seen within the service's idle timeout.
@@ -839,7 +1018,16 @@ impl Balancer {
         be.entry.mac = spec.mac;
         let entry = be.entry;
         if mac_changed {
-            self.dp.put_backend(id, &entry)?;
+            // Only the MAC: an admin state or health waiting in `pending` stays there.
+            match self.pending.get_mut(&id) {
+                Some((_, waiting)) => {
+                    waiting.mac = spec.mac;
+                    let mut cur = self.dp.backend(id)?;
+                    cur.mac = spec.mac;
+                    self.dp.put_backend(id, &cur)?;
+                }
+                None => self.dp.put_backend(id, &entry)?,
+            }
         }
         if old_role != spec.role {
             let svc = self.services.get_mut(&service).expect("backend's service");
@@ -887,16 +1075,22 @@ impl Balancer {
     }
 
     /// Rebuilds a service's table from its eligible backends, writes it to the idle slot and
-    /// makes it live.
+    /// makes it live; then, a grace period later, writes the entries of the backends that left
+    /// it. In a batch, only notes the service for `commit`.
     fn rebuild(&mut self, service: &str) -> Result<()> {
         if let Some(dirty) = &mut self.batch {
             dirty.insert(service.to_string());
             return Ok(());
         }
-        self.publish(service)
+        let r = self.publish(service);
+        self.settle();
+        r?;
+        self.flush_pending(&BTreeSet::from([service.to_string()]))
     }
 
-    /// Builds the service's table now, writes it to the idle slot and makes it live.
+    /// Builds the service's table now, writes it to the idle slot and makes it live. The idle
+    /// slot was left by the service's last flip, and the services-map element the write frees
+    /// may be what packets read: both wait for a grace period since the last write (`settle`).
     fn publish(&mut self, service: &str) -> Result<()> {
         let svc = self
             .services
@@ -915,7 +1109,9 @@ impl Balancer {
         let mut value = svc.value;
         value.table_slot ^= 1;
         value.maglev_size = svc.spec.maglev_size;
+        self.settle();
         self.dp.write_table(id, value.table_slot, &table)?;
+        self.unsettled = true;
         self.dp.put_service(&key, &value)?;
         self.services
             .get_mut(service)

@@ -2,14 +2,15 @@
 //! `steer_pass` passes everything, for the peer of a veth that runs steer in native mode (veth
 //! only delivers `XDP_TX` frames promptly to a peer with an XDP program); `bench_floor` swaps MACs
 //! and transmits, the floor of the datapath benchmark; `bench_wrap` restores a frame and
-//! tail-calls the program under test.
+//! tail-calls the program under test; `swap_slow_reader` reads steer's maps as a packet does but
+//! takes a millisecond doing it (`tests/tests/swap.rs` loads it on steer's pinned maps).
 
 use aya::{
     programs::{Xdp, XdpMode},
     Ebpf,
 };
 
-/// The compiled object holding `steer_pass`, `bench_floor` and `bench_wrap`.
+/// The compiled object holding `steer_pass`, `bench_floor`, `bench_wrap` and `swap_slow_reader`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-aux"));
 
 /// Attaches `steer_pass` to `iface` (in the calling thread's namespace), natively. It stays

@@ -9,8 +9,13 @@
 //!
 //! `bench_floor` and `bench_wrap`: the floor of `cargo xtask bench datapath` and the wrapper that
 //! lets it time paths which rewrite their packet.
+//!
+//! `swap_slow_reader` (module `swap`): a packet of steer that takes a millisecond between reading
+//! the service entry and reading the rest, for the swap test.
 #![no_std]
 #![no_main]
+
+mod swap;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -1,0 +1,121 @@
+//! `swap_slow_reader`: reads what steer's datapath reads for a new flow — the service entry,
+//! slots of the Maglev table it names, the backend entries those slots name — but spends about
+//! a millisecond between the first reads and the others, as a packet would whose CPU was
+//! interrupted (or whose vCPU was descheduled) mid-run. `tests/tests/swap.rs` loads it on steer's
+//! own maps (reused from their pins) while it changes the pools, and checks that the balancer
+//! waited for it: the table slots and the service entry unchanged under it, the backends they
+//! named still ready and up at its end.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_MMAPABLE},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap},
+    programs::XdpContext,
+};
+use steer_common::{
+    maglev_index, Backend, Service, ServiceKey, FAMILY_V4, MAGLEV_CHUNK, PROTO_TCP,
+};
+
+/// steer's maps, by name and type; the test reuses the datapath's pinned ones, so the sizes
+/// here do not matter.
+#[map(name = "STEER_SVC_V1")]
+static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
+#[map(name = "STEER_BE_V1")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+#[map(name = "STEER_MAGLEV_V1")]
+static MAGLEV: Array<[u32; MAGLEV_CHUNK as usize]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Clock reads between the first read and the others: about 20-40 ns each here. A counted loop
+/// with no other branch, so the verifier walks it once per iteration without keeping states.
+const SPIN: u32 = 40_000;
+
+/// Bits of the result's flags byte.
+const TABLE_SLOT_CHANGED: u8 = 1;
+const SERVICE_ENTRY_CHANGED: u8 = 2;
+
+/// Input: an Ethernet/IPv4/TCP frame to a service; its source port picks the 16 Maglev slots to
+/// read (one array element). Output, over the frame's first bytes (`XDP_TX`): a backend id
+/// (u32, little endian) and its admin state and health at the end — the first of the 16 not
+/// ready and up then, else the first — the flags byte, and how many of the 16 were not ready
+/// and up. `XDP_PASS` when there is nothing to read.
+#[xdp]
+pub fn swap_slow_reader(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 54 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let mut key = ServiceKey {
+        addr: [0; 16],
+        port_be: 0,
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    // SAFETY: 54 bytes are in the packet (checked above).
+    let idx = unsafe {
+        for i in 0..4 {
+            key.addr[i] = *((start + 30 + i) as *const u8);
+        }
+        key.port_be = core::ptr::read_unaligned((start + 36) as *const u16);
+        u16::from_be(core::ptr::read_unaligned((start + 34) as *const u16)) as u32
+    };
+    let Some(svc) = SERVICES.get_ptr(&key) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: pointers from map lookups, valid for this run; read volatile, as the point is
+    // to see whether they change.
+    unsafe {
+        let before = core::ptr::read_volatile(svc);
+        if before.maglev_size == 0 {
+            return xdp_action::XDP_PASS;
+        }
+        // Slots first..first+16 of the table, all below its size: one whole element, as
+        // tables start at a multiple of MAGLEV_CHUNK.
+        let whole = before.maglev_size / MAGLEV_CHUNK * MAGLEV_CHUNK;
+        if whole == 0 {
+            return xdp_action::XDP_PASS;
+        }
+        let first = idx * MAGLEV_CHUNK % whole;
+        let pos = maglev_index(before.id, before.table_slot & 1, first);
+        let Some(chunk) = MAGLEV.get_ptr(pos / MAGLEV_CHUNK) else {
+            return xdp_action::XDP_PASS;
+        };
+        let ids = core::ptr::read_volatile(chunk);
+        for _ in 0..SPIN {
+            bpf_ktime_get_ns();
+        }
+        let mut flags = 0;
+        if core::ptr::read_volatile(chunk) != ids {
+            flags |= TABLE_SLOT_CHANGED;
+        }
+        if core::ptr::read_volatile(svc) != before {
+            flags |= SERVICE_ENTRY_CHANGED;
+        }
+        let (mut shown, mut bad) = ((ids[0], 0xff, 0xff), 0u8);
+        for (i, id) in ids.iter().enumerate() {
+            let (admin, health) = match BACKENDS.get_ptr(*id) {
+                Some(be) => {
+                    let be = core::ptr::read_volatile(be);
+                    (be.admin, be.health)
+                }
+                None => (0xff, 0xff),
+            };
+            let ok = admin == steer_common::admin::READY && health == steer_common::health::UP;
+            if i == 0 || (!ok && bad == 0) {
+                shown = (*id, admin, health);
+            }
+            if !ok {
+                bad += 1;
+            }
+        }
+        let out = start as *mut u8;
+        for (i, b) in shown.0.to_le_bytes().iter().enumerate() {
+            *out.add(i) = *b;
+        }
+        *out.add(4) = shown.1;
+        *out.add(5) = shown.2;
+        *out.add(6) = flags;
+        *out.add(7) = bad;
+    }
+    xdp_action::XDP_TX
+}
