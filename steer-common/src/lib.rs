@@ -178,7 +178,12 @@ pub struct Backend {
     pub admin: u8,
     /// `health::*`.
     pub health: u8,
-    pub _pad: [u8; 3],
+    /// 1 while the backend takes new flows of its service: in its live Maglev table, or the
+    /// maintenance backend of a service in maintenance, or the fallback of a service whose
+    /// table is empty. Set by steer-ctl when it publishes a table (joining before the flip,
+    /// leaving after it): a retransmitted SYN stays with its backend only while this holds.
+    pub takes_new: u8,
+    pub _pad: [u8; 2],
     /// Service this backend belongs to.
     pub service: u32,
     /// Port in network byte order (used by NAT mode; DSR keeps the VIP's port).
@@ -197,7 +202,8 @@ impl Backend {
         family: 0,
         admin: admin::NONE,
         health: health::DOWN,
-        _pad: [0; 3],
+        takes_new: 0,
+        _pad: [0; 2],
         service: 0,
         port_be: 0,
         gen: 0,
@@ -208,6 +214,13 @@ impl Backend {
     #[inline(always)]
     pub fn eligible(&self) -> bool {
         self.admin == admin::READY && self.health == health::UP
+    }
+
+    /// Takes new flows now: eligible, and chosen by its service's live table (or as its
+    /// maintenance or fallback backend).
+    #[inline(always)]
+    pub fn takes_new_flows(&self) -> bool {
+        self.eligible() && self.takes_new != 0
     }
 
     /// May keep the flows it has: anything but removed or `reject`.

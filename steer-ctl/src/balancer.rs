@@ -815,23 +815,9 @@ impl Balancer {
         if value == svc.value {
             return Ok(());
         }
-        if let Some(dirty) = &mut self.batch {
-            svc.value = value;
-            dirty.insert(service.to_string());
-            return Ok(());
-        }
-        let key = svc.key;
-        self.settle();
-        self.unsettled = true;
-        let r = self.dp.put_service(&key, &value);
-        if r.is_ok() {
-            self.services
-                .get_mut(service)
-                .expect("looked up above")
-                .value = value;
-        }
-        self.settle();
-        Ok(r?)
+        // Published with a table flip: which backends take new flows changes with it.
+        svc.value = value;
+        self.rebuild(service)
     }
 
     /// Removes a service and its backends; their flows are treated as rejected.
@@ -1105,10 +1091,43 @@ impl Balancer {
             })
             .collect();
         let table = maglev::build(svc.spec.maglev_size, &entries)?;
+        // Which backends take new flows once this table is live.
+        let members: BTreeSet<u32> = entries.iter().map(|e| e.id).collect();
+        let maintenance = svc.value.flags & svc_flags::MAINTENANCE != 0;
+        let takes: Vec<(String, u8)> = svc
+            .backends
+            .iter()
+            .filter_map(|n| self.backends.get(n))
+            .map(|b| {
+                let t = if maintenance {
+                    b.id == svc.value.maintenance
+                } else {
+                    members.contains(&b.id) || (members.is_empty() && b.id == svc.value.fallback)
+                };
+                (b.spec.name.clone(), t as u8)
+            })
+            .collect();
         let (id, key) = (svc.id, svc.key);
         let mut value = svc.value;
         value.table_slot ^= 1;
         value.maglev_size = svc.spec.maglev_size;
+        for (name, t) in takes {
+            let be = self.backends.get_mut(&name).expect("listed above");
+            if be.entry.takes_new == t {
+                continue;
+            }
+            be.entry.takes_new = t;
+            let (bid, entry) = (be.id, be.entry);
+            if let Some(p) = self.pending.get_mut(&bid) {
+                p.1.takes_new = t;
+            } else if t == 1 {
+                // Joining: before the flip.
+                self.dp.put_backend(bid, &entry)?;
+            } else {
+                // Leaving: after the flip and a grace period.
+                self.pending.insert(bid, (service.to_string(), entry));
+            }
+        }
         self.settle();
         self.dp.write_table(id, value.table_slot, &table)?;
         self.unsettled = true;

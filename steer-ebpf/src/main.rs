@@ -143,8 +143,9 @@ fn steer_transient(
     }
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
-            if pkt.is_syn() && !be.eligible() {
-                // A retransmitted SYN whose backend was taken out: steered again (rule 5).
+            if pkt.is_syn() && !be.takes_new_flows() {
+                // A retransmitted SYN whose backend no longer takes new flows (drained, down,
+                // weight 0, another group switched to, maintenance): steered again (rule 5).
                 stats::count_event(event::REDISPATCH);
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }

@@ -124,3 +124,68 @@ fn a_syn_on_an_established_flows_tuple_is_a_new_connection() {
     t.check(row);
     t.finish();
 }
+
+#[test]
+fn a_syn_retry_leaves_a_backend_that_no_longer_takes_new_flows_though_ready_and_up() {
+    let Some(mut t) = table(
+        "redispatch::a_syn_retry_leaves_a_backend_that_no_longer_takes_new_flows_though_ready_and_up",
+    ) else {
+        return;
+    };
+    // Weight 0: ready and up, but out of the table.
+    let p = port_to(&t.bal, "web-c", 52_000);
+    let row = fwd(
+        &t.bal,
+        "set-up: SYN to web-c",
+        "web",
+        "web-c",
+        tcp4(CLIENT, p, VIP, 80).syn().frame(),
+        true,
+    );
+    t.check(row);
+    t.bal.set_weight("web-c", 0).unwrap();
+    let again = maglev_choice(&t.bal, "web", &tcp_key(p));
+    assert_ne!(again, "web-c");
+    let mut row = fwd(
+        &t.bal,
+        "a retransmitted SYN to a backend of weight 0 is steered again",
+        "web",
+        &again,
+        tcp4(CLIENT, p, VIP, 80).syn().frame(),
+        true,
+    );
+    row.deltas.push(Delta::Outcome(event::REDISPATCH, 1));
+    t.check(row);
+    // Maintenance: only the maintenance backend takes new flows.
+    let q = port_to(&t.bal, "web-a", 53_000);
+    let row = fwd(
+        &t.bal,
+        "set-up: SYN to web-a",
+        "web",
+        "web-a",
+        tcp4(CLIENT, q, VIP, 80).syn().frame(),
+        true,
+    );
+    t.check(row);
+    t.bal.set_maintenance("web", true).unwrap();
+    let mut row = fwd(
+        &t.bal,
+        "a retransmitted SYN during maintenance goes to the maintenance backend",
+        "web",
+        "web-maint",
+        tcp4(CLIENT, q, VIP, 80).syn().frame(),
+        true,
+    );
+    row.deltas.push(Delta::Outcome(event::REDISPATCH, 1));
+    t.check(row);
+    let row = fwd(
+        &t.bal,
+        "and its own retransmission stays there",
+        "web",
+        "web-maint",
+        tcp4(CLIENT, q, VIP, 80).syn().frame(),
+        false,
+    );
+    t.check(row);
+    t.finish();
+}
