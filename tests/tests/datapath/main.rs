@@ -13,7 +13,9 @@ mod ipv6;
 mod maintenance_fallback;
 mod new_flows;
 mod no_backend;
+mod options;
 mod parse;
 mod redispatch;
 mod udp;
+mod vlan;
 // NAT rows (translation and reverse translation) go in a module of their own here.
