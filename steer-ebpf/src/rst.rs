@@ -5,7 +5,11 @@
 //! simply written over (the answer carries none). Fields are written with single stores;
 //! checksums are summed from the values written, not read back.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+};
 use steer_common::{outcome, FAMILY_V4, PROTO_TCP};
 
 use crate::{
@@ -98,9 +102,12 @@ pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
     let l3_len = if v4 { IPV4_LEN } else { IPV6_LEN };
     let ip = pkt.l3_off;
 
-    // Trim the frame to Ethernet (and its tags) + IP + a bare TCP header.
+    // Trim the frame to Ethernet (and its tags) + IP + a bare TCP header. Its length counts
+    // any fragments after the linear part too (data_end is only the linear part's end), or
+    // their bytes would be left trailing the RST.
     let want = (ip + l3_len + TCP_LEN) as i32;
-    let have = (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: helper without preconditions on an XDP context.
+    let have = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     if have > want {
         // SAFETY: shrinking an XDP frame; pointers are re-derived and re-checked below.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - have) } != 0 {
