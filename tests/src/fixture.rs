@@ -267,7 +267,7 @@ impl Frame {
     /// them).
     pub fn ipv4_options(mut self, opts: &[u8]) -> Frame {
         assert!(
-            opts.len() % 4 == 0 && opts.len() <= 40,
+            opts.len().is_multiple_of(4) && opts.len() <= 40,
             "IPv4 options: 4-byte words, ≤ 40"
         );
         let ip = l3_offset(&self.bytes, 2);
