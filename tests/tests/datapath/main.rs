@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod established;
+mod fuzz;
 mod ipv6;
 mod maintenance_fallback;
 mod new_flows;
