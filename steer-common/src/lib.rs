@@ -321,13 +321,16 @@ pub mod outcome {
     /// A backend id found in a Maglev table is out of range or its slot is empty: dropped.
     pub const DROP_BAD_BACKEND: u32 = 7;
     /// A packet of a flow whose backend is rejected or removed, that cannot be answered with a
-    /// RST (UDP, a RST itself, or an IPv4 header with options): dropped.
+    /// RST (UDP, or a RST itself): dropped.
     pub const DROP_REJECTED: u32 = 8;
+    /// Headers nested deeper than the datapath walks (more than two VLAN tags, more than
+    /// `MAX_IPV6_EXT_HEADERS` IPv6 extension headers before TCP or UDP): passed to the kernel.
+    pub const PASS_TOO_MANY_HEADERS: u32 = 9;
     /// Number of outcome slots; every packet is counted in exactly one of `0..COUNT`.
     pub const COUNT: u32 = 16;
 
     /// Human names, indexed by outcome; used for logs and metrics labels.
-    pub const NAMES: [&str; 9] = [
+    pub const NAMES: [&str; 10] = [
         "tx_forward",
         "tx_rst",
         "pass_not_ip",
@@ -337,6 +340,7 @@ pub mod outcome {
         "drop_no_backend",
         "drop_bad_backend",
         "drop_rejected",
+        "pass_too_many_headers",
     ];
 }
 
@@ -370,6 +374,13 @@ pub mod event {
 /// last SYN (a handshake in progress), not for the idle timeout: its next retransmission is
 /// steered to an eligible backend anyway (rule 5), so a drain need not wait for it.
 pub const SYN_ACTIVE_NS: u64 = 3_000_000_000;
+
+/// VLAN tags the datapath walks before the IP header: 802.1Q, or QinQ (802.1ad outer, 802.1Q
+/// inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers (hop-by-hop, routing, destination options) the datapath walks before
+/// TCP or UDP; a longer chain is passed (`outcome::PASS_TOO_MANY_HEADERS`).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 
 /// Size of `STEER_GSTAT_V1`: outcomes, then events.
 pub const GLOBAL_SLOTS: u32 = 32;

@@ -1,11 +1,15 @@
-//! Header parsing with bounds checks: Ethernet, IPv4 or IPv6, TCP or UDP.
+//! Header parsing with bounds checks: Ethernet (with up to two VLAN tags), IPv4 (with options)
+//! or IPv6 (with a bounded chain of extension headers), TCP or UDP.
 //!
 //! Each header is bounds-checked once as a whole, then its fields are read with single loads of
 //! their own width (the x86 and arm64 JITs load unaligned words natively; byte-by-byte copies
 //! and zeroing calls would cost more than the rest of the program).
 
 use aya_ebpf::programs::XdpContext;
-use steer_common::{outcome, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use steer_common::{
+    outcome, FlowKey, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP,
+    PROTO_UDP,
+};
 
 use crate::Stop;
 
@@ -13,9 +17,21 @@ pub const ETH_LEN: usize = 14;
 /// EtherTypes as they read from the wire into a native (little-endian) u16.
 const ETH_P_IP_NE: u16 = u16::from_ne_bytes([0x08, 0x00]);
 const ETH_P_IPV6_NE: u16 = u16::from_ne_bytes([0x86, 0xdd]);
+/// 802.1Q VLAN tag, and 802.1ad (QinQ) service tag.
+const ETH_P_8021Q_NE: u16 = u16::from_ne_bytes([0x81, 0x00]);
+const ETH_P_8021AD_NE: u16 = u16::from_ne_bytes([0x88, 0xa8]);
+const VLAN_LEN: usize = 4;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
+/// IPv6 next-header values of the extension headers walked (RFC 8200 §4), and the fragment
+/// header, which ends the walk.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// Every extension header walked starts with next header, length (in 8-byte units after the
+/// first 8), and is at least 8 bytes long.
+const EXT_MIN_LEN: usize = 8;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -28,8 +44,8 @@ pub struct Packet {
     pub key: FlowKey,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
-    /// Length of the IPv4 header with options (IPv6: the fixed 40 bytes).
-    pub l3_len: usize,
+    /// Offset of the IP header: the Ethernet header and its VLAN tags come before it.
+    pub l3_off: usize,
     /// TCP sequence and acknowledgment numbers (host order), to answer with a RST.
     pub seq: u32,
     pub ack_seq: u32,
@@ -127,12 +143,19 @@ struct L3 {
     proto: u8,
     src: [u8; 16],
     dst: [u8; 16],
+    /// Offset of the IP header.
+    off: usize,
     /// Offset of the L4 header.
     l4_off: usize,
-    /// Header length.
-    len: usize,
-    /// Bytes after the IP header (IPv4 total length − header; IPv6 payload length).
+    /// Bytes after the IP header and its options or extension headers (IPv4 total length −
+    /// header; IPv6 payload length − extension headers).
     l4_bytes: u32,
+}
+
+/// Whether an EtherType (as read from the wire) is a VLAN tag's: 802.1Q, or 802.1ad.
+#[inline(always)]
+fn is_vlan(proto: u16) -> bool {
+    proto == ETH_P_8021Q_NE || proto == ETH_P_8021AD_NE
 }
 
 /// Parses the headers. Packets that are not IP are passed; truncated or malformed headers are
@@ -140,9 +163,22 @@ struct L3 {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Stop> {
     let eth = Hdr::<ETH_LEN>::at(ctx, 0).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
-    let l3 = match eth.u16_ne(12) {
-        ETH_P_IP_NE => parse_ipv4(ctx, ETH_LEN)?,
-        ETH_P_IPV6_NE => parse_ipv6(ctx, ETH_LEN)?,
+    let mut proto = eth.u16_ne(12);
+    let mut off = ETH_LEN;
+    // A trunk port: an 802.1Q tag, or QinQ's 802.1ad tag then an 802.1Q tag. Each tag is the
+    // TCI then the next EtherType; the tags stay in the frame (DSR rewrites only the MACs).
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(proto) {
+            break;
+        }
+        let tag = Hdr::<VLAN_LEN>::at(ctx, off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+        proto = tag.u16_ne(2);
+        off += VLAN_LEN;
+    }
+    let l3 = match proto {
+        ETH_P_IP_NE => parse_ipv4(ctx, off)?,
+        ETH_P_IPV6_NE => parse_ipv6(ctx, off)?,
+        p if is_vlan(p) => return Err(Stop::Pass(outcome::PASS_TOO_MANY_HEADERS)),
         _ => return Err(Stop::Pass(outcome::PASS_NOT_IP)),
     };
     parse_l4(ctx, &l3)
@@ -166,8 +202,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Stop> {
         proto: h.u8(9),
         src: addr([h.u32_ne(12), 0, 0, 0]),
         dst: addr([h.u32_ne(16), 0, 0, 0]),
+        off,
         l4_off: off + len,
-        len,
         l4_bytes: total - len as u32,
     })
 }
@@ -178,19 +214,53 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Stop> {
     if h.u8(0) >> 4 != 6 {
         return Err(Stop::Pass(outcome::PASS_MALFORMED));
     }
-    let proto = h.u8(6);
-    if proto == NEXTHDR_FRAGMENT {
-        return Err(Stop::Pass(outcome::PASS_FRAGMENT));
+    let payload = h.u16_be(4) as u32;
+    let (proto, l4_off) = walk_ipv6_ext(ctx, h.u8(6), off + IPV6_LEN)?;
+    let ext_len = (l4_off - off - IPV6_LEN) as u32;
+    if ext_len > payload {
+        return Err(Stop::Pass(outcome::PASS_MALFORMED));
     }
     Ok(L3 {
         family: FAMILY_V6,
         proto,
         src: addr([h.u32_ne(8), h.u32_ne(12), h.u32_ne(16), h.u32_ne(20)]),
         dst: addr([h.u32_ne(24), h.u32_ne(28), h.u32_ne(32), h.u32_ne(36)]),
-        l4_off: off + IPV6_LEN,
-        len: IPV6_LEN,
-        l4_bytes: h.u16_be(4) as u32,
+        off,
+        l4_off,
+        l4_bytes: payload - ext_len,
     })
+}
+
+/// Walks the IPv6 extension headers from `next` (the IPv6 header's next header) at `off`, at
+/// most `MAX_IPV6_EXT_HEADERS` of them (a fixed bound the verifier can see): returns the upper
+/// protocol and its offset. A fragment header anywhere means a fragment (passed, as IPv4's
+/// are); a routing header with segments left means the VIP is a waypoint, not the destination
+/// (passed as not for a service); a hop-by-hop header after the first position is malformed
+/// (RFC 8200 §4.1); a longer chain is passed with its own count.
+#[inline(always)]
+fn walk_ipv6_ext(ctx: &XdpContext, mut next: u8, mut off: usize) -> Result<(u8, usize), Stop> {
+    for i in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            NEXTHDR_ROUTING | NEXTHDR_DEST => {}
+            NEXTHDR_HOP if i == 0 => {}
+            NEXTHDR_HOP => return Err(Stop::Pass(outcome::PASS_MALFORMED)),
+            NEXTHDR_FRAGMENT => return Err(Stop::Pass(outcome::PASS_FRAGMENT)),
+            _ => return Ok((next, off)),
+        }
+        let x = Hdr::<EXT_MIN_LEN>::at(ctx, off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+        if next == NEXTHDR_ROUTING && x.u8(3) != 0 {
+            return Err(Stop::Pass(outcome::PASS_NOT_SERVICE));
+        }
+        next = x.u8(0);
+        off += (x.u8(1) as usize + 1) * EXT_MIN_LEN;
+    }
+    match next {
+        NEXTHDR_FRAGMENT => Err(Stop::Pass(outcome::PASS_FRAGMENT)),
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+            Err(Stop::Pass(outcome::PASS_TOO_MANY_HEADERS))
+        }
+        _ => Ok((next, off)),
+    }
 }
 
 /// Reads the ports (and TCP flags, sequence numbers, payload length). A TCP or UDP header cut
@@ -209,7 +279,7 @@ fn parse_l4(ctx: &XdpContext, l3: &L3) -> Result<Packet, Stop> {
             _pad: [0; 2],
         },
         tcp_flags: 0,
-        l3_len: l3.len,
+        l3_off: l3.off,
         seq: 0,
         ack_seq: 0,
         payload_len: 0,

@@ -1,32 +1,40 @@
 //! Answering a TCP packet with a RST from XDP, as the backend's `REJECT` would: the frame is
 //! turned around in place (addresses and ports swapped, trimmed to bare headers) and sent back
-//! out with `XDP_TX`. Fields are written with single stores; checksums are summed from the
-//! values written, not read back.
+//! out with `XDP_TX`. Its VLAN tags stay where they are; the IP and TCP headers are rebuilt
+//! whole from what `parse` read, so IPv4 options and IPv6 extension headers of the packet are
+//! simply written over (the answer carries none). Fields are written with single stores;
+//! checksums are summed from the values written, not read back.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    programs::XdpContext,
+};
 use steer_common::{outcome, FAMILY_V4, PROTO_TCP};
 
 use crate::{
     csum,
-    parse::{ptr_at_mut, Packet, ETH_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{ptr_at_mut, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Stop,
 };
 
+/// Destination and source MAC addresses.
+const ETH_ADDRS_LEN: usize = 12;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 const TCP_LEN: usize = 20;
 const TTL: u8 = 64;
 
-/// `N` writable bytes at the start of the frame.
+/// `N` writable bytes of the frame.
 #[derive(Clone, Copy)]
 struct Out<const N: usize>(*mut u8);
 
 impl<const N: usize> Out<N> {
     #[inline(always)]
-    fn new(ctx: &XdpContext) -> Option<Self> {
-        ptr_at_mut::<[u8; N]>(ctx, 0).map(|p| Out(p as *mut u8))
+    fn at(ctx: &XdpContext, off: usize) -> Option<Self> {
+        ptr_at_mut::<[u8; N]>(ctx, off).map(|p| Out(p as *mut u8))
     }
-    // SAFETY (all writes): offsets are constants below N, checked by `new`.
+    // SAFETY (all writes): offsets are constants below N, checked by `at`.
     #[inline(always)]
     fn u8(self, i: usize, v: u8) {
         unsafe { *self.0.add(i) = v }
@@ -47,10 +55,13 @@ impl<const N: usize> Out<N> {
     fn u32_be(self, i: usize, v: u32) {
         self.u32_ne(i, v.to_be())
     }
+}
+
+impl Out<ETH_ADDRS_LEN> {
     /// Swaps the Ethernet addresses: the answer goes back to whoever sent the frame.
     #[inline(always)]
     fn swap_macs(self) {
-        // SAFETY: bytes 0..12 are inside N (N > 12).
+        // SAFETY: bytes 0..12 are the N bytes checked by `at`.
         unsafe {
             let d0 = *(self.0 as *const u32);
             let d1 = *(self.0.add(4) as *const u16);
@@ -78,19 +89,25 @@ fn sum32(ne: u32) -> u32 {
 }
 
 /// Turns the TCP packet `pkt` into the RST that answers it (RFC 9293 §3.10.7.1) and returns
-/// `XDP_TX`. An IPv4 header with options, or a RST, is not answered: dropped (`DROP_REJECTED`;
-/// the caller may count it under its own reason).
+/// `XDP_TX`. A RST is not answered: dropped (`DROP_REJECTED`; the caller may count it under its
+/// own reason).
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
-    let v4 = pkt.key.family == FAMILY_V4;
-    let l3_len = if v4 { IPV4_LEN } else { IPV6_LEN };
-    if pkt.l3_len != l3_len || pkt.tcp_flags & TCP_RST != 0 {
+    if pkt.tcp_flags & TCP_RST != 0 {
         return Err(Stop::Drop(outcome::DROP_REJECTED));
     }
+    let v4 = pkt.key.family == FAMILY_V4;
+    // The answer's IP header is a bare one; the packet's may be longer (options, extension
+    // headers), so the frame is never shorter than the answer.
+    let l3_len = if v4 { IPV4_LEN } else { IPV6_LEN };
+    let ip = pkt.l3_off;
 
-    // Trim the frame to Ethernet + IP + a bare TCP header.
-    let want = (ETH_LEN + l3_len + TCP_LEN) as i32;
-    let have = (ctx.data_end() - ctx.data()) as i32;
+    // Trim the frame to Ethernet (and its tags) + IP + a bare TCP header. Its length counts
+    // any fragments after the linear part too (data_end is only the linear part's end), or
+    // their bytes would be left trailing the RST.
+    let want = (ip + l3_len + TCP_LEN) as i32;
+    // SAFETY: helper without preconditions on an XDP context.
+    let have = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     if have > want {
         // SAFETY: shrinking an XDP frame; pointers are re-derived and re-checked below.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - have) } != 0 {
@@ -113,42 +130,41 @@ pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Result<u32, Stop> {
     // The answer's source is the packet's destination.
     let (src, dst) = (words(&pkt.key.dst), words(&pkt.key.src));
     let mut sum = TCP_LEN as u32 + PROTO_TCP as u32;
+    Out::<ETH_ADDRS_LEN>::at(ctx, 0)
+        .ok_or(Stop::Drop(outcome::DROP_REJECTED))?
+        .swap_macs();
     if v4 {
-        let o = Out::<{ ETH_LEN + IPV4_LEN + TCP_LEN }>::new(ctx)
-            .ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
-        o.swap_macs();
-        let ip = ETH_LEN;
+        let o =
+            Out::<{ IPV4_LEN + TCP_LEN }>::at(ctx, ip).ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
         let total = (IPV4_LEN + TCP_LEN) as u16;
-        o.u16_be(ip, 0x4500);
-        o.u16_be(ip + 2, total);
-        o.u32_be(ip + 4, 0x0000_4000); // id 0, DF
-        o.u16_be(ip + 8, (TTL as u16) << 8 | PROTO_TCP as u16);
-        o.u32_ne(ip + 12, src[0]);
-        o.u32_ne(ip + 16, dst[0]);
+        o.u16_be(0, 0x4500);
+        o.u16_be(2, total);
+        o.u32_be(4, 0x0000_4000); // id 0, DF
+        o.u16_be(8, (TTL as u16) << 8 | PROTO_TCP as u16);
+        o.u32_ne(12, src[0]);
+        o.u32_ne(16, dst[0]);
         let ip_sum = 0x4500
             + total as u32
             + 0x4000
             + ((TTL as u32) << 8 | PROTO_TCP as u32)
             + sum32(src[0])
             + sum32(dst[0]);
-        o.u16_be(ip + 10, csum::fold(ip_sum));
+        o.u16_be(10, csum::fold(ip_sum));
         sum += sum32(src[0]) + sum32(dst[0]);
-        write_tcp(o, ETH_LEN + IPV4_LEN, pkt, seq, ack, flags, sum);
+        write_tcp(o, IPV4_LEN, pkt, seq, ack, flags, sum);
     } else {
-        let o = Out::<{ ETH_LEN + IPV6_LEN + TCP_LEN }>::new(ctx)
-            .ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
-        o.swap_macs();
-        let ip = ETH_LEN;
-        o.u32_be(ip, 0x6000_0000);
-        o.u16_be(ip + 4, TCP_LEN as u16);
-        o.u8(ip + 6, PROTO_TCP);
-        o.u8(ip + 7, TTL);
+        let o =
+            Out::<{ IPV6_LEN + TCP_LEN }>::at(ctx, ip).ok_or(Stop::Drop(outcome::DROP_REJECTED))?;
+        o.u32_be(0, 0x6000_0000);
+        o.u16_be(4, TCP_LEN as u16);
+        o.u8(6, PROTO_TCP);
+        o.u8(7, TTL);
         for i in 0..4 {
-            o.u32_ne(ip + 8 + 4 * i, src[i]);
-            o.u32_ne(ip + 24 + 4 * i, dst[i]);
+            o.u32_ne(8 + 4 * i, src[i]);
+            o.u32_ne(24 + 4 * i, dst[i]);
             sum += sum32(src[i]) + sum32(dst[i]);
         }
-        write_tcp(o, ETH_LEN + IPV6_LEN, pkt, seq, ack, flags, sum);
+        write_tcp(o, IPV6_LEN, pkt, seq, ack, flags, sum);
     }
     Ok(xdp_action::XDP_TX)
 }

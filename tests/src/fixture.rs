@@ -172,7 +172,139 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Frame {
     Frame { bytes: b }
 }
 
+/// TPIDs of VLAN tags: 802.1Q (a customer tag, or the only tag), 802.1ad (QinQ's outer tag).
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// IPv6 extension headers (next-header values).
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTS: u8 = 60;
+
+/// One IPv6 extension header to insert with [`Frame::ipv6_ext`].
+#[derive(Clone, Copy, Debug)]
+pub struct Ext {
+    /// Its type (the next-header value that names it).
+    pub kind: u8,
+    /// Its Hdr Ext Len: length in 8-byte units beyond the first 8 (hop-by-hop and destination
+    /// options are filled with PadN, so up to 30).
+    pub len8: u8,
+    /// Routing header: segments left (the packet's final destination is further on when > 0).
+    pub segments_left: u8,
+}
+
+impl Ext {
+    /// An 8-byte header of `kind`.
+    pub fn of(kind: u8) -> Ext {
+        Ext {
+            kind,
+            len8: 0,
+            segments_left: 0,
+        }
+    }
+
+    fn bytes(&self, next: u8) -> Vec<u8> {
+        let len = (self.len8 as usize + 1) * 8;
+        let mut b = vec![0u8; len];
+        b[0] = next;
+        b[1] = self.len8;
+        match self.kind {
+            IPV6_ROUTING => {
+                b[2] = 4; // segment routing header (RFC 8754); the rest is left zero
+                b[3] = self.segments_left;
+            }
+            IPV6_FRAGMENT => {} // offset 0, M clear, id 0: an atomic fragment
+            _ => {
+                // One PadN option over the rest (RFC 8200 §4.2).
+                assert!(len - 4 <= 255, "options header too long for one PadN");
+                b[2] = 1;
+                b[3] = (len - 4) as u8;
+            }
+        }
+        b
+    }
+}
+
+/// Offset of the IP header of an Ethernet frame: after the addresses, any VLAN tags and the
+/// EtherType (at most `max_tags` tags are skipped).
+pub fn l3_offset(bytes: &[u8], max_tags: usize) -> usize {
+    let mut off = 12;
+    for _ in 0..max_tags {
+        match bytes.get(off..off + 2) {
+            Some(&[a, b]) if [ETH_P_8021Q, ETH_P_8021AD].contains(&u16::from_be_bytes([a, b])) => {
+                off += 4
+            }
+            _ => break,
+        }
+    }
+    off + 2
+}
+
+/// Internet checksum (RFC 1071) of `b`.
+pub fn inet_csum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 impl Frame {
+    /// With a VLAN tag (`tpid`, VLAN id `vid`) in front of any tags it has: QinQ is
+    /// `.vlan(ETH_P_8021Q, inner).vlan(ETH_P_8021AD, outer)`.
+    pub fn vlan(mut self, tpid: u16, vid: u16) -> Frame {
+        let mut tag = tpid.to_be_bytes().to_vec();
+        tag.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        self.bytes.splice(12..12, tag);
+        self
+    }
+
+    /// An IPv4 frame with `opts` (a multiple of 4 bytes, at most 40) as IP options; the IHL,
+    /// total length and header checksum are fixed up (TCP's and UDP's checksums do not cover
+    /// them).
+    pub fn ipv4_options(mut self, opts: &[u8]) -> Frame {
+        assert!(
+            opts.len().is_multiple_of(4) && opts.len() <= 40,
+            "IPv4 options: 4-byte words, ≤ 40"
+        );
+        let ip = l3_offset(&self.bytes, 2);
+        assert_eq!(self.bytes[ip] >> 4, 4, "not an IPv4 frame");
+        let ihl = (self.bytes[ip] & 0x0f) as usize * 4;
+        self.bytes.splice(ip + ihl..ip + ihl, opts.iter().copied());
+        let ihl = ihl + opts.len();
+        self.bytes[ip] = 0x40 | (ihl / 4) as u8;
+        let total = u16::from_be_bytes([self.bytes[ip + 2], self.bytes[ip + 3]]) as usize;
+        self.bytes[ip + 2..ip + 4].copy_from_slice(&((total + opts.len()) as u16).to_be_bytes());
+        self.bytes[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+        let c = inet_csum(&self.bytes[ip..ip + ihl]);
+        self.bytes[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+        self
+    }
+
+    /// An IPv6 frame with `exts` inserted, in order, between the IPv6 header and what followed
+    /// it; next headers and the payload length are fixed up (the upper layer's checksum does
+    /// not cover them).
+    pub fn ipv6_ext(mut self, exts: &[Ext]) -> Frame {
+        let ip = l3_offset(&self.bytes, 2);
+        assert_eq!(self.bytes[ip] >> 4, 6, "not an IPv6 frame");
+        let upper = self.bytes[ip + 6];
+        let mut chain = Vec::new();
+        for (i, e) in exts.iter().enumerate() {
+            let next = exts.get(i + 1).map(|n| n.kind).unwrap_or(upper);
+            chain.extend(e.bytes(next));
+        }
+        if let Some(first) = exts.first() {
+            self.bytes[ip + 6] = first.kind;
+        }
+        let payload = u16::from_be_bytes([self.bytes[ip + 4], self.bytes[ip + 5]]) as usize;
+        self.bytes[ip + 4..ip + 6].copy_from_slice(&((payload + chain.len()) as u16).to_be_bytes());
+        self.bytes.splice(ip + 40..ip + 40, chain);
+        self
+    }
+
     /// The first `n` bytes only (a frame cut short on the wire).
     pub fn truncated(mut self, n: usize) -> Frame {
         self.bytes.truncate(n);

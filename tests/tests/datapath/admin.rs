@@ -81,6 +81,15 @@ fn reject_answers_with_rst() {
             Delta::Backend("web-c".into(), Field::EndedFlows, 0),
         ],
     ));
+    t.check(rst_row(
+        "…and so is one longer than a page (its tail in fragments): the RST is bare headers",
+        tcp4(CLIENT, pr, VIP, 80)
+            .ack(900)
+            .data(&[0x55; 4000])
+            .frame(),
+        rst_frame(VIP.into(), CLIENT.into(), pr, 900, None),
+        vec![Delta::Backend("web-c".into(), Field::RstSent, 1)],
+    ));
     t.check(dropped(
         "a RST from the client to a rejected backend's flow is not answered",
         tcp4(CLIENT, pr, VIP, 80).rst().frame(),

@@ -9,12 +9,15 @@ mod common;
 
 mod admin;
 mod established;
+mod fuzz;
 mod ipv6;
 mod maintenance_fallback;
 mod new_flows;
 mod no_backend;
+mod options;
 mod parse;
 mod redispatch;
 mod tables;
 mod udp;
+mod vlan;
 // NAT rows (translation and reverse translation) go in a module of their own here.
