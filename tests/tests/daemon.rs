@@ -224,6 +224,9 @@ fn drain_wait_returns_when_the_flows_end_and_times_out_with_75() {
     let mut d = SteerDaemon::new(&topo.lb);
     d.write_config(&web_config(&topo, &[0, 1, 2], None));
     d.start();
+    for b in ["b0", "b1", "b2"] {
+        wait_health(&d, b, "up");
+    }
     let r = d.ok_json(&["drain", "b2", "--wait", "--timeout", "5s"]);
     assert_eq!(r["active_flows"], 0, "no flows: returns at once ({r})");
     d.ok_json(&["ready", "b2"]);
@@ -324,6 +327,10 @@ fn kill_9_loses_no_request_and_a_new_daemon_adopts_the_pins() {
     let mut d = SteerDaemon::new(&topo.lb);
     d.write_config(&web_config(&topo, &[0, 1, 2], None));
     d.start();
+    // A fresh start knows no health until the first checks: wait for them.
+    for b in ["b0", "b1", "b2"] {
+        wait_health(&d, b, "up");
+    }
     d.ok_json(&["drain", "b1"]);
     let long = topo.client.run(|| {
         let mut c = Conn::open(SocketAddr::new(IpAddr::V4(addr::VIP), 80), T).expect("connect");
@@ -390,6 +397,9 @@ fn reload_under_load_and_a_broken_config_is_refused() {
     let mut d = SteerDaemon::new(&topo.lb);
     d.write_config(&web_config(&topo, &[0, 1, 2], None));
     d.start();
+    for b in ["b0", "b1", "b2"] {
+        wait_health(&d, b, "up");
+    }
     let load = Load::start(&topo);
     wait_for("some load", T, || {
         let n = d.ok_json(&["status"])["services"][0]["counters"]["new_flows"]

@@ -29,7 +29,7 @@ use std::{
 use steer_tests::{
     daemon::SteerDaemon,
     http,
-    netns::{addr, sh, Netns, Topology, TopologySpec},
+    netns::{addr, sh, wait_for, Netns, Topology, TopologySpec},
     servers::Servers,
 };
 
@@ -132,6 +132,17 @@ fn lab(system: System) -> Lab {
             }
             d.write_config(&cfg);
             d.start();
+            // A fresh daemon knows no health until the first checks: measure from there.
+            for b in &lab.topo.backends {
+                wait_for(
+                    &format!("{} to be checked up", b.name),
+                    Duration::from_secs(10),
+                    || match d.backend(&b.name)["health"].as_str() {
+                        Some("up") => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    },
+                );
+            }
             lab.steer = Some(d);
         }
         System::Nftables => {
