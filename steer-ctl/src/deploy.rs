@@ -24,6 +24,8 @@ use crate::{
 
 /// How often a waiting sequence asks the daemon again.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How often `drain --wait` asks while the scan that sees the drain has not completed.
+pub const FAST_POLL: Duration = Duration::from_millis(10);
 
 /// Progress about a count that has not changed is repeated this often.
 const REPEAT: Duration = Duration::from_secs(5);
@@ -479,7 +481,9 @@ fn wait_drained(
             }
             said = Some((count, now));
         }
-        env.sleep(POLL);
+        // The first answer usually comes with the next scan, milliseconds away: poll fast
+        // until the scan that sees the drain has completed, then at the usual pace.
+        env.sleep(if count.is_none() { FAST_POLL } else { POLL });
     }
 }
 
