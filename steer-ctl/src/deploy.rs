@@ -1142,6 +1142,8 @@ mod tests {
         scan_error: Option<String>,
         /// Scans leave out the counts (and say no error).
         scan_omits_counts: bool,
+        /// The last scan that found the established table full (0: none).
+        last_full_seq: u64,
         check_every: u64,
         events: Vec<(u64, Event)>,
         /// Every request, with the time it was sent.
@@ -1193,6 +1195,7 @@ mod tests {
                 scan_every: 1000,
                 scan_error: None,
                 scan_omits_counts: false,
+                last_full_seq: 0,
                 check_every: 500,
                 events: Vec::new(),
                 log: Vec::new(),
@@ -1294,6 +1297,7 @@ mod tests {
                         flow_scan: FlowScan {
                             seq: self.scan_seq,
                             error: self.scan_error.clone(),
+                            last_full_seq: self.last_full_seq,
                             ..FlowScan::default()
                         },
                         ..Status::default()
@@ -1454,6 +1458,17 @@ mod tests {
             "{e}"
         );
         assert!(w.borrow().now < 1000, "fails at once");
+    }
+
+    #[test]
+    fn a_full_table_since_the_drain_fails_it_instead_of_counting_zero() {
+        let mut w = World::new(&[("b0", None)]);
+        // Every count says 0, but the table evicted entries after the drain: not a success.
+        w.last_full_seq = u64::MAX;
+        let (_w, mut ctl, mut env) = w.shared();
+        let e = drain(&mut ctl, &mut env, "b0", WAIT).unwrap_err();
+        assert!(matches!(e, DeployError::FlowsUnknown { .. }), "{e:?}");
+        assert!(e.to_string().contains("connection table is full"), "{e}");
     }
 
     #[test]

@@ -434,6 +434,28 @@ fn the_socket_group_admits_supplementary_members_and_refuses_others_with_77() {
     let (code, err) = as_nobody("65534");
     assert_eq!(code, Some(77), "{err}");
     assert!(err.contains("permission denied"), "{err}");
+
+    // `status | head -1` ends quietly (SIGPIPE), not with a panic.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --socket {} status | head -1; echo \"rc=${{PIPESTATUS:-}}\"",
+            steer_tests::daemon::steer_ctl_bin().display(),
+            d.socket.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // Flags that mean nothing to the daemon are refused, not ignored.
+    let r = d.ctl(&["--json", "daemon", "--config", d.config.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = std::process::Command::new(steer_tests::daemon::steer_ctl_bin())
+        .args(["--socket", "/tmp/elsewhere.sock", "daemon", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
 }
 
 #[test]
