@@ -99,7 +99,13 @@ fn steer_established(
     // SYN never goes to a backend only because an old connection did (rule 5).
     if pkt.is_syn() {
         if flow.flags & flow_flags::ENDED == 0 {
+            // The old connection ended unseen: count its end, so new minus ended stays the
+            // backend's open flows.
             stats::count_event(event::STALE_SYN);
+            stats::count_ended(
+                svc_id,
+                select::flow_backend(flow.backend, flow.gen).map(|b| b.0),
+            );
         }
         flow::forget(pkt);
         return steer_new(ctx, pkt, svc_id, svc, None, len, now);
@@ -146,7 +152,9 @@ fn steer_transient(
             if pkt.is_syn() && !be.takes_new_flows() {
                 // A retransmitted SYN whose backend no longer takes new flows (drained, down,
                 // weight 0, another group switched to, maintenance): steered again (rule 5).
+                // The attempt on the old backend is over.
                 stats::count_event(event::REDISPATCH);
+                stats::count_ended(svc_id, Some(be_id));
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
             if half_open && !pkt.is_syn() && !pkt.ends_flow() {
@@ -162,6 +170,9 @@ fn steer_transient(
             if pkt.is_syn() {
                 // A new attempt leaves a rejected or removed backend (rule 5).
                 stats::count_event(event::REDISPATCH);
+                if half_open {
+                    stats::count_ended(svc_id, rejected.map(|(id, _)| id));
+                }
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
             reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, false, now)

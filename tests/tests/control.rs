@@ -510,3 +510,22 @@ fn ready_wait_healthy_on_a_dead_server_leaves_it_out_and_says_so() {
         "a dead server never got a connection: {served:?}"
     );
 }
+
+#[test]
+fn backends_without_a_mac_are_resolved_from_the_neighbour_table() {
+    if !steer_tests::privileged("backends_without_a_mac_are_resolved_from_the_neighbour_table") {
+        return;
+    }
+    let topo = lab(2);
+    // The same config without `mac = …`: the daemon asks the kernel (ARP) for both at once.
+    let cfg: String = web_config(&topo, &[0, 1], None)
+        .lines()
+        .filter(|l| !l.starts_with("mac = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!cfg.contains("mac ="));
+    let d = started(&topo, &cfg);
+    wait_up(&d, &["b0", "b1"]);
+    let served = requests(&topo, 40);
+    assert_eq!(served.len(), 2, "both resolved and serving: {served:?}");
+}

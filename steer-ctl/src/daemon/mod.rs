@@ -489,9 +489,12 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
         let c = daemon.core.lock().expect("core lock");
         reconcile::macs_needed(&c.bal, &new)
     };
-    let macs = tokio::task::spawn_blocking(move || os::resolve_macs(&need, Duration::from_secs(3)))
-        .await
-        .unwrap_or_default();
+    let ifaces = old_daemon.interfaces.clone();
+    let macs = tokio::task::spawn_blocking(move || {
+        os::resolve_macs(&need, &ifaces, Duration::from_secs(3))
+    })
+    .await
+    .unwrap_or_default();
     let mut c = daemon.core.lock().expect("core lock");
     let old = c.cfg.daemon.clone();
     let reloaded = Reloaded {
@@ -627,9 +630,12 @@ async fn start_locked(
         .filter(|b| b.mac.is_none())
         .map(|b| *b.address.get_ref())
         .collect();
-    let macs = tokio::task::spawn_blocking(move || os::resolve_macs(&need, Duration::from_secs(3)))
-        .await
-        .unwrap_or_default();
+    let ifaces = d.interfaces.clone();
+    let macs = tokio::task::spawn_blocking(move || {
+        os::resolve_macs(&need, &ifaces, Duration::from_secs(3))
+    })
+    .await
+    .unwrap_or_default();
 
     let dp = Datapath::load(&opts)?;
     let adopted = if had_pins {

@@ -179,8 +179,10 @@ const NDA_LLADDR: u16 = 2;
 const NUD_INCOMPLETE: u16 = 0x01;
 const NUD_FAILED: u16 = 0x20;
 
-/// The neighbour table: address → MAC, for entries that have one (not incomplete or failed).
-pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
+/// The neighbour table: address → MAC, for entries that have one (not incomplete or failed),
+/// on one of `ifindexes` (all interfaces when empty): a multi-homed host can know the same
+/// address on another interface than the one XDP forwards out of.
+pub fn neighbours(ifindexes: &[u32]) -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
     // SAFETY: plain socket call; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -228,6 +230,7 @@ pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
                 }
                 RTM_NEWNEIGH if len >= 28 => {
                     let family = msgs[16];
+                    let ifindex = u32::from_ne_bytes(msgs[20..24].try_into().expect("4 bytes"));
                     let state = u16::from_ne_bytes(msgs[24..26].try_into().expect("2 bytes"));
                     let (mut dst, mut mac) = (None, None);
                     let mut attrs = &msgs[28..len];
@@ -250,8 +253,9 @@ pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
                         }
                         attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
                     }
+                    let on_ours = ifindexes.is_empty() || ifindexes.contains(&ifindex);
                     if let (Some(d), Some(m)) = (dst, mac) {
-                        if state & (NUD_INCOMPLETE | NUD_FAILED) == 0 && m != [0; 6] {
+                        if on_ours && state & (NUD_INCOMPLETE | NUD_FAILED) == 0 && m != [0; 6] {
                             out.insert(d, m);
                         }
                     }
@@ -266,13 +270,26 @@ pub fn neighbours() -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
 /// MACs of `addrs` from the neighbour table, asking the kernel to resolve the ones it does
 /// not know (a UDP datagram to the discard port makes it send ARP or neighbour
 /// solicitations), all at once, until `deadline`. Unresolved addresses are absent.
-pub fn resolve_macs(addrs: &[IpAddr], within: Duration) -> BTreeMap<IpAddr, [u8; 6]> {
+pub fn resolve_macs(
+    addrs: &[IpAddr],
+    interfaces: &[String],
+    within: Duration,
+) -> BTreeMap<IpAddr, [u8; 6]> {
+    let ifindexes: Vec<u32> = interfaces
+        .iter()
+        .filter_map(|n| {
+            let c = CString::new(n.as_str()).ok()?;
+            // SAFETY: valid C string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            (i != 0).then_some(i)
+        })
+        .collect();
     let want: Vec<IpAddr> = addrs.to_vec();
     let mut found = BTreeMap::new();
     let deadline = Instant::now() + within;
     let mut asked = false;
     loop {
-        if let Ok(n) = neighbours() {
+        if let Ok(n) = neighbours(&ifindexes) {
             for a in &want {
                 if let Some(m) = n.get(a) {
                     found.insert(*a, *m);
@@ -352,6 +369,6 @@ mod tests {
     #[test]
     fn the_neighbour_table_can_be_read() {
         // Whatever this host has; the dump itself must work unprivileged.
-        neighbours().expect("RTM_GETNEIGH dump");
+        neighbours(&[]).expect("RTM_GETNEIGH dump");
     }
 }
