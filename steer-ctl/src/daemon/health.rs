@@ -105,9 +105,22 @@ impl Supervisor {
     }
 }
 
-/// Applies one check result.
-pub fn apply_report(core: &Shared, r: Report) {
+/// Applies check results that arrived together as one batch: each changed service's table is
+/// published once, and the grace period that follows a table change is waited once, however
+/// many backends changed at the same moment (a switch failing takes many down at once).
+pub fn apply_reports(core: &Shared, reports: Vec<Report>) {
     let mut c = core.lock().expect("core lock");
+    c.bal.begin_batch();
+    for r in reports {
+        apply_report(&mut c, r);
+    }
+    if let Err(e) = c.bal.commit() {
+        error!(error = %e, "cannot publish health changes");
+    }
+}
+
+/// Applies one check result (inside a batch).
+fn apply_report(c: &mut super::Core, r: Report) {
     if r.epoch != c.check_epoch {
         return; // From a task a reload stopped: about a server that may no longer be there.
     }

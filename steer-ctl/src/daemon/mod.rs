@@ -788,7 +788,17 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
             _ = term.recv() => { info!("SIGTERM: stopping; XDP stays attached with the last state"); break false; }
             _ = int.recv() => { info!("SIGINT: stopping; XDP stays attached with the last state"); break false; }
             _ = hup.recv() => None,
-            Some(r) = report_rx.recv() => { health::apply_report(&daemon.core, r); continue; }
+            Some(r) = report_rx.recv() => {
+                // Everything that arrived together, in one batch, off the async workers (a
+                // table change waits an RCU grace period).
+                let mut batch = vec![r];
+                while let Ok(more) = report_rx.try_recv() {
+                    batch.push(more);
+                }
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || health::apply_reports(&d.core, batch)).await;
+                continue;
+            }
             Some(req) = deferred_rx.recv() => match req.req {
                 Request::Shutdown { detach } => { reply_to_shutdown = Some(req.reply); break detach; }
                 _ => Some(req.reply),
