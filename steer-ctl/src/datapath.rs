@@ -595,8 +595,13 @@ impl FlowReader {
     /// while the scan runs is inserted in the established table before it leaves the transient
     /// one, so it is seen at least once (a flow going the other way has ended).
     pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<Occupancy> {
-        let transient = for_each_flow(self.transient.as_raw_fd(), &mut f)?;
-        let established = for_each_flow(self.established.as_raw_fd(), &mut f)?;
+        self.for_each_flow_in(|_, k, v| f(k, v))
+    }
+
+    /// `for_each_flow`, telling `f` whether each flow is in the established table.
+    pub fn for_each_flow_in(&self, mut f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
+        let transient = for_each_flow(self.transient.as_raw_fd(), |k, v| f(false, k, v))?;
+        let established = for_each_flow(self.established.as_raw_fd(), |k, v| f(true, k, v))?;
         Ok(Occupancy {
             established,
             transient,

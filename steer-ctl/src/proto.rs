@@ -164,8 +164,9 @@ pub struct FlowScan {
     pub transient: u64,
     #[serde(default)]
     pub transient_capacity: u64,
-    /// The last scan that found the established table full (at least 95 %: the LRU evicts
-    /// established flows, which then cannot be counted); 0 if none has.
+    /// The last scan that found the established table full of live connections (at least
+    /// 95 % of it not ended and seen within the idle timeout: the LRU then evicts connections
+    /// still in use, which cannot be counted); 0 if none has.
     #[serde(default)]
     pub last_full_seq: u64,
     /// Why the last scan failed; the counts are then unknown (`active_flows` absent).

@@ -143,8 +143,12 @@ fn steer_transient(
     }
     // Not ended: an attempt (SYN only), or a flow met mid-way that has not been promoted yet.
     let half_open = flow.flags & flow_flags::ENDED == 0;
-    if pkt.is_syn() && !half_open {
-        // A new connection on the 5-tuple of one that ended.
+    if pkt.is_syn() && flow.flags & flow_flags::SYN_ONLY == 0 {
+        // Not a retry of an attempt: a new connection on the 5-tuple of one that ended, or of
+        // one met mid-way whose end the LB did not see (rule 5).
+        if half_open {
+            stats::count_event(event::STALE_SYN);
+        }
         return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
     }
     match select::flow_backend(flow.backend, flow.gen) {
@@ -152,9 +156,7 @@ fn steer_transient(
             if pkt.is_syn() && !be.takes_new_flows() {
                 // A retransmitted SYN whose backend no longer takes new flows (drained, down,
                 // weight 0, another group switched to, maintenance): steered again (rule 5).
-                // The attempt on the old backend is over.
                 stats::count_event(event::REDISPATCH);
-                stats::count_ended(svc_id, Some(be_id));
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
             if half_open && !pkt.is_syn() && !pkt.ends_flow() {
@@ -170,9 +172,6 @@ fn steer_transient(
             if pkt.is_syn() {
                 // A new attempt leaves a rejected or removed backend (rule 5).
                 stats::count_event(event::REDISPATCH);
-                if half_open {
-                    stats::count_ended(svc_id, rejected.map(|(id, _)| id));
-                }
                 return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
             }
             reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, false, now)
@@ -221,10 +220,27 @@ fn steer_new(
     match select::choose_new(svc_id, svc, pkt)? {
         Some((be_id, be)) => {
             match existing {
-                Some(f) => flow::repin_flow(f, pkt, be_id, be.gen, now),
+                Some(f) => {
+                    // The entry's old flow is over (redispatched, idle, or a new connection
+                    // on its 5-tuple): count its end unless it was counted already, so that
+                    // new minus ended stays each backend's open flows.
+                    // SAFETY: pointer from the map lookup, valid for this run.
+                    let old = unsafe { *f };
+                    if old.flags & flow_flags::ENDED == 0 {
+                        stats::count_ended(
+                            svc_id,
+                            select::flow_backend(old.backend, old.gen).map(|b| b.0),
+                        );
+                    }
+                    flow::repin_flow(f, pkt, be_id, be.gen, now)
+                }
                 None => flow::insert_flow(pkt, be_id, be.gen, now),
             }
             stats::count_new_flow(svc_id, be_id);
+            if pkt.ends_flow() {
+                // A flow whose first packet is its FIN or RST begins and ends here.
+                stats::count_ended(svc_id, Some(be_id));
+            }
             stats::count_backend(be_id, len);
             forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
         }

@@ -804,6 +804,17 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
                 _ => Some(req.reply),
             },
         };
+        // Check results already queued are about the servers as they were: apply them under
+        // the current checks' epoch before a reload restarts the checks.
+        let mut queued = Vec::new();
+        while let Ok(r) = report_rx.try_recv() {
+            queued.push(r);
+        }
+        if !queued.is_empty() {
+            let d = daemon.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || health::apply_reports(&d.core, queued)).await;
+        }
         let (resp, reloaded) = reload(&daemon).await;
         if let Some(r) = reloaded {
             checks.restart(&daemon.core).await;

@@ -179,10 +179,11 @@ const NDA_LLADDR: u16 = 2;
 const NUD_INCOMPLETE: u16 = 0x01;
 const NUD_FAILED: u16 = 0x20;
 
-/// The neighbour table: address → MAC, for entries that have one (not incomplete or failed),
-/// on one of `ifindexes` (all interfaces when empty): a multi-homed host can know the same
-/// address on another interface than the one XDP forwards out of.
-pub fn neighbours(ifindexes: &[u32]) -> std::io::Result<BTreeMap<IpAddr, [u8; 6]>> {
+/// The neighbour table: address → MAC, for entries that have one (not incomplete or failed).
+/// An entry on one of `ifindexes` wins over one on another interface (a multi-homed host can
+/// know an address elsewhere); entries on other interfaces are kept too, marked `false`, for
+/// setups where the XDP interface is a lower device (a VLAN, a bridge port, a bond slave).
+pub fn neighbours(ifindexes: &[u32]) -> std::io::Result<BTreeMap<IpAddr, ([u8; 6], bool)>> {
     // SAFETY: plain socket call; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -253,10 +254,12 @@ pub fn neighbours(ifindexes: &[u32]) -> std::io::Result<BTreeMap<IpAddr, [u8; 6]
                         }
                         attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
                     }
-                    let on_ours = ifindexes.is_empty() || ifindexes.contains(&ifindex);
+                    let ours = ifindexes.is_empty() || ifindexes.contains(&ifindex);
                     if let (Some(d), Some(m)) = (dst, mac) {
-                        if on_ours && state & (NUD_INCOMPLETE | NUD_FAILED) == 0 && m != [0; 6] {
-                            out.insert(d, m);
+                        let valid = state & (NUD_INCOMPLETE | NUD_FAILED) == 0 && m != [0; 6];
+                        let better = out.get(&d).is_none_or(|(_, o): &([u8; 6], bool)| !o);
+                        if valid && better {
+                            out.insert(d, (m, ours));
                         }
                     }
                 }
@@ -289,14 +292,30 @@ pub fn resolve_macs(
     let deadline = Instant::now() + within;
     let mut asked = false;
     loop {
+        let mut elsewhere = BTreeMap::new();
         if let Ok(n) = neighbours(&ifindexes) {
             for a in &want {
-                if let Some(m) = n.get(a) {
-                    found.insert(*a, *m);
+                match n.get(a) {
+                    Some((m, true)) => {
+                        found.insert(*a, *m);
+                    }
+                    Some((m, false)) => {
+                        elsewhere.insert(*a, *m);
+                    }
+                    None => {}
                 }
             }
         }
-        if want.iter().all(|a| found.contains_key(a)) || Instant::now() >= deadline {
+        let done = want
+            .iter()
+            .all(|a| found.contains_key(a) || elsewhere.contains_key(a));
+        if done || Instant::now() >= deadline {
+            for (a, m) in elsewhere {
+                if !found.contains_key(&a) {
+                    tracing::warn!(address = %a, "MAC found on an interface steer does not run on (a VLAN or bridge above it?): using it");
+                    found.insert(a, m);
+                }
+            }
             return found;
         }
         if !asked {

@@ -141,12 +141,12 @@ impl FlowCounts {
                 s.at = Some(Instant::now());
                 s.took = took;
                 match result {
-                    Ok((by_id, occ)) => {
+                    Ok((by_id, occ, live)) => {
                         s.by_id = by_id;
                         s.flows = occ.established + occ.transient;
                         s.occupancy = occ;
                         s.error = None;
-                        if occ.established * 100 >= self.capacity.0 as u64 * 95 {
+                        if live * 100 >= self.capacity.0 as u64 * 95 {
                             s.last_full_seq = seq;
                         }
                     }
@@ -171,11 +171,15 @@ impl FlowCounts {
 fn count(
     reader: &FlowReader,
     inputs: &HashMap<u32, (u16, u64)>,
-) -> Result<(HashMap<u32, u64>, Occupancy), String> {
+) -> Result<(HashMap<u32, u64>, Occupancy, u64), String> {
     let now = datapath::monotonic_ns();
     let mut by_id: HashMap<u32, u64> = HashMap::new();
+    // Established entries still alive (not ended, seen within their idle timeout), whoever
+    // holds their backend id: an LRU table is full in the steady state, but it evicts live
+    // connections only when these fill it.
+    let mut live_established = 0u64;
     let n = reader
-        .for_each_flow(|_, f| {
+        .for_each_flow_in(|established, _, f| {
             if f.flags & flow_flags::ENDED != 0 {
                 return;
             }
@@ -188,12 +192,18 @@ fn count(
             } else {
                 *idle
             };
-            if *gen == f.gen && idle_ns <= limit {
+            if idle_ns > limit {
+                return;
+            }
+            if established {
+                live_established += 1;
+            }
+            if *gen == f.gen {
                 *by_id.entry(f.backend).or_default() += 1;
             }
         })
         .map_err(|e| e.to_string())?;
-    Ok((by_id, n))
+    Ok((by_id, n, live_established))
 }
 
 impl Core {
