@@ -311,9 +311,9 @@ pub fn resolve_macs(
             .all(|a| found.contains_key(a) || elsewhere.contains_key(a));
         if done || Instant::now() >= deadline {
             for (a, m) in elsewhere {
-                if !found.contains_key(&a) {
+                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(a) {
                     tracing::warn!(address = %a, "MAC found on an interface steer does not run on (a VLAN or bridge above it?): using it");
-                    found.insert(a, m);
+                    e.insert(m);
                 }
             }
             return found;
