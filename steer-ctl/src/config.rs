@@ -414,6 +414,25 @@ pub struct Config {
     pub path: PathBuf,
 }
 
+impl Config {
+    /// Every backend with its service, in config order.
+    pub fn backends(&self) -> impl Iterator<Item = (&ServiceCfg, &BackendCfg)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+    }
+
+    /// The backend of that name, with its service.
+    pub fn backend(&self, name: &str) -> Option<(&ServiceCfg, &BackendCfg)> {
+        self.backends().find(|(_, b)| b.name.get_ref() == name)
+    }
+
+    /// The service of that name.
+    pub fn service(&self, name: &str) -> Option<&ServiceCfg> {
+        self.services.iter().find(|s| s.name.get_ref() == name)
+    }
+}
+
 /// 1-based line and column (in characters) of byte `at` in `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
     let mut at = at.min(text.len());
@@ -1005,6 +1024,17 @@ impl ServiceCfg {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The check of one of this service's backends: the service's, with the backend's
+    /// overrides. `None` when it has no checks (`type = "none"`: always up).
+    pub fn check_of(&self, b: &BackendCfg) -> Option<Check> {
+        let c = match &b.check {
+            // `parse` refuses invalid overrides; were one here, the service's check stands.
+            Some(t) => self.check_for(t).unwrap_or_else(|_| self.check.clone()),
+            None => self.check.clone(),
+        };
+        (c.kind != CheckKind::None).then_some(c)
     }
 
     /// The check of a backend: the service's, with the backend's overrides applied.

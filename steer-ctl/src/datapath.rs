@@ -564,6 +564,18 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries fetched per syscall: more than a hash bucket ever holds, few enough to stay small.
 const BATCH: usize = 4096;
 
+/// Whether a flow is still open as far as the LB can tell: not ended (no FIN or RST seen),
+/// and seen within `idle_ns` — or, for an attempt that has seen only SYNs, within
+/// `SYN_ACTIVE_NS` (its next retransmission is steered to an eligible backend anyway).
+pub fn is_active(f: &Flow, now: u64, idle_ns: u64) -> bool {
+    let limit = if f.flags & flow_flags::SYN_ONLY != 0 {
+        steer_common::SYN_ACTIVE_NS.min(idle_ns)
+    } else {
+        idle_ns
+    };
+    f.flags & flow_flags::ENDED == 0 && now.saturating_sub(f.last_seen_ns) <= limit
+}
+
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the datapath's `bpf_ktime_get_coarse_ns` clock.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -740,8 +752,8 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Active flows per backend id: not ended (no FIN or RST seen) and seen within `idle_ns`.
-    /// A flow pinned to an earlier holder of the id (`gen` differs) is not counted.
+    /// Active flows per backend id (`is_active`, with the idle timeout `idle_ns` gives for the
+    /// backend). A flow pinned to an earlier holder of the id (`gen` differs) is not counted.
     pub fn active_flows(
         &self,
         idle_ns: impl Fn(u32) -> u64,
@@ -750,10 +762,7 @@ impl Datapath {
         let mut gens = std::collections::HashMap::new();
         let mut out = std::collections::HashMap::new();
         self.for_each_flow(|_, fl| {
-            if fl.flags & flow_flags::ENDED != 0 {
-                return;
-            }
-            if now.saturating_sub(fl.last_seen_ns) > idle_ns(fl.backend) {
+            if !is_active(fl, now, idle_ns(fl.backend)) {
                 return;
             }
             let gen = *gens

@@ -12,7 +12,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{error, info, warn};
 
-use super::{os::Throttle, reconcile::is_checked, Shared};
+use super::{os::Throttle, Shared};
 use crate::{
     checks::{self, Outcome, Report},
     model::{AdminState, Health},
@@ -67,34 +67,27 @@ impl Supervisor {
         let cfg = c.cfg.clone();
         let mut paused_map = BTreeMap::new();
         let mut states = BTreeMap::new();
-        for s in &cfg.services {
-            for b in &s.backends {
-                let name = b.name.get_ref().clone();
-                let mut st: CheckState = c.checks.get(&name).cloned().unwrap_or_default();
-                st.checked = is_checked(s, b);
-                states.insert(name.clone(), st.clone());
-                if !st.checked {
-                    continue;
-                }
-                let Ok(check) = s.check_for(b.check.as_ref().unwrap_or(&toml::Table::new())) else {
-                    continue;
-                };
-                let Some(info) = infos.get(&name) else {
-                    continue;
-                };
-                let paused = Arc::new(AtomicBool::new(info.admin == AdminState::Maint));
-                paused_map.insert(name.clone(), paused.clone());
-                let addr = SocketAddr::new(info.addr, check.port.unwrap_or(s.port));
-                self.tasks.spawn(checks::run(
-                    name,
-                    check,
-                    addr,
-                    info.health,
-                    paused,
-                    self.tx.clone(),
-                    self.epoch,
-                ));
-            }
+        for (s, b) in cfg.backends() {
+            let name = b.name.get_ref().clone();
+            let check = s.check_of(b);
+            let mut st: CheckState = c.checks.get(&name).cloned().unwrap_or_default();
+            st.checked = check.is_some();
+            states.insert(name.clone(), st);
+            let (Some(check), Some(info)) = (check, infos.get(&name)) else {
+                continue;
+            };
+            let paused = Arc::new(AtomicBool::new(info.admin == AdminState::Maint));
+            paused_map.insert(name.clone(), paused.clone());
+            let addr = SocketAddr::new(info.addr, check.port.unwrap_or(s.port));
+            self.tasks.spawn(checks::run(
+                name,
+                check,
+                addr,
+                info.health,
+                paused,
+                self.tx.clone(),
+                self.epoch,
+            ));
         }
         c.checks = states;
         c.paused = paused_map;

@@ -116,26 +116,24 @@ pub(crate) enum Change {
 /// config's weight for that backend changes; then the config wins and the override goes.
 fn settle_weights(cfg: &Config, intent: &mut Intent) -> Vec<String> {
     let mut notes = Vec::new();
-    for s in &cfg.services {
-        for b in &s.backends {
-            let n = b.name.get_ref();
-            let Some(w) = intent.backends.get(n).and_then(|x| x.weight) else {
-                continue;
-            };
-            if intent.weight(n, b.weight).1 {
-                notes.push(format!(
-                    "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
-                    b.weight
-                ));
-            } else {
-                notes.push(format!(
-                    "backend {n}: the config's weight {} (changed) replaces the weight {w} set by `steer-ctl weight`",
-                    b.weight
-                ));
-                let x = intent.backend_mut(n);
-                x.weight = None;
-                x.config_weight = None;
-            }
+    for (_, b) in cfg.backends() {
+        let n = b.name.get_ref();
+        let Some(w) = intent.backends.get(n).and_then(|x| x.weight) else {
+            continue;
+        };
+        if intent.weight(n, b.weight).1 {
+            notes.push(format!(
+                "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
+                b.weight
+            ));
+        } else {
+            notes.push(format!(
+                "backend {n}: the config's weight {} (changed) replaces the weight {w} set by `steer-ctl weight`",
+                b.weight
+            ));
+            let x = intent.backend_mut(n);
+            x.weight = None;
+            x.config_weight = None;
         }
     }
     intent.compact();
@@ -177,15 +175,6 @@ fn xdp_mode(m: XdpModeCfg) -> XdpMode {
 }
 
 impl Core {
-    /// Health for a backend added now: what its checks last found, else unknown.
-    fn current_health(&self) -> BTreeMap<String, Health> {
-        self.bal
-            .backend_infos()
-            .into_iter()
-            .map(|b| (b.name, b.health))
-            .collect()
-    }
-
     /// Applies one change — a verb's new intent, a reloaded config, or (later) intent another
     /// host stored — the same way: checked whole against what it would change, the intent
     /// stored, then the diff applied. Refused with nothing changed when it cannot apply whole
@@ -198,16 +187,8 @@ impl Core {
         };
         let reloading = cfg.is_some();
         let cfg_ref = cfg.as_ref().unwrap_or(&self.cfg);
-        let health = self.current_health();
-        // A reload's added backends (new, readdressed or moved) are unknown until checked;
-        // nothing else adds backends.
-        let initial = |n: &str| {
-            if reloading {
-                Health::Unknown
-            } else {
-                health.get(n).copied().unwrap_or_default()
-            }
-        };
+        // Only a reload adds backends (new, readdressed or moved): unknown until checked.
+        let initial = |_: &str| Health::Unknown;
         let d = Desired {
             cfg: cfg_ref,
             intent: &intent,
@@ -264,29 +245,20 @@ impl Core {
 
     /// The backends a name stands for: that backend, or every backend of that group.
     fn targets(&self, name: &str) -> Option<Vec<String>> {
-        let all: Vec<(&String, Option<&String>)> = self
-            .cfg
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.backends
-                    .iter()
-                    .map(|b| (b.name.get_ref(), b.group.as_ref()))
-            })
-            .collect();
-        if all.iter().any(|(n, _)| *n == name) {
+        if self.cfg.backend(name).is_some() {
             return Some(vec![name.to_string()]);
         }
-        let group: Vec<String> = all
-            .iter()
-            .filter(|(_, g)| g.is_some_and(|g| g == name))
-            .map(|(n, _)| n.to_string())
+        let group: Vec<String> = self
+            .cfg
+            .backends()
+            .filter(|(_, b)| b.group.as_deref() == Some(name))
+            .map(|(_, b)| b.name.get_ref().clone())
             .collect();
         (!group.is_empty()).then_some(group)
     }
 
     fn service_exists(&self, name: &str) -> Result<(), Refusal> {
-        if self.cfg.services.iter().any(|s| s.name.get_ref() == name) {
+        if self.cfg.service(name).is_some() {
             Ok(())
         } else {
             Err(Refusal::new(
@@ -351,21 +323,11 @@ impl Daemon {
             Request::Weight { target, weight } => {
                 let mut c = self.core.lock().expect("core lock");
                 let names = c.targets(&target).ok_or_else(|| unknown(&target))?;
-                let cfg_weights: BTreeMap<String, u32> = c
-                    .cfg
-                    .services
-                    .iter()
-                    .flat_map(|s| {
-                        s.backends
-                            .iter()
-                            .map(|b| (b.name.get_ref().clone(), b.weight))
-                    })
-                    .collect();
                 let mut intent = c.intent.clone();
                 for n in &names {
                     let b = intent.backend_mut(n);
                     b.weight = Some(weight);
-                    b.config_weight = cfg_weights.get(n).copied();
+                    b.config_weight = c.cfg.backend(n).map(|(_, b)| b.weight);
                 }
                 c.apply_change(Change::Intent(intent))?;
                 info!(target = %target, weight, "weight changed");
@@ -382,12 +344,7 @@ impl Daemon {
                 let mut c = self.core.lock().expect("core lock");
                 c.service_exists(&service)?;
                 if let Some(g) = &group {
-                    let svc = c
-                        .cfg
-                        .services
-                        .iter()
-                        .find(|s| s.name.get_ref() == &service)
-                        .expect("exists");
+                    let svc = c.cfg.service(&service).expect("exists");
                     if !svc.backends.iter().any(|b| b.group.as_ref() == Some(g)) {
                         return Err(Refusal::new(
                             ErrorKind::UnknownTarget,
@@ -424,16 +381,11 @@ impl Daemon {
             Request::Maintenance { service, on } => {
                 let mut c = self.core.lock().expect("core lock");
                 c.service_exists(&service)?;
-                let has = c
-                    .cfg
-                    .services
-                    .iter()
-                    .find(|s| s.name.get_ref() == &service)
-                    .is_some_and(|s| {
-                        s.backends
-                            .iter()
-                            .any(|b| b.role() == crate::model::Role::Maintenance)
-                    });
+                let has = c.cfg.service(&service).is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|b| b.role() == crate::model::Role::Maintenance)
+                });
                 if on && !has {
                     return Err(Refusal::new(
                         ErrorKind::Refused,
@@ -487,7 +439,7 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
     // MACs are resolved outside the lock: it can take a moment.
     let need = {
         let c = daemon.core.lock().expect("core lock");
-        reconcile::macs_needed(&c.bal, &new)
+        reconcile::macs_needed(Some(&c.bal), &new)
     };
     let ifaces = old_daemon.interfaces.clone();
     let macs = tokio::task::spawn_blocking(move || {
@@ -623,13 +575,7 @@ async fn start_locked(
     }
     // MACs before the datapath: an unresolvable backend refuses the start with nothing
     // touched.
-    let need: Vec<_> = cfg
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter())
-        .filter(|b| b.mac.is_none())
-        .map(|b| *b.address.get_ref())
-        .collect();
+    let need = reconcile::macs_needed(None, &cfg);
     let ifaces = d.interfaces.clone();
     let macs = tokio::task::spawn_blocking(move || {
         os::resolve_macs(&need, &ifaces, Duration::from_secs(3))

@@ -17,7 +17,7 @@ use steer_common::{svc_flags, MAX_BACKENDS};
 
 use crate::{
     balancer::{addr_bytes, BackendSpec, Balancer, ServiceSpec},
-    config::{BackendCfg, CheckKind, Config, ServiceCfg},
+    config::{BackendCfg, Config, ServiceCfg},
     datapath::Datapath,
     model::{AdminState, Health},
     store::Intent,
@@ -56,27 +56,23 @@ pub fn service_spec(s: &ServiceCfg) -> ServiceSpec {
 
 /// Whether a backend has health checks (otherwise it is always up).
 pub fn is_checked(s: &ServiceCfg, b: &BackendCfg) -> bool {
-    s.check_for(b.check.as_ref().unwrap_or(&toml::Table::new()))
-        .map(|c| c.kind != CheckKind::None)
-        .unwrap_or(true)
+    s.check_of(b).is_some()
 }
 
 /// Addresses of backends whose MAC must come from the neighbour table: no MAC in the config,
-/// and not already known to the balancer at the same address.
-pub fn macs_needed(bal: &Balancer, cfg: &Config) -> Vec<IpAddr> {
-    let mut out = BTreeSet::new();
-    for s in &cfg.services {
-        for b in &s.backends {
-            let addr = *b.address.get_ref();
-            let known = bal
-                .backend_spec(b.name.get_ref())
-                .is_some_and(|k| k.addr == addr);
-            if b.mac.is_none() && !known {
-                out.insert(addr);
-            }
-        }
-    }
-    out.into_iter().collect()
+/// and not already known to `bal` (if any) at the same address.
+pub fn macs_needed(bal: Option<&Balancer>, cfg: &Config) -> Vec<IpAddr> {
+    let known = |name: &str, addr: IpAddr| {
+        bal.and_then(|bal| bal.backend_spec(name))
+            .is_some_and(|k| k.addr == addr)
+    };
+    cfg.backends()
+        .map(|(_, b)| (b, *b.address.get_ref()))
+        .filter(|(b, addr)| b.mac.is_none() && !known(b.name.get_ref(), *addr))
+        .map(|(_, addr)| addr)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 fn same_key(a: &ServiceSpec, b: &ServiceSpec) -> bool {
@@ -163,14 +159,9 @@ pub fn check(bal: &Balancer, d: &Desired) -> Result<Checked, ApplyError> {
         ));
     }
     // Names in the intent that the config no longer has are dropped.
-    let names: BTreeSet<&String> = cfg
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.name.get_ref()))
-        .collect();
+    let names: BTreeSet<&String> = cfg.backends().map(|(_, b)| b.name.get_ref()).collect();
     intent.backends.retain(|n, _| names.contains(n));
-    let snames: BTreeSet<&String> = cfg.services.iter().map(|s| s.name.get_ref()).collect();
-    intent.services.retain(|n, _| snames.contains(n));
+    intent.services.retain(|n, _| cfg.service(n).is_some());
     intent.compact();
     if errors.is_empty() {
         Ok(Checked { intent, notes })
@@ -212,10 +203,10 @@ fn apply_batched(
         }
     }
     // Backends gone, readdressed or moved to another service (another server: flows end).
+    // By name, once: this runs on every change, and a host may have thousands of backends.
     let backend_cfg: BTreeMap<&String, (&ServiceCfg, &BackendCfg)> = cfg
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(move |b| (b.name.get_ref(), (s, b))))
+        .backends()
+        .map(|(s, b)| (b.name.get_ref(), (s, b)))
         .collect();
     for old in bal.backend_infos() {
         let keep = backend_cfg.get(&old.name).is_some_and(|(s, b)| {

@@ -180,19 +180,10 @@ fn count(
     let mut live_established = 0u64;
     let n = reader
         .for_each_flow_in(|established, _, f| {
-            if f.flags & flow_flags::ENDED != 0 {
-                return;
-            }
             let Some((gen, idle)) = inputs.get(&f.backend) else {
                 return;
             };
-            let idle_ns = now.saturating_sub(f.last_seen_ns);
-            let limit = if f.flags & flow_flags::SYN_ONLY != 0 {
-                steer_common::SYN_ACTIVE_NS.min(*idle)
-            } else {
-                *idle
-            };
-            if idle_ns > limit {
+            if !datapath::is_active(f, now, *idle) {
                 return;
             }
             if established {
@@ -220,9 +211,8 @@ impl Core {
         }
         let config_weights: BTreeMap<&String, u32> = self
             .cfg
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| (b.name.get_ref(), b.weight)))
+            .backends()
+            .map(|(_, b)| (b.name.get_ref(), b.weight))
             .collect();
         proto::Status {
             config: self.cfg.path.display().to_string(),
