@@ -13,26 +13,41 @@ pub mod hash;
 /// At most 15 bytes each (BPF_OBJ_NAME_LEN - 1), versioned.
 pub mod map {
     /// `ServiceKey` → `Service`. Written by steer-ctl.
-    pub const SERVICES: &str = "STEER_SVC_V1";
+    pub const SERVICES: &str = "STEER_SVC_V2";
     /// Backend id → `Backend`. Written by steer-ctl.
-    pub const BACKENDS: &str = "STEER_BE_V1";
+    pub const BACKENDS: &str = "STEER_BE_V2";
     /// Maglev lookup tables: backend ids in `[u32; MAGLEV_CHUNK]` elements, two tables (double
     /// buffer) per service. Written by steer-ctl.
     pub const MAGLEV: &str = "STEER_MAGLEV_V1";
     /// `FlowKey` → `Flow`, LRU: established flows. Written by the datapath.
-    pub const FLOWS: &str = "STEER_FLOWS_V1";
+    pub const FLOWS: &str = "STEER_FLOWS_V2";
     /// `FlowKey` → `Flow`, LRU: flows that are not (or no longer) established — connection
     /// attempts that have seen only SYNs, and flows that have ended (FIN or RST seen). A SYN
     /// flood or a churn of short connections turns this table over, never the established one.
-    pub const TRANSIENT: &str = "STEER_TRANS_V1";
+    pub const TRANSIENT: &str = "STEER_TRANS_V2";
     /// Per-CPU `Counters` per service id. Written by the datapath.
     pub const SERVICE_STATS: &str = "STEER_SSTAT_V1";
     /// Per-CPU `Counters` per backend id. Written by the datapath.
     pub const BACKEND_STATS: &str = "STEER_BSTAT_V1";
     /// Per-CPU `u64` per `outcome` index. Written by the datapath.
-    pub const GLOBAL_STATS: &str = "STEER_GSTAT_V1";
+    pub const GLOBAL_STATS: &str = "STEER_GSTAT_V2";
+    /// NAT mode's reverse translations: the 5-tuple of a backend's reply (`FlowKey`, backend →
+    /// LB address and port) → `NatRev`, LRU. Written by the datapath; the forward half lives in
+    /// the flow's `Flow::nat_port`.
+    pub const NAT: &str = "STEER_NAT_V1";
+    /// Service id → `NatPool`: the LB addresses a NAT service's flows leave from, when it has
+    /// a pool. Written by steer-ctl.
+    pub const POOLS: &str = "STEER_POOL_V1";
+    /// Backend id → `Observed` (mmapable): passive health of NAT backends. Written by the
+    /// datapath (failures), reset by steer-ctl (when active checks bring the backend back).
+    pub const OBSERVED: &str = "STEER_OBS_V1";
+    /// `NEIGH_SLOTS` × `NeighWant` (mmapable): next hops the datapath found no neighbour entry
+    /// for. Written by the datapath, read (and resolved) by steer-ctl.
+    pub const NEIGH: &str = "STEER_NEIGH_V1";
+    /// One `Globals`: host-wide datapath settings. Written by steer-ctl.
+    pub const GLOBALS: &str = "STEER_CFG_V1";
 
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -41,6 +56,21 @@ pub mod map {
         SERVICE_STATS,
         BACKEND_STATS,
         GLOBAL_STATS,
+        NAT,
+        POOLS,
+        OBSERVED,
+        NEIGH,
+        GLOBALS,
+    ];
+
+    /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
+    /// reused; their flows cannot be read by this version).
+    pub const RETIRED: [&str; 5] = [
+        "STEER_SVC_V1",
+        "STEER_BE_V1",
+        "STEER_FLOWS_V1",
+        "STEER_TRANS_V1",
+        "STEER_GSTAT_V1",
     ];
 }
 
@@ -65,6 +95,11 @@ pub const fn transient_capacity(max_flows: u32) -> u32 {
     } else {
         q
     }
+}
+/// Capacity of the NAT table for a connection table of `max_flows`: one reverse entry per flow
+/// of either table, so that a reverse translation is never evicted while its flow is held.
+pub const fn nat_capacity(max_flows: u32) -> u32 {
+    max_flows + transient_capacity(max_flows)
 }
 /// Default idle timeout of a flow, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 30;
@@ -100,7 +135,7 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// A service: virtual address, port and protocol. Key of `STEER_SVC_V1`.
+/// A service: virtual address, port and protocol. Key of `STEER_SVC_V2`.
 ///
 /// IPv4 addresses fill `addr[0..4]` and leave the rest zero. Aligned to 4 so the datapath
 /// copies it in words.
@@ -121,12 +156,23 @@ pub mod svc_flags {
     pub const MAINTENANCE: u32 = 1 << 0;
     /// With no eligible backend and no fallback, drop a SYN silently instead of answering a RST.
     pub const NO_BACKEND_DROP: u32 = 1 << 1;
+    /// NAT: passive health. Refused attempts (a RST answering a SYN) and attempts unanswered
+    /// for `Service::syn_timeout_ms` count as failures of the backend; `Service::error_limit`
+    /// consecutive ones take it out of new flows at once.
+    pub const OBSERVE: u32 = 1 << 2;
+    /// NAT: refused-connection recovery. A backend's RST to a SYN is not shown to the client
+    /// while another backend can take the attempt; the client's retransmitted SYN goes there.
+    pub const RECOVER: u32 = 1 << 3;
+    /// NAT: flows leave from the service's `NatPool` (else from each backend's `Backend::snat`).
+    pub const NAT_POOL: u32 = 1 << 4;
 }
 
 /// Forwarding modes (`Service::mode`).
 pub const MODE_DSR: u32 = 0;
+/// Full NAT: destination := backend address and port, source := an LB address and port.
+pub const MODE_NAT: u32 = 1;
 
-/// A service's datapath settings. Value of `STEER_SVC_V1`.
+/// A service's datapath settings. Value of `STEER_SVC_V2`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -146,8 +192,18 @@ pub struct Service {
     pub idle_timeout_s: u32,
     /// Forwarding mode, `MODE_*`.
     pub mode: u32,
+    /// NAT: the LB source ports flows may use, inclusive, host order.
+    pub nat_port_lo: u16,
+    pub nat_port_hi: u16,
+    /// NAT with `OBSERVE`: consecutive failed attempts that mark a backend down.
+    pub error_limit: u16,
+    pub _pad: u16,
+    /// NAT with `OBSERVE`: an attempt with no SYN-ACK after this long has failed (seen when
+    /// the client retransmits its SYN).
+    pub syn_timeout_ms: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Service>() == 32);
+const _: () = assert!(core::mem::size_of::<Service>() == 48);
 
 /// Admin states of a backend (`Backend::admin`). `NONE` marks a free slot or a removed backend.
 pub mod admin {
@@ -167,7 +223,7 @@ pub mod health {
     pub const UNKNOWN: u8 = 2;
 }
 
-/// A real server. Value of `STEER_BE_V1`, indexed by backend id.
+/// A real server. Value of `STEER_BE_V2`, indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -192,8 +248,11 @@ pub struct Backend {
     /// the generation it was pinned to, so a reused id never inherits another backend's flows.
     pub gen: u16,
     pub _pad2: [u8; 4],
+    /// NAT: the LB's own address that faces this backend (the source of its flows unless the
+    /// service has a pool). Same family as `addr`.
+    pub snat: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+const _: () = assert!(core::mem::size_of::<Backend>() == 56);
 
 impl Backend {
     pub const EMPTY: Backend = Backend {
@@ -208,6 +267,7 @@ impl Backend {
         port_be: 0,
         gen: 0,
         _pad2: [0; 4],
+        snat: [0; 16],
     };
 
     /// May take new flows: admin `ready` and health `up`.
@@ -230,7 +290,7 @@ impl Backend {
     }
 }
 
-/// One connection: the 5-tuple as the client sent it. Key of `STEER_FLOWS_V1`. Aligned to 8
+/// One connection: the 5-tuple as the client sent it. Key of `STEER_FLOWS_V2`. Aligned to 8
 /// so the datapath copies and hashes it in words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -255,9 +315,105 @@ pub mod flow_flags {
     pub const RST: u16 = 1 << 2;
     /// The flow has ended (FIN or RST seen).
     pub const ENDED: u16 = FIN | RST;
+    /// NAT: the backend refused this attempt (or left it unanswered) and another backend could
+    /// take it: the client's next SYN is steered elsewhere.
+    pub const REFUSED: u16 = 1 << 3;
 }
 
-/// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V1`.
+/// `Flow::nat_addr` when the flow leaves from its backend's `snat` address.
+pub const NAT_ADDR_BACKEND: u16 = u16::MAX;
+/// Most addresses in a `NatPool`.
+pub const NAT_POOL_MAX: usize = 8;
+/// Source ports a NAT flow tries before its pool counts as exhausted.
+pub const NAT_PORT_TRIES: u32 = 16;
+/// A NAT source port whose flow ended this long ago may be given to a new flow.
+pub const NAT_REUSE_NS: u64 = 2_000_000_000;
+
+/// `NatRev::flags` bits.
+pub mod nat_flags {
+    /// The backend answered the attempt with a SYN-ACK.
+    pub const SYN_ACK: u16 = 1 << 0;
+    /// The attempt's failure (refused or unanswered) has been counted.
+    pub const FAILED: u16 = 1 << 1;
+}
+
+/// The reverse half of a NAT flow. Value of `STEER_NAT_V1`, whose key is the reply's 5-tuple
+/// (backend address and port → LB address and source port). Written by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatRev {
+    /// The client's address and port, as in the flow's key.
+    pub client: [u8; 16],
+    /// The service's address and port.
+    pub vip: [u8; 16],
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub svc: u32,
+    pub backend: u32,
+    pub gen: u16,
+    /// `nat_flags` bits.
+    pub flags: u16,
+    /// When the attempt's first SYN was forwarded (0: the flow was met mid-way).
+    pub syn_ns: u64,
+    /// When the flow was seen to end (FIN or RST either way), 0 while open.
+    pub ended_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatRev>() == 64);
+
+/// The LB addresses a NAT service's flows leave from. Value of `STEER_POOL_V1` by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatPool {
+    pub addrs: [[u8; 16]; NAT_POOL_MAX],
+    /// Addresses in use, `1..=NAT_POOL_MAX`.
+    pub count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatPool>() == 136);
+
+/// Passive health of a backend. Value of `STEER_OBS_V1` by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Consecutive failed attempts (refused or unanswered); a SYN-ACK resets it. At the
+    /// service's `error_limit` the backend takes no new flows until steer-ctl resets it.
+    pub fails: u64,
+    /// `bpf_ktime_get_coarse_ns()` of the last failure.
+    pub last_fail_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Observed>() == 16);
+
+/// Slots of `STEER_NEIGH_V1`.
+pub const NEIGH_SLOTS: u32 = 64;
+
+/// A next hop with no neighbour entry. Element of `STEER_NEIGH_V1`, at a slot chosen by the
+/// address's hash; `seq` grows at each write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighWant {
+    pub addr: [u8; 16],
+    pub ifindex: u32,
+    pub family: u32,
+    pub seq: u64,
+}
+const _: () = assert!(core::mem::size_of::<NeighWant>() == 32);
+
+/// `Globals::flags` bits.
+pub mod global_flags {
+    /// Some service is in NAT mode: packets not for a service are looked up as replies.
+    pub const NAT: u32 = 1 << 0;
+}
+
+/// Host-wide datapath settings. Only element of `STEER_CFG_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+
+/// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V2` and `STEER_TRANS_V2`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -268,8 +424,14 @@ pub struct Flow {
     pub flags: u16,
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
+    /// NAT: the LB source port of the flow (network order); 0 in DSR.
+    pub nat_port_be: u16,
+    /// NAT: index of the source address in the service's `NatPool`, or `NAT_ADDR_BACKEND`
+    /// for the backend's `snat` address.
+    pub nat_addr: u16,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 24);
 // The datapath updates `backend | gen << 32 | flags << 48` as one aligned, atomic 64-bit word.
 const _: () =
     assert!(core::mem::offset_of!(Flow, flags) == 6 && core::mem::align_of::<Flow>() == 8);
@@ -286,7 +448,12 @@ pub struct Counters {
     pub ended_flows: u64,
     /// RSTs answered from XDP.
     pub rst_sent: u64,
-    pub _reserved: [u64; 3],
+    /// NAT: connection attempts the backend refused (a RST answering a SYN).
+    pub refused: u64,
+    /// NAT: connection attempts the backend left unanswered for the service's `syn_timeout`.
+    pub syn_timeouts: u64,
+    /// NAT: new flows that found no free source port (answered with a RST, or dropped).
+    pub nat_exhausted: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 
@@ -297,10 +464,13 @@ impl Counters {
         self.new_flows += o.new_flows;
         self.ended_flows += o.ended_flows;
         self.rst_sent += o.rst_sent;
+        self.refused += o.refused;
+        self.syn_timeouts += o.syn_timeouts;
+        self.nat_exhausted += o.nat_exhausted;
     }
 }
 
-/// What happened to a packet: indexes of `STEER_GSTAT_V1`. Every packet the program sees is
+/// What happened to a packet: indexes of `STEER_GSTAT_V2`. Every packet the program sees is
 /// counted under exactly one of them.
 pub mod outcome {
     /// Forwarded to a backend (`XDP_TX`).
@@ -326,11 +496,35 @@ pub mod outcome {
     /// Headers nested deeper than the datapath walks (more than two VLAN tags, more than
     /// `MAX_IPV6_EXT_HEADERS` IPv6 extension headers before TCP or UDP): passed to the kernel.
     pub const PASS_TOO_MANY_HEADERS: u32 = 9;
+    /// NAT: translated and sent to its backend out of another interface (`XDP_REDIRECT`).
+    pub const REDIRECT_FORWARD: u32 = 10;
+    /// NAT: a backend's reply (or an ICMP error about a flow) translated back and sent out of
+    /// the interface it came in by (`XDP_TX`).
+    pub const TX_REPLY: u32 = 11;
+    /// NAT: the same, out of another interface (`XDP_REDIRECT`).
+    pub const REDIRECT_REPLY: u32 = 12;
+    /// NAT: the next hop has no neighbour entry yet: dropped, and steer-ctl asked to resolve
+    /// it (the client's retransmission goes through).
+    pub const DROP_NO_NEIGH: u32 = 13;
+    /// NAT: the kernel's FIB has no usable route for the translated packet (unreachable,
+    /// blackhole, prohibited, forwarding disabled): dropped.
+    pub const DROP_NO_ROUTE: u32 = 14;
+    /// NAT: a backend's RST answering a SYN, hidden from the client because another backend
+    /// will take its retransmitted SYN (refused-connection recovery).
+    pub const DROP_REFUSED: u32 = 15;
+    /// NAT: a new UDP flow (or a TCP packet that cannot be answered) found no free source
+    /// port: dropped. A TCP SYN is answered with a RST (`TX_RST`).
+    pub const DROP_NAT_EXHAUSTED: u32 = 16;
+    /// NAT: a packet of a flow whose source port now belongs to another flow (its reverse
+    /// translation was lost and given away): dropped, never delivered into the other flow.
+    pub const DROP_NAT_CONFLICT: u32 = 17;
+    /// NAT: the translated packet is larger than the next hop's MTU: dropped.
+    pub const DROP_TOO_BIG: u32 = 18;
     /// Number of outcome slots; every packet is counted in exactly one of `0..COUNT`.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 32;
 
     /// Human names, indexed by outcome; used for logs and metrics labels.
-    pub const NAMES: [&str; 10] = [
+    pub const NAMES: [&str; 19] = [
         "tx_forward",
         "tx_rst",
         "pass_not_ip",
@@ -341,11 +535,20 @@ pub mod outcome {
         "drop_bad_backend",
         "drop_rejected",
         "pass_too_many_headers",
+        "redirect_forward",
+        "tx_reply",
+        "redirect_reply",
+        "drop_no_neigh",
+        "drop_no_route",
+        "drop_refused",
+        "drop_nat_exhausted",
+        "drop_nat_conflict",
+        "drop_too_big",
     ];
 }
 
 /// Events that are not outcomes (a packet may cause several, or none): indexes of
-/// `STEER_GSTAT_V1` after the outcomes.
+/// `STEER_GSTAT_V2` after the outcomes.
 pub mod event {
     /// A new flow could not be inserted in the connection table; the packet was steered by
     /// Maglev all the same (fail closed: the same choice the next packet will make).
@@ -361,12 +564,39 @@ pub mod event {
     /// restarted without its pins, the flow came through another LB host, or its entry was
     /// evicted from a full connection table. It took the Maglev choice.
     pub const FLOW_MISS: u32 = super::outcome::COUNT + 4;
-    pub const NAMES: [&str; 5] = [
+    /// NAT: a new flow found no free source port in its pool.
+    pub const NAT_EXHAUSTED: u32 = super::outcome::COUNT + 5;
+    /// NAT: a flow's reverse translation was missing (evicted) and was written again from
+    /// its forward half.
+    pub const NAT_HEALED: u32 = super::outcome::COUNT + 6;
+    /// NAT: a flow's source port belonged to another flow (see `outcome::DROP_NAT_CONFLICT`).
+    pub const NAT_CONFLICT: u32 = super::outcome::COUNT + 7;
+    /// NAT: a backend answered a SYN with a RST (a refused attempt).
+    pub const REFUSED: u32 = super::outcome::COUNT + 8;
+    /// NAT: a retransmitted SYN found its attempt unanswered after the service's syn_timeout.
+    pub const SYN_TIMEOUT: u32 = super::outcome::COUNT + 9;
+    /// NAT: a backend reached its service's error_limit of consecutive failures and takes no
+    /// new flows until steer-ctl's checks bring it back.
+    pub const PASSIVE_DOWN: u32 = super::outcome::COUNT + 10;
+    /// NAT: a failed attempt (refused, unanswered, or on a backend found down) was steered to
+    /// another backend on the client's retransmitted SYN.
+    pub const RECOVERED: u32 = super::outcome::COUNT + 11;
+    /// NAT: an ICMP error about a translated flow was translated and forwarded.
+    pub const ICMP_TRANSLATED: u32 = super::outcome::COUNT + 12;
+    pub const NAMES: [&str; 13] = [
         "flow_insert_failed",
         "redispatch",
         "idle_expired",
         "stale_syn",
         "flow_miss",
+        "nat_exhausted",
+        "nat_healed",
+        "nat_conflict",
+        "refused",
+        "syn_timeout",
+        "passive_down",
+        "recovered",
+        "icmp_translated",
     ];
 }
 
@@ -382,8 +612,8 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// TCP or UDP; a longer chain is passed (`outcome::PASS_TOO_MANY_HEADERS`).
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 
-/// Size of `STEER_GSTAT_V1`: outcomes, then events.
-pub const GLOBAL_SLOTS: u32 = 32;
+/// Size of `STEER_GSTAT_V2`: outcomes, then events.
+pub const GLOBAL_SLOTS: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -395,4 +625,9 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for NatRev {}
+    unsafe impl aya::Pod for NatPool {}
+    unsafe impl aya::Pod for Observed {}
+    unsafe impl aya::Pod for NeighWant {}
+    unsafe impl aya::Pod for Globals {}
 }

@@ -556,6 +556,12 @@ impl Balancer {
             maintenance: BACKEND_NONE,
             idle_timeout_s: spec.idle_timeout_s,
             mode: MODE_DSR,
+            nat_port_lo: 0,
+            nat_port_hi: 0,
+            error_limit: 0,
+            _pad: 0,
+            syn_timeout_ms: 0,
+            _pad2: 0,
         };
         let name = spec.name.clone();
         self.services.insert(

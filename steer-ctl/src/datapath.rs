@@ -640,6 +640,9 @@ fn for_each_flow(fd: std::os::fd::RawFd, mut f: impl FnMut(&FlowKey, &Flow)) -> 
             gen: 0,
             flags: 0,
             last_seen_ns: 0,
+            nat_port_be: 0,
+            nat_addr: 0,
+            _pad: 0,
         };
         BATCH
     ];

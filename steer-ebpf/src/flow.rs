@@ -59,6 +59,9 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
         gen,
         flags,
         last_seen_ns: now,
+        nat_port_be: 0,
+        nat_addr: 0,
+        _pad: 0,
     };
     // Every new flow starts in the transient table — a SYN, but also a packet of a flow the
     // LB does not know (a flood of spoofed ACKs or UDP must not evict established flows); its
@@ -76,10 +79,9 @@ pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) {
     // SAFETY: a pointer into the transient table from lookup_transient, valid for this run.
     let f = unsafe { *flow };
     let est = Flow {
-        backend: f.backend,
-        gen: f.gen,
         flags: flags_of(pkt),
         last_seen_ns: now,
+        ..f
     };
     if FLOWS.insert(&pkt.key, &est, 0).is_err() {
         // Stays half-open: the next packet tries again; its Maglev choice is the same.

@@ -7,16 +7,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    maglev_chunks, transient_capacity, Backend, Counters, Flow, FlowKey, Service, ServiceKey,
-    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES,
+    maglev_chunks, nat_capacity, transient_capacity, Backend, Counters, Flow, FlowKey, Globals,
+    NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK,
+    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
-#[map(name = "STEER_SVC_V1")]
+#[map(name = "STEER_SVC_V2")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Backends by id: address, MAC, admin state, health. Written by steer-ctl.
-#[map(name = "STEER_BE_V1")]
+#[map(name = "STEER_BE_V2")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Maglev lookup tables of backend ids, two per service (live and next), at
@@ -36,7 +37,7 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 
 /// The connection table: 5-tuple → backend (and generation), flags, last seen. LRU, so a full
 /// table evicts its least recently used flow. Written by the datapath, read by steer-ctl.
-#[map(name = "STEER_FLOWS_V1")]
+#[map(name = "STEER_FLOWS_V2")]
 ///
 /// One LRU shared by all CPUs: `BPF_F_NO_COMMON_LRU` would split the capacity per CPU (a CPU
 /// receiving all the flows could hold only 1/N of them) and was no faster here.
@@ -45,11 +46,36 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_F
 /// The transient table: flows that have seen only SYNs (half-open) and flows that have ended,
 /// until their last packets pass. Kept apart so that a SYN flood or a churn of short
 /// connections never evicts an established flow. Written by the datapath, read by steer-ctl.
-#[map(name = "STEER_TRANS_V1")]
+#[map(name = "STEER_TRANS_V2")]
 pub static TRANSIENT: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(transient_capacity(MAX_FLOWS), 0);
 
 /// Per-CPU packet counts per `outcome`, then per `event`. Written by the datapath, summed by
 /// steer-ctl.
-#[map(name = "STEER_GSTAT_V1")]
+#[map(name = "STEER_GSTAT_V2")]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
+
+/// NAT mode's reverse translations: a backend's reply 5-tuple → the client and service it
+/// stands for. LRU, as large as both flow tables together. Written by the datapath: inserted
+/// before the flow's forward half, rewritten from it when lost.
+#[map(name = "STEER_NAT_V1")]
+pub static NAT: LruHashMap<FlowKey, NatRev> =
+    LruHashMap::with_max_entries(nat_capacity(MAX_FLOWS), 0);
+
+/// Source address pools of NAT services, by service id. Written by steer-ctl.
+#[map(name = "STEER_POOL_V1")]
+pub static POOLS: Array<NatPool> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Passive health per backend id: consecutive failed attempts. Written by the datapath,
+/// reset by steer-ctl; mmapped by steer-ctl, which polls it.
+#[map(name = "STEER_OBS_V1")]
+pub static OBSERVED: Array<Observed> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// Next hops with no neighbour entry, for steer-ctl to resolve. Written by the datapath,
+/// mmapped and polled by steer-ctl.
+#[map(name = "STEER_NEIGH_V1")]
+pub static NEIGH: Array<NeighWant> = Array::with_max_entries(NEIGH_SLOTS, BPF_F_MMAPABLE);
+
+/// Host-wide settings (one element). Written by steer-ctl.
+#[map(name = "STEER_CFG_V1")]
+pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);

@@ -301,6 +301,9 @@ fn main() {
                 gen: b.gen,
                 flags: 0,
                 last_seen_ns: now,
+                nat_port_be: 0,
+                nat_addr: 0,
+                _pad: 0,
             };
             flows
                 .insert(flow_key(i), f, 0)
