@@ -568,12 +568,9 @@ pub fn probe_neighbour(addr: IpAddr, ifindex: u32) -> std::io::Result<()> {
     // SAFETY: fd was just opened and is owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if ifindex != 0 {
-        // IP_UNICAST_IF takes the index in network order; IPV6_UNICAST_IF in host order.
-        let v: u32 = if addr.is_ipv4() {
-            ifindex.to_be()
-        } else {
-            ifindex
-        };
+        // Both options take the index in network order (the kernel `ntohl`s it; seen: a
+        // host-order index fails with EADDRNOTAVAIL).
+        let v: u32 = ifindex.to_be();
         // SAFETY: a u32 option value of the right size.
         let r =
             unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, (&v as *const u32).cast(), 4) };
