@@ -111,7 +111,8 @@ impl ServiceSpec {
         }
     }
 
-    /// The same service in NAT mode with the default NAT settings.
+    /// The same service in NAT mode with the default NAT settings (source: each backend's
+    /// facing address).
     pub fn nat(self) -> Self {
         ServiceSpec {
             mode: Mode::Nat,
@@ -321,6 +322,16 @@ fn family_name(ip: IpAddr) -> &'static str {
     } else {
         "IPv6"
     }
+}
+
+/// The pool `new` names, ordered to keep the addresses `old` already had at their places as
+/// far as it can: a flow records the index of its source address in the pool, so a reload
+/// that adds addresses, or removes the last ones, moves no flow's source. (An address removed
+/// from the middle shifts the ones after it: their flows' source changes.)
+pub fn stable_pool(old: &[IpAddr], new: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = old.iter().filter(|a| new.contains(a)).copied().collect();
+    out.extend(new.iter().filter(|a| !old.contains(a)));
+    out
 }
 
 /// What the datapath could not use in a service's NAT settings (the config refuses all of
@@ -572,6 +583,8 @@ impl Balancer {
     /// Clears what the datapath holds that this balancer does not: services of an earlier
     /// config and backend slots no backend uses (their flows then count as removed).
     pub fn clear_unused(&mut self) -> Result<()> {
+        // A pinned NAT flag outlives the NAT services of an earlier config.
+        self.sync_globals()?;
         let keys: Vec<ServiceKey> = self.services.values().map(|s| s.key).collect();
         for k in self.dp.service_keys()? {
             if !keys.contains(&k) {
@@ -1368,5 +1381,111 @@ impl Balancer {
             .expect("looked up above")
             .value = value;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn pool_addresses_keep_their_places_across_a_reload() {
+        let old = ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+        // Reordered in the config: nothing moves.
+        assert_eq!(
+            stable_pool(&old, &ips(&["10.1.0.3", "10.1.0.1", "10.1.0.2"])),
+            old
+        );
+        // Added: after the others.
+        assert_eq!(
+            stable_pool(
+                &old,
+                &ips(&["10.1.0.9", "10.1.0.1", "10.1.0.2", "10.1.0.3"])
+            ),
+            ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9"])
+        );
+        // The last removed: the others stay.
+        assert_eq!(
+            stable_pool(&old, &ips(&["10.1.0.2", "10.1.0.1"])),
+            ips(&["10.1.0.1", "10.1.0.2"])
+        );
+        assert_eq!(stable_pool(&[], &old), old);
+    }
+
+    #[test]
+    fn dsr_services_keep_their_entry_as_before_nat() {
+        let mut v = Service {
+            id: 3,
+            flags: svc_flags::MAINTENANCE,
+            maglev_size: 0,
+            table_slot: 0,
+            fallback: BACKEND_NONE,
+            maintenance: BACKEND_NONE,
+            idle_timeout_s: 0,
+            mode: 0,
+            nat_port_lo: 0,
+            nat_port_hi: 0,
+            error_limit: 0,
+            _pad: 0,
+            syn_timeout_ms: 0,
+            _pad2: 0,
+        };
+        let dsr = ServiceSpec {
+            no_backend: NoBackend::Drop,
+            ..ServiceSpec::tcp("web", "10.0.0.1".parse().unwrap(), 80)
+        };
+        dsr.apply_to(&mut v);
+        assert_eq!(
+            (
+                v.flags,
+                v.mode,
+                v.nat_port_lo,
+                v.error_limit,
+                v.syn_timeout_ms
+            ),
+            (
+                svc_flags::MAINTENANCE | svc_flags::NO_BACKEND_DROP,
+                0,
+                0,
+                0,
+                0
+            )
+        );
+        let mut nat = ServiceSpec::tcp("web", "10.0.0.1".parse().unwrap(), 80).nat();
+        nat.apply_to(&mut v);
+        assert_eq!(
+            v.flags,
+            svc_flags::MAINTENANCE | svc_flags::OBSERVE | svc_flags::RECOVER,
+            "maintenance is not the spec's to clear; no pool, no NAT_POOL"
+        );
+        assert_eq!(
+            (
+                v.mode,
+                v.nat_port_lo,
+                v.nat_port_hi,
+                v.error_limit,
+                v.syn_timeout_ms
+            ),
+            (steer_common::MODE_NAT, 10_000, 32_767, 3, 1000)
+        );
+        assert_eq!(nat.pool(), None);
+        nat.nat = NatSpec {
+            pool: ips(&["10.1.0.1", "10.1.0.2"]),
+            observe: false,
+            recover: false,
+            ..NatSpec::default()
+        };
+        nat.apply_to(&mut v);
+        assert_eq!(v.flags, svc_flags::MAINTENANCE | svc_flags::NAT_POOL);
+        let p = nat.pool().unwrap();
+        assert_eq!(p.count, 2);
+        assert_eq!(p.addrs[1][..4], [10, 1, 0, 2]);
+        assert!(check_nat(&nat).is_ok());
+        nat.nat.pool = ips(&["fd00::1"]);
+        assert!(check_nat(&nat).is_err(), "a pool of the other family");
     }
 }

@@ -1952,12 +1952,21 @@ port = 8443
         .unwrap();
         let s = &c.services[0];
         let n = s.nat(&c.daemon).unwrap();
-        assert_eq!(n.pool, ["fd00::a".parse::<IpAddr>().unwrap(), "fd00::b".parse().unwrap()]);
+        assert_eq!(
+            n.pool,
+            [
+                "fd00::a".parse::<IpAddr>().unwrap(),
+                "fd00::b".parse().unwrap()
+            ]
+        );
         assert_eq!(n.ports, PortRange(20_000, 20_999));
         assert_eq!((n.observe, n.error_limit, n.recover), (false, 10, false));
         assert_eq!(n.syn_timeout, Duration::from_millis(1500));
         assert_eq!(s.port_of(&s.backends[0]), 8443);
-        assert!(nat("snat_ports = \"20000\"\n", "").is_empty(), "one port is a range");
+        assert!(
+            nat("snat_ports = \"20000\"\n", "").is_empty(),
+            "one port is a range"
+        );
     }
 
     #[test]
@@ -1986,7 +1995,11 @@ snat = ["10.8.0.1"]
         )
         .unwrap();
         let pool = |i: usize| c.services[i].nat(&c.daemon).unwrap().pool;
-        let ips = |v: &[&str]| v.iter().map(|a| a.parse::<IpAddr>().unwrap()).collect::<Vec<_>>();
+        let ips = |v: &[&str]| {
+            v.iter()
+                .map(|a| a.parse::<IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(pool(0), ips(&["10.9.0.1", "10.9.0.2"]));
         assert_eq!(pool(1), ips(&["fd09::1"]));
         assert_eq!(pool(2), ips(&["10.8.0.1"]));
@@ -2024,11 +2037,17 @@ snat = ["10.8.0.1"]
         );
         let e = first_error(&with_daemon("[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"nat\"\nsnat_ports = \"low-high\"\n"));
         assert!(
-            e.starts_with("steer.toml:6:14:") && e.contains("expected a port range such as \"10000-32767\""),
+            e.starts_with("steer.toml:6:14:")
+                && e.contains("expected a port range such as \"10000-32767\""),
             "{e}"
         );
-        let e = first_error(&with_daemon("[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"proxy\"\n"));
-        assert!(e.starts_with("steer.toml:5:8:") && e.contains("unknown variant `proxy`"), "{e}");
+        let e = first_error(&with_daemon(
+            "[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"proxy\"\n",
+        ));
+        assert!(
+            e.starts_with("steer.toml:5:8:") && e.contains("unknown variant `proxy`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -190,7 +190,12 @@ pub fn prepare(cfg: &Config, routes: &BTreeMap<IpAddr, (IpAddr, os::Route)>) -> 
             );
             match os::enable_forwarding(iface, is_v6) {
                 Ok(true) => {
-                    info!(sysctl = %key, "set to 1: NAT services route their packets through the kernel's FIB");
+                    info!(sysctl = %key, "set to 1: NAT services route their packets through the kernel's FIB (and the kernel now forwards what arrives on this interface for other hosts: filter it if it must not)");
+                    if is_v6 && os::sysctl(&format!("net/ipv6/conf/{iface}/accept_ra")).as_deref() == Some("1") {
+                        notes.push(format!(
+                            "{iface}: with IPv6 forwarding on, accept_ra = 1 ignores router advertisements: set net.ipv6.conf.{iface}.accept_ra = 2 if this host takes its IPv6 address or default route from them"
+                        ));
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => notes.push(format!(

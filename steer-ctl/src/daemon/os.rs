@@ -601,6 +601,13 @@ pub fn enable_forwarding(iface: &str, v6: bool) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// A sysctl's value under /proc/sys (`path` with '/'), trimmed.
+pub fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), if it can be read.
 pub fn local_port_range() -> Option<(u16, u16)> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;

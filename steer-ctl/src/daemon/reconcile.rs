@@ -16,7 +16,7 @@ use std::{
 use steer_common::{svc_flags, MAX_BACKENDS};
 
 use crate::{
-    balancer::{addr_bytes, BackendSpec, Balancer, NatSpec, ServiceSpec},
+    balancer::{addr_bytes, stable_pool, BackendSpec, Balancer, NatSpec, ServiceSpec},
     config::{BackendCfg, Config, DaemonCfg, ServiceCfg},
     datapath::Datapath,
     model::{AdminState, Health, Mode},
@@ -265,9 +265,13 @@ fn apply_batched(
         }
     }
     for s in &cfg.services {
-        let spec = service_spec(s, &cfg.daemon);
+        let mut spec = service_spec(s, &cfg.daemon);
         let nat = spec.mode == Mode::Nat;
         let name = spec.name.clone();
+        if let Some(o) = bal.service_spec(&name) {
+            // Pool addresses keep their places (flows record an index into the pool).
+            spec.nat.pool = stable_pool(&o.nat.pool, &spec.nat.pool);
+        }
         match bal.service_spec(&name) {
             Some(o) if *o == spec => {}
             Some(_) => {
