@@ -316,7 +316,7 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
         std::fs::remove_file(d.pin_dir.join(gone)).unwrap();
     }
     assert_eq!(
-        requests(&topo, 10).len(),
+        requests(&topo, 20).len(),
         2,
         "the earlier datapath serves meanwhile"
     );
