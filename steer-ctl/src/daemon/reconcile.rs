@@ -79,9 +79,10 @@ pub fn is_checked(s: &ServiceCfg, b: &BackendCfg) -> bool {
 /// Addresses of backends whose MAC must come from the neighbour table: no MAC in the config,
 /// and not already known to `bal` (if any) at the same address.
 pub fn macs_needed(bal: Option<&Balancer>, cfg: &Config) -> Vec<IpAddr> {
+    // A NAT backend has no MAC to keep (it may be turning into a DSR one).
     let known = |name: &str, addr: IpAddr| {
         bal.and_then(|bal| bal.backend_spec(name))
-            .is_some_and(|k| k.addr == addr)
+            .is_some_and(|k| k.addr == addr && k.mac != [0; 6])
     };
     cfg.backends()
         .filter(|(s, _)| s.mode() == Mode::Dsr)
