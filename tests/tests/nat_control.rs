@@ -233,3 +233,30 @@ fn a_next_hop_the_datapath_misses_is_resolved() {
         },
     );
 }
+
+#[test]
+fn a_reload_between_dsr_and_nat_replaces_the_service() {
+    if !steer_tests::privileged("a_reload_between_dsr_and_nat_replaces_the_service") {
+        return;
+    }
+    let topo = lab(2);
+    let d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_health(&d, "b0", "up");
+    d.write_config(&nat_config(&topo, &[0, 1], "error_limit = 5\n"));
+    let r = d.ok_json(&["reload", "--json"]);
+    let changes = r["changes"].to_string();
+    assert!(
+        changes.contains("service web: mode dsr → nat: replaced"),
+        "{r}"
+    );
+    let s = d.ok_json(&["status"]);
+    assert_eq!(s["services"][0]["mode"], "nat", "{s}");
+    assert_eq!(s["services"][0]["nat"]["error_limit"], 5, "{s}");
+    assert_eq!(d.backend("b1")["snat"], addr::LB.to_string());
+    // Back to DSR with no MACs in the config: they are resolved again.
+    d.write_config(&nat_config(&topo, &[0, 1], "").replace("mode = \"nat\"\n", ""));
+    let r = d.ok_json(&["reload", "--json"]);
+    assert!(r["changes"].to_string().contains("mode nat → dsr"), "{r}");
+    assert_eq!(d.ok_json(&["status"])["services"][0]["mode"], "dsr");
+    wait_health(&d, "b0", "up");
+}
