@@ -28,13 +28,16 @@ impl Delta {
         Delta(self.0 + (!old) as u64 + new as u64)
     }
 
-    /// Sixteen address bytes `old` became `new`.
+    /// The running sum (to carry a delta across a BPF call).
     #[inline(always)]
-    pub fn addr16(self, old: &[u32; 4], new: &[u32; 4]) -> Delta {
-        self.word32(old[0], new[0])
-            .word32(old[1], new[1])
-            .word32(old[2], new[2])
-            .word32(old[3], new[3])
+    pub fn sum(self) -> u64 {
+        self.0
+    }
+
+    /// A delta from its running sum.
+    #[inline(always)]
+    pub fn from_sum(sum: u64) -> Delta {
+        Delta(sum)
     }
 
     /// Both deltas together.
@@ -54,4 +57,29 @@ impl Delta {
         s = (s & 0xffff) + (s >> 16);
         !(s as u16)
     }
+}
+
+/// Replaces the first `n` words (1 for IPv4, 4 for IPv6) of the address at `at` (in the
+/// packet) with `new`'s, one word at a time — few registers live (BPF keeps four across a
+/// call; more spill to the stack) — adding each change to `d`. Plain word loads and stores,
+/// as in `parse`: the JITs handle unaligned words, where `read_unaligned` would be split
+/// into bytes.
+///
+/// # Safety
+/// `at` must point at `4 * n` writable bytes.
+#[inline(always)]
+pub unsafe fn swap_addr(at: *mut u8, new: &[u8; 16], n: usize, mut d: Delta) -> Delta {
+    let from = new.as_ptr() as *const u32;
+    for i in 0..4 {
+        if i < n {
+            // SAFETY: `i < 4` words of the 16-byte address; the caller vouches for `at`.
+            unsafe {
+                let w = at.add(4 * i) as *mut u32;
+                let v = *from.add(i);
+                d = d.word32(*w, v);
+                *w = v;
+            }
+        }
+    }
+    d
 }

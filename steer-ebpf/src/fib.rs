@@ -62,6 +62,35 @@ pub fn send(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], route: Route) -> u
     pack(try_send(ctx, src, dst, route))
 }
 
+/// `send` for a packet already rewritten: its own addresses are the ones to route (read from
+/// its IP header). Lets a translating call return before the FIB request is made, so the two
+/// stacks are never nested.
+#[inline(never)]
+pub fn send_packet(ctx: &XdpContext, route: Route) -> u64 {
+    let family = route.0 as u8;
+    let l3_off = ((route.0 >> 16) & 0xffff) as usize;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    if family == FAMILY_V4 {
+        let Some(ip) = ptr_at_mut::<[u8; 20]>(ctx, l3_off) else {
+            return pack(Err(Stop::Pass(outcome::PASS_MALFORMED)));
+        };
+        // SAFETY: the 20 bytes were checked by ptr_at_mut.
+        let ip = unsafe { &*ip };
+        src[..4].copy_from_slice(&ip[12..16]);
+        dst[..4].copy_from_slice(&ip[16..20]);
+    } else {
+        let Some(ip) = ptr_at_mut::<[u8; 40]>(ctx, l3_off) else {
+            return pack(Err(Stop::Pass(outcome::PASS_MALFORMED)));
+        };
+        // SAFETY: the 40 bytes were checked by ptr_at_mut.
+        let ip = unsafe { &*ip };
+        src.copy_from_slice(&ip[8..24]);
+        dst.copy_from_slice(&ip[24..40]);
+    }
+    pack(try_send(ctx, &src, &dst, route))
+}
+
 #[inline(always)]
 fn try_send(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], route: Route) -> Result<Verdict, Stop> {
     let family = route.0 as u8;

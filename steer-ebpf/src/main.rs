@@ -15,6 +15,7 @@ mod chain;
 mod csum;
 mod fib;
 mod flow;
+mod icmp;
 mod forward;
 mod maps;
 mod nat;
@@ -33,6 +34,7 @@ use steer_common::{
 use crate::{nat::Nat, parse::Packet};
 
 /// Why processing stopped without sending the packet back out.
+#[derive(Clone, Copy)]
 pub enum Stop {
     /// Hand the packet to the kernel untouched, counting `outcome`.
     Pass(u32),
@@ -66,7 +68,13 @@ pub fn steer_nat_new(ctx: XdpContext) -> u32 {
 /// (tail-called by `steer`).
 #[xdp]
 pub fn steer_reply(ctx: XdpContext) -> u32 {
-    finish(parse::parse(&ctx).and_then(|pkt| nat::reply(&ctx, &pkt, flow::now())))
+    finish(parse::parse(&ctx).and_then(|pkt| {
+        if pkt.is_icmp() {
+            icmp::translate(&ctx, &pkt)
+        } else {
+            nat::reply(&ctx, &pkt, flow::now())
+        }
+    }))
 }
 
 /// Counts the outcome, and returns the action.

@@ -89,3 +89,7 @@ pub static PROGS: ProgramArray = ProgramArray::with_max_entries(prog::SLOTS, 0);
 /// Written and read by the datapath only.
 #[map(name = "STEER_HAND_V1")]
 pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// The rewrite of the ICMP error being translated (per CPU: off the stack). Datapath only.
+#[map(name = "STEER_ICMP_V1")]
+pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_entries(1, 0);

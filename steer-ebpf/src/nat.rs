@@ -21,7 +21,7 @@ use steer_common::{
 };
 
 use crate::{
-    csum::Delta,
+    csum::{swap_addr, Delta},
     fib, flow,
     maps::{GLOBALS, NAT, POOLS},
     observe,
@@ -115,6 +115,18 @@ fn source(svc_id: u32, be: &Backend, addr: u16) -> Option<[u8; 16]> {
     // SAFETY: reading a local.
     let i = unsafe { core::ptr::read_volatile(&addr) } as usize & (NAT_POOL_MAX - 1);
     Some(pool.addrs[i])
+}
+
+/// The LB address (and so the source a backend knows) of a NAT flow of service `svc_id`.
+#[inline(always)]
+pub fn source_of(svc_id: u32, be: &Backend, nat: Nat) -> Option<[u8; 16]> {
+    source(svc_id, be, nat.addr)
+}
+
+/// The reverse half a backend's reply 5-tuple `key` belongs to, if any.
+#[inline(always)]
+pub fn reverse_ptr(key: &FlowKey) -> Option<*mut NatRev> {
+    NAT.get_ptr_mut(key)
 }
 
 /// The 5-tuple of the backend's replies to a flow: backend → LB address and source port.
@@ -376,6 +388,35 @@ pub fn attempt_failed(pkt: &Packet, svc_id: u32, svc: &Service, flow: &Flow, now
 /// for a service.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Verdict, Stop> {
+    let v = reply_call(ctx, pkt, now);
+    if v != REPLY_READY {
+        return Ok(fib::unpack(v));
+    }
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, true);
+    Ok(fib::unpack(fib::send_packet(ctx, route)))
+}
+
+/// `reply_call`'s answer when the reply is translated and ready to send (never a packed
+/// verdict: those carry a non-zero XDP action in the low word).
+const REPLY_READY: u64 = 0;
+
+/// Checks and translates a backend's reply (a BPF call of its own, whose stack is gone by
+/// the time the FIB is asked). Returns `REPLY_READY`, or the `fib::pack`ed verdict that
+/// stopped it.
+#[inline(never)]
+fn reply_call(ctx: &XdpContext, pkt: &Packet, now: u64) -> u64 {
+    match try_reply(ctx, pkt, now) {
+        Ok(None) => REPLY_READY,
+        Ok(Some(v)) => fib::pack(Ok(v)),
+        Err(e) => fib::pack(Err(e)),
+    }
+}
+
+/// A reply's checks, state updates and translation: `None` when it is ready to send, `Some`
+/// when it was answered instead (a RST to the backend of a rejected flow), `Err` when it
+/// stopped.
+#[inline(always)]
+fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>, Stop> {
     let not_service = Stop::Pass(outcome::PASS_NOT_SERVICE);
     if pkt.key.proto != PROTO_TCP && pkt.key.proto != PROTO_UDP {
         return Err(not_service);
@@ -421,7 +462,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Verdict, Stop> 
         }
         let verdict = rst::reply_rst(ctx, pkt)?;
         stats::count_rst(rev.svc as u32, None);
-        return Ok((verdict, outcome::TX_RST));
+        return Ok(Some((verdict, outcome::TX_RST)));
     };
     if pkt.is_tcp() {
         if pkt.ends_flow() && rev.ended_ns == 0 {
@@ -446,8 +487,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Verdict, Stop> 
         rev.vip_port_be,
         rev.client_port_be,
     )?;
-    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, true);
-    Ok(fib::unpack(fib::send(ctx, &rev.vip, &rev.client, route)))
+    Ok(None)
 }
 
 /// The forward half of a flow was lost (evicted) while its reverse half lives: written again
@@ -476,8 +516,8 @@ fn heal_flow(client: &FlowKey, rev: &NatRev, port_be: u16, now: u64) {
 /// A backend answered a connection attempt with a RST: a refusal, counted as a failure of
 /// the backend. With recovery on and another backend able to take the attempt, the RST is
 /// not shown to the client (true: drop it) and the flow `f` is marked, so that the client's
-/// retransmitted SYN goes to that other backend. A BPF call of its own (a rare path).
-#[inline(never)]
+/// retransmitted SYN goes to that other backend.
+#[inline(always)]
 fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> bool {
     stats::count_event(event::REFUSED);
     stats::count_backend_refused(be_id);
@@ -526,38 +566,27 @@ fn rewrite(
     sport_be: u16,
     dport_be: u16,
 ) -> Result<(), Stop> {
-    let (os, od, ns, nd) = (
-        words(&pkt.key.src),
-        words(&pkt.key.dst),
-        words(src),
-        words(dst),
-    );
     let v4 = pkt.key.family == FAMILY_V4;
+    // The old addresses are read from the packet as they are replaced, a word at a time.
     let addrs = if v4 {
         let ip = ptr_at_mut::<[u8; 20]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
             as *mut u8;
-        let d = Delta::default()
-            .word32(os[0], ns[0])
-            .word32(od[0], nd[0]);
-        // SAFETY: the 20 bytes were checked by ptr_at_mut; unaligned stores are fine.
+        // SAFETY: the 20 bytes were checked by ptr_at_mut.
         unsafe {
-            (ip.add(12) as *mut u32).write_unaligned(ns[0]);
-            (ip.add(16) as *mut u32).write_unaligned(nd[0]);
+            let d = swap_addr(ip.add(12), src, 1, Delta::default());
+            let d = swap_addr(ip.add(16), dst, 1, d);
             let c = ip.add(10) as *mut u16;
-            c.write_unaligned(d.apply(c.read_unaligned()));
+            *c = d.apply(*c);
+            d
         }
-        d
     } else {
         let ip = ptr_at_mut::<[u8; 40]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
             as *mut u8;
         // SAFETY: the 40 bytes were checked by ptr_at_mut.
         unsafe {
-            for i in 0..4 {
-                (ip.add(8 + 4 * i) as *mut u32).write_unaligned(ns[i]);
-                (ip.add(24 + 4 * i) as *mut u32).write_unaligned(nd[i]);
-            }
+            let d = swap_addr(ip.add(8), src, 4, Delta::default());
+            swap_addr(ip.add(24), dst, 4, d)
         }
-        Delta::default().addr16(&os, &ns).addr16(&od, &nd)
     };
     let d = addrs
         .word16(pkt.key.sport_be, sport_be)
@@ -567,24 +596,24 @@ fn rewrite(
             as *mut u8;
         // SAFETY: the 20 bytes were checked by ptr_at_mut.
         unsafe {
-            (l4 as *mut u16).write_unaligned(sport_be);
-            (l4.add(2) as *mut u16).write_unaligned(dport_be);
+            *(l4 as *mut u16) = sport_be;
+            *(l4.add(2) as *mut u16) = dport_be;
             let c = l4.add(16) as *mut u16;
-            c.write_unaligned(d.apply(c.read_unaligned()));
+            *c = d.apply(*c);
         }
     } else {
         let l4 = ptr_at_mut::<[u8; 8]>(ctx, pkt.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
             as *mut u8;
         // SAFETY: the 8 bytes were checked by ptr_at_mut.
         unsafe {
-            (l4 as *mut u16).write_unaligned(sport_be);
-            (l4.add(2) as *mut u16).write_unaligned(dport_be);
+            *(l4 as *mut u16) = sport_be;
+            *(l4.add(2) as *mut u16) = dport_be;
             let c = l4.add(6) as *mut u16;
-            let old = c.read_unaligned();
+            let old = *c;
             // IPv4 UDP without a checksum keeps none; a computed 0 is sent as 0xffff.
             if !(v4 && old == 0) {
                 let new = d.apply(old);
-                c.write_unaligned(if new == 0 { 0xffff } else { new });
+                *c = if new == 0 { 0xffff } else { new };
             }
         }
     }

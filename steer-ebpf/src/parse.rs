@@ -81,6 +81,12 @@ impl Packet {
         self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
     }
 
+    /// ICMP or ICMPv6 (no ports).
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.key.proto == PROTO_ICMP || self.key.proto == PROTO_ICMPV6
+    }
+
     /// A TCP RST.
     #[inline(always)]
     pub fn is_rst(&self) -> bool {
