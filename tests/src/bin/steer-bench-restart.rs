@@ -412,8 +412,8 @@ struct Figures {
     by_kind: BTreeMap<&'static str, usize>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
-    /// Per restart: (failed, delayed), counting the requests scheduled from its stop until the
-    /// next stop (the last: until the end).
+    /// Per restart: (failed, delayed), counting the requests scheduled from its stop (the
+    /// first: from the start) until the next stop (the last: until the end).
     per_restart: Vec<(usize, usize)>,
 }
 
@@ -440,10 +440,13 @@ fn figures(r: &Round) -> Figures {
                 .restarts
                 .get(i + 1)
                 .map_or(Duration::MAX, |n| n.stopped_at);
+            // The first window starts with the load: a request in flight when the first
+            // server stops is that stop's.
+            let begin = if i == 0 { Duration::ZERO } else { x.stopped_at };
             let w: Vec<&Sample> = r
                 .samples
                 .iter()
-                .filter(|s| s.at >= x.stopped_at && s.at < end)
+                .filter(|s| s.at >= begin && s.at < end)
                 .collect();
             (
                 w.iter().filter(|s| failed(s)).count(),
@@ -622,6 +625,15 @@ fn main() {
                     "delayed_over_1s": dl,
                 })).collect::<Vec<_>>(),
                 "steer_datapath": r.datapath,
+                // Every failed request, and every late one: when, how, how long.
+                "not_ok_or_late": r.samples.iter()
+                    .filter(|s| s.outcome != Outcome::Ok || s.latency > DELAYED)
+                    .map(|s| json!({
+                        "at_ms": ms(s.at),
+                        "outcome": s.outcome.as_str(),
+                        "latency_ms": ms(s.latency),
+                    }))
+                    .collect::<Vec<_>>(),
             }));
         }
         json_systems.insert(
