@@ -37,6 +37,13 @@ fn word(b: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// MurmurHash3's finaliser of one word: spreads `x`'s bits over the result (a slot index of a
+/// small table, a start among source ports).
+#[inline(always)]
+pub fn mix32(x: u32) -> u32 {
+    finish(x, 4)
+}
+
 /// Hash of a flow's 5-tuple; selects its Maglev slot.
 #[inline(always)]
 pub fn flow_hash(k: &FlowKey) -> u32 {

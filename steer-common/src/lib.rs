@@ -46,8 +46,13 @@ pub mod map {
     pub const NEIGH: &str = "STEER_NEIGH_V1";
     /// One `Globals`: host-wide datapath settings. Written by steer-ctl.
     pub const GLOBALS: &str = "STEER_CFG_V1";
+    /// The datapath's programs after the entry one, by `prog` index, for tail calls. Written
+    /// by steer-ctl at load.
+    pub const PROGS: &str = "STEER_PROGS_V1";
+    /// Per-CPU `Handoff`: what one program tells the next it tail-calls. Datapath only.
+    pub const HANDOFF: &str = "STEER_HAND_V1";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -61,6 +66,8 @@ pub mod map {
         OBSERVED,
         NEIGH,
         GLOBALS,
+        PROGS,
+        HANDOFF,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
@@ -74,8 +81,45 @@ pub mod map {
     ];
 }
 
-/// Name of the XDP program in the object file.
+/// Name of the XDP program in the object file: the entry, attached to the interfaces.
 pub const PROGRAM: &str = "steer";
+
+/// The programs the entry program hands packets to (tail calls), by index in `STEER_PROGS_V1`.
+/// Each is verified on its own, so NAT's paths never add to DSR's, and a new NAT flow's
+/// choice, source allocation and translation are verified once rather than at every place a
+/// flow starts.
+pub mod prog {
+    /// Packets to a NAT service.
+    pub const NAT: u32 = 0;
+    /// A NAT service's packet that starts or moves a flow (handed over with a `Handoff`).
+    pub const NAT_NEW: u32 = 1;
+    /// Packets not for a service on a host with NAT services: backends' replies.
+    pub const REPLY: u32 = 2;
+    /// Capacity of `STEER_PROGS_V1`.
+    pub const SLOTS: u32 = 4;
+    /// Program names in the object file, by index.
+    pub const NAMES: [&str; 3] = ["steer_nat", "steer_nat_new", "steer_reply"];
+}
+
+/// What a NAT service's program hands to `prog::NAT_NEW`. Value of `STEER_HAND_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// Where the flow's entry is, to be replaced: `handoff::NONE`, `ESTABLISHED`, `TRANSIENT`.
+    pub table: u32,
+    /// A backend the flow must not go to (its attempt failed there), or `BACKEND_NONE`.
+    pub avoid: u32,
+    /// Frame length, for the counters.
+    pub len: u64,
+}
+const _: () = assert!(core::mem::size_of::<Handoff>() == 16);
+
+/// `Handoff::table` values.
+pub mod handoff {
+    pub const NONE: u32 = 0;
+    pub const ESTABLISHED: u32 = 1;
+    pub const TRANSIENT: u32 = 2;
+}
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;
@@ -322,10 +366,11 @@ pub mod flow_flags {
 
 /// `Flow::nat_addr` when the flow leaves from its backend's `snat` address.
 pub const NAT_ADDR_BACKEND: u16 = u16::MAX;
-/// Most addresses in a `NatPool`.
+/// Most addresses in a `NatPool` (a power of two: the datapath masks indexes with it).
 pub const NAT_POOL_MAX: usize = 8;
+const _: () = assert!(NAT_POOL_MAX.is_power_of_two());
 /// Source ports a NAT flow tries before its pool counts as exhausted.
-pub const NAT_PORT_TRIES: u32 = 16;
+pub const NAT_PORT_TRIES: u32 = 8;
 /// A NAT source port whose flow ended this long ago may be given to a new flow.
 pub const NAT_REUSE_NS: u64 = 2_000_000_000;
 
@@ -348,7 +393,10 @@ pub struct NatRev {
     pub vip: [u8; 16],
     pub client_port_be: u16,
     pub vip_port_be: u16,
-    pub svc: u32,
+    /// The flow's service id.
+    pub svc: u16,
+    /// `Flow::nat_addr` of the flow (which LB address it leaves from).
+    pub nat_addr: u16,
     pub backend: u32,
     pub gen: u16,
     /// `nat_flags` bits.
@@ -520,11 +568,13 @@ pub mod outcome {
     pub const DROP_NAT_CONFLICT: u32 = 17;
     /// NAT: the translated packet is larger than the next hop's MTU: dropped.
     pub const DROP_TOO_BIG: u32 = 18;
+    /// A NAT packet whose program is not loaded (`STEER_PROGS_V1` empty): dropped.
+    pub const DROP_NO_PROGRAM: u32 = 19;
     /// Number of outcome slots; every packet is counted in exactly one of `0..COUNT`.
     pub const COUNT: u32 = 32;
 
     /// Human names, indexed by outcome; used for logs and metrics labels.
-    pub const NAMES: [&str; 19] = [
+    pub const NAMES: [&str; 20] = [
         "tx_forward",
         "tx_rst",
         "pass_not_ip",
@@ -544,6 +594,7 @@ pub mod outcome {
         "drop_nat_exhausted",
         "drop_nat_conflict",
         "drop_too_big",
+        "drop_no_program",
     ];
 }
 
@@ -630,4 +681,5 @@ mod pod {
     unsafe impl aya::Pod for Observed {}
     unsafe impl aya::Pod for NeighWant {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for Handoff {}
 }

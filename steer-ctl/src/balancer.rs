@@ -33,11 +33,12 @@ use std::{
 };
 
 use steer_common::{
-    admin, svc_flags, Backend, Counters, Service, ServiceKey, BACKEND_NONE, DEFAULT_IDLE_TIMEOUT_S,
-    FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MAX_BACKENDS, MODE_DSR,
+    admin, global_flags, svc_flags, Backend, Counters, Globals, NatPool, Service, ServiceKey,
+    BACKEND_NONE, DEFAULT_IDLE_TIMEOUT_S, FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MAX_BACKENDS,
+    NAT_POOL_MAX,
 };
 
-pub use crate::model::{AdminState, Health, NoBackend, Proto, Role};
+pub use crate::model::{AdminState, Health, Mode, NoBackend, Proto, Role};
 use crate::{
     datapath::{Datapath, DatapathError},
     maglev::{self, MaglevError},
@@ -56,6 +57,43 @@ pub struct ServiceSpec {
     /// waiting for them.
     pub idle_timeout_s: u32,
     pub no_backend: NoBackend,
+    /// How new flows reach the backends.
+    pub mode: Mode,
+    /// NAT settings (read in `Mode::Nat` only).
+    pub nat: NatSpec,
+}
+
+/// A NAT service's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatSpec {
+    /// LB addresses flows leave from (same family as the VIP, at most `NAT_POOL_MAX`);
+    /// empty: each backend's `snat`.
+    pub pool: Vec<IpAddr>,
+    /// Source ports, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Passive health: `error_limit` consecutive failed attempts mark a backend down.
+    pub observe: bool,
+    pub error_limit: u16,
+    pub syn_timeout_ms: u32,
+    /// Refused-connection recovery.
+    pub recover: bool,
+}
+
+impl Default for NatSpec {
+    /// The config's defaults.
+    fn default() -> Self {
+        let ports = crate::config::DEFAULT_SNAT_PORTS;
+        NatSpec {
+            pool: Vec::new(),
+            port_lo: ports.0,
+            port_hi: ports.1,
+            observe: true,
+            error_limit: crate::config::DEFAULT_ERROR_LIMIT as u16,
+            syn_timeout_ms: crate::config::DEFAULT_SYN_TIMEOUT.as_millis() as u32,
+            recover: true,
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -68,7 +106,72 @@ impl ServiceSpec {
             maglev_size: MAGLEV_DEFAULT_SIZE,
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
             no_backend: NoBackend::Reset,
+            mode: Mode::Dsr,
+            nat: NatSpec::default(),
         }
+    }
+
+    /// The same service in NAT mode with the default NAT settings (source: each backend's
+    /// facing address).
+    pub fn nat(self) -> Self {
+        ServiceSpec {
+            mode: Mode::Nat,
+            ..self
+        }
+    }
+
+    /// The datapath's fields that follow from this spec, set in `v`: the no-backend policy,
+    /// the mode and the NAT settings (left zero in DSR mode, as before NAT existed).
+    fn apply_to(&self, v: &mut Service) {
+        const OWN: u32 = svc_flags::NO_BACKEND_DROP
+            | svc_flags::OBSERVE
+            | svc_flags::RECOVER
+            | svc_flags::NAT_POOL;
+        v.flags &= !OWN;
+        if self.no_backend == NoBackend::Drop {
+            v.flags |= svc_flags::NO_BACKEND_DROP;
+        }
+        v.idle_timeout_s = self.idle_timeout_s;
+        v.mode = self.mode.code();
+        (
+            v.nat_port_lo,
+            v.nat_port_hi,
+            v.error_limit,
+            v.syn_timeout_ms,
+        ) = (0, 0, 0, 0);
+        if self.mode == Mode::Nat {
+            let n = &self.nat;
+            v.nat_port_lo = n.port_lo;
+            v.nat_port_hi = n.port_hi;
+            v.error_limit = n.error_limit;
+            v.syn_timeout_ms = n.syn_timeout_ms;
+            for (on, bit) in [
+                (n.observe, svc_flags::OBSERVE),
+                (n.recover, svc_flags::RECOVER),
+                (!n.pool.is_empty(), svc_flags::NAT_POOL),
+            ] {
+                if on {
+                    v.flags |= bit;
+                }
+            }
+        }
+    }
+
+    /// The datapath's pool of this service (`None`: no pool, or not NAT).
+    fn pool(&self) -> Option<NatPool> {
+        if self.mode != Mode::Nat || self.nat.pool.is_empty() {
+            return None;
+        }
+        let mut p = NatPool {
+            addrs: [[0; 16]; NAT_POOL_MAX],
+            count: 0,
+            _pad: 0,
+        };
+        for (slot, a) in p.addrs.iter_mut().zip(&self.nat.pool) {
+            *slot = addr_bytes(*a).0;
+            p.count += 1;
+        }
+        Some(p)
     }
 
     pub fn udp(name: &str, vip: IpAddr, port: u16) -> Self {
@@ -93,6 +196,11 @@ pub struct BackendSpec {
     /// is never briefly `ready` and `up` when it is not).
     pub admin: AdminState,
     pub health: Health,
+    /// The port the server listens on; `None`: the service's (always, in DSR mode).
+    pub port: Option<u16>,
+    /// NAT: the LB's own address facing this backend (source of its flows when the service
+    /// has no pool); `None` in DSR mode.
+    pub snat: Option<IpAddr>,
 }
 
 impl BackendSpec {
@@ -107,6 +215,8 @@ impl BackendSpec {
             group: None,
             admin: AdminState::Ready,
             health: Health::Up,
+            port: None,
+            snat: None,
         }
     }
 }
@@ -144,6 +254,8 @@ pub enum BalancerError {
         service: String,
         service_family: &'static str,
     },
+    #[error("service {0:?}: {1}")]
+    BadNat(String, String),
 }
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;
@@ -212,6 +324,42 @@ fn family_name(ip: IpAddr) -> &'static str {
     }
 }
 
+/// The pool `new` names, ordered to keep the addresses `old` already had at their places as
+/// far as it can: a flow records the index of its source address in the pool, so a reload
+/// that adds addresses, or removes the last ones, moves no flow's source. (An address removed
+/// from the middle shifts the ones after it: their flows' source changes.)
+pub fn stable_pool(old: &[IpAddr], new: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = old.iter().filter(|a| new.contains(a)).copied().collect();
+    out.extend(new.iter().filter(|a| !old.contains(a)));
+    out
+}
+
+/// What the datapath could not use in a service's NAT settings (the config refuses all of
+/// these with a position first).
+fn check_nat(spec: &ServiceSpec) -> Result<()> {
+    if spec.mode != Mode::Nat {
+        return Ok(());
+    }
+    let n = &spec.nat;
+    let bad = |why: String| Err(BalancerError::BadNat(spec.name.clone(), why));
+    if n.pool.len() > NAT_POOL_MAX {
+        return bad(format!(
+            "{} pool addresses, at most {NAT_POOL_MAX}",
+            n.pool.len()
+        ));
+    }
+    if let Some(a) = n.pool.iter().find(|a| a.is_ipv4() != spec.vip.is_ipv4()) {
+        return bad(format!("pool address {a} is not of the VIP's family"));
+    }
+    if n.port_lo == 0 || n.port_lo > n.port_hi {
+        return bad(format!("source ports {}-{}", n.port_lo, n.port_hi));
+    }
+    if n.observe && n.error_limit == 0 {
+        return bad("error_limit 0".into());
+    }
+    Ok(())
+}
+
 struct ServiceState {
     spec: ServiceSpec,
     id: u32,
@@ -250,6 +398,8 @@ pub struct Balancer {
     pending: BTreeMap<u32, (String, Backend)>,
     /// A services-map write (or a flip) happened since the last grace period.
     unsettled: bool,
+    /// The host-wide settings last written (`None`: not yet this run).
+    globals: Option<Globals>,
 }
 
 /// A backend as `Balancer` holds it, for status reports.
@@ -266,6 +416,10 @@ pub struct BackendInfo {
     pub admin: AdminState,
     pub health: Health,
     pub group: Option<String>,
+    /// The port the server is reached on.
+    pub port: u16,
+    /// NAT: the LB's address facing it.
+    pub snat: Option<IpAddr>,
 }
 
 /// A service as `Balancer` holds it, for status reports.
@@ -282,6 +436,9 @@ pub struct ServiceInfo {
     pub backends: Vec<String>,
     /// The group `switch` made eligible, if any.
     pub active_group: Option<String>,
+    pub mode: Mode,
+    /// NAT settings, in NAT mode.
+    pub nat: Option<NatSpec>,
 }
 
 impl Balancer {
@@ -297,7 +454,33 @@ impl Balancer {
             pending: BTreeMap::new(),
             // A daemon before this one may have flipped a table just before it stopped.
             unsettled: true,
+            globals: None,
         }
+    }
+
+    /// Writes the host-wide settings that follow from the services: the NAT flag while any
+    /// service is in NAT mode. Called with a NAT service in `services` before it is published
+    /// (its replies are looked up from its first flow) and after the last one has gone.
+    fn sync_globals(&mut self) -> Result<()> {
+        let nat = self.services.values().any(|s| s.spec.mode == Mode::Nat);
+        let g = Globals {
+            flags: if nat { global_flags::NAT } else { 0 },
+            _pad: 0,
+        };
+        if self.globals != Some(g) {
+            self.dp.put_globals(&g)?;
+            self.globals = Some(g);
+        }
+        Ok(())
+    }
+
+    /// Forgets the passive-health failures the datapath counted for a backend: before active
+    /// checks make it eligible again, else the datapath would keep it out (its count is still
+    /// at the limit).
+    pub fn reset_observed(&self, name: &str) -> Result<()> {
+        let id = self.backend_id(name)?;
+        self.dp.observed().reset(id);
+        Ok(())
     }
 
     /// Waits out every packet that may have read what the last services-map write replaced.
@@ -400,6 +583,8 @@ impl Balancer {
     /// Clears what the datapath holds that this balancer does not: services of an earlier
     /// config and backend slots no backend uses (their flows then count as removed).
     pub fn clear_unused(&mut self) -> Result<()> {
+        // A pinned NAT flag outlives the NAT services of an earlier config.
+        self.sync_globals()?;
         let keys: Vec<ServiceKey> = self.services.values().map(|s| s.key).collect();
         for k in self.dp.service_keys()? {
             if !keys.contains(&k) {
@@ -439,6 +624,8 @@ impl Balancer {
                 admin: AdminState::from_code(b.entry.admin).unwrap_or_default(),
                 health: Health::from_code(b.entry.health),
                 group: b.spec.group.clone(),
+                port: u16::from_be(b.entry.port_be),
+                snat: b.spec.snat,
             })
             .collect()
     }
@@ -457,6 +644,8 @@ impl Balancer {
                 eligible: self.table_members(s).count(),
                 backends: s.backends.clone(),
                 active_group: s.active_group.clone(),
+                mode: s.spec.mode,
+                nat: (s.spec.mode == Mode::Nat).then(|| s.spec.nat.clone()),
             })
             .collect()
     }
@@ -515,6 +704,7 @@ impl Balancer {
         if !maglev::is_prime(spec.maglev_size) || spec.maglev_size > steer_common::MAGLEV_MAX_SIZE {
             return Err(MaglevError::BadSize(spec.maglev_size).into());
         }
+        check_nat(&spec)?;
         let max = self.dp.max_services();
         let free = |i: &u32| self.services.values().all(|s| s.id != *i);
         let reserved = self
@@ -544,18 +734,15 @@ impl Balancer {
         // A service already in a pinned map keeps reading the table it reads now: the next
         // table goes to the other slot.
         let live_slot = self.dp.service(&key)?.map_or(0, |v| v.table_slot & 1);
-        let value = Service {
+        let mut value = Service {
             id,
-            flags: match spec.no_backend {
-                NoBackend::Reset => 0,
-                NoBackend::Drop => svc_flags::NO_BACKEND_DROP,
-            },
+            flags: 0,
             maglev_size: 0,
             table_slot: live_slot,
             fallback: BACKEND_NONE,
             maintenance: BACKEND_NONE,
             idle_timeout_s: spec.idle_timeout_s,
-            mode: MODE_DSR,
+            mode: 0,
             nat_port_lo: 0,
             nat_port_hi: 0,
             error_limit: 0,
@@ -563,6 +750,11 @@ impl Balancer {
             syn_timeout_ms: 0,
             _pad2: 0,
         };
+        spec.apply_to(&mut value);
+        // The pool before the entry that names it.
+        if let Some(pool) = spec.pool() {
+            self.dp.put_pool(id, &pool)?;
+        }
         let name = spec.name.clone();
         self.services.insert(
             name.clone(),
@@ -575,8 +767,9 @@ impl Balancer {
                 active_group: None,
             },
         );
-        if let Err(e) = self.rebuild(&name) {
+        if let Err(e) = self.sync_globals().and_then(|()| self.rebuild(&name)) {
             self.services.remove(&name);
+            let _ = self.sync_globals();
             return Err(e);
         }
         Ok(id)
@@ -619,7 +812,27 @@ impl Balancer {
                 });
             }
         }
-        let svc_id = svc.id;
+        let (svc_id, svc_port, svc_mode) = (svc.id, svc.spec.port, svc.spec.mode);
+        if svc_mode == Mode::Dsr && spec.port.is_some_and(|p| p != svc_port) {
+            return Err(BalancerError::BadNat(
+                service.to_string(),
+                format!(
+                    "backend {:?}: a DSR backend answers on the service's port {svc_port}",
+                    spec.name
+                ),
+            ));
+        }
+        if let Some(a) = spec.snat {
+            if a.is_ipv4() != spec.addr.is_ipv4() {
+                return Err(BalancerError::BadNat(
+                    service.to_string(),
+                    format!(
+                        "backend {:?}: its snat {a} is not of its address's family",
+                        spec.name
+                    ),
+                ));
+            }
+        }
         let free =
             |i: &u32| self.backends.values().all(|b| b.id != *i) && !self.pending.contains_key(i);
         let reserved = self
@@ -639,8 +852,10 @@ impl Balancer {
                     .or_else(|| (0..MAX_BACKENDS).find(free))
                     .ok_or(BalancerError::Full("backend", MAX_BACKENDS))?;
                 self.gens[i as usize] = self.gens[i as usize].wrapping_add(1);
-                // A new backend on this id: it does not inherit an earlier one's counters.
+                // A new backend on this id: it does not inherit an earlier one's counters,
+                // nor its passive-health failures.
                 self.dp.reset_backend_counters(i)?;
+                self.dp.observed().reset(i);
                 i
             }
         };
@@ -652,7 +867,9 @@ impl Balancer {
             admin: spec.admin.code(),
             health: spec.health.code(),
             service: svc_id,
+            port_be: spec.port.unwrap_or(svc_port).to_be(),
             gen: self.gens[id as usize],
+            snat: spec.snat.map_or([0; 16], |a| addr_bytes(a).0),
             ..Backend::EMPTY
         };
         self.give_slot(id, service, &entry)?;
@@ -846,7 +1063,8 @@ impl Balancer {
                     .insert(be.id, (service.to_string(), vacated(&be.entry)));
             }
         }
-        self.flush_pending(&BTreeSet::new())
+        self.flush_pending(&BTreeSet::new())?;
+        self.sync_globals()
     }
 
     /// Active flows per backend name: not ended and seen within the service's idle timeout.
@@ -967,14 +1185,23 @@ impl Balancer {
         if !maglev::is_prime(spec.maglev_size) || spec.maglev_size > steer_common::MAGLEV_MAX_SIZE {
             return Err(MaglevError::BadSize(spec.maglev_size).into());
         }
+        assert!(
+            svc.spec.mode == spec.mode,
+            "update_service cannot change the forwarding mode (flows cannot follow)"
+        );
+        check_nat(&spec)?;
         if svc.spec == spec {
             return Ok(());
         }
-        svc.value.idle_timeout_s = spec.idle_timeout_s;
-        match spec.no_backend {
-            NoBackend::Reset => svc.value.flags &= !svc_flags::NO_BACKEND_DROP,
-            NoBackend::Drop => svc.value.flags |= svc_flags::NO_BACKEND_DROP,
+        let id = svc.id;
+        // A changed pool is written before the entry that names it is published.
+        if spec.pool() != svc.spec.pool() {
+            if let Some(pool) = spec.pool() {
+                self.dp.put_pool(id, &pool)?;
+            }
         }
+        let svc = self.services.get_mut(&spec.name).expect("looked up above");
+        spec.apply_to(&mut svc.value);
         svc.spec = spec;
         let name = svc.spec.name.clone();
         // The table is rebuilt at the new size (if it changed) and published with the settings.
@@ -993,10 +1220,15 @@ impl Balancer {
             be.spec.addr, spec.addr,
             "update_backend_spec cannot readdress"
         );
+        assert_eq!(
+            be.spec.port, spec.port,
+            "update_backend_spec cannot change the port"
+        );
         if be.spec.weight == spec.weight
             && be.spec.group == spec.group
             && be.spec.role == spec.role
             && be.spec.mac == spec.mac
+            && be.spec.snat == spec.snat
         {
             return Ok(());
         }
@@ -1005,17 +1237,23 @@ impl Balancer {
         be.spec.weight = spec.weight;
         be.spec.group = spec.group;
         be.spec.role = spec.role;
-        let mac_changed = be.spec.mac != spec.mac;
+        let mac_changed = be.spec.mac != spec.mac || be.spec.snat != spec.snat;
+        let snat = spec.snat.map_or([0; 16], |a| addr_bytes(a).0);
         be.spec.mac = spec.mac;
+        be.spec.snat = spec.snat;
         be.entry.mac = spec.mac;
+        be.entry.snat = snat;
         let entry = be.entry;
         if mac_changed {
-            // Only the MAC: an admin state or health waiting in `pending` stays there.
+            // Only the MAC and the LB's facing address: an admin state or health waiting in
+            // `pending` stays there.
             match self.pending.get_mut(&id) {
                 Some((_, waiting)) => {
                     waiting.mac = spec.mac;
+                    waiting.snat = snat;
                     let mut cur = self.dp.backend(id)?;
                     cur.mac = spec.mac;
+                    cur.snat = snat;
                     self.dp.put_backend(id, &cur)?;
                 }
                 None => self.dp.put_backend(id, &entry)?,
@@ -1143,5 +1381,111 @@ impl Balancer {
             .expect("looked up above")
             .value = value;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn pool_addresses_keep_their_places_across_a_reload() {
+        let old = ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+        // Reordered in the config: nothing moves.
+        assert_eq!(
+            stable_pool(&old, &ips(&["10.1.0.3", "10.1.0.1", "10.1.0.2"])),
+            old
+        );
+        // Added: after the others.
+        assert_eq!(
+            stable_pool(
+                &old,
+                &ips(&["10.1.0.9", "10.1.0.1", "10.1.0.2", "10.1.0.3"])
+            ),
+            ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9"])
+        );
+        // The last removed: the others stay.
+        assert_eq!(
+            stable_pool(&old, &ips(&["10.1.0.2", "10.1.0.1"])),
+            ips(&["10.1.0.1", "10.1.0.2"])
+        );
+        assert_eq!(stable_pool(&[], &old), old);
+    }
+
+    #[test]
+    fn dsr_services_keep_their_entry_as_before_nat() {
+        let mut v = Service {
+            id: 3,
+            flags: svc_flags::MAINTENANCE,
+            maglev_size: 0,
+            table_slot: 0,
+            fallback: BACKEND_NONE,
+            maintenance: BACKEND_NONE,
+            idle_timeout_s: 0,
+            mode: 0,
+            nat_port_lo: 0,
+            nat_port_hi: 0,
+            error_limit: 0,
+            _pad: 0,
+            syn_timeout_ms: 0,
+            _pad2: 0,
+        };
+        let dsr = ServiceSpec {
+            no_backend: NoBackend::Drop,
+            ..ServiceSpec::tcp("web", "10.0.0.1".parse().unwrap(), 80)
+        };
+        dsr.apply_to(&mut v);
+        assert_eq!(
+            (
+                v.flags,
+                v.mode,
+                v.nat_port_lo,
+                v.error_limit,
+                v.syn_timeout_ms
+            ),
+            (
+                svc_flags::MAINTENANCE | svc_flags::NO_BACKEND_DROP,
+                0,
+                0,
+                0,
+                0
+            )
+        );
+        let mut nat = ServiceSpec::tcp("web", "10.0.0.1".parse().unwrap(), 80).nat();
+        nat.apply_to(&mut v);
+        assert_eq!(
+            v.flags,
+            svc_flags::MAINTENANCE | svc_flags::OBSERVE | svc_flags::RECOVER,
+            "maintenance is not the spec's to clear; no pool, no NAT_POOL"
+        );
+        assert_eq!(
+            (
+                v.mode,
+                v.nat_port_lo,
+                v.nat_port_hi,
+                v.error_limit,
+                v.syn_timeout_ms
+            ),
+            (steer_common::MODE_NAT, 10_000, 32_767, 3, 1000)
+        );
+        assert_eq!(nat.pool(), None);
+        nat.nat = NatSpec {
+            pool: ips(&["10.1.0.1", "10.1.0.2"]),
+            observe: false,
+            recover: false,
+            ..NatSpec::default()
+        };
+        nat.apply_to(&mut v);
+        assert_eq!(v.flags, svc_flags::MAINTENANCE | svc_flags::NAT_POOL);
+        let p = nat.pool().unwrap();
+        assert_eq!(p.count, 2);
+        assert_eq!(p.addrs[1][..4], [10, 1, 0, 2]);
+        assert!(check_nat(&nat).is_ok());
+        nat.nat.pool = ips(&["fd00::1"]);
+        assert!(check_nat(&nat).is_err(), "a pool of the other family");
     }
 }

@@ -170,20 +170,58 @@ pub struct Report {
     pub epoch: u64,
 }
 
+/// Health set from outside the checks: passive health (the datapath saw `error_limit`
+/// consecutive attempts refused or unanswered) marks the backend down at once. The check task
+/// then counts from down, like after `fall` failures: checks at `downinterval`, up after
+/// `rise` successes.
+#[derive(Default)]
+pub struct Forced {
+    /// Bumped at each mark-down.
+    marks: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Forced {
+    /// The backend was marked down (its health is already `Down` in the balancer).
+    pub fn mark_down(&self) {
+        self.marks.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn marks(&self) -> u64 {
+        self.marks.load(Ordering::SeqCst)
+    }
+}
+
+impl Tracker {
+    /// Down from outside the checks: no run of results under way.
+    pub fn force_down(&mut self) {
+        *self = Tracker::new(Health::Down);
+    }
+}
+
 /// Checks one backend until the task is aborted: reports every result, and transitions as
 /// they happen. While `paused` (admin `maint`) it does not check. A check that cannot run
-/// for a local reason is reported but counts neither way.
+/// for a local reason is reported but counts neither way. A mark-down through `forced`
+/// restarts the count from down.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     backend: String,
     check: Check,
     addr: SocketAddr,
     initial: Health,
     paused: Arc<AtomicBool>,
+    forced: Arc<Forced>,
     tx: mpsc::UnboundedSender<Report>,
     epoch: u64,
 ) {
     let mut h = Tracker::new(initial);
+    let mut marks = forced.marks();
     loop {
+        if forced.marks() != marks {
+            marks = forced.marks();
+            h.force_down();
+        }
         if paused.load(Ordering::Relaxed) {
             tokio::time::sleep(check.interval.0).await;
             continue;
@@ -207,7 +245,23 @@ pub async fn run(
         if tx.send(report).is_err() {
             return;
         }
-        tokio::time::sleep(h.next_interval(&check)).await;
+        // Marked down while checking: this result was about the backend before.
+        if forced.marks() != marks {
+            marks = forced.marks();
+            h.force_down();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(h.next_interval(&check)) => {}
+            // Marked down: the next check is `downinterval` from now, not at the end of an
+            // `interval` begun while up.
+            _ = forced.wake.notified() => {
+                if forced.marks() != marks {
+                    marks = forced.marks();
+                    h.force_down();
+                }
+                tokio::time::sleep(h.next_interval(&check)).await;
+            }
+        }
     }
 }
 
@@ -240,6 +294,18 @@ mod tests {
         let mut h = Tracker::new(Health::Unknown);
         assert_eq!(h.record(true, 2, 3), Some(Health::Up));
         assert_eq!(h.record(false, 2, 3), None);
+    }
+
+    #[test]
+    fn a_forced_mark_down_counts_rise_from_down() {
+        let c = Check::default();
+        let mut h = Tracker::new(Health::Up);
+        h.record(true, 2, 3);
+        h.force_down();
+        assert_eq!(h.health, Health::Down);
+        assert_eq!(h.next_interval(&c), c.downinterval.0);
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), Some(Health::Up));
     }
 
     #[test]

@@ -167,6 +167,31 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
+/// An inclusive range of ports written as "10000-32767" (or one port, "10000").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || {
+            de::Error::custom(format!(
+                "expected a port range such as \"10000-32767\", found {s:?}"
+            ))
+        };
+        let (a, b) = s.split_once('-').unwrap_or((&s, &s));
+        let a: u16 = a.trim().parse().map_err(|_| bad())?;
+        let b: u16 = b.trim().parse().map_err(|_| bad())?;
+        Ok(PortRange(a, b))
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 /// A health check, per service (backends may override any field).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -325,6 +350,9 @@ pub struct BackendCfg {
     pub group: Option<String>,
     #[serde(default = "pool")]
     pub role: Spanned<Role>,
+    /// NAT: the port the server listens on (the service's port when absent). A DSR backend
+    /// answers on the VIP's own port, so there it must be absent or the service's port.
+    pub port: Option<u16>,
     /// Overrides of the service's check.
     pub check: Option<toml::Table>,
 }
@@ -355,8 +383,49 @@ pub struct ServiceCfg {
     pub no_backend: NoBackend,
     #[serde(default)]
     pub check: Check,
+    /// NAT: LB addresses the service's flows leave from (a pool, same family as the VIP).
+    /// Absent: `daemon.snat` for the VIP's family, else the LB's own address facing each
+    /// backend.
+    pub snat: Option<Vec<IpAddr>>,
+    /// NAT: LB source ports of the service's flows.
+    pub snat_ports: Option<PortRange>,
+    /// NAT: passive health (refused or unanswered attempts count as failures).
+    pub observe: Option<bool>,
+    /// NAT: consecutive failed attempts that mark a backend down (with `observe`).
+    pub error_limit: Option<u32>,
+    /// NAT: an attempt with no SYN-ACK after this long has failed (with `observe`).
+    pub syn_timeout: Option<Dur>,
+    /// NAT: refused-connection recovery (a backend's RST to a SYN is hidden from the client
+    /// while another backend can take its retransmission).
+    pub recover: Option<bool>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendCfg>,
+}
+
+/// NAT defaults: source ports below the kernel's default ephemeral range (32768-60999), so
+/// the LB's own connections (health checks) never take a port a NAT flow holds.
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange(10_000, 32_767);
+pub const DEFAULT_ERROR_LIMIT: u32 = 3;
+pub const DEFAULT_SYN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bounds of `error_limit`.
+const ERROR_LIMIT_MAX: u32 = 1000;
+/// Bounds of `syn_timeout`: under 100ms a SYN-ACK on a slow path is taken for a failure; a
+/// client gives up on an attempt after about two minutes.
+const SYN_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const SYN_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Lowest NAT source port: the well-known and registered-by-convention ports stay the host's.
+const SNAT_PORT_MIN: u16 = 1024;
+
+/// A NAT service's settings, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatCfg {
+    /// The pool flows leave from; empty: each backend's facing address.
+    pub pool: Vec<IpAddr>,
+    pub ports: PortRange,
+    pub observe: bool,
+    pub error_limit: u32,
+    pub syn_timeout: Duration,
+    pub recover: bool,
 }
 
 fn maglev_default() -> Spanned<u32> {
@@ -384,6 +453,9 @@ pub struct DaemonCfg {
     pub metrics: Option<std::net::SocketAddr>,
     pub max_flows: u32,
     pub max_services: u32,
+    /// NAT: host-wide source pool (IPv4 and IPv6 addresses, up to `NAT_POOL_MAX` of each)
+    /// for NAT services that have no `snat` of their own.
+    pub snat: Vec<IpAddr>,
 }
 
 impl Default for DaemonCfg {
@@ -398,6 +470,7 @@ impl Default for DaemonCfg {
             metrics: None,
             max_flows: steer_common::MAX_FLOWS,
             max_services: steer_common::MAX_SERVICES,
+            snat: Vec::new(),
         }
     }
 }
@@ -805,6 +878,33 @@ impl DaemonCfg {
                 ),
             );
         }
+        let snat = at.get("snat");
+        for (i, a) in self.snat.iter().enumerate() {
+            let span = snat.at(i).span.clone();
+            if let Some(why) = not_unicast(*a) {
+                r.at(
+                    span,
+                    format!("daemon.snat: {a} is {why}; give addresses of this host"),
+                );
+            } else if self.snat[..i].contains(a) {
+                r.at(span, format!("daemon.snat lists {a} twice"));
+            } else if self.snat[..i]
+                .iter()
+                .filter(|o| o.is_ipv4() == a.is_ipv4())
+                .count()
+                == steer_common::NAT_POOL_MAX
+            {
+                r.at(
+                    span,
+                    format!(
+                        "daemon.snat holds more than {} {} addresses; {a} is the first beyond \
+                         them",
+                        steer_common::NAT_POOL_MAX,
+                        if a.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                );
+            }
+        }
         if let Some(m) = self.metrics {
             if !m.ip().is_loopback() {
                 r.at(
@@ -885,6 +985,7 @@ impl ServiceCfg {
                 ),
             );
         }
+        self.validate_nat(at, r);
         let chk = at.get("check");
         for (key, alt, message) in self.check.problems(self.protocol) {
             let span = chk.get(key).or(chk.get(alt)).or(chk);
@@ -893,6 +994,156 @@ impl ServiceCfg {
         for j in 0..self.backends.len() {
             self.validate_backend(j, at.get("backend").at(j), seen, r);
         }
+    }
+
+    /// Adds the errors in the NAT settings of this service (at `at`) to `r`: in NAT mode,
+    /// their values; in DSR mode, any that is set (they would do nothing).
+    fn validate_nat(&self, at: &Node, r: &mut Report) {
+        let vip = *self.vip.get_ref();
+        if self.mode == Mode::Dsr {
+            let set = [
+                ("snat", self.snat.is_some()),
+                ("snat_ports", self.snat_ports.is_some()),
+                ("error_limit", self.error_limit.is_some()),
+                ("syn_timeout", self.syn_timeout.is_some()),
+                ("observe", self.observe == Some(true)),
+                ("recover", self.recover == Some(true)),
+            ];
+            for (key, is_set) in set {
+                if is_set {
+                    r.at(
+                        at.get(key).span.clone(),
+                        format!(
+                            "{key} is a NAT setting, but service {:?} is in mode \"dsr\" (its \
+                             replies bypass this host, which sees no refusal and no reply): \
+                             set mode = \"nat\", or remove {key}",
+                            self.name.get_ref()
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        let snat = at.get("snat");
+        let pool = self.snat.as_deref().unwrap_or_default();
+        if self.snat.is_some() && pool.is_empty() {
+            r.at(
+                snat.span.clone(),
+                "snat is empty: list the LB addresses the service's flows leave from, or \
+                 remove it to use the address facing each backend",
+            );
+        }
+        for (i, a) in pool.iter().enumerate() {
+            let span = snat.at(i).span.clone();
+            if a.is_ipv4() != vip.is_ipv4() {
+                r.at(
+                    span,
+                    format!(
+                        "snat: {a} is {} but the service's VIP {vip} is not; a NAT service's \
+                         flows leave from addresses of the VIP's family",
+                        if a.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                );
+            } else if let Some(why) = not_unicast(*a) {
+                r.at(
+                    span,
+                    format!("snat: {a} is {why}; give addresses of this host"),
+                );
+            } else if pool[..i].contains(a) {
+                r.at(span, format!("snat lists {a} twice"));
+            } else if i == steer_common::NAT_POOL_MAX {
+                r.at(
+                    span,
+                    format!(
+                        "snat holds {} addresses; at most {} are allowed, and {a} is the first \
+                         beyond them",
+                        pool.len(),
+                        steer_common::NAT_POOL_MAX
+                    ),
+                );
+            }
+        }
+        if let Some(PortRange(lo, hi)) = self.snat_ports {
+            let span = at.get("snat_ports").span.clone();
+            if lo > hi {
+                r.at(
+                    span,
+                    format!("snat_ports {lo}-{hi} is empty: the first port is above the last"),
+                );
+            } else if lo < SNAT_PORT_MIN {
+                r.at(
+                    span,
+                    format!(
+                        "snat_ports {lo}-{hi} starts below {SNAT_PORT_MIN}: ports under \
+                         {SNAT_PORT_MIN} are the host's own services'; start at {SNAT_PORT_MIN} \
+                         or above"
+                    ),
+                );
+            }
+        }
+        if self.observe == Some(true) && self.check.kind == CheckKind::None {
+            r.at(
+                at.get("observe").span.clone(),
+                "observe = true needs health checks: it marks a backend down, and only checks \
+                 bring it back; give the service a check, or set observe = false",
+            );
+        }
+        if let Some(n) = self.error_limit {
+            if !(1..=ERROR_LIMIT_MAX).contains(&n) {
+                r.at(
+                    at.get("error_limit").span.clone(),
+                    format!("error_limit must be from 1 to {ERROR_LIMIT_MAX}, found {n}"),
+                );
+            }
+        }
+        if let Some(t) = self.syn_timeout {
+            if !(SYN_TIMEOUT_MIN..=SYN_TIMEOUT_MAX).contains(&t.0) {
+                r.at(
+                    at.get("syn_timeout").span.clone(),
+                    format!(
+                        "syn_timeout must be from 100ms to 1m, found {}",
+                        humantime::format_duration(t.0)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The NAT settings of this service with every default filled in (`daemon` gives the
+    /// host-wide pool); `None` in DSR mode.
+    pub fn nat(&self, daemon: &DaemonCfg) -> Option<NatCfg> {
+        if self.mode != Mode::Nat {
+            return None;
+        }
+        let v4 = self.vip.get_ref().is_ipv4();
+        let pool = match &self.snat {
+            Some(p) => p.clone(),
+            None => daemon
+                .snat
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .copied()
+                .collect(),
+        };
+        Some(NatCfg {
+            pool,
+            ports: self.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
+            observe: self.observes(),
+            error_limit: self.error_limit.unwrap_or(DEFAULT_ERROR_LIMIT),
+            syn_timeout: self.syn_timeout.map_or(DEFAULT_SYN_TIMEOUT, |d| d.0),
+            recover: self.recover.unwrap_or(true),
+        })
+    }
+
+    /// Whether passive health is on: in NAT mode, by default when the service has active
+    /// checks (only they bring back a backend it took down).
+    pub fn observes(&self) -> bool {
+        self.mode == Mode::Nat && self.observe.unwrap_or(self.check.kind != CheckKind::None)
+    }
+
+    /// The port a backend listens on: its own `port` (NAT), else the service's.
+    pub fn port_of(&self, b: &BackendCfg) -> u16 {
+        b.port.unwrap_or(self.port)
     }
 
     /// Adds the errors in backend `j` (at `at`) to `r`.
@@ -958,6 +1209,32 @@ impl ServiceCfg {
                 ),
             );
         }
+        match (self.mode, b.port) {
+            (_, Some(0)) => r.at(
+                at.get("port").span.clone(),
+                format!("backend {bname:?}: port must be from 1 to 65535, found 0"),
+            ),
+            (Mode::Dsr, Some(p)) if p != self.port => r.at(
+                at.get("port").span.clone(),
+                format!(
+                    "backend {bname:?}: port {p} differs from the service's port {}, but in mode \
+                     \"dsr\" the server answers on the VIP's own port (the packet is not \
+                     rewritten); set mode = \"nat\" to reach it on port {p}, or remove port",
+                    self.port
+                ),
+            ),
+            _ => {}
+        }
+        if self.mode == Mode::Nat && b.mac.is_some() {
+            r.at(
+                at.get("mac").span.clone(),
+                format!(
+                    "backend {bname:?}: mac is for mode \"dsr\"; in mode \"nat\" the next hop \
+                     and its MAC come from the kernel's routes and neighbours (the backend may \
+                     be in another subnet): remove mac"
+                ),
+            );
+        }
         let role = b.role();
         if role != Role::Pool {
             if self.backends[..j].iter().any(|o| o.role() == role) {
@@ -992,6 +1269,14 @@ impl ServiceCfg {
                 Err(e) => r.at(
                     at.get("check").span.clone(),
                     format!("backend {bname:?}: check: {e}"),
+                ),
+                Ok(merged) if merged.kind == CheckKind::None && self.observes() => r.at(
+                    at.get("check").span.clone(),
+                    format!(
+                        "backend {bname:?}: check type \"none\" in a service with observe on: \
+                         passive health could mark it down and nothing would bring it back; \
+                         give it a check, or set observe = false on the service"
+                    ),
                 ),
                 Ok(merged) => {
                     // What is wrong with the service's check is said once, at the service.
@@ -1608,6 +1893,245 @@ check = { interval = "10s", downinterval = "10s", timeout = "2h" }
                 "socket: /run/steer/steer.sock → /run/steer/s.sock",
                 "max_flows: 65536 → 131072",
                 "max_services: 64 → 128",
+            ]
+        );
+    }
+
+    /// A NAT service named "n" with `extra` lines, and `backends`, after a valid `[daemon]`.
+    fn nat(extra: &str, backends: &str) -> Vec<String> {
+        errors(&with_daemon(&format!(
+            "[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"nat\"\n{extra}{backends}"
+        )))
+    }
+
+    #[test]
+    fn nat_with_nothing_else_set_takes_the_defaults() {
+        let c = parse(&with_daemon(
+            "[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"nat\"\n[[service.backend]]\nname = \"a\"\naddress = \"192.168.7.2\"\n",
+        ))
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.mode(), Mode::Nat);
+        assert_eq!(
+            s.nat(&c.daemon),
+            Some(NatCfg {
+                pool: vec![],
+                ports: PortRange(10_000, 32_767),
+                observe: true,
+                error_limit: 3,
+                syn_timeout: Duration::from_secs(1),
+                recover: true,
+            })
+        );
+        assert_eq!(s.port_of(&s.backends[0]), 80);
+        // DSR has no NAT settings.
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.services[0].nat(&c.daemon), None);
+    }
+
+    #[test]
+    fn nat_settings_are_read() {
+        let c = parse(&with_daemon(
+            r#"[[service]]
+name = "n"
+vip = "fd00::1"
+port = 443
+mode = "nat"
+snat = ["fd00::a", "fd00::b"]
+snat_ports = "20000-20999"
+observe = false
+error_limit = 10
+syn_timeout = "1500ms"
+recover = false
+[[service.backend]]
+name = "a"
+address = "fd01::2"
+port = 8443
+"#,
+        ))
+        .unwrap();
+        let s = &c.services[0];
+        let n = s.nat(&c.daemon).unwrap();
+        assert_eq!(
+            n.pool,
+            [
+                "fd00::a".parse::<IpAddr>().unwrap(),
+                "fd00::b".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.ports, PortRange(20_000, 20_999));
+        assert_eq!((n.observe, n.error_limit, n.recover), (false, 10, false));
+        assert_eq!(n.syn_timeout, Duration::from_millis(1500));
+        assert_eq!(s.port_of(&s.backends[0]), 8443);
+        assert!(
+            nat("snat_ports = \"20000\"\n", "").is_empty(),
+            "one port is a range"
+        );
+    }
+
+    #[test]
+    fn the_host_pool_serves_nat_services_of_its_family_without_their_own() {
+        let c = parse(
+            r#"[daemon]
+interfaces = ["eth0"]
+snat = ["10.9.0.1", "fd09::1", "10.9.0.2"]
+[[service]]
+name = "v4"
+vip = "10.0.0.1"
+port = 80
+mode = "nat"
+[[service]]
+name = "v6"
+vip = "fd00::1"
+port = 80
+mode = "nat"
+[[service]]
+name = "own"
+vip = "10.0.0.1"
+port = 81
+mode = "nat"
+snat = ["10.8.0.1"]
+"#,
+        )
+        .unwrap();
+        let pool = |i: usize| c.services[i].nat(&c.daemon).unwrap().pool;
+        let ips = |v: &[&str]| {
+            v.iter()
+                .map(|a| a.parse::<IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pool(0), ips(&["10.9.0.1", "10.9.0.2"]));
+        assert_eq!(pool(1), ips(&["fd09::1"]));
+        assert_eq!(pool(2), ips(&["10.8.0.1"]));
+    }
+
+    #[test]
+    fn nat_settings_are_checked_where_they_are_written() {
+        assert_eq!(
+            nat(
+                "snat = [\"fd00::1\", \"10.1.0.1\", \"10.1.0.1\", \"224.0.0.1\"]\nsnat_ports = \"500-2000\"\nerror_limit = 0\nsyn_timeout = \"50ms\"\n",
+                ""
+            ),
+            [
+                "steer.toml:6:9: snat: fd00::1 is IPv6 but the service's VIP 10.0.0.1 is not; a NAT service's flows leave from addresses of the VIP's family",
+                "steer.toml:6:32: snat lists 10.1.0.1 twice",
+                "steer.toml:6:44: snat: 224.0.0.1 is multicast; give addresses of this host",
+                "steer.toml:7:14: snat_ports 500-2000 starts below 1024: ports under 1024 are the host's own services'; start at 1024 or above",
+                "steer.toml:8:15: error_limit must be from 1 to 1000, found 0",
+                "steer.toml:9:15: syn_timeout must be from 100ms to 1m, found 50ms",
+            ]
+        );
+        assert_eq!(
+            nat("snat_ports = \"30000-20000\"\nerror_limit = 1001\nsyn_timeout = \"2m\"\nsnat = []\n", ""),
+            [
+                "steer.toml:6:14: snat_ports 30000-20000 is empty: the first port is above the last",
+                "steer.toml:7:15: error_limit must be from 1 to 1000, found 1001",
+                "steer.toml:8:15: syn_timeout must be from 100ms to 1m, found 2m",
+                "steer.toml:9:8: snat is empty: list the LB addresses the service's flows leave from, or remove it to use the address facing each backend",
+            ]
+        );
+        let nine: Vec<String> = (1..=9).map(|i| format!("\"10.1.0.{i}\"")).collect();
+        assert_eq!(
+            nat(&format!("snat = [{}]\n", nine.join(", ")), ""),
+            ["steer.toml:6:105: snat holds 9 addresses; at most 8 are allowed, and 10.1.0.9 is the first beyond them"]
+        );
+        let e = first_error(&with_daemon("[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"nat\"\nsnat_ports = \"low-high\"\n"));
+        assert!(
+            e.starts_with("steer.toml:6:14:")
+                && e.contains("expected a port range such as \"10000-32767\""),
+            "{e}"
+        );
+        let e = first_error(&with_daemon(
+            "[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"proxy\"\n",
+        ));
+        assert!(
+            e.starts_with("steer.toml:5:8:") && e.contains("unknown variant `proxy`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nat_settings_in_dsr_mode_are_refused() {
+        let errs = errors(&with_daemon(
+            "[[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nport = 80\nsnat = [\"10.1.0.1\"]\nobserve = true\nrecover = true\nerror_limit = 3\nsyn_timeout = \"1s\"\nsnat_ports = \"10000-20000\"\n",
+        ));
+        let why = |k: &str, at: &str| {
+            format!("steer.toml:{at}: {k} is a NAT setting, but service \"d\" is in mode \"dsr\" (its replies bypass this host, which sees no refusal and no reply): set mode = \"nat\", or remove {k}")
+        };
+        assert_eq!(
+            errs,
+            [
+                why("snat", "5:8"),
+                why("observe", "6:11"),
+                why("recover", "7:11"),
+                why("error_limit", "8:15"),
+                why("syn_timeout", "9:15"),
+                why("snat_ports", "10:14"),
+            ]
+        );
+        // Turning them off says nothing wrong.
+        assert!(errors(&with_daemon(
+            "[[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nport = 80\nobserve = false\nrecover = false\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn a_backends_port_is_for_nat_and_its_mac_for_dsr() {
+        let be = "[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n";
+        assert_eq!(
+            errors(&with_daemon(&format!(
+                "[[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nport = 80\n{be}port = 8080\n"
+            ))),
+            ["steer.toml:8:8: backend \"a\": port 8080 differs from the service's port 80, but in mode \"dsr\" the server answers on the VIP's own port (the packet is not rewritten); set mode = \"nat\" to reach it on port 8080, or remove port"]
+        );
+        // The service's own port is fine in DSR.
+        assert!(errors(&with_daemon(&format!(
+            "[[service]]\nname = \"d\"\nvip = \"10.0.0.1\"\nport = 80\n{be}port = 80\n"
+        )))
+        .is_empty());
+        assert_eq!(
+            nat("", &format!("{be}port = 0\nmac = \"02:00:00:00:00:02\"\n")),
+            [
+                "steer.toml:9:8: backend \"a\": port must be from 1 to 65535, found 0",
+                "steer.toml:10:7: backend \"a\": mac is for mode \"dsr\"; in mode \"nat\" the next hop and its MAC come from the kernel's routes and neighbours (the backend may be in another subnet): remove mac",
+            ]
+        );
+        assert!(nat("", &format!("{be}port = 8080\n")).is_empty());
+    }
+
+    #[test]
+    fn passive_health_needs_checks_to_come_back() {
+        assert_eq!(
+            nat("observe = true\ncheck = { type = \"none\" }\n", ""),
+            ["steer.toml:6:11: observe = true needs health checks: it marks a backend down, and only checks bring it back; give the service a check, or set observe = false"]
+        );
+        // Without checks, observe is off by default.
+        let c = parse(&with_daemon("[[service]]\nname = \"n\"\nvip = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\nmode = \"nat\"\ncheck = { type = \"none\" }\n")).unwrap();
+        assert!(!c.services[0].nat(&c.daemon).unwrap().observe);
+        assert_eq!(
+            nat("", "[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\ncheck = { type = \"none\" }\n"),
+            ["steer.toml:9:9: backend \"a\": check type \"none\" in a service with observe on: passive health could mark it down and nothing would bring it back; give it a check, or set observe = false on the service"]
+        );
+        assert!(nat("observe = false\n", "[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\ncheck = { type = \"none\" }\n").is_empty());
+    }
+
+    #[test]
+    fn the_host_pool_is_checked() {
+        let mut pool: Vec<String> = (1..=9).map(|i| format!("\"10.1.0.{i}\"")).collect();
+        pool.push("\"fd00::1\"".into());
+        pool.push("\"fd00::1\"".into());
+        pool.push("\"0.0.0.0\"".into());
+        let errs = errors(&format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\nsnat = [{}]\n",
+            pool.join(", ")
+        ));
+        assert_eq!(
+            errs,
+            [
+                "steer.toml:3:105: daemon.snat holds more than 8 IPv4 addresses; 10.1.0.9 is the first beyond them",
+                "steer.toml:3:128: daemon.snat lists fd00::1 twice",
+                "steer.toml:3:139: daemon.snat: 0.0.0.0 is unspecified; give addresses of this host",
             ]
         );
     }

@@ -4,6 +4,10 @@ use std::{
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     ptr::NonNull,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use aya::{
@@ -16,8 +20,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
-    flow_flags, maglev_chunks, maglev_index, map, Backend, Counters, Flow, FlowKey, Service,
-    ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_FLOWS, MAX_SERVICES, PROGRAM,
+    flow_flags, maglev_chunks, maglev_index, map, nat_capacity, Backend, Counters, Flow, FlowKey,
+    Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK,
+    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -139,6 +144,8 @@ pub fn pin_mismatches(opts: &Options) -> Result<Vec<PinMismatch>> {
             "max_services",
             maglev_chunks(opts.max_services),
         ),
+        (map::NAT, "max_flows", nat_capacity(opts.max_flows)),
+        (map::POOLS, "max_services", opts.max_services),
     ];
     let mut out = Vec::new();
     for (name, setting, want) in wanted {
@@ -163,6 +170,45 @@ pub fn pin_mismatches(opts: &Options) -> Result<Vec<PinMismatch>> {
 /// Whether any map of the datapath is pinned under `dir` (a daemon ran before).
 pub fn has_pins(dir: &Path) -> bool {
     map::ALL.iter().any(|n| dir.join(n).exists())
+}
+
+/// Maps of earlier layouts (`map::RETIRED`) pinned under `dir`: a daemon of an earlier
+/// version ran there. This version cannot read them (their flows are lost at the upgrade);
+/// the program in the pinned XDP link still uses them until it is replaced.
+pub fn retired_pins(dir: &Path) -> Vec<&'static str> {
+    map::RETIRED
+        .iter()
+        .copied()
+        .filter(|n| dir.join(n).exists())
+        .collect()
+}
+
+/// Removes the pins of retired maps under `dir` (the maps themselves go once the program
+/// that used them is replaced). Returns the names removed.
+pub fn remove_retired(dir: &Path) -> std::io::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for n in retired_pins(dir) {
+        match std::fs::remove_file(dir.join(n)) {
+            Ok(()) => out.push(n),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the pins of the current layout's maps under `dir` (not links, not retired maps):
+/// what a start-up that failed had created in a directory that held none of them.
+pub fn unpin_maps(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for name in map::ALL {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// How to load the datapath.
@@ -258,6 +304,161 @@ impl Drop for MaglevTables {
 // SAFETY: the mapping is owned by this value and only touched through &mut self or &self.
 unsafe impl Send for MaglevTables {}
 
+/// A BPF array created with `BPF_F_MMAPABLE`, mapped into this process and shared with the
+/// datapath, which writes it while we read: every access is an atomic load or store of one
+/// aligned word, never a reference to an element.
+pub struct Mapped<T> {
+    _map: MapData,
+    base: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by the value; every access goes through atomics.
+unsafe impl<T> Send for Mapped<T> {}
+unsafe impl<T> Sync for Mapped<T> {}
+
+impl<T> Mapped<T> {
+    fn new(map: MapData, name: &'static str, len: u32) -> Result<Self> {
+        // Array elements sit at an 8-byte stride: `T` must fill it exactly.
+        assert!(
+            std::mem::size_of::<T>().is_multiple_of(8),
+            "element of {name} is not 8-byte sized"
+        );
+        let bytes = len as usize * std::mem::size_of::<T>();
+        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE; length within its size.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(DatapathError::Mmap {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Mapped {
+            _map: map,
+            base: NonNull::new(p.cast()).expect("mmap returned null"),
+            len: len as usize,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The 64-bit word at byte `offset` of element `i`.
+    fn word64(&self, i: usize, offset: usize) -> &AtomicU64 {
+        assert!(i < self.len && offset + 8 <= std::mem::size_of::<T>() && offset.is_multiple_of(8));
+        // SAFETY: in range of the mapping (checked), 8-byte aligned (page-aligned base, 8-byte
+        // stride, aligned offset); the kernel's side only touches it atomically or by plain
+        // word stores.
+        unsafe {
+            AtomicU64::from_ptr(
+                self.base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(i * std::mem::size_of::<T>() + offset)
+                    .cast(),
+            )
+        }
+    }
+
+    /// The 32-bit word at byte `offset` of element `i`.
+    fn word32(&self, i: usize, offset: usize) -> &AtomicU32 {
+        assert!(i < self.len && offset + 4 <= std::mem::size_of::<T>() && offset.is_multiple_of(4));
+        // SAFETY: as `word64`, 4-byte aligned.
+        unsafe {
+            AtomicU32::from_ptr(
+                self.base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(i * std::mem::size_of::<T>() + offset)
+                    .cast(),
+            )
+        }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe {
+            libc::munmap(
+                self.base.as_ptr().cast(),
+                self.len * std::mem::size_of::<T>(),
+            )
+        };
+    }
+}
+
+impl Mapped<Observed> {
+    /// Consecutive failed attempts of backend `id` as the datapath counts them.
+    pub fn fails(&self, id: u32) -> u64 {
+        self.word64(id as usize, std::mem::offset_of!(Observed, fails))
+            .load(Ordering::Acquire)
+    }
+
+    /// The passive health of backend `id`.
+    pub fn get(&self, id: u32) -> Observed {
+        Observed {
+            fails: self.fails(id),
+            last_fail_ns: self
+                .word64(id as usize, std::mem::offset_of!(Observed, last_fail_ns))
+                .load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets the failures of backend `id` (`Observed::default()`).
+    pub fn reset(&self, id: u32) {
+        self.word64(id as usize, std::mem::offset_of!(Observed, last_fail_ns))
+            .store(0, Ordering::Relaxed);
+        self.word64(id as usize, std::mem::offset_of!(Observed, fails))
+            .store(0, Ordering::Release);
+    }
+}
+
+impl Mapped<NeighWant> {
+    /// Slot `i`, or `None` while the datapath is writing it (its `seq` moved during the read;
+    /// the next poll reads it again).
+    pub fn get(&self, i: usize) -> Option<NeighWant> {
+        let seq = |m: &Self| {
+            m.word64(i, std::mem::offset_of!(NeighWant, seq))
+                .load(Ordering::Acquire)
+        };
+        let before = seq(self);
+        let mut addr = [0u8; 16];
+        for (k, chunk) in addr.chunks_mut(8).enumerate() {
+            let w = self
+                .word64(i, std::mem::offset_of!(NeighWant, addr) + k * 8)
+                .load(Ordering::Relaxed);
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        let ifindex = self
+            .word32(i, std::mem::offset_of!(NeighWant, ifindex))
+            .load(Ordering::Relaxed);
+        let family = self
+            .word32(i, std::mem::offset_of!(NeighWant, family))
+            .load(Ordering::Relaxed);
+        (seq(self) == before).then_some(NeighWant {
+            addr,
+            ifindex,
+            family,
+            seq: before,
+        })
+    }
+}
+
 /// The XDP program and typed handles on its maps.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -269,8 +470,18 @@ pub struct Datapath {
     backend_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, Flow>,
-    /// Half-open and ended flows (`STEER_TRANS_V1`).
+    /// Half-open and ended flows (`STEER_TRANS_V2`).
     transient: HashMap<MapData, FlowKey, Flow>,
+    /// NAT reverse translations (written by the datapath).
+    nat: HashMap<MapData, FlowKey, NatRev>,
+    /// NAT source pools by service id.
+    pools: Array<MapData, NatPool>,
+    /// Passive health per backend id (mmapped; polled by the daemon).
+    observed: Arc<Mapped<Observed>>,
+    /// Next hops the datapath wants resolved (mmapped; polled by the daemon).
+    neigh: Arc<Mapped<NeighWant>>,
+    /// Host-wide settings, one element.
+    globals: Array<MapData, Globals>,
     max_flows: u32,
 }
 
@@ -295,7 +506,9 @@ impl Datapath {
                 map::TRANSIENT,
                 steer_common::transient_capacity(opts.max_flows),
             )
-            .map_max_entries(map::MAGLEV, maglev_entries);
+            .map_max_entries(map::MAGLEV, maglev_entries)
+            .map_max_entries(map::NAT, nat_capacity(opts.max_flows))
+            .map_max_entries(map::POOLS, opts.max_services);
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => map::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -339,6 +552,20 @@ impl Datapath {
             map::TRANSIENT,
             HashMap::try_from(take(&mut ebpf, map::TRANSIENT)?),
         )?;
+        let nat = typed(map::NAT, HashMap::try_from(take(&mut ebpf, map::NAT)?))?;
+        let pools = typed(map::POOLS, Array::try_from(take(&mut ebpf, map::POOLS)?))?;
+        let globals = typed(
+            map::GLOBALS,
+            Array::try_from(take(&mut ebpf, map::GLOBALS)?),
+        )?;
+        let Map::Array(observed) = take(&mut ebpf, map::OBSERVED)? else {
+            return Err(DatapathError::MissingMap(map::OBSERVED));
+        };
+        let observed = Arc::new(Mapped::new(observed, map::OBSERVED, MAX_BACKENDS)?);
+        let Map::Array(neigh) = take(&mut ebpf, map::NEIGH)? else {
+            return Err(DatapathError::MissingMap(map::NEIGH));
+        };
+        let neigh = Arc::new(Mapped::new(neigh, map::NEIGH, NEIGH_SLOTS)?);
         Ok(Datapath {
             ebpf,
             max_services: opts.max_services,
@@ -350,8 +577,57 @@ impl Datapath {
             global_stats,
             flows,
             transient,
+            nat,
+            pools,
+            observed,
+            neigh,
+            globals,
             max_flows: opts.max_flows,
         })
+    }
+
+    /// Passive health per backend id, shared with the daemon's poller.
+    pub fn observed(&self) -> Arc<Mapped<Observed>> {
+        self.observed.clone()
+    }
+
+    /// Next hops the datapath wants resolved, shared with the daemon's poller.
+    pub fn neigh_wants(&self) -> Arc<Mapped<NeighWant>> {
+        self.neigh.clone()
+    }
+
+    /// Writes the NAT source pool of service `id`.
+    pub fn put_pool(&mut self, id: u32, pool: &NatPool) -> Result<()> {
+        self.check_service_id(id)?;
+        typed(map::POOLS, self.pools.set(id, pool, 0))
+    }
+
+    /// The NAT source pool of service `id`.
+    pub fn pool(&self, id: u32) -> Result<NatPool> {
+        self.check_service_id(id)?;
+        typed(map::POOLS, self.pools.get(&id, 0))
+    }
+
+    /// Writes the host-wide settings.
+    pub fn put_globals(&mut self, g: &Globals) -> Result<()> {
+        typed(map::GLOBALS, self.globals.set(0, g, 0))
+    }
+
+    /// The host-wide settings.
+    pub fn globals(&self) -> Result<Globals> {
+        typed(map::GLOBALS, self.globals.get(&0, 0))
+    }
+
+    /// The reverse translation of a backend's reply 5-tuple, if the NAT table has one.
+    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatRev>> {
+        match self.nat.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: map::NAT,
+                source,
+            }),
+        }
     }
 
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.

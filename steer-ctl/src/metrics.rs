@@ -13,11 +13,17 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{balancer::Balancer, proto::Status};
+use crate::{balancer::Balancer, model::Mode, proto::Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SvcLabels {
     service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SvcModeLabels {
+    service: String,
+    mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +88,26 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         "service_rst_sent",
         "RSTs sent from XDP for the service",
     );
+    let s_refused = counter::<SvcLabels>(
+        &mut reg,
+        "service_refused",
+        "NAT: connection attempts a backend of the service refused (RST to a SYN)",
+    );
+    let s_syn_timeouts = counter::<SvcLabels>(
+        &mut reg,
+        "service_syn_timeouts",
+        "NAT: connection attempts a backend of the service left unanswered for syn_timeout",
+    );
+    let s_exhausted = counter::<SvcLabels>(
+        &mut reg,
+        "service_nat_exhausted",
+        "NAT: new flows of the service that found no free source port",
+    );
+    let s_mode = gauge::<SvcModeLabels>(
+        &mut reg,
+        "service_mode",
+        "1 for the service's forwarding mode",
+    );
     let s_maint = gauge::<SvcLabels>(
         &mut reg,
         "service_maintenance",
@@ -103,6 +129,26 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         &mut reg,
         "backend_rst_sent",
         "RSTs sent from XDP for the backend's flows",
+    );
+    let b_refused = counter::<BeLabels>(
+        &mut reg,
+        "backend_refused",
+        "NAT: connection attempts the backend refused (RST to a SYN)",
+    );
+    let b_syn_timeouts = counter::<BeLabels>(
+        &mut reg,
+        "backend_syn_timeouts",
+        "NAT: connection attempts the backend left unanswered for syn_timeout",
+    );
+    let b_exhausted = counter::<BeLabels>(
+        &mut reg,
+        "backend_nat_exhausted",
+        "NAT: new flows for the backend that found no free source port",
+    );
+    let b_fails = gauge::<BeLabels>(
+        &mut reg,
+        "backend_observed_fails",
+        "NAT passive health: consecutive failed attempts (at the service's error_limit the backend is marked down)",
     );
     let b_active = gauge::<BeLabels>(
         &mut reg,
@@ -139,6 +185,21 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         s_bytes.get_or_create(&l).inc_by(s.counters.bytes);
         s_new.get_or_create(&l).inc_by(s.counters.new_flows);
         s_rst.get_or_create(&l).inc_by(s.counters.rst_sent);
+        s_refused.get_or_create(&l).inc_by(s.counters.refused);
+        s_syn_timeouts
+            .get_or_create(&l)
+            .inc_by(s.counters.syn_timeouts);
+        s_exhausted
+            .get_or_create(&l)
+            .inc_by(s.counters.nat_exhausted);
+        for m in [Mode::Dsr, Mode::Nat] {
+            s_mode
+                .get_or_create(&SvcModeLabels {
+                    service: s.name.clone(),
+                    mode: m.to_string(),
+                })
+                .set((s.mode == m) as u8 as f64);
+        }
         s_maint.get_or_create(&l).set(s.maintenance as u8 as f64);
     }
     for b in &status.backends {
@@ -151,6 +212,16 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         b_new.get_or_create(&l).inc_by(b.counters.new_flows);
         b_ended.get_or_create(&l).inc_by(b.counters.ended_flows);
         b_rst.get_or_create(&l).inc_by(b.counters.rst_sent);
+        b_refused.get_or_create(&l).inc_by(b.counters.refused);
+        b_syn_timeouts
+            .get_or_create(&l)
+            .inc_by(b.counters.syn_timeouts);
+        b_exhausted
+            .get_or_create(&l)
+            .inc_by(b.counters.nat_exhausted);
+        if let Some(n) = b.observed_fails {
+            b_fails.get_or_create(&l).set(n as f64);
+        }
         // Unknown (no scan yet, or it failed): absent rather than a wrong zero.
         if let Some(n) = b.active_flows {
             b_active.get_or_create(&l).set(n as f64);

@@ -167,6 +167,26 @@ pub enum Mode {
     /// L2 direct server return.
     #[default]
     Dsr,
+    /// Full NAT: destination rewritten to the backend's address and port, source to an LB
+    /// address and port; replies come back through the LB.
+    Nat,
+}
+
+impl Mode {
+    /// The datapath's number (`Service::mode`).
+    pub fn code(self) -> u32 {
+        match self {
+            Mode::Dsr => steer_common::MODE_DSR,
+            Mode::Nat => steer_common::MODE_NAT,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+        }
+    }
 }
 
 macro_rules! display_as_str {
@@ -178,7 +198,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(AdminState, Health, Role, Proto);
+display_as_str!(AdminState, Health, Role, Proto, Mode);
 
 #[cfg(test)]
 mod tests {
@@ -203,5 +223,9 @@ mod tests {
         }
         assert_eq!(AdminState::from_code(admin::NONE), None);
         assert_eq!(Role::Maintenance.to_string(), "maintenance");
+        for m in [Mode::Dsr, Mode::Nat] {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+        }
+        assert_eq!(Mode::Nat.code(), steer_common::MODE_NAT);
     }
 }

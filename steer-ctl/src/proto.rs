@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AdminState, Health, Proto, Role};
+use crate::model::{AdminState, Health, Mode, Proto, Role};
 
 /// Longest request line the daemon reads; longer ones are refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -181,6 +181,15 @@ pub struct Counters {
     pub new_flows: u64,
     pub ended_flows: u64,
     pub rst_sent: u64,
+    /// NAT: attempts the backend refused (a RST answering a SYN).
+    #[serde(default)]
+    pub refused: u64,
+    /// NAT: attempts left unanswered for the service's `syn_timeout`.
+    #[serde(default)]
+    pub syn_timeouts: u64,
+    /// NAT: new flows that found no free source port.
+    #[serde(default)]
+    pub nat_exhausted: u64,
 }
 
 impl From<steer_common::Counters> for Counters {
@@ -191,8 +200,24 @@ impl From<steer_common::Counters> for Counters {
             new_flows: c.new_flows,
             ended_flows: c.ended_flows,
             rst_sent: c.rst_sent,
+            refused: c.refused,
+            syn_timeouts: c.syn_timeouts,
+            nat_exhausted: c.nat_exhausted,
         }
     }
+}
+
+/// A NAT service's settings as in force.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NatStatus {
+    /// The pool flows leave from; empty: each backend's `snat` (the LB's address facing it).
+    pub snat: Vec<String>,
+    /// Source ports, "lo-hi".
+    pub snat_ports: String,
+    pub observe: bool,
+    pub error_limit: u16,
+    pub syn_timeout_ms: u32,
+    pub recover: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -201,6 +226,12 @@ pub struct ServiceStatus {
     pub vip: String,
     pub port: u16,
     pub protocol: Proto,
+    /// How new flows reach the backends.
+    #[serde(default)]
+    pub mode: Mode,
+    /// NAT settings, in NAT mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatStatus>,
     pub maintenance: bool,
     /// Pool backends in the live Maglev table: eligible, weight > 0, and in the active group.
     pub eligible: usize,
@@ -216,6 +247,18 @@ pub struct BackendStatus {
     pub name: String,
     pub service: String,
     pub address: String,
+    /// The port the server is reached on (NAT may use another than the VIP's).
+    #[serde(default)]
+    pub port: u16,
+    /// NAT: the LB's own address facing the backend (its flows' source without a pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<String>,
+    /// NAT with observe: consecutive failed attempts as the datapath counts them now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_fails: Option<u64>,
+    /// Why passive health marked the backend down (until checks bring it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<String>,
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,

@@ -7,6 +7,7 @@ use steer_common::{event, flow_flags, Flow, FlowKey};
 
 use crate::{
     maps::{FLOWS, TRANSIENT},
+    nat::Nat,
     parse::{Packet, TCP_FIN, TCP_RST},
     stats,
 };
@@ -49,7 +50,7 @@ fn flags_of(pkt: &Packet) -> u16 {
 /// counts it and carries on: the next packet makes the same Maglev choice while the pool is
 /// unchanged.
 #[inline(always)]
-pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
+pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     let mut flags = flags_of(pkt);
     if pkt.is_syn() {
         flags |= flow_flags::SYN_ONLY;
@@ -59,8 +60,8 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
         gen,
         flags,
         last_seen_ns: now,
-        nat_port_be: 0,
-        nat_addr: 0,
+        nat_port_be: nat.port_be,
+        nat_addr: nat.addr,
         _pad: 0,
     };
     // Every new flow starts in the transient table — a SYN, but also a packet of a flow the
@@ -70,6 +71,15 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, now: u64) {
     if r.is_err() {
         stats::count_event(event::FLOW_INSERT_FAILED);
     }
+}
+
+/// Writes `f` into the transient table unless the flow has an entry there already (a NAT
+/// flow's forward half written again from its reverse half). True when written.
+#[inline(always)]
+pub fn insert_transient(key: &FlowKey, f: &Flow) -> bool {
+    TRANSIENT
+        .insert(key, f, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        .is_ok()
 }
 
 /// A half-open flow's handshake completed: it moves to the established table (with what this
@@ -160,7 +170,7 @@ pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
 /// flow's 5-tuple). Backend, generation and flags change in one aligned 64-bit store, so no
 /// CPU reads the new backend with the old generation.
 #[inline(always)]
-pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, now: u64) {
+pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     let flags = flags_of(pkt)
         | if pkt.is_syn() {
             flow_flags::SYN_ONLY
@@ -168,11 +178,21 @@ pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, now: u6
             0
         };
     let word = backend as u64 | (gen as u64) << 32 | (flags as u64) << FLAGS_SHIFT;
-    // SAFETY: as in set_flags.
+    // SAFETY: as in set_flags. The NAT source goes first: a CPU that reads the new source with
+    // the old backend finds the source's reverse entry naming another backend, and drops that
+    // one packet (a conflict) rather than sending it anywhere wrong.
     unsafe {
+        (*flow).nat_port_be = nat.port_be;
+        (*flow).nat_addr = nat.addr;
         core::ptr::write_volatile(head(flow), word);
         (*flow).last_seen_ns = now;
     }
+}
+
+/// Sets `bits` of a flow's flags (atomically, as any flag change).
+#[inline(always)]
+pub fn mark(flow: *mut Flow, bits: u16) {
+    set_flags(flow, bits);
 }
 
 /// Records that steer answered the flow with a RST. Returns true when this ends the flow.

@@ -11,19 +11,26 @@
 #![feature(core_intrinsics)]
 #![no_main]
 
+mod chain;
 mod csum;
+mod fib;
 mod flow;
 mod forward;
 mod maps;
+mod nat;
+mod observe;
 mod parse;
 mod rst;
 mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use steer_common::{event, flow_flags, outcome, svc_flags, Flow, Service};
+use steer_common::{
+    event, flow_flags, handoff, outcome, prog, svc_flags, Backend, Flow, Service, BACKEND_NONE,
+    MODE_NAT,
+};
 
-use crate::parse::Packet;
+use crate::{nat::Nat, parse::Packet};
 
 /// Why processing stopped without sending the packet back out.
 pub enum Stop {
@@ -36,9 +43,36 @@ pub enum Stop {
 /// The action to return and the outcome to count for it.
 type Verdict = (u32, u32);
 
+/// The entry program, attached to the interfaces: DSR services here; NAT services' packets
+/// and (on a host with NAT services) packets not for a service go to their own programs.
 #[xdp]
 pub fn steer(ctx: XdpContext) -> u32 {
-    let (action, why) = match try_steer(&ctx) {
+    finish(try_steer::<false>(&ctx))
+}
+
+/// Packets to a NAT service (tail-called by `steer`).
+#[xdp]
+pub fn steer_nat(ctx: XdpContext) -> u32 {
+    finish(try_steer::<true>(&ctx))
+}
+
+/// A NAT service's packet that starts or moves a flow (tail-called by `steer_nat`).
+#[xdp]
+pub fn steer_nat_new(ctx: XdpContext) -> u32 {
+    finish(nat_new(&ctx))
+}
+
+/// Packets not for a service on a host with NAT services: backends' replies, translated back
+/// (tail-called by `steer`).
+#[xdp]
+pub fn steer_reply(ctx: XdpContext) -> u32 {
+    finish(parse::parse(&ctx).and_then(|pkt| nat::reply(&ctx, &pkt, flow::now())))
+}
+
+/// Counts the outcome, and returns the action.
+#[inline(always)]
+fn finish(r: Result<Verdict, Stop>) -> u32 {
+    let (action, why) = match r {
         Ok(v) => v,
         Err(Stop::Pass(why)) => (xdp_action::XDP_PASS, why),
         Err(Stop::Drop(why)) => (xdp_action::XDP_DROP, why),
@@ -47,24 +81,69 @@ pub fn steer(ctx: XdpContext) -> u32 {
     action
 }
 
+/// The program for DSR services (`NAT` false) or for NAT services (`NAT` true): the same
+/// rules; NAT's sends translate, and its new flows are handed to `steer_nat_new`.
 #[inline(always)]
-fn try_steer(ctx: &XdpContext) -> Result<Verdict, Stop> {
+fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
-    let (svc_id, svc) = select::lookup_service(&pkt)?;
+    let (svc_id, svc) = match select::lookup_service(&pkt) {
+        Ok(s) => s,
+        Err(not_service) => {
+            if !NAT && nat::enabled() {
+                // Maybe a NAT backend's reply.
+                chain::tail_call(ctx, prog::REPLY);
+            }
+            return Err(not_service);
+        }
+    };
+    if !NAT && svc.mode == MODE_NAT {
+        chain::tail_call(ctx, prog::NAT);
+        return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
+    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(svc_id, len);
     let now = flow::now();
     if let Some(f) = flow::lookup_flow(&pkt.key) {
-        return steer_established(ctx, &pkt, svc_id, svc, f, len, now);
+        return steer_established::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
     }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
-        return steer_transient(ctx, &pkt, svc_id, svc, f, len, now);
+        return steer_transient::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
     }
     if pkt.is_tcp() && !pkt.is_syn() {
         // Mid-connection with no entry: LB restarted, another LB host, or evicted (rule 2).
         stats::count_event(event::FLOW_MISS);
     }
-    steer_new(ctx, &pkt, svc_id, svc, None, len, now)
+    steer_new::<NAT>(ctx, &pkt, svc_id, svc, None, handoff::NONE, len, now)
+}
+
+/// A NAT service's new or moved flow, handed over by `steer_nat` with a `Handoff`: chosen
+/// (elsewhere than the backend it failed on, for a recovered attempt), given a source, pinned,
+/// translated and sent.
+#[inline(always)]
+fn nat_new(ctx: &XdpContext) -> Result<Verdict, Stop> {
+    let pkt = parse::parse(ctx)?;
+    let (svc_id, svc) = select::lookup_service(&pkt)?;
+    let h = chain::handoff().ok_or(Stop::Drop(outcome::DROP_NO_PROGRAM))?;
+    let now = flow::now();
+    let existing = match h.table {
+        handoff::ESTABLISHED => flow::lookup_flow(&pkt.key),
+        handoff::TRANSIENT => flow::lookup_transient(&pkt.key),
+        _ => None,
+    };
+    let mut chosen = None;
+    if h.avoid != BACKEND_NONE {
+        chosen = select::choose_instead(svc_id, svc, &pkt.key, h.avoid)?;
+        if chosen.is_some() {
+            stats::count_event(event::RECOVERED);
+        }
+    }
+    if chosen.is_none() {
+        chosen = select::choose_new::<true>(svc_id, svc, &pkt)?;
+    }
+    match chosen {
+        Some(b) => steer_to::<true>(ctx, &pkt, svc_id, svc, existing, b, h.len, now),
+        None => no_backend(ctx, &pkt, svc_id, svc),
+    }
 }
 
 /// UDP has no end: a flow idle past the service's timeout is over (counted).
@@ -80,7 +159,7 @@ fn idle_expired(pkt: &Packet, flow: &Flow, svc: &Service, now: u64) -> bool {
 
 /// A packet of a flow in the established table (rules 1, 4, 5).
 #[inline(always)]
-fn steer_established(
+fn steer_established<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
     svc_id: u32,
@@ -92,7 +171,7 @@ fn steer_established(
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
     if idle_expired(pkt, &flow, svc, now) {
-        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+        return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::ESTABLISHED, len, now);
     }
     // A SYN on an established flow's 5-tuple is not a retry: the old connection ended without
     // the LB seeing it (reset by the backend in DSR). A new connection, steered afresh, so a
@@ -107,8 +186,11 @@ fn steer_established(
                 select::flow_backend(flow.backend, flow.gen).map(|b| b.0),
             );
         }
+        if NAT {
+            nat::release(pkt, svc_id, &flow);
+        }
         flow::forget(pkt);
-        return steer_new(ctx, pkt, svc_id, svc, None, len, now);
+        return steer_new::<NAT>(ctx, pkt, svc_id, svc, None, handoff::NONE, len, now);
     }
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
@@ -117,7 +199,7 @@ fn steer_established(
                 flow::retire(pkt, f);
             }
             stats::count_backend(be_id, len);
-            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
         }
         // Rejected or removed (rule 4): the rest of the flow is reset.
         rejected => reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, true, now),
@@ -127,7 +209,7 @@ fn steer_established(
 /// A packet of a flow in the transient table: a connection attempt (SYN only) or a flow that
 /// has ended (rules 4, 5).
 #[inline(always)]
-fn steer_transient(
+fn steer_transient<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
     svc_id: u32,
@@ -139,7 +221,7 @@ fn steer_transient(
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
     if idle_expired(pkt, &flow, svc, now) {
-        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+        return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
     }
     // Not ended: an attempt (SYN only), or a flow met mid-way that has not been promoted yet.
     let half_open = flow.flags & flow_flags::ENDED == 0;
@@ -149,15 +231,28 @@ fn steer_transient(
         if half_open {
             stats::count_event(event::STALE_SYN);
         }
-        return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+        return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
     }
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
-            if pkt.is_syn() && !be.takes_new_flows() {
+            if pkt.is_syn() && (!be.takes_new_flows() || NAT && observe::is_down(svc, be_id)) {
                 // A retransmitted SYN whose backend no longer takes new flows (drained, down,
-                // weight 0, another group switched to, maintenance): steered again (rule 5).
+                // weight 0, another group switched to, maintenance, or taken out by passive
+                // health): steered again (rule 5).
                 stats::count_event(event::REDISPATCH);
-                return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+                return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
+            }
+            if NAT
+                && pkt.is_syn()
+                && Nat::of(&flow).is_nat()
+                && svc.flags & (svc_flags::OBSERVE | svc_flags::RECOVER) != 0
+                && nat::attempt_failed(pkt, svc_id, svc, &flow, now)
+                && svc.flags & svc_flags::RECOVER != 0
+            {
+                // NAT: the backend refused this attempt or left it unanswered; the client's
+                // retransmission goes to another backend when one can take it.
+                chain::new_flow(ctx, handoff::TRANSIENT, be_id, len);
+                return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
             }
             if half_open && !pkt.is_syn() && !pkt.ends_flow() {
                 // The handshake completed: established from now on.
@@ -166,13 +261,13 @@ fn steer_transient(
                 stats::count_ended(svc_id, Some(be_id));
             }
             stats::count_backend(be_id, len);
-            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
         }
         rejected => {
             if pkt.is_syn() {
                 // A new attempt leaves a rejected or removed backend (rule 5).
                 stats::count_event(event::REDISPATCH);
-                return steer_new(ctx, pkt, svc_id, svc, Some(f), len, now);
+                return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
             }
             reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, false, now)
         }
@@ -205,53 +300,125 @@ fn reset_flow(
     Ok((verdict, outcome::TX_RST))
 }
 
-/// A packet that starts a flow: a SYN, a mid-flow packet the table does not know (LB restarted,
-/// or came via another LB), or a flow being moved (rules 2, 3, 5).
+/// Sends a packet of a known flow to its backend the way the flow started: translated if it
+/// is a NAT flow, by MAC otherwise.
 #[inline(always)]
-fn steer_new(
+fn send<const NAT: bool>(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    be_id: u32,
+    be: &Backend,
+    flow: &Flow,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    let nat = Nat::of(flow);
+    if NAT && nat.is_nat() {
+        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now);
+    }
+    forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+}
+
+/// A packet that starts a flow: a SYN, a mid-flow packet the table does not know (LB restarted,
+/// or came via another LB), or a flow being moved (rules 2, 3, 5). `existing` is the flow's
+/// entry, in `table`. A NAT service's is handed to `steer_nat_new`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn steer_new<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
     svc_id: u32,
     svc: &Service,
     existing: Option<*mut Flow>,
+    table: u32,
     len: u64,
     now: u64,
 ) -> Result<Verdict, Stop> {
-    match select::choose_new(svc_id, svc, pkt)? {
-        Some((be_id, be)) => {
-            match existing {
-                Some(f) => {
-                    // The entry's old flow is over (redispatched, idle, or a new connection
-                    // on its 5-tuple): count its end unless it was counted already, so that
-                    // new minus ended stays each backend's open flows.
-                    // SAFETY: pointer from the map lookup, valid for this run.
-                    let old = unsafe { *f };
-                    if old.flags & flow_flags::ENDED == 0 {
-                        stats::count_ended(
-                            svc_id,
-                            select::flow_backend(old.backend, old.gen).map(|b| b.0),
-                        );
-                    }
-                    flow::repin_flow(f, pkt, be_id, be.gen, now)
-                }
-                None => flow::insert_flow(pkt, be_id, be.gen, now),
-            }
-            stats::count_new_flow(svc_id, be_id);
-            if pkt.ends_flow() {
-                // A flow whose first packet is its FIN or RST begins and ends here.
-                stats::count_ended(svc_id, Some(be_id));
-            }
-            stats::count_backend(be_id, len);
-            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
-        }
-        None if pkt.is_syn() && svc.flags & svc_flags::NO_BACKEND_DROP == 0 => {
-            let verdict =
-                rst::reply_rst(ctx, pkt).map_err(|_| Stop::Drop(outcome::DROP_NO_BACKEND))?;
-            stats::count_rst(svc_id, None);
-            Ok((verdict, outcome::TX_RST))
-        }
-        None => Err(Stop::Drop(outcome::DROP_NO_BACKEND)),
+    if NAT {
+        chain::new_flow(ctx, table, BACKEND_NONE, len);
+        return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
     }
+    match select::choose_new::<false>(svc_id, svc, pkt)? {
+        Some(b) => steer_to::<false>(ctx, pkt, svc_id, svc, existing, b, len, now),
+        None => no_backend(ctx, pkt, svc_id, svc),
+    }
+}
+
+/// A new flow that no backend can take (rule 3): a SYN is answered with a RST unless the
+/// service says drop.
+#[inline(always)]
+fn no_backend(ctx: &XdpContext, pkt: &Packet, svc_id: u32, svc: &Service) -> Result<Verdict, Stop> {
+    if pkt.is_syn() && svc.flags & svc_flags::NO_BACKEND_DROP == 0 {
+        let verdict =
+            rst::reply_rst(ctx, pkt).map_err(|_| Stop::Drop(outcome::DROP_NO_BACKEND))?;
+        stats::count_rst(svc_id, None);
+        return Ok((verdict, outcome::TX_RST));
+    }
+    Err(Stop::Drop(outcome::DROP_NO_BACKEND))
+}
+
+/// Pins a flow (new, or moved: `existing`) to backend `be_id` and sends the packet there. A
+/// NAT flow first gets its source (an exhausted pool answers a SYN with a RST).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn steer_to<const NAT: bool>(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    svc: &Service,
+    existing: Option<*mut Flow>,
+    (be_id, be): (u32, &Backend),
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    let nat = if NAT && svc.mode == MODE_NAT {
+        match nat::allocate(pkt, svc_id, svc, be_id, be, now) {
+            Some(n) => n,
+            None => {
+                stats::count_event(event::NAT_EXHAUSTED);
+                stats::count_nat_exhausted(svc_id, be_id);
+                if !pkt.is_syn() {
+                    return Err(Stop::Drop(outcome::DROP_NAT_EXHAUSTED));
+                }
+                let verdict = rst::reply_rst(ctx, pkt)
+                    .map_err(|_| Stop::Drop(outcome::DROP_NAT_EXHAUSTED))?;
+                stats::count_rst(svc_id, None);
+                return Ok((verdict, outcome::TX_RST));
+            }
+        }
+    } else {
+        Nat::NONE
+    };
+    match existing {
+        Some(f) => {
+            // The entry's old flow is over (redispatched, idle, or a new connection on its
+            // 5-tuple): count its end unless it was counted already, so that new minus ended
+            // stays each backend's open flows; a NAT flow's old source is freed.
+            // SAFETY: pointer from the map lookup, valid for this run.
+            let old = unsafe { *f };
+            if old.flags & flow_flags::ENDED == 0 {
+                stats::count_ended(
+                    svc_id,
+                    select::flow_backend(old.backend, old.gen).map(|b| b.0),
+                );
+            }
+            if NAT {
+                nat::release(pkt, svc_id, &old);
+            }
+            flow::repin_flow(f, pkt, be_id, be.gen, nat, now)
+        }
+        None => flow::insert_flow(pkt, be_id, be.gen, nat, now),
+    }
+    stats::count_new_flow(svc_id, be_id);
+    if pkt.ends_flow() {
+        // A flow whose first packet is its FIN or RST begins and ends here.
+        stats::count_ended(svc_id, Some(be_id));
+    }
+    stats::count_backend(be_id, len);
+    if NAT && nat.is_nat() {
+        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now);
+    }
+    forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
 }
 
 #[cfg(not(test))]

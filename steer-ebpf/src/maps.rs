@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    maglev_chunks, nat_capacity, transient_capacity, Backend, Counters, Flow, FlowKey, Globals,
+    maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey, Globals, Handoff,
     NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK,
     MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
 };
@@ -79,3 +79,13 @@ pub static NEIGH: Array<NeighWant> = Array::with_max_entries(NEIGH_SLOTS, BPF_F_
 /// Host-wide settings (one element). Written by steer-ctl.
 #[map(name = "STEER_CFG_V1")]
 pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// The programs the entry program hands packets to, by `steer_common::prog` index. Written by
+/// steer-ctl when it loads the programs.
+#[map(name = "STEER_PROGS_V1")]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(prog::SLOTS, 0);
+
+/// What a program tells the next one it tail-calls (per CPU: a packet is processed on one).
+/// Written and read by the datapath only.
+#[map(name = "STEER_HAND_V1")]
+pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);

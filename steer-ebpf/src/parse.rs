@@ -14,6 +14,8 @@ use steer_common::{
 use crate::Stop;
 
 pub const ETH_LEN: usize = 14;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 /// EtherTypes as they read from the wire into a native (little-endian) u16.
 const ETH_P_IP_NE: u16 = u16::from_ne_bytes([0x08, 0x00]);
 const ETH_P_IPV6_NE: u16 = u16::from_ne_bytes([0x86, 0xdd]);
@@ -46,6 +48,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Offset of the IP header: the Ethernet header and its VLAN tags come before it.
     pub l3_off: usize,
+    /// Offset of the TCP or UDP header (after IPv4 options or IPv6 extension headers).
+    pub l4_off: usize,
     /// TCP sequence and acknowledgment numbers (host order), to answer with a RST.
     pub seq: u32,
     pub ack_seq: u32,
@@ -69,6 +73,18 @@ impl Packet {
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.key.proto == PROTO_TCP
+    }
+
+    /// A TCP SYN with ACK: a server's answer to a connection attempt.
+    #[inline(always)]
+    pub fn is_syn_ack(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
+    }
+
+    /// A TCP RST.
+    #[inline(always)]
+    pub fn is_rst(&self) -> bool {
+        self.tcp_flags & TCP_RST != 0
     }
 }
 
@@ -280,6 +296,7 @@ fn parse_l4(ctx: &XdpContext, l3: &L3) -> Result<Packet, Stop> {
         },
         tcp_flags: 0,
         l3_off: l3.off,
+        l4_off: l3.l4_off,
         seq: 0,
         ack_seq: 0,
         payload_len: 0,

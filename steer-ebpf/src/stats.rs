@@ -79,3 +79,22 @@ pub fn count_rst(svc: u32, be: Option<u32>) {
         with(true, be, |c| c.rst_sent += 1);
     }
 }
+
+/// NAT: an attempt backend `be` refused.
+#[inline(always)]
+pub fn count_backend_refused(be: u32) {
+    with(true, be, |c| c.refused += 1);
+}
+
+/// NAT: an attempt backend `be` left unanswered.
+#[inline(always)]
+pub fn count_backend_syn_timeout(be: u32) {
+    with(true, be, |c| c.syn_timeouts += 1);
+}
+
+/// NAT: a new flow of service `svc` (chosen for backend `be`) found no free source port.
+#[inline(always)]
+pub fn count_nat_exhausted(svc: u32, be: u32) {
+    with(false, svc, |c| c.nat_exhausted += 1);
+    with(true, be, |c| c.nat_exhausted += 1);
+}

@@ -287,6 +287,56 @@ fn pinned_maps_of_another_size_are_refused_with_what_to_do() {
 }
 
 #[test]
+fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
+    if !steer_tests::privileged("pins_of_an_earlier_layout_are_replaced_not_fatal") {
+        return;
+    }
+    let topo = lab(2);
+    let mut d = started(&topo, &web_config(&topo, &[0, 1], None));
+    wait_up(&d, &["b0", "b1"]);
+    d.kill9();
+    // The pin directory as the version before the V2 layouts left it: the maps whose layout
+    // changed under their V1 names, none of the NAT maps, the link still running.
+    for (now, before) in [
+        ("STEER_SVC_V2", "STEER_SVC_V1"),
+        ("STEER_BE_V2", "STEER_BE_V1"),
+        ("STEER_FLOWS_V2", "STEER_FLOWS_V1"),
+        ("STEER_TRANS_V2", "STEER_TRANS_V1"),
+        ("STEER_GSTAT_V2", "STEER_GSTAT_V1"),
+    ] {
+        std::fs::rename(d.pin_dir.join(now), d.pin_dir.join(before)).unwrap();
+    }
+    for gone in [
+        "STEER_NAT_V1",
+        "STEER_POOL_V1",
+        "STEER_OBS_V1",
+        "STEER_NEIGH_V1",
+        "STEER_CFG_V1",
+    ] {
+        std::fs::remove_file(d.pin_dir.join(gone)).unwrap();
+    }
+    assert_eq!(
+        requests(&topo, 20).len(),
+        2,
+        "the earlier datapath serves meanwhile"
+    );
+    d.start();
+    wait_up(&d, &["b0", "b1"]);
+    let log = d.log();
+    assert!(
+        log.contains("maps of an earlier layout are pinned here"),
+        "{log}"
+    );
+    for before in steer_common::map::RETIRED {
+        assert!(!d.pin_dir.join(before).exists(), "{before} is still pinned");
+    }
+    for now in steer_common::map::ALL {
+        assert!(d.pin_dir.join(now).exists(), "{now} is not pinned");
+    }
+    assert_eq!(requests(&topo, 20).len(), 2, "the new datapath serves");
+}
+
+#[test]
 fn a_restarted_daemon_does_not_put_a_dead_backend_back() {
     if !steer_tests::privileged("a_restarted_daemon_does_not_put_a_dead_backend_back") {
         return;

@@ -29,6 +29,8 @@ pub struct CheckState {
     pub runs: u64,
     /// Failed checks since the daemon started.
     pub failures: u64,
+    /// Why passive health marked the backend down, until checks bring it back.
+    pub passive: Option<String>,
 }
 
 static LOCAL_ERRORS: Throttle = Throttle::new(Duration::from_secs(60));
@@ -66,6 +68,7 @@ impl Supervisor {
             .collect();
         let cfg = c.cfg.clone();
         let mut paused_map = BTreeMap::new();
+        let mut forced_map = BTreeMap::new();
         let mut states = BTreeMap::new();
         for (s, b) in cfg.backends() {
             let name = b.name.get_ref().clone();
@@ -78,19 +81,24 @@ impl Supervisor {
             };
             let paused = Arc::new(AtomicBool::new(info.admin == AdminState::Maint));
             paused_map.insert(name.clone(), paused.clone());
-            let addr = SocketAddr::new(info.addr, check.port.unwrap_or(s.port));
+            let forced = Arc::new(checks::Forced::default());
+            forced_map.insert(name.clone(), forced.clone());
+            // The server's own port (NAT may reach it on another port than the VIP's).
+            let addr = SocketAddr::new(info.addr, check.port.unwrap_or(info.port));
             self.tasks.spawn(checks::run(
                 name,
                 check,
                 addr,
                 info.health,
                 paused,
+                forced,
                 self.tx.clone(),
                 self.epoch,
             ));
         }
         c.checks = states;
         c.paused = paused_map;
+        c.forced = forced_map;
     }
 
     pub fn stop(&mut self) {
@@ -151,6 +159,16 @@ fn apply_report(c: &mut super::Core, r: Report) {
     else {
         return;
     };
+    if health == Health::Up {
+        // The failures passive health counted are about the server before: forgotten before
+        // it is eligible again, or the datapath would keep it out (it stops at the limit).
+        if let Err(e) = c.bal.reset_observed(&r.backend) {
+            error!(backend = %r.backend, error = %e, "cannot reset passive health");
+        }
+        if let Some(st) = c.checks.get_mut(&r.backend) {
+            st.passive = None;
+        }
+    }
     match c.bal.set_health(&r.backend, health) {
         Ok(()) => {
             let line = |h: Health| h.as_str();
@@ -161,5 +179,66 @@ fn apply_report(c: &mut super::Core, r: Report) {
             }
         }
         Err(e) => error!(backend = %r.backend, error = %e, "cannot apply health"),
+    }
+}
+
+/// A NAT backend whose consecutive failed attempts reached its service's `error_limit`, as
+/// the datapath's passive-health map showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveDown {
+    pub backend: String,
+    pub id: u32,
+}
+
+/// Marks down at once the backends passive health found failing (one batch: one publish per
+/// service), through the same state as the checks: the balancer's health, the status reason,
+/// and each backend's check task, which then counts `rise` successes from down at
+/// `downinterval`. A report made stale by a change since (the backend removed, its id given
+/// to another, already down, its failures reset by checks) is dropped.
+pub fn apply_passive(core: &Shared, downs: Vec<PassiveDown>) {
+    let mut c = core.lock().expect("core lock");
+    let limits: BTreeMap<String, u16> = c
+        .bal
+        .service_infos()
+        .into_iter()
+        .filter_map(|s| {
+            let n = s.nat?;
+            n.observe.then_some((s.name, n.error_limit))
+        })
+        .collect();
+    c.bal.begin_batch();
+    for d in downs {
+        let Some(info) = c
+            .bal
+            .backend_infos()
+            .into_iter()
+            .find(|b| b.name == d.backend && b.id == d.id)
+        else {
+            continue;
+        };
+        let Some(&limit) = limits.get(&info.service) else {
+            continue;
+        };
+        let fails = c.bal.datapath().observed().fails(d.id);
+        if info.health == Health::Down || fails < limit as u64 {
+            continue;
+        }
+        let counters = c.bal.backend_counters(&d.backend).unwrap_or_default();
+        let reason = format!(
+            "passive: {fails} consecutive refused or unanswered attempts (error_limit {limit}; {} refused and {} unanswered in all)",
+            counters.refused, counters.syn_timeouts
+        );
+        if let Err(e) = c.bal.set_health(&d.backend, Health::Down) {
+            error!(backend = %d.backend, error = %e, "cannot apply passive health");
+            continue;
+        }
+        warn!(service = %info.service, backend = %d.backend, old = info.health.as_str(), new = "down", reason = %reason, "health changed");
+        c.checks.entry(d.backend.clone()).or_default().passive = Some(reason);
+        if let Some(f) = c.forced.get(&d.backend) {
+            f.mark_down();
+        }
+    }
+    if let Err(e) = c.bal.commit() {
+        error!(error = %e, "cannot publish passive health changes");
     }
 }

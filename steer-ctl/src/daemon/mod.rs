@@ -11,6 +11,7 @@
 
 mod control;
 mod health;
+mod nat;
 mod os;
 pub mod reconcile;
 mod status;
@@ -90,9 +91,13 @@ pub(crate) struct Core {
     checks: BTreeMap<String, health::CheckState>,
     /// Per backend: checks paused (admin `maint`).
     paused: BTreeMap<String, Arc<AtomicBool>>,
+    /// Per backend: marks from passive health to its check task.
+    forced: BTreeMap<String, Arc<crate::checks::Forced>>,
     /// The current generation of check tasks (see `health::Supervisor`).
     check_epoch: u64,
     reader: Arc<FlowReader>,
+    /// The poller of the datapath's NAT maps, told which backends to watch.
+    watcher: Arc<nat::Watcher>,
 }
 
 type Shared = Mutex<Core>;
@@ -102,10 +107,12 @@ type Shared = Mutex<Core>;
 pub(crate) enum Change {
     /// An operator's verb: the intent as it should be now (to be stored).
     Intent(Intent),
-    /// A reload: the new config, and the MACs of the backends it adds.
+    /// A reload: the new config, the MACs of the DSR backends it adds, and the LB's address
+    /// facing each NAT backend.
     Config {
-        cfg: Config,
+        cfg: Box<Config>,
         macs: BTreeMap<std::net::IpAddr, [u8; 6]>,
+        snat: BTreeMap<std::net::IpAddr, std::net::IpAddr>,
     },
     /// Intent stored by someone else (another host), to apply as it is.
     #[allow(dead_code)]
@@ -180,10 +187,12 @@ impl Core {
     /// stored, then the diff applied. Refused with nothing changed when it cannot apply whole
     /// or its intent cannot be stored. Returns what changed, then notes.
     fn apply_change(&mut self, change: Change) -> Result<Vec<String>, Refusal> {
-        let (cfg, intent, macs, from_store) = match change {
-            Change::Intent(i) => (None, i, BTreeMap::new(), false),
-            Change::Stored(i) => (None, i, BTreeMap::new(), true),
-            Change::Config { cfg, macs } => (Some(cfg), self.intent.clone(), macs, false),
+        let (cfg, intent, macs, snat, from_store) = match change {
+            Change::Intent(i) => (None, i, BTreeMap::new(), BTreeMap::new(), false),
+            Change::Stored(i) => (None, i, BTreeMap::new(), BTreeMap::new(), true),
+            Change::Config { cfg, macs, snat } => {
+                (Some(*cfg), self.intent.clone(), macs, snat, false)
+            }
         };
         let reloading = cfg.is_some();
         let cfg_ref = cfg.as_ref().unwrap_or(&self.cfg);
@@ -193,6 +202,7 @@ impl Core {
             cfg: cfg_ref,
             intent: &intent,
             macs: &macs,
+            snat: &snat,
             initial_health: &initial,
         };
         let checked = reconcile::check(&self.bal, &d).map_err(|e| {
@@ -222,6 +232,7 @@ impl Core {
             self.cfg = cfg;
         }
         self.intent = intent;
+        self.watcher.set(self.watched());
         for (name, p) in &self.paused {
             p.store(
                 self.intent.backend(name).admin == AdminState::Maint,
@@ -241,6 +252,32 @@ impl Core {
                 Err(Refusal::new(ErrorKind::Internal, e.to_string()))
             }
         }
+    }
+
+    /// The backends whose passive health the watcher reads: those of NAT services with
+    /// `observe` on.
+    fn watched(&self) -> Vec<nat::Watched> {
+        let limits: BTreeMap<String, u64> = self
+            .bal
+            .service_infos()
+            .into_iter()
+            .filter_map(|s| {
+                let n = s.nat?;
+                n.observe.then_some((s.name, n.error_limit as u64))
+            })
+            .collect();
+        self.bal
+            .backend_infos()
+            .into_iter()
+            .filter_map(|b| {
+                let limit = *limits.get(&b.service)?;
+                Some(nat::Watched {
+                    id: b.id,
+                    name: b.name,
+                    limit,
+                })
+            })
+            .collect()
     }
 
     /// The backends a name stands for: that backend, or every backend of that group.
@@ -447,6 +484,16 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
     })
     .await
     .unwrap_or_default();
+    // Routes may have changed since the start: every NAT backend's facing address and next
+    // hop are looked up again, and the host readied before the new services take traffic.
+    let nat_dsts = reconcile::nat_backends(&new);
+    let routes = tokio::task::spawn_blocking(move || os::facing_addresses(&nat_dsts))
+        .await
+        .unwrap_or_default();
+    for n in nat::prepare(&new, &routes) {
+        warn!("{n}");
+    }
+    let snat = routes.iter().map(|(d, (src, _))| (*d, *src)).collect();
     let mut c = daemon.core.lock().expect("core lock");
     let old = c.cfg.daemon.clone();
     let reloaded = Reloaded {
@@ -454,7 +501,11 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
         socket_group: (old.socket_group != new.daemon.socket_group)
             .then(|| new.daemon.socket_group.clone()),
     };
-    match c.apply_change(Change::Config { cfg: new, macs }) {
+    match c.apply_change(Change::Config {
+        cfg: Box::new(new),
+        macs,
+        snat,
+    }) {
         Ok(changes) => {
             info!(config = %path.display(), changes = changes.len(), "config reloaded");
             (
@@ -522,9 +573,20 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
     os::ensure_bpffs(&d.pin_dir)?;
     let lock = os::lock_instance(&d.pin_dir)?;
     let had_pins = datapath::has_pins(&d.pin_dir);
+    let retired = datapath::retired_pins(&d.pin_dir);
+    if !retired.is_empty() {
+        warn!(
+            dir = %d.pin_dir.display(),
+            maps = ?retired,
+            "maps of an earlier layout are pinned here (a daemon of an earlier version ran): this version cannot read them, so the connections they track are lost; the program using them is replaced and their pins removed"
+        );
+    }
     let undo = |lock: &os::InstanceLock| {
-        if !had_pins {
+        if !had_pins && retired.is_empty() {
             let _ = datapath::unpin_all(&lock.dir);
+        } else if !had_pins {
+            // An earlier version's datapath runs here: its link and maps stay as they are.
+            let _ = datapath::unpin_maps(&lock.dir);
         } else if lock.created {
             let _ = std::fs::remove_dir(&lock.dir);
         }
@@ -582,6 +644,14 @@ async fn start_locked(
     })
     .await
     .unwrap_or_default();
+    // NAT backends: the LB's address facing each (`ip route get`), next hops resolved ahead
+    // of the first packet, forwarding on where the FIB lookup needs it.
+    let nat_dsts = reconcile::nat_backends(&cfg);
+    let routes = tokio::task::spawn_blocking(move || os::facing_addresses(&nat_dsts))
+        .await
+        .unwrap_or_default();
+    let snat: BTreeMap<std::net::IpAddr, std::net::IpAddr> =
+        routes.iter().map(|(d, (src, _))| (*d, *src)).collect();
 
     let dp = Datapath::load(&opts)?;
     let adopted = if had_pins {
@@ -611,6 +681,7 @@ async fn start_locked(
         cfg: &cfg,
         intent: &intent,
         macs: &macs,
+        snat: &snat,
         initial_health: &initial,
     };
     let checked = reconcile::check(&bal, &desired).map_err(|e| match e {
@@ -628,6 +699,9 @@ async fn start_locked(
         intent: &intent,
         ..desired
     };
+    for n in nat::prepare(&cfg, &routes) {
+        warn!("{n}");
+    }
     reconcile::apply(&mut bal, &desired).map_err(|e| DaemonError::Apply(e.to_string()))?;
     bal.clear_reservations();
     bal.clear_unused()?;
@@ -644,6 +718,14 @@ async fn start_locked(
             }
         }
     }
+    // The program that used the retired maps has been replaced on every interface.
+    match datapath::remove_retired(&d.pin_dir) {
+        Ok(gone) if !gone.is_empty() => {
+            warn!(maps = ?gone, "pins of an earlier layout removed")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot remove the pins of an earlier layout"),
+    }
     let mut store: Box<dyn IntentStore> = Box::new(store);
     store.put(&intent)?;
     let listener = control::bind(&d.socket, d.socket_group.as_deref())?;
@@ -655,17 +737,22 @@ async fn start_locked(
         "steer daemon ready"
     );
     let capacity = bal.datapath().flow_capacity();
+    let watcher = nat::Watcher::new(bal.datapath().observed(), bal.datapath().neigh_wants());
+    let core = Core {
+        cfg,
+        intent,
+        store,
+        bal,
+        checks: BTreeMap::new(),
+        paused: BTreeMap::new(),
+        forced: BTreeMap::new(),
+        check_epoch: 0,
+        reader,
+        watcher,
+    };
+    core.watcher.set(core.watched());
     let daemon = Arc::new(Daemon {
-        core: Mutex::new(Core {
-            cfg,
-            intent,
-            store,
-            bal,
-            checks: BTreeMap::new(),
-            paused: BTreeMap::new(),
-            check_epoch: 0,
-            reader,
-        }),
+        core: Mutex::new(core),
         counts: status::FlowCounts::new(capacity),
     });
     Ok((daemon, listener))
@@ -698,6 +785,11 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
     let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel::<control::Deferred>();
     let mut checks = health::Supervisor::new(report_tx);
     checks.restart(&daemon.core).await;
+    let (passive_tx, mut passive_rx) = mpsc::unbounded_channel::<health::PassiveDown>();
+    {
+        let watcher = daemon.core.lock().expect("core lock").watcher.clone();
+        tasks.spawn(watcher.run(passive_tx));
+    }
     {
         let reader = daemon.core.lock().expect("core lock").reader.clone();
         let dd = daemon.clone();
@@ -743,6 +835,15 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
                 }
                 let d = daemon.clone();
                 let _ = tokio::task::spawn_blocking(move || health::apply_reports(&d.core, batch)).await;
+                continue;
+            }
+            Some(p) = passive_rx.recv() => {
+                let mut batch = vec![p];
+                while let Ok(more) = passive_rx.try_recv() {
+                    batch.push(more);
+                }
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || health::apply_passive(&d.core, batch)).await;
                 continue;
             }
             Some(req) = deferred_rx.recv() => match req.req {

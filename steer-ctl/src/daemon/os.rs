@@ -335,6 +335,286 @@ pub fn resolve_macs(
     }
 }
 
+// Routes and addresses through rtnetlink (linux/rtnetlink.h, linux/if_addr.h).
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+
+/// Sends one rtnetlink request and calls `f(type, message)` on every answer (a message is the
+/// whole netlink message, its header included) until the answer ends: `NLMSG_DONE` for a
+/// dump, the first message otherwise.
+fn netlink_talk(req: &[u8], dump: bool, mut f: impl FnMut(u16, &[u8])) -> std::io::Result<()> {
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sending a buffer we own.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
+            if len < 16 || len > msgs.len() {
+                return Ok(());
+            }
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR if len >= 20 => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
+                    return if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::from_raw_os_error(-errno))
+                    };
+                }
+                _ => f(kind, &msgs[..len]),
+            }
+            if !dump {
+                return Ok(());
+            }
+            msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+        }
+    }
+}
+
+/// The attributes after a fixed header of `fixed` bytes: (type, value).
+fn rtattrs(msg: &[u8], fixed: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut attrs = msg.get(16 + fixed..).unwrap_or_default();
+    while attrs.len() >= 4 {
+        let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let akind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if alen < 4 || alen > attrs.len() {
+            break;
+        }
+        out.push((akind, &attrs[4..alen]));
+        attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+    }
+    out
+}
+
+fn ip_of(v: &[u8]) -> Option<IpAddr> {
+    match v.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(v).expect("4"))),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(v).expect("16"))),
+        _ => None,
+    }
+}
+
+/// How this host reaches an address, as `ip route get ADDR` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The route's preferred source (RTA_PREFSRC), if it names one.
+    pub prefsrc: Option<IpAddr>,
+    /// The output interface.
+    pub oif: u32,
+    /// The gateway, when the address is not on a link of this host.
+    pub gateway: Option<IpAddr>,
+}
+
+impl Route {
+    /// The neighbour the kernel must know to send to `dst` this way.
+    pub fn next_hop(&self, dst: IpAddr) -> IpAddr {
+        self.gateway.unwrap_or(dst)
+    }
+}
+
+/// The kernel's route to `dst` (RTM_GETROUTE, what `ip route get` asks).
+pub fn route_get(dst: IpAddr) -> std::io::Result<Route> {
+    let (family, bytes): (u8, Vec<u8>) = match dst {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // nlmsghdr (16) + rtmsg (12) + RTA_DST.
+    let len = 16 + 12 + 4 + bytes.len();
+    let mut req = vec![0u8; len];
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = family;
+    req[17] = (bytes.len() * 8) as u8; // rtm_dst_len
+    req[28..30].copy_from_slice(&((4 + bytes.len()) as u16).to_ne_bytes());
+    req[30..32].copy_from_slice(&RTA_DST.to_ne_bytes());
+    req[32..].copy_from_slice(&bytes);
+    let mut route = None;
+    netlink_talk(&req, false, |kind, msg| {
+        if kind != RTM_NEWROUTE {
+            return;
+        }
+        let mut r = Route {
+            prefsrc: None,
+            oif: 0,
+            gateway: None,
+        };
+        for (k, v) in rtattrs(msg, 12) {
+            match k {
+                RTA_PREFSRC => r.prefsrc = ip_of(v),
+                RTA_GATEWAY => r.gateway = ip_of(v),
+                RTA_OIF if v.len() == 4 => {
+                    r.oif = u32::from_ne_bytes(v.try_into().expect("4 bytes"))
+                }
+                _ => {}
+            }
+        }
+        route = Some(r);
+    })?;
+    route.ok_or_else(|| std::io::Error::other("no answer to RTM_GETROUTE"))
+}
+
+/// The first address of interface `ifindex` in `v4`'s family and of global scope.
+pub fn first_address(ifindex: u32, v4: bool) -> std::io::Result<Option<IpAddr>> {
+    // nlmsghdr (16) + ifaddrmsg (8): a dump of one family.
+    let mut req = [0u8; 24];
+    req[0..4].copy_from_slice(&24u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = if v4 { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    let mut found = None;
+    netlink_talk(&req, true, |kind, msg| {
+        if kind != RTM_NEWADDR || msg.len() < 24 || found.is_some() {
+            return;
+        }
+        let scope = msg[19];
+        let index = u32::from_ne_bytes(msg[20..24].try_into().expect("4 bytes"));
+        if index != ifindex || scope != RT_SCOPE_UNIVERSE {
+            return;
+        }
+        let attrs = rtattrs(msg, 8);
+        let get = |want| {
+            attrs
+                .iter()
+                .find(|(k, _)| *k == want)
+                .and_then(|(_, v)| ip_of(v))
+        };
+        found = get(IFA_LOCAL).or_else(|| get(IFA_ADDRESS));
+    })?;
+    Ok(found.filter(|a| a.is_ipv4() == v4))
+}
+
+/// The LB's own address facing `dst`, as `ip route get` finds it: the route's preferred
+/// source, else the first global address of its output interface. With the route.
+pub fn facing_address(dst: IpAddr) -> std::io::Result<(IpAddr, Route)> {
+    let r = route_get(dst)?;
+    let src = match r.prefsrc {
+        Some(a) => Some(a),
+        None => first_address(r.oif, dst.is_ipv4())?,
+    };
+    src.map(|a| (a, r)).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "the route to {dst} names no source and its interface (index {}) has no address",
+            r.oif
+        ))
+    })
+}
+
+/// The facing address of every address of `dsts` that has a route (the others are absent,
+/// with why in the log), and the route itself.
+pub fn facing_addresses(dsts: &[IpAddr]) -> BTreeMap<IpAddr, (IpAddr, Route)> {
+    let mut out = BTreeMap::new();
+    for d in dsts {
+        match facing_address(*d) {
+            Ok(x) => {
+                out.insert(*d, x);
+            }
+            Err(e) => tracing::warn!(address = %d, error = %e, "no route from this host"),
+        }
+    }
+    out
+}
+
+/// Makes the kernel resolve neighbour `addr` on interface `ifindex` (ARP or neighbour
+/// solicitation): one byte to its discard port from a socket bound to that interface. The
+/// kernel queues the datagram while it resolves and sends it when it has the MAC.
+pub fn probe_neighbour(addr: IpAddr, ifindex: u32) -> std::io::Result<()> {
+    let (domain, level, opt) = if addr.is_ipv4() {
+        (libc::AF_INET, libc::IPPROTO_IP, libc::IP_UNICAST_IF)
+    } else {
+        (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_IF)
+    };
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if ifindex != 0 {
+        // Both options take the index in network order (the kernel `ntohl`s it; seen: a
+        // host-order index fails with EADDRNOTAVAIL).
+        let v: u32 = ifindex.to_be();
+        // SAFETY: a u32 option value of the right size.
+        let r =
+            unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, (&v as *const u32).cast(), 4) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let sock = std::net::UdpSocket::from(fd);
+    let to = match addr {
+        IpAddr::V4(a) => SocketAddr::from((a, 9)),
+        // A link-local next hop needs its interface as the scope.
+        IpAddr::V6(a) => SocketAddr::V6(std::net::SocketAddrV6::new(a, 9, 0, ifindex)),
+    };
+    sock.send_to(&[0], to).map(|_| ())
+}
+
+/// Sets `net.ipv4.conf.IFACE.forwarding` (or the IPv6 one) to 1. Returns whether it was off.
+pub fn enable_forwarding(iface: &str, v6: bool) -> std::io::Result<bool> {
+    let path = format!(
+        "/proc/sys/net/{}/conf/{iface}/forwarding",
+        if v6 { "ipv6" } else { "ipv4" }
+    );
+    let cur = std::fs::read_to_string(&path)?;
+    if cur.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(&path, "1")?;
+    Ok(true)
+}
+
+/// A sysctl's value under /proc/sys (`path` with '/'), trimmed.
+pub fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), if it can be read.
+pub fn local_port_range() -> Option<(u16, u16)> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse().ok());
+    Some((it.next()??, it.next()??))
+}
+
 /// Logs a repeated message at most once per `every` per key, saying how many were held back.
 pub struct Throttle {
     every: Duration,
@@ -383,6 +663,20 @@ mod tests {
         assert_eq!(t.allow("a"), None);
         assert_eq!(t.allow("a"), None);
         assert_eq!(t.allow("b"), Some(0));
+    }
+
+    #[test]
+    fn the_route_to_loopback_comes_from_loopback() {
+        // `ip route get 127.0.0.1`: a local route out of `lo`, source 127.0.0.1.
+        let (src, r) = facing_address("127.0.0.1".parse().unwrap()).expect("RTM_GETROUTE");
+        assert_eq!(src, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.gateway, None);
+        assert_ne!(r.oif, 0);
+        assert_eq!(
+            first_address(r.oif, true).unwrap(),
+            None,
+            "lo's 127.0.0.1 is host scope"
+        );
     }
 
     #[test]

@@ -16,10 +16,10 @@ use std::{
 use steer_common::{svc_flags, MAX_BACKENDS};
 
 use crate::{
-    balancer::{addr_bytes, BackendSpec, Balancer, ServiceSpec},
-    config::{BackendCfg, Config, ServiceCfg},
+    balancer::{addr_bytes, stable_pool, BackendSpec, Balancer, NatSpec, ServiceSpec},
+    config::{BackendCfg, Config, DaemonCfg, ServiceCfg},
     datapath::Datapath,
-    model::{AdminState, Health},
+    model::{AdminState, Health, Mode},
     store::Intent,
 };
 
@@ -36,13 +36,28 @@ pub enum ApplyError {
 pub struct Desired<'a> {
     pub cfg: &'a Config,
     pub intent: &'a Intent,
-    /// MACs resolved from the neighbour table, by backend address.
+    /// MACs resolved from the neighbour table, by backend address (DSR backends).
     pub macs: &'a BTreeMap<IpAddr, [u8; 6]>,
+    /// The LB's own address facing each NAT backend (`ip route get`'s source), by backend
+    /// address. A backend kept across a change and absent here keeps the one it has.
+    pub snat: &'a BTreeMap<IpAddr, IpAddr>,
     /// Health to give a backend that is added now (adopted, or unknown until checked).
     pub initial_health: &'a dyn Fn(&str) -> Health,
 }
 
-pub fn service_spec(s: &ServiceCfg) -> ServiceSpec {
+pub fn service_spec(s: &ServiceCfg, daemon: &DaemonCfg) -> ServiceSpec {
+    let nat = match s.nat(daemon) {
+        Some(n) => NatSpec {
+            pool: n.pool,
+            port_lo: n.ports.0,
+            port_hi: n.ports.1,
+            observe: n.observe,
+            error_limit: n.error_limit.min(u16::MAX as u32) as u16,
+            syn_timeout_ms: n.syn_timeout.as_millis().min(u32::MAX as u128) as u32,
+            recover: n.recover,
+        },
+        None => NatSpec::default(),
+    };
     ServiceSpec {
         name: s.name.get_ref().clone(),
         vip: *s.vip.get_ref(),
@@ -51,6 +66,8 @@ pub fn service_spec(s: &ServiceCfg) -> ServiceSpec {
         maglev_size: *s.maglev_size.get_ref(),
         idle_timeout_s: s.idle_timeout.0.as_secs().max(1) as u32,
         no_backend: s.no_backend(),
+        mode: s.mode(),
+        nat,
     }
 }
 
@@ -62,11 +79,13 @@ pub fn is_checked(s: &ServiceCfg, b: &BackendCfg) -> bool {
 /// Addresses of backends whose MAC must come from the neighbour table: no MAC in the config,
 /// and not already known to `bal` (if any) at the same address.
 pub fn macs_needed(bal: Option<&Balancer>, cfg: &Config) -> Vec<IpAddr> {
+    // A NAT backend has no MAC to keep (it may be turning into a DSR one).
     let known = |name: &str, addr: IpAddr| {
         bal.and_then(|bal| bal.backend_spec(name))
-            .is_some_and(|k| k.addr == addr)
+            .is_some_and(|k| k.addr == addr && k.mac != [0; 6])
     };
     cfg.backends()
+        .filter(|(s, _)| s.mode() == Mode::Dsr)
         .map(|(_, b)| (b, *b.address.get_ref()))
         .filter(|(b, addr)| b.mac.is_none() && !known(b.name.get_ref(), *addr))
         .map(|(_, addr)| addr)
@@ -75,8 +94,21 @@ pub fn macs_needed(bal: Option<&Balancer>, cfg: &Config) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Addresses of the NAT backends, whose facing LB address (and next hop) is looked up at
+/// every start and reload: routes change.
+pub fn nat_backends(cfg: &Config) -> Vec<IpAddr> {
+    cfg.backends()
+        .filter(|(s, _)| s.mode() == Mode::Nat)
+        .map(|(_, b)| *b.address.get_ref())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Whether `b` is the same service as `a` for the datapath: the same address, port and
+/// protocol, and the same forwarding mode (a flow cannot change how it is forwarded).
 fn same_key(a: &ServiceSpec, b: &ServiceSpec) -> bool {
-    a.vip == b.vip && a.port == b.port && a.proto == b.proto
+    a.vip == b.vip && a.port == b.port && a.proto == b.proto && a.mode == b.mode
 }
 
 /// What `check` found: the intent corrected where it names what no longer exists, and notes
@@ -107,23 +139,31 @@ pub fn check(bal: &Balancer, d: &Desired) -> Result<Checked, ApplyError> {
         .collect();
     let mut added = 0usize;
     for s in &cfg.services {
-        let spec = service_spec(s);
+        let spec = service_spec(s, &cfg.daemon);
         let svc_kept = bal
             .service_spec(&spec.name)
             .is_some_and(|o| same_key(o, &spec));
+        let nat = spec.mode == Mode::Nat;
         for b in &s.backends {
             let name = b.name.get_ref();
             let addr = *b.address.get_ref();
             let kept = svc_kept
-                && current
-                    .get(name)
-                    .is_some_and(|c| c.addr == addr && c.service == spec.name);
+                && current.get(name).is_some_and(|c| {
+                    c.addr == addr && c.service == spec.name && c.port == s.port_of(b)
+                });
             if !kept {
                 added += 1;
             }
-            if b.mac.is_none() && !kept && !d.macs.contains_key(&addr) {
+            if !nat && b.mac.is_none() && !kept && !d.macs.contains_key(&addr) {
                 errors.push(format!(
                     "backend {name}: no MAC address in the config, and {addr} does not answer ARP or neighbour solicitation (is it up, on this host's L2 segment?)"
+                ));
+            }
+            let had_snat = kept && current.get(name).is_some_and(|c| c.snat.is_some());
+            if nat && spec.nat.pool.is_empty() && !had_snat && !d.snat.contains_key(&addr) {
+                errors.push(format!(
+                    "backend {name}: this host has no route to {addr}, so NAT has no address of its own to send its flows from (add a route, or give service {} an snat pool)",
+                    spec.name
                 ));
             }
         }
@@ -191,15 +231,21 @@ fn apply_batched(
     let wanted: BTreeMap<&String, &ServiceCfg> =
         cfg.services.iter().map(|s| (s.name.get_ref(), s)).collect();
 
-    // Services gone, or moved to another address (another service: its flows end).
+    // Services gone, or moved to another address or mode (another service: its flows end).
     for old in bal.service_infos() {
-        let keep = wanted.get(&old.name).is_some_and(|s| {
-            bal.service_spec(&old.name)
-                .is_some_and(|o| same_key(o, &service_spec(s)))
-        });
+        let new = wanted.get(&old.name).map(|s| service_spec(s, &cfg.daemon));
+        let keep = new
+            .as_ref()
+            .is_some_and(|n| bal.service_spec(&old.name).is_some_and(|o| same_key(o, n)));
         if !keep {
             bal.remove_service(&old.name)?;
-            changes.push(format!("service {}: removed", old.name));
+            match new {
+                Some(n) if n.mode != old.mode => changes.push(format!(
+                    "service {}: mode {} → {}: replaced (its flows end: a connection cannot change how it is forwarded)",
+                    old.name, old.mode, n.mode
+                )),
+                _ => changes.push(format!("service {}: removed", old.name)),
+            }
         }
     }
     // Backends gone, readdressed or moved to another service (another server: flows end).
@@ -210,7 +256,9 @@ fn apply_batched(
         .collect();
     for old in bal.backend_infos() {
         let keep = backend_cfg.get(&old.name).is_some_and(|(s, b)| {
-            s.name.get_ref() == &old.service && *b.address.get_ref() == old.addr
+            s.name.get_ref() == &old.service
+                && *b.address.get_ref() == old.addr
+                && s.port_of(b) == old.port
         });
         if !keep {
             bal.remove_backend(&old.name)?;
@@ -218,8 +266,13 @@ fn apply_batched(
         }
     }
     for s in &cfg.services {
-        let spec = service_spec(s);
+        let mut spec = service_spec(s, &cfg.daemon);
+        let nat = spec.mode == Mode::Nat;
         let name = spec.name.clone();
+        if let Some(o) = bal.service_spec(&name) {
+            // Pool addresses keep their places (flows record an index into the pool).
+            spec.nat.pool = stable_pool(&o.nat.pool, &spec.nat.pool);
+        }
         match bal.service_spec(&name) {
             Some(o) if *o == spec => {}
             Some(_) => {
@@ -243,6 +296,11 @@ fn apply_batched(
                         weight,
                         role: b.role(),
                         group: b.group.clone(),
+                        snat: if nat {
+                            d.snat.get(&addr).copied().or(cur.snat)
+                        } else {
+                            None
+                        },
                         ..cur.clone()
                     };
                     if spec.mac != cur.mac
@@ -252,15 +310,26 @@ fn apply_batched(
                     {
                         changes.push(format!("backend {bname}: updated in place"));
                     }
+                    if let (Some(old), Some(new)) = (cur.snat, spec.snat) {
+                        if old != new {
+                            changes.push(format!(
+                                "backend {bname}: this host's address facing it is now {new} (was {old}): new flows leave from it"
+                            ));
+                        }
+                    }
                     bal.update_backend_spec(spec)?;
                     bal.set_admin(bname, intent.admin)?;
                 }
                 None => {
-                    let mac = b
-                        .mac
-                        .map(|m| m.0)
-                        .or_else(|| d.macs.get(&addr).copied())
-                        .expect("checked: every new backend has a MAC");
+                    // NAT backends need none: the datapath asks the kernel's FIB.
+                    let mac = if nat {
+                        [0; 6]
+                    } else {
+                        b.mac
+                            .map(|m| m.0)
+                            .or_else(|| d.macs.get(&addr).copied())
+                            .expect("checked: every new backend has a MAC")
+                    };
                     let health = if is_checked(s, b) {
                         (d.initial_health)(bname)
                     } else {
@@ -277,6 +346,12 @@ fn apply_batched(
                             group: b.group.clone(),
                             admin: intent.admin,
                             health,
+                            port: Some(s.port_of(b)),
+                            snat: if nat {
+                                d.snat.get(&addr).copied()
+                            } else {
+                                None
+                            },
                         },
                     )?;
                     changes.push(format!("backend {bname}: added ({health})"));
@@ -314,13 +389,15 @@ pub fn adopt(dp: &Datapath, cfg: &Config) -> Result<Adopted, crate::datapath::Da
         ..Default::default()
     };
     for s in &cfg.services {
-        let spec = service_spec(s);
+        let spec = service_spec(s, &cfg.daemon);
         let (addr, family) = addr_bytes(spec.vip);
-        let Some((_, v)) = services.iter().find(|(k, _)| {
+        // A pinned service of another mode is another service: its flows cannot follow.
+        let Some((_, v)) = services.iter().find(|(k, v)| {
             k.addr == addr
                 && k.family == family
                 && k.port_be == spec.port.to_be()
                 && k.proto == spec.proto.number()
+                && v.mode == spec.mode.code()
         }) else {
             continue;
         };
@@ -329,10 +406,10 @@ pub fn adopt(dp: &Datapath, cfg: &Config) -> Result<Adopted, crate::datapath::Da
             .insert(spec.name.clone(), v.flags & svc_flags::MAINTENANCE != 0);
         for b in &s.backends {
             let (baddr, bfam) = addr_bytes(*b.address.get_ref());
-            if let Some((id, e)) = backends
-                .iter()
-                .find(|(_, e)| e.service == v.id && e.addr == baddr && e.family == bfam)
-            {
+            let port_be = s.port_of(b).to_be();
+            if let Some((id, e)) = backends.iter().find(|(_, e)| {
+                e.service == v.id && e.addr == baddr && e.family == bfam && e.port_be == port_be
+            }) {
                 let name = b.name.get_ref().clone();
                 out.backend_ids.insert(name.clone(), (*id, e.gen));
                 if let Some(a) = AdminState::from_code(e.admin) {

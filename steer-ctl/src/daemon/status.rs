@@ -209,6 +209,14 @@ impl Core {
                 datapath.insert(n.to_string(), o[steer_common::outcome::COUNT as usize + i]);
             }
         }
+        let observing: std::collections::BTreeSet<String> = self
+            .bal
+            .service_infos()
+            .into_iter()
+            .filter(|s| s.nat.as_ref().is_some_and(|n| n.observe))
+            .map(|s| s.name)
+            .collect();
+        let observed = self.bal.datapath().observed();
         let config_weights: BTreeMap<&String, u32> = self
             .cfg
             .backends()
@@ -230,6 +238,15 @@ impl Core {
                     vip: s.vip.to_string(),
                     port: s.port,
                     protocol: s.proto,
+                    mode: s.mode,
+                    nat: s.nat.map(|n| proto::NatStatus {
+                        snat: n.pool.iter().map(|a| a.to_string()).collect(),
+                        snat_ports: format!("{}-{}", n.port_lo, n.port_hi),
+                        observe: n.observe,
+                        error_limit: n.error_limit,
+                        syn_timeout_ms: n.syn_timeout_ms,
+                        recover: n.recover,
+                    }),
                     maintenance: s.maintenance,
                     eligible: s.eligible,
                     active_group: s.active_group,
@@ -251,8 +268,14 @@ impl Core {
                         active_flows: by_id.as_ref().map(|m| m.get(&b.id).copied().unwrap_or(0)),
                         config_weight: config_weights.get(&b.name).copied().unwrap_or(b.weight),
                         group: b.group,
+                        observed_fails: observing
+                            .contains(&b.service)
+                            .then(|| observed.fails(b.id)),
+                        passive: chk.passive.clone(),
                         service: b.service,
                         address: b.addr.to_string(),
+                        port: b.port,
+                        snat: b.snat.map(|a| a.to_string()),
                         role: b.role,
                         admin: b.admin,
                         health: b.health,

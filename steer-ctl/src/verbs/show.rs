@@ -82,6 +82,7 @@ fn services_table(services: &[ServiceStatus]) -> Table {
         ("SERVICE", false),
         ("ADDRESS", false),
         ("PROTO", false),
+        ("MODE", false),
         ("MAINTENANCE", false),
         ("GROUP", false),
         ("ELIGIBLE", true),
@@ -98,6 +99,7 @@ fn services_table(services: &[ServiceStatus]) -> Table {
             v.name.clone(),
             addr,
             v.protocol.to_string(),
+            v.mode.to_string(),
             if v.maintenance { "on" } else { "off" }.into(),
             v.active_group.clone().unwrap_or_else(|| "-".into()),
             v.eligible.to_string(),
@@ -144,7 +146,9 @@ fn backends_table(backends: &[BackendStatus]) -> Table {
             // Unknown when the last flow scan failed or none has completed yet.
             b.active_flows.map_or("?".to_string(), |n| n.to_string()),
             b.counters.packets.to_string(),
-            b.check.clone(),
+            // Passive health's mark-down says more than the last check until checks bring
+            // the backend back.
+            b.passive.clone().unwrap_or_else(|| b.check.clone()),
         ]);
     }
     t
@@ -252,7 +256,7 @@ pub fn show(ctx: &Ctx, what: ShowWhat, limit: usize) -> Result<(), i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use steer_ctl::{AdminState, Health};
+    use steer_ctl::{model::Mode, AdminState, Health};
 
     #[test]
     fn backends_table_is_aligned_with_group_weight_and_unknown_counts() {
@@ -274,12 +278,41 @@ mod tests {
             b("b1", None, 1, None),
         ])
         .lines();
+        let passive = BackendStatus {
+            passive: Some("passive: 3 consecutive refused or unanswered attempts".into()),
+            ..b("n1", None, 1, Some(0))
+        };
+        assert!(
+            backends_table(&[passive]).lines()[1]
+                .ends_with("  passive: 3 consecutive refused or unanswered attempts"),
+            "the passive reason stands for the check while it holds"
+        );
         assert_eq!(
             lines,
             vec![
                 "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH         WEIGHT  ACTIVE  PACKETS  CHECK",
                 "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  3 (config 1)      12        0  not checked yet",
                 "b1                        web      -      10.0.0.1  pool  drain  unknown             1       ?        0  not checked yet",
+            ]
+        );
+    }
+
+    #[test]
+    fn services_show_their_mode() {
+        let s = |name: &str, mode| ServiceStatus {
+            name: name.into(),
+            vip: "10.0.0.10".into(),
+            port: 80,
+            mode,
+            ..ServiceStatus::default()
+        };
+        let lines = services_table(&[s("web", Mode::Dsr), s("api", Mode::Nat)]).lines();
+        assert_eq!(
+            lines,
+            vec![
+                "SERVICE  ADDRESS       PROTO  MODE  MAINTENANCE  GROUP  ELIGIBLE  PACKETS  NEW FLOWS",
+                "web      10.0.0.10:80  tcp    dsr   off          -             0        0          0",
+                "api      10.0.0.10:80  tcp    nat   off          -             0        0          0",
             ]
         );
     }

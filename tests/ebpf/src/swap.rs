@@ -19,9 +19,9 @@ use steer_common::{
 
 /// steer's maps, by name and type; the test reuses the datapath's pinned ones, so the sizes
 /// here do not matter.
-#[map(name = "STEER_SVC_V1")]
+#[map(name = "STEER_SVC_V2")]
 static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
-#[map(name = "STEER_BE_V1")]
+#[map(name = "STEER_BE_V2")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 #[map(name = "STEER_MAGLEV_V1")]
 static MAGLEV: Array<[u32; MAGLEV_CHUNK as usize]> = Array::with_max_entries(1, BPF_F_MMAPABLE);

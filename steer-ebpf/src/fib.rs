@@ -1,0 +1,155 @@
+//! Sending a translated packet on its way: next hop, MACs and egress interface from the
+//! kernel's FIB (`bpf_fib_lookup`), so NAT backends and clients may sit in any subnet.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use steer_common::{hash::mix32, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
+
+use crate::{maps::NEIGH, parse::ptr_at_mut, Stop, Verdict};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
+}
+
+/// What `send` needs besides the addresses, packed into one argument (BPF calls take at most
+/// five): family, protocol, offset of the IP header, and which direction (for the outcome).
+#[derive(Clone, Copy)]
+pub struct Route(u64);
+
+impl Route {
+    #[inline(always)]
+    pub fn new(family: u8, proto: u8, l3_off: usize, reply: bool) -> Route {
+        Route(family as u64 | (proto as u64) << 8 | (l3_off as u64 & 0xffff) << 16 | (reply as u64) << 32)
+    }
+}
+
+/// Packs what a packet's processing ends with, `(action, outcome)`, into one word: the
+/// return value of a BPF call (which cannot return an aggregate).
+#[inline(always)]
+pub fn pack(r: Result<Verdict, Stop>) -> u64 {
+    let (action, why) = match r {
+        Ok(v) => v,
+        Err(Stop::Pass(why)) => (xdp_action::XDP_PASS, why),
+        Err(Stop::Drop(why)) => (xdp_action::XDP_DROP, why),
+    };
+    action as u64 | (why as u64) << 32
+}
+
+/// The `(action, outcome)` packed by `pack`.
+#[inline(always)]
+pub fn unpack(v: u64) -> Verdict {
+    (v as u32, (v >> 32) as u32)
+}
+
+/// Sends a translated packet on its way (a BPF call of its own: its 64-byte FIB request
+/// would not fit in the caller's stack). Next hop, MACs and egress interface come from the
+/// FIB. Out of the interface it came in by: `XDP_TX`; out of another one: `XDP_REDIRECT`. A
+/// next hop with no neighbour entry is dropped and written down for steer-ctl to resolve; no
+/// route, or an MTU too small, is dropped and counted. Returns a `pack`ed verdict.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], route: Route) -> u64 {
+    pack(try_send(ctx, src, dst, route))
+}
+
+#[inline(always)]
+fn try_send(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], route: Route) -> Result<Verdict, Stop> {
+    let family = route.0 as u8;
+    let proto = (route.0 >> 8) as u8;
+    let l3_off = ((route.0 >> 16) & 0xffff) as usize;
+    let reply = (route.0 >> 32) & 1 != 0;
+    // SAFETY: a plain C struct of integers; all zeroes is a valid value.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.l4_protocol = proto;
+    p.ifindex = ingress;
+    p.__bindgen_anon_1.tot_len = (ctx.data_end() - ctx.data()).saturating_sub(l3_off) as u16;
+    if family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = words(src)[0];
+        p.__bindgen_anon_4.ipv4_dst = words(dst)[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = words(src);
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    // SAFETY: params on our stack, its size passed; XDP context from the kernel.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            want_neighbour(&p, family);
+            return Err(Stop::Drop(outcome::DROP_NO_NEIGH));
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Stop::Drop(outcome::DROP_TOO_BIG)),
+        _ => return Err(Stop::Drop(outcome::DROP_NO_ROUTE)),
+    }
+    let eth = ptr_at_mut::<[u8; 12]>(ctx, 0).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
+    // SAFETY: ptr_at_mut checked that the 12 bytes are in the packet.
+    let macs = unsafe { &mut *eth };
+    macs[0..6].copy_from_slice(&p.dmac);
+    macs[6..12].copy_from_slice(&p.smac);
+    let (tx, redirect) = if reply {
+        (outcome::TX_REPLY, outcome::REDIRECT_REPLY)
+    } else {
+        (outcome::TX_FORWARD, outcome::REDIRECT_FORWARD)
+    };
+    if p.ifindex == ingress {
+        return Ok((xdp_action::XDP_TX, tx));
+    }
+    // SAFETY: helper without preconditions; returns XDP_REDIRECT, or XDP_ABORTED on a bad
+    // index (never: the FIB gave it).
+    let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
+    if action != xdp_action::XDP_REDIRECT {
+        return Err(Stop::Drop(outcome::DROP_NO_ROUTE));
+    }
+    Ok((action, redirect))
+}
+
+/// Writes down a next hop the FIB found no neighbour for (`p` holds it after the lookup),
+/// in the slot of its address's hash; steer-ctl polls the slots and has the kernel resolve
+/// it, so the next packet (a client's retransmission) goes through.
+#[inline(always)]
+fn want_neighbour(p: &FibParams, family: u8) {
+    let mut addr = [0u32; 4];
+    // SAFETY: the lookup wrote the next hop into the destination field of the family.
+    unsafe {
+        if family == FAMILY_V4 {
+            addr[0] = p.__bindgen_anon_4.ipv4_dst;
+        } else {
+            addr = p.__bindgen_anon_4.ipv6_dst;
+        }
+    }
+    let slot = mix32(addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ p.ifindex) % NEIGH_SLOTS;
+    if let Some(w) = NEIGH.get_ptr_mut(slot) {
+        // SAFETY: a map value that lives for this run; steer-ctl reads it whole after `seq`
+        // changes, so a torn write is at worst one wasted resolution.
+        unsafe {
+            let seq = (*w).seq;
+            *w = NeighWant {
+                // SAFETY: same size, plain integers.
+                addr: core::mem::transmute::<[u32; 4], [u8; 16]>(addr),
+                ifindex: p.ifindex,
+                family: family as u32,
+                seq: seq + 1,
+            };
+        }
+    }
+}

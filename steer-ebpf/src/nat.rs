@@ -1,0 +1,564 @@
+//! NAT mode (SPEC.md, forwarding modes: `nat`): a flow's packets leave with the backend's
+//! address and port as destination and an LB address and port as source, so unmodified
+//! backends in any subnet answer the LB, which translates their replies back.
+//!
+//! The two halves of a translation: the forward half is the flow's own entry (`Flow::nat_*`,
+//! in the flow tables, keyed by the client's 5-tuple); the reverse half is a `NatRev` in the
+//! `NAT` table, keyed by the reply's 5-tuple. The reverse half is written first (it is what
+//! makes a source port taken), and each half, when used, looks the other up: one found
+//! missing (evicted) is written again from its partner, so they live and die together, and
+//! a source port that was given away meanwhile is never used by two flows.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+    programs::XdpContext,
+};
+use steer_common::{
+    event, flow_flags, global_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey,
+    NatRev, Service, ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES,
+    NAT_REUSE_NS, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    csum::Delta,
+    fib, flow,
+    maps::{GLOBALS, NAT, POOLS},
+    observe,
+    parse::{ptr_at_mut, Packet},
+    rst, select, stats, Stop, Verdict,
+};
+
+/// A flow's NAT source: port (network order) and which LB address (`Flow::nat_addr`).
+#[derive(Clone, Copy)]
+pub struct Nat {
+    pub port_be: u16,
+    pub addr: u16,
+}
+
+impl Nat {
+    /// A DSR flow: no translation.
+    pub const NONE: Nat = Nat {
+        port_be: 0,
+        addr: 0,
+    };
+
+    #[inline(always)]
+    pub fn of(flow: &Flow) -> Nat {
+        Nat {
+            port_be: flow.nat_port_be,
+            addr: flow.nat_addr,
+        }
+    }
+
+    /// Whether the flow is translated (NAT flows always have a non-zero source port).
+    #[inline(always)]
+    pub fn is_nat(self) -> bool {
+        self.port_be != 0
+    }
+
+    #[inline(always)]
+    fn pack(self) -> u32 {
+        self.port_be as u32 | (self.addr as u32) << 16
+    }
+
+    #[inline(always)]
+    fn unpack(v: u32) -> Nat {
+        Nat {
+            port_be: v as u16,
+            addr: (v >> 16) as u16,
+        }
+    }
+}
+
+/// A flow's service id, backend id and NAT source in one word (BPF calls take five
+/// arguments at most).
+#[inline(always)]
+fn ids(svc_id: u32, be_id: u32, nat: Nat) -> u64 {
+    (svc_id as u64 & 0xffff) | (be_id as u64 & 0xffff) << 16 | (nat.pack() as u64) << 32
+}
+
+/// Whether this host has NAT services: only then are packets that are not for a service
+/// looked up as replies.
+#[inline(always)]
+pub fn enabled() -> bool {
+    GLOBALS
+        .get(0)
+        .is_some_and(|g| g.flags & global_flags::NAT != 0)
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, plain integers.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
+}
+
+/// Address equality in four word compares (BPF has no memcmp).
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (words(a), words(b));
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
+/// The LB address a flow of service `svc_id` to `be` leaves from.
+#[inline(always)]
+fn source(svc_id: u32, be: &Backend, addr: u16) -> Option<[u8; 16]> {
+    if addr == NAT_ADDR_BACKEND {
+        return Some(be.snat);
+    }
+    let pool = POOLS.get(svc_id)?;
+    if addr as u32 >= pool.count || addr as usize >= NAT_POOL_MAX {
+        return None;
+    }
+    // The mask repeats the bound for the verifier on a fresh load: LLVM folds the compare
+    // above into one on a register the verifier cannot relate to the index.
+    // SAFETY: reading a local.
+    let i = unsafe { core::ptr::read_volatile(&addr) } as usize & (NAT_POOL_MAX - 1);
+    Some(pool.addrs[i])
+}
+
+/// The 5-tuple of the backend's replies to a flow: backend → LB address and source port.
+#[inline(always)]
+fn reply_key(pkt: &Packet, be: &Backend, src: &[u8; 16], port_be: u16) -> FlowKey {
+    FlowKey {
+        src: be.addr,
+        dst: *src,
+        sport_be: be.port_be,
+        dport_be: port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// The reverse half of the client's flow `pkt` on backend `be_id`.
+#[inline(always)]
+fn reverse_of(pkt: &Packet, svc_id: u32, be_id: u32, gen: u16, nat: Nat, syn_ns: u64) -> NatRev {
+    NatRev {
+        client: pkt.key.src,
+        vip: pkt.key.dst,
+        client_port_be: pkt.key.sport_be,
+        vip_port_be: pkt.key.dport_be,
+        svc: svc_id as u16,
+        nat_addr: nat.addr,
+        backend: be_id,
+        gen,
+        flags: 0,
+        syn_ns,
+        ended_ns: 0,
+    }
+}
+
+/// Whether reverse entry `r` stands for the client's flow `pkt` on backend `be_id`.
+#[inline(always)]
+fn is_ours(r: &NatRev, pkt: &Packet, be_id: u32, gen: u16) -> bool {
+    r.client_port_be == pkt.key.sport_be
+        && r.backend == be_id
+        && r.gen == gen
+        && same(&r.client, &pkt.key.src)
+}
+
+/// Gives a new flow of `pkt` to backend `be_id` a source: an LB address (the service's pool,
+/// or the backend's own) and a free port of the service's range, whose reverse entry is
+/// written here, before the flow's own. A port whose flow ended `NAT_REUSE_NS` ago is free
+/// again. `None`: no free port among `NAT_PORT_TRIES` (the pool is exhausted).
+#[inline(always)]
+pub fn allocate(
+    pkt: &Packet,
+    svc_id: u32,
+    svc: &Service,
+    be_id: u32,
+    be: &Backend,
+    now: u64,
+) -> Option<Nat> {
+    let v = allocate_call(pkt, ids(svc_id, be_id, Nat::NONE), svc, be, now);
+    (v != 0).then(|| Nat::unpack(v))
+}
+
+/// `allocate` as a BPF call of its own (its loop of map updates keeps its own stack).
+/// Returns a packed `Nat`, 0 for none.
+#[inline(never)]
+fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) -> u32 {
+    let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
+    // SAFETY: helper without preconditions.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let addr = if svc.flags & svc_flags::NAT_POOL != 0 {
+        let Some(i) = POOLS
+            .get(svc_id)
+            .and_then(|pool| (start >> 16).checked_rem(pool.count))
+        else {
+            return 0;
+        };
+        i
+    } else {
+        NAT_ADDR_BACKEND as u32
+    } as u16;
+    let Some(src) = source(svc_id, be, addr) else {
+        return 0;
+    };
+    let (lo, hi) = (svc.nat_port_lo as u32, svc.nat_port_hi as u32);
+    if lo == 0 || hi < lo {
+        return 0;
+    }
+    let range = hi - lo + 1;
+    if range == 0 {
+        return 0;
+    }
+    let syn_ns = if pkt.is_syn() { now } else { 0 };
+    // The reverse entry is the same whatever the port (the port is in its key).
+    let rev = reverse_of(pkt, svc_id, be_id, be.gen, Nat { port_be: 0, addr }, syn_ns);
+    let mut key = reply_key(pkt, be, &src, 0);
+    for i in 0..NAT_PORT_TRIES {
+        let port_be = ((lo + start.wrapping_add(i) % range) as u16).to_be();
+        key.dport_be = port_be;
+        if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() || reusable(&key, &rev, now) {
+            return Nat { port_be, addr }.pack();
+        }
+    }
+    0
+}
+
+/// Takes over a source port whose flow ended `NAT_REUSE_NS` ago.
+#[inline(never)]
+fn reusable(key: &FlowKey, rev: &NatRev, now: u64) -> bool {
+    let Some(old) = NAT.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: pointer from the lookup, valid for this run.
+    let ended = unsafe { (*old).ended_ns };
+    ended != 0 && now.saturating_sub(ended) > NAT_REUSE_NS && NAT.insert(key, rev, BPF_ANY as u64).is_ok()
+}
+
+/// Frees the source of a flow that moves to another backend or ends its 5-tuple's use (its
+/// reverse entry, if it is still this flow's).
+#[inline(always)]
+pub fn release(pkt: &Packet, svc_id: u32, old: &Flow) {
+    let nat = Nat::of(old);
+    if !nat.is_nat() {
+        return;
+    }
+    let Some((_, be)) = select::flow_backend(old.backend, old.gen) else {
+        return;
+    };
+    let Some(src) = source(svc_id, be, nat.addr) else {
+        return;
+    };
+    let key = reply_key(pkt, be, &src, nat.port_be);
+    // SAFETY: pointer from the lookup, valid for this run.
+    let ours = NAT
+        .get_ptr_mut(&key)
+        .is_some_and(|r| is_ours(unsafe { &*r }, pkt, old.backend, old.gen));
+    if ours {
+        let _ = NAT.remove(&key);
+    }
+}
+
+/// Sends a packet of the client's flow to its backend, translated: the flow's reverse entry
+/// is checked first (written again if it was evicted; a port given to another flow meanwhile
+/// drops the packet rather than deliver it into that flow).
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc_id: u32,
+    be_id: u32,
+    be: &Backend,
+    nat: Nat,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    Ok(fib::unpack(forward_call(ctx, pkt, ids(svc_id, be_id, nat), be, now)))
+}
+
+/// `forward` as a BPF call of its own; returns a `fib::pack`ed verdict.
+#[inline(never)]
+fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64) -> u64 {
+    let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
+    let nat = Nat::unpack((ids >> 32) as u32);
+    let Some(src) = source(svc_id, be, nat.addr) else {
+        return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
+    };
+    let key = reply_key(pkt, be, &src, nat.port_be);
+    match NAT.get_ptr_mut(&key) {
+        Some(r) => {
+            // SAFETY: pointer from the lookup, valid for this run.
+            if !is_ours(unsafe { &*r }, pkt, be_id, be.gen) {
+                stats::count_event(event::NAT_CONFLICT);
+                return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
+            }
+            // SAFETY: as above; a plain store, the same from any CPU.
+            if pkt.ends_flow() && unsafe { (*r).ended_ns } == 0 {
+                unsafe { (*r).ended_ns = now };
+            }
+        }
+        None => {
+            let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0);
+            if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
+                stats::count_event(event::NAT_HEALED);
+            }
+        }
+    }
+    if let Err(e) = rewrite(ctx, pkt, &src, &be.addr, nat.port_be, be.port_be) {
+        return fib::pack(Err(e));
+    }
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false);
+    fib::send(ctx, &src, &be.addr, route)
+}
+
+/// Whether the attempt of NAT flow `flow` (a client retransmitting its SYN) has failed: its
+/// backend refused it, or left it unanswered for the service's `syn_timeout` (counted here
+/// once, as a failure of the backend).
+#[inline(always)]
+pub fn attempt_failed(pkt: &Packet, svc_id: u32, svc: &Service, flow: &Flow, now: u64) -> bool {
+    if flow.flags & flow_flags::REFUSED != 0 {
+        return true;
+    }
+    if svc.syn_timeout_ms == 0 {
+        return false;
+    }
+    let Some((be_id, be)) = select::flow_backend(flow.backend, flow.gen) else {
+        return false;
+    };
+    let nat = Nat::of(flow);
+    let Some(src) = source(svc_id, be, nat.addr) else {
+        return false;
+    };
+    let Some(r) = NAT.get_ptr_mut(&reply_key(pkt, be, &src, nat.port_be)) else {
+        return false;
+    };
+    // SAFETY: pointer from the lookup, valid for this run.
+    let rev = unsafe { *r };
+    if rev.flags & nat_flags::SYN_ACK != 0
+        || rev.syn_ns == 0
+        || now.saturating_sub(rev.syn_ns) < svc.syn_timeout_ms as u64 * 1_000_000
+    {
+        return false;
+    }
+    if rev.flags & nat_flags::FAILED == 0 {
+        // SAFETY: as above; two CPUs counting the same timeout is harmless.
+        unsafe { (*r).flags = rev.flags | nat_flags::FAILED };
+        stats::count_event(event::SYN_TIMEOUT);
+        stats::count_backend_syn_timeout(be_id);
+        observe::failed(svc, be_id, now);
+    }
+    true
+}
+
+/// A packet that is not for a service: on a host with NAT services, a backend's reply to a
+/// translated flow is translated back and sent to the client. Anything else is passed as not
+/// for a service.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Verdict, Stop> {
+    let not_service = Stop::Pass(outcome::PASS_NOT_SERVICE);
+    if pkt.key.proto != PROTO_TCP && pkt.key.proto != PROTO_UDP {
+        return Err(not_service);
+    }
+    let Some(r) = NAT.get_ptr_mut(&pkt.key) else {
+        return Err(not_service);
+    };
+    // SAFETY: pointer from the lookup, valid for this run.
+    let rev = unsafe { *r };
+    let client = FlowKey {
+        src: rev.client,
+        dst: rev.vip,
+        sport_be: rev.client_port_be,
+        dport_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    let f = flow::lookup_flow(&client).or_else(|| flow::lookup_transient(&client));
+    let attempt = match f {
+        Some(f) => {
+            // SAFETY: pointer from the lookup, valid for this run.
+            let fl = unsafe { *f };
+            if fl.backend != rev.backend || fl.gen != rev.gen || fl.nat_port_be != pkt.key.dport_be
+            {
+                // The client's flow has moved on (its attempt went to another backend): this
+                // port is no longer its. The kernel answers the late reply with a RST, which
+                // ends the old attempt on the backend.
+                return Err(not_service);
+            }
+            fl.flags & flow_flags::SYN_ONLY != 0
+        }
+        None => {
+            heal_flow(&client, &rev, pkt.key.dport_be, now);
+            false
+        }
+    };
+    let Some((be_id, _)) = select::flow_backend(rev.backend, rev.gen).filter(|(_, b)| b.keeps_flows())
+    else {
+        // Rejected or removed (rule 4): the backend's half of the flow is reset too.
+        if !pkt.is_tcp() {
+            return Err(Stop::Drop(outcome::DROP_REJECTED));
+        }
+        let verdict = rst::reply_rst(ctx, pkt)?;
+        stats::count_rst(rev.svc as u32, None);
+        return Ok((verdict, outcome::TX_RST));
+    };
+    if pkt.is_tcp() {
+        if pkt.ends_flow() && rev.ended_ns == 0 {
+            // SAFETY: as above; a plain store, the same from any CPU.
+            unsafe { (*r).ended_ns = now };
+        }
+        if attempt && pkt.is_syn_ack() {
+            if rev.flags & nat_flags::SYN_ACK == 0 {
+                // SAFETY: as above.
+                unsafe { (*r).flags = rev.flags | nat_flags::SYN_ACK };
+            }
+            observe::answered(be_id);
+        } else if attempt && pkt.is_rst() && refused(pkt, r, be_id, f.unwrap_or(core::ptr::null_mut()), now) {
+            return Err(Stop::Drop(outcome::DROP_REFUSED));
+        }
+    }
+    rewrite(
+        ctx,
+        pkt,
+        &rev.vip,
+        &rev.client,
+        rev.vip_port_be,
+        rev.client_port_be,
+    )?;
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, true);
+    Ok(fib::unpack(fib::send(ctx, &rev.vip, &rev.client, route)))
+}
+
+/// The forward half of a flow was lost (evicted) while its reverse half lives: written again
+/// in the transient table, from which the client's next packet promotes it. A BPF call of
+/// its own (a rare path).
+#[inline(never)]
+fn heal_flow(client: &FlowKey, rev: &NatRev, port_be: u16, now: u64) {
+    let f = Flow {
+        backend: rev.backend,
+        gen: rev.gen,
+        flags: if rev.ended_ns != 0 {
+            flow_flags::ENDED
+        } else {
+            0
+        },
+        last_seen_ns: now,
+        nat_port_be: port_be,
+        nat_addr: rev.nat_addr,
+        _pad: 0,
+    };
+    if flow::insert_transient(client, &f) {
+        stats::count_event(event::NAT_HEALED);
+    }
+}
+
+/// A backend answered a connection attempt with a RST: a refusal, counted as a failure of
+/// the backend. With recovery on and another backend able to take the attempt, the RST is
+/// not shown to the client (true: drop it) and the flow `f` is marked, so that the client's
+/// retransmitted SYN goes to that other backend. A BPF call of its own (a rare path).
+#[inline(never)]
+fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> bool {
+    stats::count_event(event::REFUSED);
+    stats::count_backend_refused(be_id);
+    // SAFETY: pointer from the caller's lookup, valid for this run.
+    let rev = unsafe { &mut *r };
+    let key = ServiceKey {
+        addr: rev.vip,
+        port_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    let Some((svc_id, svc)) = select::service(&key) else {
+        return false;
+    };
+    if rev.flags & nat_flags::FAILED == 0 {
+        rev.flags |= nat_flags::FAILED;
+        observe::failed(svc, be_id, now);
+    }
+    if f.is_null() || svc.flags & svc_flags::RECOVER == 0 {
+        return false;
+    }
+    let client = FlowKey {
+        src: rev.client,
+        dst: rev.vip,
+        sport_be: rev.client_port_be,
+        dport_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    if !matches!(select::choose_instead(svc_id, svc, &client, be_id), Ok(Some(_))) {
+        return false;
+    }
+    flow::mark(f, flow_flags::REFUSED);
+    true
+}
+
+/// Rewrites the packet's addresses and ports to `src`:`sport` → `dst`:`dport`, updating the
+/// IPv4 header checksum and the TCP or UDP checksum (its pseudo-header) incrementally.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    sport_be: u16,
+    dport_be: u16,
+) -> Result<(), Stop> {
+    let (os, od, ns, nd) = (
+        words(&pkt.key.src),
+        words(&pkt.key.dst),
+        words(src),
+        words(dst),
+    );
+    let v4 = pkt.key.family == FAMILY_V4;
+    let addrs = if v4 {
+        let ip = ptr_at_mut::<[u8; 20]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
+            as *mut u8;
+        let d = Delta::default()
+            .word32(os[0], ns[0])
+            .word32(od[0], nd[0]);
+        // SAFETY: the 20 bytes were checked by ptr_at_mut; unaligned stores are fine.
+        unsafe {
+            (ip.add(12) as *mut u32).write_unaligned(ns[0]);
+            (ip.add(16) as *mut u32).write_unaligned(nd[0]);
+            let c = ip.add(10) as *mut u16;
+            c.write_unaligned(d.apply(c.read_unaligned()));
+        }
+        d
+    } else {
+        let ip = ptr_at_mut::<[u8; 40]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
+            as *mut u8;
+        // SAFETY: the 40 bytes were checked by ptr_at_mut.
+        unsafe {
+            for i in 0..4 {
+                (ip.add(8 + 4 * i) as *mut u32).write_unaligned(ns[i]);
+                (ip.add(24 + 4 * i) as *mut u32).write_unaligned(nd[i]);
+            }
+        }
+        Delta::default().addr16(&os, &ns).addr16(&od, &nd)
+    };
+    let d = addrs
+        .word16(pkt.key.sport_be, sport_be)
+        .word16(pkt.key.dport_be, dport_be);
+    if pkt.is_tcp() {
+        let l4 = ptr_at_mut::<[u8; 20]>(ctx, pkt.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
+            as *mut u8;
+        // SAFETY: the 20 bytes were checked by ptr_at_mut.
+        unsafe {
+            (l4 as *mut u16).write_unaligned(sport_be);
+            (l4.add(2) as *mut u16).write_unaligned(dport_be);
+            let c = l4.add(16) as *mut u16;
+            c.write_unaligned(d.apply(c.read_unaligned()));
+        }
+    } else {
+        let l4 = ptr_at_mut::<[u8; 8]>(ctx, pkt.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
+            as *mut u8;
+        // SAFETY: the 8 bytes were checked by ptr_at_mut.
+        unsafe {
+            (l4 as *mut u16).write_unaligned(sport_be);
+            (l4.add(2) as *mut u16).write_unaligned(dport_be);
+            let c = l4.add(6) as *mut u16;
+            let old = c.read_unaligned();
+            // IPv4 UDP without a checksum keeps none; a computed 0 is sent as 0xffff.
+            if !(v4 && old == 0) {
+                let new = d.apply(old);
+                c.write_unaligned(if new == 0 { 0xffff } else { new });
+            }
+        }
+    }
+    Ok(())
+}
