@@ -587,10 +587,21 @@ fn main() {
             let f = figures(r);
             let n = r.restarts.len().max(1) as f64;
             let kinds: Vec<String> = f.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let note = match &r.error {
+            let mut note = match &r.error {
                 Some(e) => format!("error: {}", first_line(e)),
                 None => kinds.join(", "),
             };
+            // Packets steer itself dropped explain failures a client cannot tell apart.
+            let drops: Vec<String> = r
+                .datapath
+                .iter()
+                .flatten()
+                .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if !drops.is_empty() {
+                note += &format!(" (steer: {})", drops.join(", "));
+            }
             println!(
                 "{:<19} {:>3} {:>8} {:>8} {:>6} {:>14.1} {:>17.1} {:>8}  {}",
                 run.system.key(),
