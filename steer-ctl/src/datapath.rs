@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -35,15 +35,15 @@ pub enum DatapathError {
     Load(#[from] EbpfError),
     #[error("the XDP object has no map {0} (object and steer-ctl out of step?)")]
     MissingMap(&'static str),
-    #[error("the XDP object has no program {PROGRAM}")]
-    MissingProgram,
+    #[error("the XDP object has no program {0} (object and steer-ctl out of step?)")]
+    MissingProgram(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("program {PROGRAM}: {0}")]
+    #[error("program {PROGRAM} (or one it hands packets to): {0}")]
     Program(#[from] ProgramError),
     #[error("attaching XDP to {iface} in {mode:?} mode: {source}")]
     Attach {
@@ -462,6 +462,10 @@ impl Mapped<NeighWant> {
 /// The XDP program and typed handles on its maps.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// The chained programs (kept open: an unpinned program array empties when its last
+    /// user handle closes).
+    #[allow(dead_code)]
+    progs: ProgramArray<MapData>,
     max_services: u32,
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
@@ -483,6 +487,26 @@ pub struct Datapath {
     /// Host-wide settings, one element.
     globals: Array<MapData, Globals>,
     max_flows: u32,
+}
+
+/// Loads (verifies) XDP program `name` of the object.
+fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()?;
+    prog.load()?;
+    if let Ok(info) = prog.info() {
+        tracing::debug!(
+            program = name,
+            verified_insns = ?info.verified_instruction_count(),
+            "datapath program verified"
+        );
+        if std::env::var_os("STEER_VERIFIER_STATS").is_some() {
+            eprintln!("{name}: verified_insns {:?}", info.verified_instruction_count());
+        }
+    }
+    Ok(prog)
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -517,11 +541,17 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DatapathError::MissingProgram)?
-            .try_into()?;
-        prog.load()?;
+        load_program(&mut ebpf, PROGRAM)?;
+        // The programs the entry one hands packets to (NAT services, new NAT flows, replies),
+        // each verified on its own, then chained in by index.
+        let mut progs = typed(
+            map::PROGS,
+            ProgramArray::try_from(take(&mut ebpf, map::PROGS)?),
+        )?;
+        for (i, name) in steer_common::prog::NAMES.iter().enumerate() {
+            let fd = load_program(&mut ebpf, name)?.fd()?;
+            typed(map::PROGS, progs.set(i as u32, fd, 0))?;
+        }
 
         let Map::Array(maglev) = take(&mut ebpf, map::MAGLEV)? else {
             return Err(DatapathError::MissingMap(map::MAGLEV));
@@ -568,6 +598,7 @@ impl Datapath {
         let neigh = Arc::new(Mapped::new(neigh, map::NEIGH, NEIGH_SLOTS)?);
         Ok(Datapath {
             ebpf,
+            progs,
             max_services: opts.max_services,
             services,
             backends,

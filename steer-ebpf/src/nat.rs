@@ -266,10 +266,27 @@ pub fn forward(
     nat: Nat,
     now: u64,
 ) -> Result<Verdict, Stop> {
-    Ok(fib::unpack(forward_call(ctx, pkt, ids(svc_id, be_id, nat), be, now)))
+    let ids = ids(svc_id, be_id, nat);
+    let stopped = forward_call(ctx, pkt, ids, be, now);
+    if stopped == HEAL {
+        heal_reverse(pkt, ids, be);
+    } else if stopped != 0 {
+        return Ok(fib::unpack(stopped));
+    }
+    // Sent from here rather than from the call: the FIB request's stack and the call's are
+    // never on the stack at once.
+    let src = source(svc_id, be, nat.addr).ok_or(Stop::Drop(outcome::DROP_NAT_CONFLICT))?;
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false);
+    Ok(fib::unpack(fib::send(ctx, &src, &be.addr, route)))
 }
 
-/// `forward` as a BPF call of its own; returns a `fib::pack`ed verdict.
+/// `forward_call`'s answer when the packet is translated but the flow's reverse half is
+/// missing (never a packed verdict: those carry an XDP action other than 0 in the low word).
+const HEAL: u64 = 1 << 63;
+
+/// Checks the flow's reverse half and translates the packet (a BPF call of its own). Returns
+/// 0 when the packet is ready to send, `HEAL` when it is but the reverse half is to be
+/// written again, else the `fib::pack`ed verdict that stopped it.
 #[inline(never)]
 fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64) -> u64 {
     let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
@@ -278,6 +295,7 @@ fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64
         return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
     };
     let key = reply_key(pkt, be, &src, nat.port_be);
+    let mut heal = 0;
     match NAT.get_ptr_mut(&key) {
         Some(r) => {
             // SAFETY: pointer from the lookup, valid for this run.
@@ -290,18 +308,28 @@ fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64
                 unsafe { (*r).ended_ns = now };
             }
         }
-        None => {
-            let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0);
-            if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
-                stats::count_event(event::NAT_HEALED);
-            }
-        }
+        None => heal = HEAL,
     }
-    if let Err(e) = rewrite(ctx, pkt, &src, &be.addr, nat.port_be, be.port_be) {
-        return fib::pack(Err(e));
+    match rewrite(ctx, pkt, &src, &be.addr, nat.port_be, be.port_be) {
+        Ok(()) => heal,
+        Err(e) => fib::pack(Err(e)),
     }
-    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false);
-    fib::send(ctx, &src, &be.addr, route)
+}
+
+/// A flow's reverse half was lost (evicted) while its forward half lives: written again
+/// (from the packet before translation). A BPF call of its own (a rare path).
+#[inline(never)]
+fn heal_reverse(pkt: &Packet, ids: u64, be: &Backend) {
+    let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
+    let nat = Nat::unpack((ids >> 32) as u32);
+    let Some(src) = source(svc_id, be, nat.addr) else {
+        return;
+    };
+    let key = reply_key(pkt, be, &src, nat.port_be);
+    let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0);
+    if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
+        stats::count_event(event::NAT_HEALED);
+    }
 }
 
 /// Whether the attempt of NAT flow `flow` (a client retransmitting its SYN) has failed: its
