@@ -5,8 +5,10 @@
 pub mod aux;
 pub mod daemon;
 pub mod fixture;
+pub mod haproxy;
 pub mod http;
 pub mod netns;
+pub mod openloop;
 pub mod servers;
 
 /// Whether this process can load BPF programs and make namespaces. When it cannot: under

@@ -41,6 +41,9 @@ enum Task {
     Bench {
         #[arg(value_enum, default_value = "datapath")]
         what: Bench,
+        /// Passed to the bench program (e.g. `restart --rate 100 --delays 1`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -53,6 +56,10 @@ enum Bench {
     E2e,
     /// Latency of the daemon's `status` with 0, 100,000 and 1,000,000 flows in the table.
     Control,
+    /// A deploy with health checks only: every backend stopped and restarted 1 s and 5 s later
+    /// under open-loop load, no balancer command, for HAProxy, steer DSR and steer NAT.
+    /// Flags: --rate N, --delays 1,5, --deadline S, --systems a,b.
+    Restart,
 }
 
 /// Builds binaries of the tests crate, and `steer-ctl` (which the demo and benchmarks drive),
@@ -169,13 +176,13 @@ fn main() -> Result<()> {
             demo.args(&args);
             run(demo)
         }
-        Task::Bench { what } => {
+        Task::Bench { what, args } => {
             setup::run()?;
             match what {
                 Bench::Datapath => {
                     let bin = build_release(&["steer-bench"])?;
                     let mut b = Command::new(bin.join("steer-bench"));
-                    b.arg(workspace_root().join("target/bench"));
+                    b.arg(workspace_root().join("target/bench")).args(&args);
                     run(b)
                 }
                 Bench::E2e => {
@@ -183,7 +190,7 @@ fn main() -> Result<()> {
                     let bin = build_release(&["steer-bench-e2e", "steer-httpd"])?;
                     cleanup_stale_namespaces();
                     let mut b = Command::new(bin.join("steer-bench-e2e"));
-                    b.arg(workspace_root().join("target/bench"));
+                    b.arg(workspace_root().join("target/bench")).args(&args);
                     let r = run(b);
                     cleanup_stale_namespaces();
                     r
@@ -193,7 +200,19 @@ fn main() -> Result<()> {
                     cleanup_stale_namespaces();
                     cleanup_stale_pins();
                     let mut b = Command::new(bin.join("steer-bench-control"));
-                    b.arg(workspace_root().join("target/bench"));
+                    b.arg(workspace_root().join("target/bench")).args(&args);
+                    let r = run(b);
+                    cleanup_stale_namespaces();
+                    cleanup_stale_pins();
+                    r
+                }
+                Bench::Restart => {
+                    setup::apt_packages(&["haproxy"])?;
+                    let bin = build_release(&["steer-bench-restart", "steer-httpd"])?;
+                    cleanup_stale_namespaces();
+                    cleanup_stale_pins();
+                    let mut b = Command::new(bin.join("steer-bench-restart"));
+                    b.arg(workspace_root().join("target/bench")).args(&args);
                     let r = run(b);
                     cleanup_stale_namespaces();
                     cleanup_stale_pins();

@@ -1,8 +1,12 @@
 //! `cargo xtask bench e2e`: steer next to the tools it replaces, in one run, on the same
 //! namespaces, backends and load generator.
 //!
-//! Systems: steer (XDP, DSR, the real daemon); nftables DNAT on the LB (backends route replies
-//! through it); HAProxy in TCP mode (`check inter 2000 fall 2 rise 2`). For each: new
+//! Systems: steer (XDP, DSR, the real daemon); steer in NAT mode (`mode = "nat"`, unmodified
+//! backends); nftables DNAT on the LB with the backends routing replies through it
+//! (`nftables`), and nftables DNAT + masquerade with unmodified backends (`nft-dnat`, what
+//! steer's NAT mode replaces); HAProxy in TCP mode (`check inter 2000 fall 2 rise 2`). The
+//! backends' veths send complete checksums (TX offload off, as a forwarded frame needs) in every
+//! lab alike; only the DSR lab gives them the VIP and ARP sysctls. For each: new
 //! connections per second (one request per connection) and requests per second over keep-alive
 //! with p50/p99 latency, from wrk in the client namespace. Then the deploy scenario — every
 //! backend restarted in turn under a steady load of new connections — for the systems that can
@@ -11,12 +15,12 @@
 //! restored after the restart). Reported: failed requests per restarted backend, and the time
 //! from the operator's first command until the balancer stopped sending the backend new
 //! connections (steer: its last answer before the restart gap, seen by the client; HAProxy: its
-//! stats showing the server DOWN). Writes target/bench/e2e.json.
+//! stats showing the server DOWN). A system that cannot run (e.g. a steer without NAT mode
+//! refusing its config) keeps its row, with the error. Writes target/bench/e2e.json.
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr},
+    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -27,8 +31,8 @@ use std::{
 };
 
 use steer_tests::{
-    daemon::SteerDaemon,
-    http,
+    daemon::{steer_ctl_bin, SteerDaemon},
+    haproxy, http,
     netns::{addr, sh, wait_for, Netns, Topology, TopologySpec},
     servers::Servers,
 };
@@ -39,7 +43,9 @@ const WRK_SECONDS: u32 = 5;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     Steer,
+    SteerNat,
     Nftables,
+    NftDnat,
     Haproxy,
     HaproxyIptables,
 }
@@ -48,10 +54,21 @@ impl System {
     fn key(self) -> &'static str {
         match self {
             System::Steer => "steer",
+            System::SteerNat => "steer-nat",
             System::Nftables => "nftables",
+            System::NftDnat => "nft-dnat",
             System::Haproxy => "haproxy",
             System::HaproxyIptables => "haproxy_iptables",
         }
+    }
+
+    fn is_steer(self) -> bool {
+        matches!(self, System::Steer | System::SteerNat)
+    }
+
+    /// Without health checks there is no deploy to run.
+    fn is_nftables(self) -> bool {
+        matches!(self, System::Nftables | System::NftDnat)
     }
 }
 
@@ -63,19 +80,31 @@ struct Figures {
     p99_ms: Option<f64>,
     rollout_failed: Option<f64>,
     takeout_ms: Option<f64>,
+    /// Why the system could not run (or stopped early).
+    error: Option<String>,
 }
 
 fn json_num(v: Option<f64>) -> String {
     v.map_or("null".into(), |x| format!("{x:.2}"))
 }
 
-/// One lab: namespaces, servers, and the balancer under test.
+/// One lab: namespaces, servers, and the balancer under test. Fields drop in order: the
+/// balancer, the servers (whose pid files are under `dir`), the namespaces, then `dir`.
 struct Lab {
-    topo: Topology,
-    servers: Servers,
-    dir: PathBuf,
     steer: Option<SteerDaemon>,
     haproxy: Option<Child>,
+    servers: Servers,
+    topo: Topology,
+    dir: PathBuf,
+    _files: RemoveOnDrop,
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Drop for Lab {
@@ -84,7 +113,6 @@ impl Drop for Lab {
             let _ = h.kill();
             let _ = h.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -94,12 +122,24 @@ fn httpd() -> PathBuf {
         .with_file_name("steer-httpd")
 }
 
-fn lab(system: System) -> Lab {
+fn lab(system: System) -> Result<Lab, String> {
+    // Only DSR needs the VIP on the backends' loopbacks (with the ARP sysctls); the others
+    // run them unmodified.
     let topo = Topology::new(&TopologySpec {
         backends: BACKENDS,
-        vips: vec![IpAddr::V4(addr::VIP)],
+        vips: if system == System::Steer {
+            vec![IpAddr::V4(addr::VIP)]
+        } else {
+            Vec::new()
+        },
         ipv6: false,
     });
+    // Frames forwarded from XDP must carry complete checksums, as from a real NIC
+    // (PLATFORM.md); the client's veth already sends them. Every lab alike.
+    for b in &topo.backends {
+        b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+    }
+    topo.switch.exec(&["ethtool", "-K", "p-lb", "gro", "on"]);
     let dir = std::env::temp_dir().join(format!(
         "steer-bench-{}-{}",
         std::process::id(),
@@ -108,29 +148,49 @@ fn lab(system: System) -> Lab {
     std::fs::create_dir_all(&dir).expect("bench dir");
     let servers = Servers::new(&topo, &dir.join("servers"), &httpd());
     let mut lab = Lab {
-        topo,
-        servers,
-        dir,
         steer: None,
         haproxy: None,
+        servers,
+        topo,
+        dir: dir.clone(),
+        _files: RemoveOnDrop(dir),
     };
     match system {
-        System::Steer => {
+        System::Steer | System::SteerNat => {
             let mut d = SteerDaemon::new(&lab.topo.lb);
             let mut cfg = format!(
-                "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+                "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n{}\
                  check = {{ type = \"tcp\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
-                addr::VIP
+                addr::VIP,
+                if system == System::SteerNat {
+                    "mode = \"nat\"\n"
+                } else {
+                    ""
+                }
             );
             for (i, b) in lab.topo.backends.iter().enumerate() {
                 cfg += &format!(
-                    "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
-                    b.name,
-                    b.addr,
-                    addr::mac_str(addr::backend_host(i))
+                    "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+                    b.name, b.addr,
                 );
+                // DSR sends frames to the backend's MAC; NAT finds the next hop in the FIB.
+                if system == System::Steer {
+                    cfg += &format!("mac = \"{}\"\n", addr::mac_str(addr::backend_host(i)));
+                }
             }
             d.write_config(&cfg);
+            // A config this steer refuses is the row's answer, not a crash.
+            let out = Command::new(steer_ctl_bin())
+                .args(["config", "check", "--config"])
+                .arg(&d.config)
+                .output()
+                .map_err(|e| format!("cannot run steer-ctl config check: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "config refused: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
             d.start();
             // A fresh daemon knows no health until the first checks: measure from there.
             for b in &lab.topo.backends {
@@ -145,7 +205,7 @@ fn lab(system: System) -> Lab {
             }
             lab.steer = Some(d);
         }
-        System::Nftables => {
+        System::Nftables | System::NftDnat => {
             let lb = &lab.topo.lb;
             for k in [
                 "net.ipv4.ip_forward=1",
@@ -161,23 +221,35 @@ fn lab(system: System) -> Lab {
                 .enumerate()
                 .map(|(i, b)| format!("{i} : {}", b.addr))
                 .collect();
-            let rules = format!(
-                "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to numgen inc mod {BACKENDS} map {{ {} }}\n }}\n}}\n",
-                addr::VIP,
-                targets.join(", ")
-            );
+            let rules = if system == System::Nftables {
+                format!(
+                    "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to numgen inc mod {BACKENDS} map {{ {} }}\n }}\n}}\n",
+                    addr::VIP,
+                    targets.join(", ")
+                )
+            } else {
+                // What steer's NAT mode replaces: a hash of the connection picks the backend,
+                // and masquerade makes the LB the source, so backends need no route or VIP.
+                format!(
+                    "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to jhash ip saddr . tcp sport mod {BACKENDS} map {{ {} }}\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ct status dnat masquerade\n }}\n}}\n",
+                    addr::VIP,
+                    targets.join(", ")
+                )
+            };
             let f = lab.dir.join("rules.nft");
             std::fs::write(&f, rules).unwrap();
             lb.exec(&["nft", "-f", f.to_str().unwrap()]);
-            // Replies go back through the LB, which un-NATs them.
-            for b in &lab.topo.backends {
-                b.ns.ip(&[
-                    "route",
-                    "add",
-                    &format!("{}/32", addr::CLIENT),
-                    "via",
-                    &addr::LB.to_string(),
-                ]);
+            if system == System::Nftables {
+                // Replies go back through the LB, which un-NATs them.
+                for b in &lab.topo.backends {
+                    b.ns.ip(&[
+                        "route",
+                        "add",
+                        &format!("{}/32", addr::CLIENT),
+                        "via",
+                        &addr::LB.to_string(),
+                    ]);
+                }
             }
         }
         System::Haproxy | System::HaproxyIptables => {
@@ -219,7 +291,7 @@ fn lab(system: System) -> Lab {
             lab.haproxy = Some(child);
             let sock = lab.dir.join("haproxy.sock");
             wait(Duration::from_secs(10), || {
-                haproxy_status(&sock)
+                haproxy::status(&sock)
                     .values()
                     .filter(|s| s.starts_with("UP"))
                     .count()
@@ -227,7 +299,7 @@ fn lab(system: System) -> Lab {
             });
         }
     }
-    lab
+    Ok(lab)
 }
 
 /// The iptables trick's rule on a backend: connections to the check port 8080 are redirected to
@@ -248,24 +320,6 @@ fn redirect(ns: &Netns, add: bool) {
         "--to-ports",
         "80",
     ]);
-}
-
-/// Server name → status ("UP", "DOWN", "UP 1/2", …) from HAProxy's stats socket.
-fn haproxy_status(sock: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
-        return out;
-    };
-    if s.write_all(b"show stat\n").is_err() {
-        return out;
-    }
-    for line in BufReader::new(s).lines().map_while(Result::ok) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() > 17 && f[0] == "be" && f[1] != "BACKEND" {
-            out.insert(f[1].to_string(), f[17].to_string());
-        }
-    }
-    out
 }
 
 fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -425,13 +479,17 @@ fn deploy(system: System, lab: &Lab) -> (f64, f64) {
     for b in &lab.topo.backends {
         let t0 = start.elapsed();
         let is_down = |sock: &Path| {
-            haproxy_status(sock)
+            haproxy::status(sock)
                 .get(&b.name)
                 .is_some_and(|s| s.starts_with("DOWN"))
         };
-        let is_up = |sock: &Path| haproxy_status(sock).get(&b.name).is_some_and(|s| s == "UP");
+        let is_up = |sock: &Path| {
+            haproxy::status(sock)
+                .get(&b.name)
+                .is_some_and(|s| s == "UP")
+        };
         let takeout = match system {
-            System::Steer => {
+            System::Steer | System::SteerNat => {
                 let d = lab.steer.as_ref().unwrap();
                 let r = d.ctl(&["drain", &b.name, "--wait", "--timeout", "30s"]);
                 assert_eq!(r.code, 0, "{r:?}");
@@ -475,7 +533,7 @@ fn deploy(system: System, lab: &Lab) -> (f64, f64) {
                 wait(Duration::from_secs(30), || is_up(&sock));
                 down.as_secs_f64() * 1000.0
             }
-            System::Nftables => unreachable!("no health checks, no deploy"),
+            System::Nftables | System::NftDnat => unreachable!("no health checks, no deploy"),
         };
         takeouts.push(takeout);
     }
@@ -496,6 +554,27 @@ fn deploy(system: System, lab: &Lab) -> (f64, f64) {
     )
 }
 
+/// Every system, in the order of the table: each steer mode beside the tool it replaces.
+const ALL: [System; 6] = [
+    System::Steer,
+    System::SteerNat,
+    System::Nftables,
+    System::NftDnat,
+    System::Haproxy,
+    System::HaproxyIptables,
+];
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -511,41 +590,78 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let out_dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/bench"));
-    let mut results: BTreeMap<&str, Figures> = BTreeMap::new();
+    let mut out_dir = PathBuf::from("target/bench");
+    let mut systems = ALL.to_vec();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--systems" {
+            let v = args.next().unwrap_or_default();
+            systems = v
+                .split(',')
+                .map(|k| {
+                    ALL.into_iter()
+                        .find(|s| s.key() == k.trim())
+                        .unwrap_or_else(|| {
+                            eprintln!(
+                                "steer-bench-e2e: unknown system {k:?} (known: {})",
+                                ALL.map(System::key).join(", ")
+                            );
+                            std::process::exit(2)
+                        })
+                })
+                .collect();
+        } else {
+            out_dir = PathBuf::from(a);
+        }
+    }
+    let mut results: Vec<(&str, Figures)> = Vec::new();
     let mut cpu_notes = Vec::new();
-    for system in [
-        System::Steer,
-        System::Nftables,
-        System::Haproxy,
-        System::HaproxyIptables,
-    ] {
+    for system in systems {
         eprintln!("{}: setting up", system.key());
-        let lab = lab(system);
         let mut f = Figures::default();
-        if system != System::HaproxyIptables {
-            eprintln!("{}: wrk, one request per connection", system.key());
-            let mut cps = 0.0;
-            let split = cpu_split(&lab.dir, || cps = wrk(&lab.topo.client, true).0);
-            f.cps = Some(cps);
-            eprintln!("{}: {split}", system.key());
-            cpu_notes.push(format!("{}: {split}", system.key()));
-            eprintln!("{}: wrk, keep-alive", system.key());
-            let (rps, p50, p99) = wrk(&lab.topo.client, false);
-            (f.rps, f.p50_ms, f.p99_ms) = (Some(rps), Some(p50), Some(p99));
+        let lab = match std::panic::catch_unwind(|| lab(system)) {
+            Ok(Ok(lab)) => lab,
+            Ok(Err(e)) => {
+                f.error = Some(e);
+                results.push((system.key(), f));
+                continue;
+            }
+            Err(p) => {
+                f.error = Some(panic_text(&*p));
+                results.push((system.key(), f));
+                continue;
+            }
+        };
+        let measured = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if system != System::HaproxyIptables {
+                eprintln!("{}: wrk, one request per connection", system.key());
+                let mut cps = 0.0;
+                let split = cpu_split(&lab.dir, || cps = wrk(&lab.topo.client, true).0);
+                f.cps = Some(cps);
+                eprintln!("{}: {split}", system.key());
+                cpu_notes.push(format!("{}: {split}", system.key()));
+                eprintln!("{}: wrk, keep-alive", system.key());
+                let (rps, p50, p99) = wrk(&lab.topo.client, false);
+                (f.rps, f.p50_ms, f.p99_ms) = (Some(rps), Some(p50), Some(p99));
+            }
+            if !system.is_nftables() {
+                eprintln!(
+                    "{}: deploy scenario (every backend restarted under load)",
+                    system.key()
+                );
+                let (failed, takeout) = deploy(system, &lab);
+                (f.rollout_failed, f.takeout_ms) = (Some(failed), Some(takeout));
+            }
+        }));
+        if let Err(p) = measured {
+            f.error = Some(panic_text(&*p));
+            if system.is_steer() {
+                if let Some(d) = &lab.steer {
+                    eprintln!("{} daemon log:\n{}", system.key(), d.log());
+                }
+            }
         }
-        if system != System::Nftables {
-            eprintln!(
-                "{}: deploy scenario (every backend restarted under load)",
-                system.key()
-            );
-            let (failed, takeout) = deploy(system, &lab);
-            (f.rollout_failed, f.takeout_ms) = (Some(failed), Some(takeout));
-        }
-        results.insert(system.key(), f);
+        results.push((system.key(), f));
         drop(lab);
     }
 
@@ -557,14 +673,17 @@ fn main() {
     let cell = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
     for (k, f) in &results {
         println!(
-            "{:<18} {:>10} {:>10} {:>8} {:>8} {:>16} {:>11}",
+            "{:<18} {:>10} {:>10} {:>8} {:>8} {:>16} {:>11}{}",
             k,
             cell(f.cps, 0),
             cell(f.rps, 0),
             cell(f.p50_ms, 2),
             cell(f.p99_ms, 2),
             cell(f.rollout_failed, 1),
-            cell(f.takeout_ms, 0)
+            cell(f.takeout_ms, 0),
+            f.error
+                .as_deref()
+                .map_or(String::new(), |e| format!("  error: {}", first_line(e)))
         );
     }
     println!();
@@ -576,13 +695,14 @@ fn main() {
         .iter()
         .map(|(k, f)| {
             format!(
-                "\"{k}\": {{\"cps\": {}, \"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"rollout_failed\": {}, \"takeout_ms\": {}}}",
+                "\"{k}\": {{\"cps\": {}, \"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"rollout_failed\": {}, \"takeout_ms\": {}, \"error\": {}}}",
                 json_num(f.cps),
                 json_num(f.rps),
                 json_num(f.p50_ms),
                 json_num(f.p99_ms),
                 json_num(f.rollout_failed),
-                json_num(f.takeout_ms)
+                json_num(f.takeout_ms),
+                serde_json::Value::from(f.error.clone())
             )
         })
         .collect();
