@@ -661,6 +661,17 @@ impl Datapath {
         }
     }
 
+    /// A handle on the NAT table that does not borrow this `Datapath` (for scans off the
+    /// daemon's lock).
+    pub fn nat_table(&self) -> Result<NatTable> {
+        aya::maps::IterableMap::map(&self.nat)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(NatTable)
+            .map_err(DatapathError::FlowIter)
+    }
+
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&mut self) -> &mut Xdp {
         self.ebpf
@@ -896,6 +907,33 @@ pub fn monotonic_ns() -> u64 {
 
 /// A handle on the connection tables of its own (duplicated descriptors), so that a
 /// background task can read them without holding whatever guards the `Datapath`.
+/// The NAT table, read apart from the `Datapath` (see `Datapath::nat_table`).
+pub struct NatTable(std::os::fd::OwnedFd);
+
+impl NatTable {
+    /// The reply 5-tuples of the TCP flows of backend `id` (generation `gen`) that have not
+    /// ended: backend address and port → LB address and source port.
+    pub fn open_tcp_replies_of(&self, id: u32, gen: u16) -> Result<Vec<FlowKey>> {
+        let fd = self.0.try_clone().map_err(DatapathError::FlowIter)?;
+        let md = MapData::from_fd(fd).map_err(|source| DatapathError::Map {
+            name: map::NAT,
+            source,
+        })?;
+        let m: HashMap<MapData, FlowKey, NatRev> =
+            typed(map::NAT, HashMap::try_from(Map::LruHashMap(md)))?;
+        let mut out = Vec::new();
+        for item in m.iter() {
+            // An entry evicted or deleted between two steps of the walk ends it early at
+            // worst; what was read is still good.
+            let Ok((k, v)) = item else { break };
+            if v.backend == id && v.gen == gen && v.ended_ns == 0 && k.proto == steer_common::PROTO_TCP {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+}
+
 pub struct FlowReader {
     established: std::os::fd::OwnedFd,
     transient: std::os::fd::OwnedFd,

@@ -227,11 +227,38 @@ impl Core {
             intent: &intent,
             ..d
         };
+        // Backends not rejected before: if this change rejects or removes them, the backend's
+        // side of their NAT flows is reset below.
+        let before: Vec<(String, u32, u16)> = self
+            .cfg
+            .backends()
+            .map(|(_, b)| b.name.get_ref().clone())
+            .filter(|n| self.intent.backend(n).admin != AdminState::Reject)
+            .filter_map(|n| {
+                let id = self.bal.backend_id(&n).ok()?;
+                let gen = self.bal.datapath().backend(id).ok()?.gen;
+                Some((n, id, gen))
+            })
+            .collect();
         let r = reconcile::apply(&mut self.bal, &d);
         if let Some(cfg) = cfg {
             self.cfg = cfg;
         }
         self.intent = intent;
+        let gone: Vec<(u32, u16)> = before
+            .into_iter()
+            .filter(|(n, id, _)| {
+                self.bal.backend_id(n).ok() != Some(*id)
+                    || self.intent.backend(n).admin == AdminState::Reject
+            })
+            .map(|(_, id, gen)| (id, gen))
+            .collect();
+        if !gone.is_empty() {
+            match self.bal.datapath().nat_table() {
+                Ok(t) => nat::reset_backend_sides(t, gone),
+                Err(e) => warn!(error = %e, "cannot read the NAT table to reset rejected flows"),
+            }
+        }
         self.watcher.set(self.watched());
         for (name, p) in &self.paused {
             p.store(

@@ -231,3 +231,40 @@ pub fn prepare(cfg: &Config, routes: &BTreeMap<IpAddr, (IpAddr, os::Route)>) -> 
     }
     notes
 }
+
+/// Resets the backend's side of the NAT flows of backends just rejected or removed (`(id,
+/// gen)`). The datapath answers a rejected flow's packets with a RST each way, but a RST the
+/// backend accepts must carry a sequence number in its window, which only the backend's own
+/// segments tell; a backend waiting on a kept-alive connection sends none. So each open flow
+/// is sent one bare ACK out of the window, from its LB address and port: the backend answers
+/// it with an ACK of its own (RFC 9293 §3.10.7.4), which the datapath turns into an
+/// acceptable RST (or, were the flow's entries gone, the LB's kernel resets it, having no
+/// socket on that port). A second round after the backend's rate limit on such answers
+/// (`tcp_invalid_ratelimit`, 500 ms) catches a lost one. Runs on a thread of its own: a large
+/// NAT table takes a while to walk.
+pub fn reset_backend_sides(table: crate::datapath::NatTable, gone: Vec<(u32, u16)>) {
+    std::thread::spawn(move || {
+        for round in 0..2 {
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            let mut sent = 0usize;
+            for (id, gen) in &gone {
+                let keys = match table.open_tcp_replies_of(*id, *gen) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        warn!(error = %e, "reading the NAT table to reset rejected flows");
+                        return;
+                    }
+                };
+                for k in &keys {
+                    match os::send_bare_ack(k) {
+                        Ok(()) => sent += 1,
+                        Err(e) => debug!(error = %e, "nudging a rejected flow's backend"),
+                    }
+                }
+            }
+            debug!(sent, round, "rejected NAT flows: backends' sides nudged");
+        }
+    });
+}

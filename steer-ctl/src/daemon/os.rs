@@ -685,3 +685,67 @@ mod tests {
         neighbours(&[]).expect("RTM_GETNEIGH dump");
     }
 }
+
+/// Sends one bare TCP ACK (sequence and acknowledgment 0, out of any window) for the reply
+/// 5-tuple `k` of a NAT flow, from the LB's side: source = `k.dst`:`k.dport_be` (the LB
+/// address and source port), destination = `k.src`:`k.sport_be` (the backend). Through a raw
+/// socket bound (freely: a pool address need not be local) to the LB address; the checksum
+/// is computed here for IPv4 and by the kernel for IPv6 (`IPV6_CHECKSUM`).
+pub fn send_bare_ack(k: &steer_common::FlowKey) -> std::io::Result<()> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let v4 = k.family == steer_common::FAMILY_V4;
+    let (lb, be): (IpAddr, IpAddr) = if v4 {
+        let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        (a(&k.dst), a(&k.src))
+    } else {
+        (IpAddr::V6(Ipv6Addr::from(k.dst)), IpAddr::V6(Ipv6Addr::from(k.src)))
+    };
+    let domain = if v4 {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(
+        domain,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if v4 {
+        sock.set_freebind(true)?;
+    } else {
+        sock.set_freebind_ipv6(true)?;
+        let offset: libc::c_int = 16;
+        // SAFETY: a valid socket and an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_CHECKSUM,
+                (&offset as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    sock.bind(&SocketAddr::new(lb, 0).into())?;
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&k.dport_be.to_ne_bytes());
+    seg[2..4].copy_from_slice(&k.sport_be.to_ne_bytes());
+    // seq 0, ack 0; data offset 5 words; ACK; window 0.
+    seg[12] = 5 << 4;
+    seg[13] = 0x10;
+    if v4 {
+        let mut sum: u32 = 6 + 20;
+        for w in k.dst[..4].chunks(2).chain(k.src[..4].chunks(2)).chain(seg.chunks(2)) {
+            sum += u16::from_be_bytes([w[0], w[1]]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        seg[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+    sock.send_to(&seg, &SocketAddr::new(be, 0).into())?;
+    Ok(())
+}
