@@ -652,40 +652,6 @@ impl Throttle {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
-        let t = Throttle::new(Duration::from_secs(3600));
-        assert_eq!(t.allow("a"), Some(0));
-        assert_eq!(t.allow("a"), None);
-        assert_eq!(t.allow("a"), None);
-        assert_eq!(t.allow("b"), Some(0));
-    }
-
-    #[test]
-    fn the_route_to_loopback_comes_from_loopback() {
-        // `ip route get 127.0.0.1`: a local route out of `lo`, source 127.0.0.1.
-        let (src, r) = facing_address("127.0.0.1".parse().unwrap()).expect("RTM_GETROUTE");
-        assert_eq!(src, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(r.gateway, None);
-        assert_ne!(r.oif, 0);
-        assert_eq!(
-            first_address(r.oif, true).unwrap(),
-            None,
-            "lo's 127.0.0.1 is host scope"
-        );
-    }
-
-    #[test]
-    fn the_neighbour_table_can_be_read() {
-        // Whatever this host has; the dump itself must work unprivileged.
-        neighbours(&[]).expect("RTM_GETNEIGH dump");
-    }
-}
-
 /// Sends one bare TCP ACK (sequence and acknowledgment 0, out of any window) for the reply
 /// 5-tuple `k` of a NAT flow, from the LB's side: source = `k.dst`:`k.dport_be` (the LB
 /// address and source port), destination = `k.src`:`k.sport_be` (the backend). Through a raw
@@ -748,4 +714,38 @@ pub fn send_bare_ack(k: &steer_common::FlowKey) -> std::io::Result<()> {
     }
     sock.send_to(&seg, &SocketAddr::new(be, 0).into())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.allow("a"), Some(0));
+        assert_eq!(t.allow("a"), None);
+        assert_eq!(t.allow("a"), None);
+        assert_eq!(t.allow("b"), Some(0));
+    }
+
+    #[test]
+    fn the_route_to_loopback_comes_from_loopback() {
+        // `ip route get 127.0.0.1`: a local route out of `lo`, source 127.0.0.1.
+        let (src, r) = facing_address("127.0.0.1".parse().unwrap()).expect("RTM_GETROUTE");
+        assert_eq!(src, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.gateway, None);
+        assert_ne!(r.oif, 0);
+        assert_eq!(
+            first_address(r.oif, true).unwrap(),
+            None,
+            "lo's 127.0.0.1 is host scope"
+        );
+    }
+
+    #[test]
+    fn the_neighbour_table_can_be_read() {
+        // Whatever this host has; the dump itself must work unprivileged.
+        neighbours(&[]).expect("RTM_GETNEIGH dump");
+    }
 }
