@@ -661,6 +661,37 @@ impl Datapath {
         }
     }
 
+    /// Writes a reverse translation (tests: a source port taken by another flow).
+    pub fn put_nat_reverse(&mut self, key: &FlowKey, rev: &NatRev) -> Result<()> {
+        typed(map::NAT, self.nat.insert(key, rev, 0))
+    }
+
+    /// Removes a reverse translation, if there is one (tests: an evicted reverse half).
+    pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
+        match self.nat.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: map::NAT,
+                source,
+            }),
+        }
+    }
+
+    /// Removes a flow's entry from both tables, if it has one (tests: an evicted forward
+    /// half).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        for (name, m) in [
+            (map::FLOWS, &mut self.flows),
+            (map::TRANSIENT, &mut self.transient),
+        ] {
+            match m.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
+        }
+        Ok(())
+    }
+
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&mut self) -> &mut Xdp {
         self.ebpf
