@@ -513,6 +513,15 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
 }
 
+/// Whether a map operation failed because the key is not there (a delete reports ENOENT).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 fn typed<T>(name: &'static str, r: std::result::Result<T, MapError>) -> Result<T> {
     r.map_err(|source| DatapathError::Map { name, source })
 }
@@ -669,7 +678,8 @@ impl Datapath {
     /// Removes a reverse translation, if there is one (tests: an evicted reverse half).
     pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
         match self.nat.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
             Err(source) => Err(DatapathError::Map {
                 name: map::NAT,
                 source,
@@ -685,7 +695,8 @@ impl Datapath {
             (map::TRANSIENT, &mut self.transient),
         ] {
             match m.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
                 Err(source) => return Err(DatapathError::Map { name, source }),
             }
         }

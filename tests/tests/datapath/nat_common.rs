@@ -586,6 +586,54 @@ impl Nat {
         udp_frame(smac, BE_SIDE_MAC, (addr, bport), (src, port), data)
     }
 
+    /// Establishes a TCP flow of `svc` from `client`:`cport` on backend `be` (SYN, the
+    /// backend's SYN-ACK, ACK), as rows; returns its LB source port.
+    pub fn establish(&mut self, svc: &str, be: &str, client: IpAddr, cport: u16) -> u16 {
+        let s = self.bal().service_spec(svc).unwrap();
+        let vip = s.vip;
+        let row = self.to_backend(
+            "set-up: SYN",
+            svc,
+            be,
+            from_client(client, cport, vip, syn(), &[]),
+            true,
+            None,
+        );
+        self.client(row);
+        let (got, port) = self.nat_of(&key(client, cport, vip, 80, TCP));
+        assert_eq!(got, be, "set-up: the SYN went to {be}");
+        let src = self.flow_source(svc, &key(client, cport, vip, 80, TCP));
+        let row = self.to_client(
+            "set-up: SYN-ACK",
+            self.from_backend(be, src, port, syn_ack(1001), &[]),
+            (vip, 80),
+            (client, cport),
+        );
+        self.backend(row);
+        let row = self.to_backend(
+            "set-up: ACK",
+            svc,
+            be,
+            from_client(client, cport, vip, ack(1), &[]),
+            false,
+            Some(port),
+        );
+        self.client(row);
+        port
+    }
+
+    /// The LB address a flow of `svc` leaves from.
+    pub fn flow_source(&self, svc: &str, k: &FlowKey) -> IpAddr {
+        let f = self.flow(k);
+        let s = self.bal().service_spec(svc).unwrap();
+        if f.nat_addr == steer_common::NAT_ADDR_BACKEND {
+            let be = self.bal().backend_name(f.backend).unwrap();
+            self.bal().backend_spec(&be).unwrap().snat.unwrap()
+        } else {
+            s.nat.pool[f.nat_addr as usize]
+        }
+    }
+
     /// The backend Maglev gives the flow from `client`:`cport` to `svc`.
     pub fn choice(&self, svc: &str, client: IpAddr, cport: u16) -> String {
         let s = self.bal().service_spec(svc).unwrap();
@@ -856,6 +904,12 @@ pub fn rst_ack(n: u32) -> TcpFlags {
     TcpFlags {
         rst: true,
         ack: Some(n),
+        ..flags()
+    }
+}
+pub fn rst() -> TcpFlags {
+    TcpFlags {
+        rst: true,
         ..flags()
     }
 }
