@@ -282,7 +282,7 @@ pub fn vip(last: u8) -> IpAddr {
 ///   `oneudp` UDP 10.0.0.61:53: oneudp-a .11, port 30200;
 /// - `lost` 10.0.0.70: lost-a 10.1.0.50 (no neighbour); `void` 10.0.0.71: void-a 172.16.0.1
 ///   (blackhole route);
-/// - `strict` 10.0.0.80: observe and recover off: strict-a .12, strict-b .13;
+/// - `strict` 10.0.0.80: observe and recover off (syn_timeout 50 ms): strict-a .12, strict-b .13;
 /// - `solo` 10.0.0.81: solo-a .14 alone;
 /// - `quick` 10.0.0.82: syn_timeout 50 ms, error_limit 2: quick-a/b/c .15–.17.
 pub fn setup() -> Balancer {
@@ -339,6 +339,7 @@ pub fn setup() -> Balancer {
         nat(ServiceSpec::tcp("strict", vip(80), 80), &|n| {
             n.observe = false;
             n.recover = false;
+            n.syn_timeout_ms = 50;
         }),
         nat(ServiceSpec::tcp("solo", vip(81), 80), &none),
         nat(ServiceSpec::tcp("quick", vip(82), 80), &|n| {
@@ -511,6 +512,62 @@ impl Nat {
                 Delta::Service(svc.into(), Field::NewFlows, new_flow as u64),
             ],
         }
+    }
+
+    /// A row: the client's `frame` to `svc` leaves, translated, for one of `bes` (a choice the
+    /// test does not predict, e.g. another backend than the one an attempt failed on).
+    pub fn to_one_of(
+        &self,
+        desc: &str,
+        svc: &str,
+        bes: &[&str],
+        frame: Frame,
+        new_flow: bool,
+    ) -> Row {
+        let len = frame.bytes.len() as u64;
+        let checks: Vec<(String, Expect)> = bes
+            .iter()
+            .map(|be| {
+                let (dst, dport) = self.be_addr(be);
+                let (srcs, lo, hi) = self.sources(svc, be);
+                let (dmac, smac, _) = self.lab.next_hop(dst, self.lab.cli);
+                (
+                    be.to_string(),
+                    xlate(dmac, smac, Side::Source(srcs, lo, hi, None), dst, dport),
+                )
+            })
+            .collect();
+        Row {
+            desc: format!("{desc} (→ one of {bes:?})"),
+            input: frame,
+            action: XDP_REDIRECT,
+            output: Expect::With(Box::new(move |input: &[u8], out: &[u8]| {
+                let mut all = Vec::new();
+                for (be, e) in &checks {
+                    let Expect::With(f) = e else { unreachable!() };
+                    let errs = f(input, out);
+                    if errs.is_empty() {
+                        return errs;
+                    }
+                    all.push(format!("not {be}: {}", errs.join(", ")));
+                }
+                all
+            })),
+            deltas: vec![
+                Delta::Outcome(outcome::REDIRECT_FORWARD, 1),
+                Delta::Service(svc.into(), Field::Packets, 1),
+                Delta::Service(svc.into(), Field::Bytes, len),
+                Delta::Service(svc.into(), Field::NewFlows, new_flow as u64),
+            ],
+        }
+    }
+
+    /// Consecutive failures passive health counts for backend `be`.
+    pub fn fails(&self, be: &str) -> u64 {
+        self.bal()
+            .datapath()
+            .observed()
+            .fails(self.bal().backend_id(be).unwrap())
     }
 
     /// A row: a backend's `frame` (a reply) leaves for the client translated back: source
