@@ -423,6 +423,21 @@ pub fn setup() -> Balancer {
 pub struct Nat {
     pub t: Table,
     pub lab: Lab,
+    /// The case running, prefixed to its rows' descriptions.
+    pub case: &'static str,
+}
+
+/// Runs `cases` in order on one NAT fixture table (`test` names the test for `privileged`),
+/// then panics listing every row that failed.
+pub fn run_cases(test: &str, cases: &[(&'static str, fn(&mut Nat))]) {
+    let Some(mut n) = nat_table(test) else {
+        return;
+    };
+    for (name, case) in cases {
+        n.case = name;
+        case(&mut n);
+    }
+    n.finish();
 }
 
 pub fn nat_table(test: &str) -> Option<Nat> {
@@ -433,6 +448,7 @@ pub fn nat_table(test: &str) -> Option<Nat> {
     Some(Nat {
         t: Table::new(setup()),
         lab,
+        case: "",
     })
 }
 
@@ -442,19 +458,21 @@ impl Nat {
     }
 
     /// Runs a row whose frame comes from a client (in by `cli0`).
-    pub fn client(&mut self, row: Row) {
+    pub fn client(&mut self, mut row: Row) {
+        row.desc = format!("{}: {}", self.case, row.desc);
         let i = self.lab.cli;
         self.t.check_on(Some(i), row);
     }
 
     /// Runs a row whose frame comes from a backend (in by `be0`).
-    pub fn backend(&mut self, row: Row) {
+    pub fn backend(&mut self, mut row: Row) {
+        row.desc = format!("{}: {}", self.case, row.desc);
         let i = self.lab.be;
         self.t.check_on(Some(i), row);
     }
 
     pub fn finish(self) {
-        let Nat { t, lab } = self;
+        let Nat { t, lab, .. } = self;
         t.finish();
         drop(lab);
     }

@@ -11,12 +11,26 @@ use steer_tests::fixture::{tcp4, udp4};
 use crate::nat_common::*;
 
 #[test]
-fn what_matches_no_reverse_entry_passes_untouched() {
-    let Some(mut n) = nat_table("nat_not_service::what_matches_no_reverse_entry_passes_untouched")
-    else {
-        return;
-    };
-    let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
+fn not_service() {
+    // One datapath for the module's cases (each load verifies four programs); each case
+    // uses clients, ports or services of its own and puts back what it changes.
+    run_cases(
+        "nat_not_service",
+        &[
+            (
+                "what_matches_no_reverse_entry_passes_untouched",
+                what_matches_no_reverse_entry_passes_untouched,
+            ),
+            (
+                "without_a_nat_service_the_reply_program_is_never_entered",
+                without_a_nat_service_the_reply_program_is_never_entered,
+            ),
+        ],
+    );
+}
+
+fn what_matches_no_reverse_entry_passes_untouched(n: &mut Nat) {
+    let c: IpAddr = CLIENT.into();
     let p = n.port_to("web", c, "web-a", 56_000);
     let port = n.establish("web", "web-a", c, p);
     n.backend(passed(
@@ -60,16 +74,9 @@ fn what_matches_no_reverse_entry_passes_untouched() {
         "a client's datagram to the LB's own address passes",
         udp4(CLIENT, 56_002, CLI_ADDR, 53, b"q"),
     ));
-    n.finish();
 }
 
-#[test]
-fn without_a_nat_service_the_reply_program_is_never_entered() {
-    let Some(mut n) =
-        nat_table("nat_not_service::without_a_nat_service_the_reply_program_is_never_entered")
-    else {
-        return;
-    };
+fn without_a_nat_service_the_reply_program_is_never_entered(n: &mut Nat) {
     assert_ne!(
         n.bal().datapath().globals().unwrap().flags & global_flags::NAT,
         0,
@@ -119,5 +126,4 @@ fn without_a_nat_service_the_reply_program_is_never_entered() {
         "with no NAT service left, the reply passes untouched",
         reply,
     ));
-    n.finish();
 }

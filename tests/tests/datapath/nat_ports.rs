@@ -10,6 +10,29 @@ use steer_tests::fixture::{udp4, Delta, Field};
 
 use crate::nat_common::*;
 
+#[test]
+fn ports() {
+    // One datapath for the module's cases (each load verifies four programs); each case
+    // uses clients, ports or services of its own and puts back what it changes.
+    run_cases(
+        "nat_ports",
+        &[
+            (
+                "a_port_taken_by_another_flow_is_skipped",
+                a_port_taken_by_another_flow_is_skipped,
+            ),
+            (
+                "ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst",
+                ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst,
+            ),
+            (
+                "a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended",
+                a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended,
+            ),
+        ],
+    );
+}
+
 /// The counters an exhausted pool moves for a new flow of `svc` on `be`.
 fn exhausted(svc: &str, be: &str) -> Vec<Delta> {
     vec![
@@ -21,13 +44,7 @@ fn exhausted(svc: &str, be: &str) -> Vec<Delta> {
     ]
 }
 
-#[test]
-fn ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst() {
-    let Some(mut n) =
-        nat_table("nat_ports::ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst")
-    else {
-        return;
-    };
+fn ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst(n: &mut Nat) {
     let tiny = vip(60);
     let c: IpAddr = CLIENT.into();
     let mut ports = Vec::new();
@@ -64,14 +81,9 @@ fn ports_are_never_shared_and_an_exhausted_pool_answers_with_a_rst() {
             .is_none(),
         "an exhausted attempt leaves no flow behind"
     );
-    n.finish();
 }
 
-#[test]
-fn a_port_taken_by_another_flow_is_skipped() {
-    let Some(mut n) = nat_table("nat_ports::a_port_taken_by_another_flow_is_skipped") else {
-        return;
-    };
+fn a_port_taken_by_another_flow_is_skipped(n: &mut Nat) {
     let tiny = vip(60);
     let c: IpAddr = CLIENT.into();
     // Another flow's reverse entry on the range's first port.
@@ -120,16 +132,10 @@ fn a_port_taken_by_another_flow_is_skipped() {
         Some(other),
         "the other flow's reverse entry is untouched"
     );
-    n.finish();
+    n.t.bal.datapath_mut().remove_nat_reverse(&taken).unwrap();
 }
 
-#[test]
-fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended() {
-    let Some(mut n) =
-        nat_table("nat_ports::a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended")
-    else {
-        return;
-    };
+fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
     let one = vip(61);
     let c: IpAddr = CLIENT.into();
     let row = n.to_backend(
@@ -243,5 +249,4 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended() {
         outcome::DROP_NAT_EXHAUSTED,
         exhausted("oneudp", "oneudp-a"),
     ));
-    n.finish();
 }

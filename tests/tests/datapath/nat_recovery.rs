@@ -13,11 +13,29 @@ use steer_tests::fixture::{Delta, Field};
 use crate::nat_common::*;
 
 #[test]
-fn a_refused_attempt_is_hidden_and_retried_elsewhere() {
-    let Some(mut n) = nat_table("nat_recovery::a_refused_attempt_is_hidden_and_retried_elsewhere")
-    else {
-        return;
-    };
+fn recovery() {
+    // One datapath for the module's cases (each load verifies four programs); each case
+    // uses clients, ports or services of its own and puts back what it changes.
+    run_cases(
+        "nat_recovery",
+        &[
+            (
+                "a_refused_attempt_is_hidden_and_retried_elsewhere",
+                a_refused_attempt_is_hidden_and_retried_elsewhere,
+            ),
+            (
+                "unanswered_syns_and_the_error_limit",
+                unanswered_syns_and_the_error_limit,
+            ),
+            (
+                "with_observe_and_recover_off_nothing_is_hidden_or_counted",
+                with_observe_and_recover_off_nothing_is_hidden_or_counted,
+            ),
+        ],
+    );
+}
+
+fn a_refused_attempt_is_hidden_and_retried_elsewhere(n: &mut Nat) {
     let (web, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     let p = n.port_to("web", c, "web-a", 52_000);
     let row = n.to_backend(
@@ -114,14 +132,9 @@ fn a_refused_attempt_is_hidden_and_retried_elsewhere() {
         .push(Delta::Backend("solo-a".into(), Field::Refused, 1));
     n.backend(row);
     assert_eq!(n.fails("solo-a"), 1, "still a failure of the backend");
-    n.finish();
 }
 
-#[test]
-fn unanswered_syns_and_the_error_limit() {
-    let Some(mut n) = nat_table("nat_recovery::unanswered_syns_and_the_error_limit") else {
-        return;
-    };
+fn unanswered_syns_and_the_error_limit(n: &mut Nat) {
     let quick = vip(82);
     let c: IpAddr = CLIENT.into();
     let p = n.port_to("quick", c, "quick-a", 53_000);
@@ -228,16 +241,9 @@ fn unanswered_syns_and_the_error_limit() {
         None,
     );
     n.client(row);
-    n.finish();
 }
 
-#[test]
-fn with_observe_and_recover_off_nothing_is_hidden_or_counted() {
-    let Some(mut n) =
-        nat_table("nat_recovery::with_observe_and_recover_off_nothing_is_hidden_or_counted")
-    else {
-        return;
-    };
+fn with_observe_and_recover_off_nothing_is_hidden_or_counted(n: &mut Nat) {
     let strict = vip(80);
     let c: IpAddr = CLIENT.into();
     let p = n.port_to("strict", c, "strict-a", 55_000);
@@ -291,5 +297,4 @@ fn with_observe_and_recover_off_nothing_is_hidden_or_counted() {
     ]);
     n.client(row);
     assert_eq!(n.fails("strict-a"), 0, "no failure counted");
-    n.finish();
 }

@@ -14,12 +14,39 @@ use steer_tests::fixture::{tcp6, udp4, Delta, Field};
 use crate::nat_common::*;
 
 #[test]
-fn pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows() {
-    let Some(mut n) =
-        nat_table("nat_rules::pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows")
-    else {
-        return;
-    };
+fn rules() {
+    // One datapath for the module's cases (each load verifies four programs); each case
+    // uses clients, ports or services of its own and puts back what it changes.
+    run_cases(
+        "nat_rules",
+        &[
+            (
+                "pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows",
+                pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows,
+            ),
+            ("reject_resets_both_sides", reject_resets_both_sides),
+            (
+                "a_removed_backend_is_treated_as_reject",
+                a_removed_backend_is_treated_as_reject,
+            ),
+            (
+                "maintenance_and_fallback_backends",
+                maintenance_and_fallback_backends,
+            ),
+            (
+                "a_retransmitted_syn_leaves_a_backend_taken_out",
+                a_retransmitted_syn_leaves_a_backend_taken_out,
+            ),
+            (
+                "udp_idle_expiry_and_several_services",
+                udp_idle_expiry_and_several_services,
+            ),
+            ("ipv6_reject_and_redispatch", ipv6_reject_and_redispatch),
+        ],
+    );
+}
+
+fn pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     // A flow whose Maglev choice moves to a new backend when it joins.
     let p = (49_000..53_000)
@@ -98,14 +125,11 @@ fn pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows() {
         Some(port),
     );
     n.client(row);
-    n.finish();
+    n.t.bal.set_admin("web-a", AdminState::Ready).unwrap();
+    n.t.bal.remove_backend("web-d").unwrap();
 }
 
-#[test]
-fn reject_resets_both_sides() {
-    let Some(mut n) = nat_table("nat_rules::reject_resets_both_sides") else {
-        return;
-    };
+fn reject_resets_both_sides(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     let p = n.port_to("web", c, "web-c", 49_100);
     let port = n.establish("web", "web-c", c, p);
@@ -144,14 +168,10 @@ fn reject_resets_both_sides() {
         outcome::DROP_REJECTED,
         vec![],
     ));
-    n.finish();
+    n.t.bal.set_admin("web-c", AdminState::Ready).unwrap();
 }
 
-#[test]
-fn a_removed_backend_is_treated_as_reject() {
-    let Some(mut n) = nat_table("nat_rules::a_removed_backend_is_treated_as_reject") else {
-        return;
-    };
+fn a_removed_backend_is_treated_as_reject(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     n.t.bal
         .add_backend(
@@ -159,13 +179,13 @@ fn a_removed_backend_is_treated_as_reject() {
             BackendSpec {
                 port: Some(BE_PORT),
                 snat: Some(SNAT.into()),
-                ..BackendSpec::new("web-d", be4(18), [0; 6])
+                ..BackendSpec::new("web-e", be4(19), [0; 6])
             },
         )
         .unwrap();
-    let p = n.port_to("web", c, "web-d", 49_200);
-    let port = n.establish("web", "web-d", c, p);
-    n.t.bal.remove_backend("web-d").unwrap();
+    let p = n.port_to("web", c, "web-e", 49_200);
+    let port = n.establish("web", "web-e", c, p);
+    n.t.bal.remove_backend("web-e").unwrap();
     n.client(rst_row(
         "a client's packet of a removed backend's flow is answered with a RST",
         from_client(c, p, vip, ack(55), b"x"),
@@ -173,9 +193,9 @@ fn a_removed_backend_is_treated_as_reject() {
     ));
     // The backend's packet, by the address and port it still uses.
     let frame = tcp_frame(
-        mac4(18),
+        mac4(19),
         BE_SIDE_MAC,
-        (be4(18), BE_PORT),
+        (be4(19), BE_PORT),
         (SNAT.into(), port),
         ack(1),
         b"late",
@@ -185,14 +205,9 @@ fn a_removed_backend_is_treated_as_reject() {
         frame,
         vec![Delta::Service("web".into(), Field::RstSent, 1)],
     ));
-    n.finish();
 }
 
-#[test]
-fn maintenance_and_fallback_backends() {
-    let Some(mut n) = nat_table("nat_rules::maintenance_and_fallback_backends") else {
-        return;
-    };
+fn maintenance_and_fallback_backends(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     let p = n.port_to("web", c, "web-b", 49_300);
     let port = n.establish("web", "web-b", c, p);
@@ -236,14 +251,12 @@ fn maintenance_and_fallback_backends() {
         None,
     );
     n.client(row);
-    n.finish();
+    for be in ["web-a", "web-b", "web-c"] {
+        n.t.bal.set_health(be, Health::Up).unwrap();
+    }
 }
 
-#[test]
-fn a_retransmitted_syn_leaves_a_backend_taken_out() {
-    let Some(mut n) = nat_table("nat_rules::a_retransmitted_syn_leaves_a_backend_taken_out") else {
-        return;
-    };
+fn a_retransmitted_syn_leaves_a_backend_taken_out(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     let take_out: [(&str, &dyn Fn(&mut steer_ctl::Balancer)); 3] = [
         ("drained", &|b| {
@@ -310,14 +323,9 @@ fn a_retransmitted_syn_leaves_a_backend_taken_out() {
         n.t.bal.set_admin("web-c", AdminState::Ready).unwrap();
         n.t.bal.set_health("web-c", Health::Up).unwrap();
     }
-    n.finish();
 }
 
-#[test]
-fn udp_idle_expiry_and_several_services() {
-    let Some(mut n) = nat_table("nat_rules::udp_idle_expiry_and_several_services") else {
-        return;
-    };
+fn udp_idle_expiry_and_several_services(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
     let be = n.choice("dns", c, 50_000);
     let row = n.to_backend(
@@ -379,14 +387,9 @@ fn udp_idle_expiry_and_several_services() {
         Some(web_port),
     );
     n.client(row);
-    n.finish();
 }
 
-#[test]
-fn ipv6_reject_and_redispatch() {
-    let Some(mut n) = nat_table("nat_rules::ipv6_reject_and_redispatch") else {
-        return;
-    };
+fn ipv6_reject_and_redispatch(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP6.into(), CLIENT6.into());
     let p = n.port_to("web6", c, "web6-a", 51_000);
     let port = n.establish("web6", "web6-a", c, p);
@@ -425,5 +428,4 @@ fn ipv6_reject_and_redispatch() {
     assert!(n
         .reverse(&n.rev_key("web6-a", SNAT6.into(), qport, TCP))
         .is_none());
-    n.finish();
 }

@@ -11,10 +11,25 @@ use steer_tests::fixture::{tcp4, tcp6, udp4, udp6, Delta, Frame};
 use crate::nat_common::*;
 
 #[test]
-fn tcp_v4_both_ways() {
-    let Some(mut n) = nat_table("nat_translation::tcp_v4_both_ways") else {
-        return;
-    };
+fn translation() {
+    // One datapath for the module's cases (each load verifies four programs); each case
+    // uses clients, ports or services of its own and puts back what it changes.
+    run_cases(
+        "nat_translation",
+        &[
+            ("tcp_v4_both_ways", tcp_v4_both_ways),
+            ("next_hops_come_from_the_fib", next_hops_come_from_the_fib),
+            (
+                "a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through",
+                a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through,
+            ),
+            ("udp_both_ways", udp_both_ways),
+            ("ipv6_tcp_and_udp_both_ways", ipv6_tcp_and_udp_both_ways),
+        ],
+    );
+}
+
+fn tcp_v4_both_ways(n: &mut Nat) {
     let vip: IpAddr = VIP.into();
     let c: IpAddr = CLIENT.into();
     let p = n.port_to("web", c, "web-a", 40_000);
@@ -115,14 +130,9 @@ fn tcp_v4_both_ways() {
         (c2, p2),
     );
     n.backend(row);
-    n.finish();
 }
 
-#[test]
-fn next_hops_come_from_the_fib() {
-    let Some(mut n) = nat_table("nat_translation::next_hops_come_from_the_fib") else {
-        return;
-    };
+fn next_hops_come_from_the_fib(n: &mut Nat) {
     // A backend behind a router: its destination MAC is the router's.
     let far = vip(40);
     let row = n.to_backend(
@@ -240,16 +250,9 @@ fn next_hops_come_from_the_fib() {
         (CLIENT.into(), 41_010),
     );
     n.backend(row);
-    n.finish();
 }
 
-#[test]
-fn a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through() {
-    let Some(mut n) = nat_table(
-        "nat_translation::a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through",
-    ) else {
-        return;
-    };
+fn a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through(n: &mut Nat) {
     let lost = vip(70);
     n.client(dropped(
         "a SYN to a backend with no neighbour entry is dropped",
@@ -284,14 +287,9 @@ fn a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through() {
         outcome::DROP_NO_ROUTE,
         vec![],
     ));
-    n.finish();
 }
 
-#[test]
-fn udp_both_ways() {
-    let Some(mut n) = nat_table("nat_translation::udp_both_ways") else {
-        return;
-    };
+fn udp_both_ways(n: &mut Nat) {
     let vip: IpAddr = VIP.into();
     let c: IpAddr = CLIENT.into();
     let be = n.choice("dns", c, 43_000);
@@ -334,14 +332,9 @@ fn udp_both_ways() {
         (c, 43_000),
     );
     n.backend(row);
-    n.finish();
 }
 
-#[test]
-fn ipv6_tcp_and_udp_both_ways() {
-    let Some(mut n) = nat_table("nat_translation::ipv6_tcp_and_udp_both_ways") else {
-        return;
-    };
+fn ipv6_tcp_and_udp_both_ways(n: &mut Nat) {
     let vip: IpAddr = VIP6.into();
     let c: IpAddr = CLIENT6.into();
     let p = n.port_to("web6", c, "web6-b", 44_000);
@@ -388,5 +381,4 @@ fn ipv6_tcp_and_udp_both_ways() {
         (c, 44_001),
     );
     n.backend(row);
-    n.finish();
 }
