@@ -319,6 +319,9 @@ impl Frame {
     }
 }
 
+/// A check of an output frame given the input: what was wrong, empty when nothing.
+pub type Check = Box<dyn Fn(&[u8], &[u8]) -> Vec<String>>;
+
 /// What the output frame must be.
 pub enum Expect {
     /// Byte for byte the input.
@@ -332,7 +335,7 @@ pub enum Expect {
     Any,
     /// Checked by a function of the input and output frames, which returns what was wrong
     /// (e.g. a NAT translation, whose source port the datapath chooses).
-    With(Box<dyn Fn(&[u8], &[u8]) -> Vec<String>>),
+    With(Check),
 }
 
 /// Which counter must move, and by how much.

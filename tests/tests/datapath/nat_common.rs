@@ -427,9 +427,12 @@ pub struct Nat {
     pub case: &'static str,
 }
 
+/// A named case of a module's fixtures.
+pub type Case = (&'static str, fn(&mut Nat));
+
 /// Runs `cases` in order on one NAT fixture table (`test` names the test for `privileged`),
 /// then panics listing every row that failed.
-pub fn run_cases(test: &str, cases: &[(&'static str, fn(&mut Nat))]) {
+pub fn run_cases(test: &str, cases: &[Case]) {
     let Some(mut n) = nat_table(test) else {
         return;
     };
@@ -641,7 +644,7 @@ impl Nat {
     }
 
     /// A TCP segment from backend `be` to LB source `src`:`port` (in by `be0`).
-    pub fn from_backend(
+    pub fn backend_seg(
         &self,
         be: &str,
         src: IpAddr,
@@ -655,7 +658,7 @@ impl Nat {
     }
 
     /// A UDP datagram from backend `be` to LB source `src`:`port`.
-    pub fn udp_from_backend(&self, be: &str, src: IpAddr, port: u16, data: &[u8]) -> Frame {
+    pub fn backend_udp(&self, be: &str, src: IpAddr, port: u16, data: &[u8]) -> Frame {
         let (addr, bport) = self.be_addr(be);
         let smac = self.lab.next_hop(addr, self.lab.cli).0;
         udp_frame(smac, BE_SIDE_MAC, (addr, bport), (src, port), data)
@@ -680,7 +683,7 @@ impl Nat {
         let src = self.flow_source(svc, &key(client, cport, vip, 80, TCP));
         let row = self.to_client(
             "set-up: SYN-ACK",
-            self.from_backend(be, src, port, syn_ack(1001), &[]),
+            self.backend_seg(be, src, port, syn_ack(1001), &[]),
             (vip, 80),
             (client, cport),
         );

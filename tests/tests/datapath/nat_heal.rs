@@ -53,7 +53,7 @@ fn both_halves_heal(n: &mut Nat) {
     );
     let row = n.to_client(
         "the backend's reply is translated by it",
-        n.from_backend("web-b", SNAT.into(), port, ack(6), b"200"),
+        n.backend_seg("web-b", SNAT.into(), port, ack(6), b"200"),
         (vip, 80),
         (c, p),
     );
@@ -63,7 +63,7 @@ fn both_halves_heal(n: &mut Nat) {
     n.t.bal.datapath_mut().remove_flow(&k).unwrap();
     let mut row = n.to_client(
         "a backend's reply whose flow entry was lost goes on, and writes it again",
-        n.from_backend("web-b", SNAT.into(), port, ack(6), b"more"),
+        n.backend_seg("web-b", SNAT.into(), port, ack(6), b"more"),
         (vip, 80),
         (c, p),
     );
@@ -119,7 +119,7 @@ fn a_reverse_entry_given_to_another_flow_is_a_conflict(n: &mut Nat) {
     );
     let row = n.to_client(
         "the backend's answer on the port goes to the other flow's client",
-        n.from_backend("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
+        n.backend_seg("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
         (one, 80),
         (c2, 48_101),
     );

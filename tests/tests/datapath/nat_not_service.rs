@@ -35,7 +35,7 @@ fn what_matches_no_reverse_entry_passes_untouched(n: &mut Nat) {
     let port = n.establish("web", "web-a", c, p);
     n.backend(passed(
         "a backend's segment to an LB port no flow holds passes",
-        n.from_backend(
+        n.backend_seg(
             "web-a",
             SNAT.into(),
             if port == 20_000 { 20_001 } else { 20_000 },
@@ -91,7 +91,7 @@ fn without_a_nat_service_the_reply_program_is_never_entered(n: &mut Nat) {
         .unwrap();
     n.backend(passed(
         "with the NAT flag clear, a backend's reply that a reverse entry matches passes untouched",
-        n.from_backend("web-a", SNAT.into(), port, ack(1), b"x"),
+        n.backend_seg("web-a", SNAT.into(), port, ack(1), b"x"),
     ));
     n.t.bal
         .datapath_mut()
@@ -102,13 +102,13 @@ fn without_a_nat_service_the_reply_program_is_never_entered(n: &mut Nat) {
         .unwrap();
     let row = n.to_client(
         "with it set again, the same reply is translated",
-        n.from_backend("web-a", SNAT.into(), port, ack(1), b"x"),
+        n.backend_seg("web-a", SNAT.into(), port, ack(1), b"x"),
         (vip, 80),
         (c, p),
     );
     n.backend(row);
     // The last NAT service removed clears the flag.
-    let reply = n.from_backend("web-a", SNAT.into(), port, ack(1), b"x");
+    let reply = n.backend_seg("web-a", SNAT.into(), port, ack(1), b"x");
     let names: Vec<String> = n
         .bal()
         .service_infos()

@@ -149,7 +149,7 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
     n.client(row);
     let row = n.to_client(
         "set-up: SYN-ACK",
-        n.from_backend("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
+        n.backend_seg("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
         (one, 80),
         (c, 46_000),
     );
@@ -209,7 +209,7 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
     );
     let row = n.to_client(
         "the backend's answer on the port goes to the new flow's client",
-        n.from_backend("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
+        n.backend_seg("one-a", SNAT.into(), ONE_PORT, syn_ack(1001), &[]),
         (one, 80),
         (c, 46_003),
     );

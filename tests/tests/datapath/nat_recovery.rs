@@ -51,7 +51,7 @@ fn a_refused_attempt_is_hidden_and_retried_elsewhere(n: &mut Nat) {
     let (_, port) = n.nat_of(&k);
     n.backend(dropped(
         "the backend answers the SYN with a RST: hidden from the client, counted",
-        n.from_backend("web-a", SNAT.into(), port, rst_ack(1001), &[]),
+        n.backend_seg("web-a", SNAT.into(), port, rst_ack(1001), &[]),
         outcome::DROP_REFUSED,
         vec![
             Delta::Outcome(event::REFUSED, 1),
@@ -84,7 +84,7 @@ fn a_refused_attempt_is_hidden_and_retried_elsewhere(n: &mut Nat) {
     );
     let row = n.to_client(
         "the other backend's SYN-ACK reaches the client",
-        n.from_backend(&be, SNAT.into(), new_port, syn_ack(1001), &[]),
+        n.backend_seg(&be, SNAT.into(), new_port, syn_ack(1001), &[]),
         (web, 80),
         (c, p),
     );
@@ -122,7 +122,7 @@ fn a_refused_attempt_is_hidden_and_retried_elsewhere(n: &mut Nat) {
     let (_, sport) = n.nat_of(&key(c, 52_500, solo, 80, TCP));
     let mut row = n.to_client(
         "with no other backend eligible, the backend's RST reaches the client, translated",
-        n.from_backend("solo-a", SNAT.into(), sport, rst_ack(1001), &[]),
+        n.backend_seg("solo-a", SNAT.into(), sport, rst_ack(1001), &[]),
         (solo, 80),
         (c, 52_500),
     );
@@ -203,7 +203,7 @@ fn unanswered_syns_and_the_error_limit(n: &mut Nat) {
         let (_, qport) = n.nat_of(&key(c, q, quick, 80, TCP));
         n.backend(dropped(
             &format!("refusal {i} of quick-b (error_limit 2)"),
-            n.from_backend("quick-b", SNAT.into(), qport, rst_ack(1001), &[]),
+            n.backend_seg("quick-b", SNAT.into(), qport, rst_ack(1001), &[]),
             outcome::DROP_REFUSED,
             vec![Delta::Outcome(event::PASSIVE_DOWN, (i == 2) as u64)],
         ));
@@ -259,7 +259,7 @@ fn with_observe_and_recover_off_nothing_is_hidden_or_counted(n: &mut Nat) {
     let (_, port) = n.nat_of(&key(c, p, strict, 80, TCP));
     let mut row = n.to_client(
         "a refusal reaches the client though another backend is eligible",
-        n.from_backend("strict-a", SNAT.into(), port, rst_ack(1001), &[]),
+        n.backend_seg("strict-a", SNAT.into(), port, rst_ack(1001), &[]),
         (strict, 80),
         (c, p),
     );

@@ -97,7 +97,7 @@ fn pinned_flows_survive_a_pool_change_and_drain_and_maint_keep_flows(n: &mut Nat
     n.client(row);
     let row = n.to_client(
         "…and its backend's replies still come back",
-        n.from_backend("web-a", SNAT.into(), port, ack(5), b"data"),
+        n.backend_seg("web-a", SNAT.into(), port, ack(5), b"data"),
         (vip, 80),
         (c, p),
     );
@@ -154,17 +154,17 @@ fn reject_resets_both_sides(n: &mut Nat) {
     ));
     n.backend(rst_row(
         "after reject, the backend's packet of a flow is answered with a RST to the backend",
-        n.from_backend("web-c", SNAT.into(), port2, ack(1), b"late data"),
+        n.backend_seg("web-c", SNAT.into(), port2, ack(1), b"late data"),
         vec![Delta::Service("web".into(), Field::RstSent, 1)],
     ));
     n.backend(rst_row(
         "…also for a flow whose client side was reset already",
-        n.from_backend("web-c", SNAT.into(), port, ack(1), b"late data"),
+        n.backend_seg("web-c", SNAT.into(), port, ack(1), b"late data"),
         vec![],
     ));
     n.backend(dropped(
         "a RST from the backend of a rejected flow is dropped, not answered",
-        n.from_backend("web-c", SNAT.into(), port, rst(), &[]),
+        n.backend_seg("web-c", SNAT.into(), port, rst(), &[]),
         outcome::DROP_REJECTED,
         vec![],
     ));
@@ -224,7 +224,7 @@ fn maintenance_and_fallback_backends(n: &mut Nat) {
     let (_, mport) = n.nat_of(&key(c, 49_301, vip, 80, TCP));
     let row = n.to_client(
         "…whose reply comes back from the VIP",
-        n.from_backend("web-maint", SNAT.into(), mport, syn_ack(1001), &[]),
+        n.backend_seg("web-maint", SNAT.into(), mport, syn_ack(1001), &[]),
         (vip, 80),
         (c, 49_301),
     );
@@ -258,16 +258,12 @@ fn maintenance_and_fallback_backends(n: &mut Nat) {
 
 fn a_retransmitted_syn_leaves_a_backend_taken_out(n: &mut Nat) {
     let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
-    let take_out: [(&str, &dyn Fn(&mut steer_ctl::Balancer)); 3] = [
-        ("drained", &|b| {
-            b.set_admin("web-c", AdminState::Drain).unwrap()
-        }),
-        ("down", &|b| b.set_health("web-c", Health::Down).unwrap()),
-        ("rejected", &|b| {
-            b.set_admin("web-c", AdminState::Reject).unwrap()
-        }),
-    ];
-    for (i, (how, act)) in take_out.into_iter().enumerate() {
+    let take_out = |b: &mut steer_ctl::Balancer, how: &str| match how {
+        "drained" => b.set_admin("web-c", AdminState::Drain).unwrap(),
+        "down" => b.set_health("web-c", Health::Down).unwrap(),
+        _ => b.set_admin("web-c", AdminState::Reject).unwrap(),
+    };
+    for (i, how) in ["drained", "down", "rejected"].into_iter().enumerate() {
         let p = n.port_to("web", c, "web-c", 49_400 + 100 * i as u16);
         let row = n.to_backend(
             "set-up: a SYN, never answered",
@@ -282,7 +278,7 @@ fn a_retransmitted_syn_leaves_a_backend_taken_out(n: &mut Nat) {
         let (_, old_port) = n.nat_of(&k);
         let old_rev = n.rev_key("web-c", SNAT.into(), old_port, TCP);
         assert!(n.reverse(&old_rev).is_some());
-        act(&mut n.t.bal);
+        take_out(&mut n.t.bal, how);
         let again = n.choice("web", c, p);
         assert_ne!(again, "web-c");
         let mut row = n.to_backend(
@@ -310,14 +306,14 @@ fn a_retransmitted_syn_leaves_a_backend_taken_out(n: &mut Nat) {
         );
         let row = n.to_client(
             "the new backend's SYN-ACK reaches the client",
-            n.from_backend(&again, SNAT.into(), new_port, syn_ack(1001), &[]),
+            n.backend_seg(&again, SNAT.into(), new_port, syn_ack(1001), &[]),
             (vip, 80),
             (c, p),
         );
         n.backend(row);
         n.backend(passed(
             "a late SYN-ACK of the old attempt, on the released source, is not translated",
-            n.from_backend("web-c", SNAT.into(), old_port, syn_ack(1001), &[]),
+            n.backend_seg("web-c", SNAT.into(), old_port, syn_ack(1001), &[]),
         ));
         // Back in rotation for the next case.
         n.t.bal.set_admin("web-c", AdminState::Ready).unwrap();
@@ -373,7 +369,7 @@ fn udp_idle_expiry_and_several_services(n: &mut Nat) {
     );
     let row = n.to_client(
         "the answer on the new source comes back",
-        n.udp_from_backend(&be, SNAT.into(), port2, b"a3"),
+        n.backend_udp(&be, SNAT.into(), port2, b"a3"),
         (vip, 53),
         (c, 50_000),
     );
@@ -412,7 +408,7 @@ fn ipv6_reject_and_redispatch(n: &mut Nat) {
     ));
     n.backend(rst_row(
         "…and the backend's, with a RST to the backend",
-        n.from_backend("web6-a", SNAT6.into(), port, ack(1), b"late"),
+        n.backend_seg("web6-a", SNAT6.into(), port, ack(1), b"late"),
         vec![],
     ));
     let mut row = n.to_backend(

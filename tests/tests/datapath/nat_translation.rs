@@ -54,7 +54,7 @@ fn tcp_v4_both_ways(n: &mut Nat) {
     );
     let row = n.to_client(
         "the backend's SYN-ACK comes back from the VIP to the client",
-        n.from_backend("web-a", SNAT.into(), lb_port, syn_ack(1001), &[]),
+        n.backend_seg("web-a", SNAT.into(), lb_port, syn_ack(1001), &[]),
         (vip, 80),
         (c, p),
     );
@@ -86,7 +86,7 @@ fn tcp_v4_both_ways(n: &mut Nat) {
     n.client(row);
     let row = n.to_client(
         "the backend's data comes back translated",
-        n.from_backend(
+        n.backend_seg(
             "web-a",
             SNAT.into(),
             lb_port,
@@ -100,7 +100,7 @@ fn tcp_v4_both_ways(n: &mut Nat) {
     // A payload of odd length: the checksum's last word is padded.
     let row = n.to_client(
         "…of odd length too",
-        n.from_backend("web-a", SNAT.into(), lb_port, ack(19), b"odd"),
+        n.backend_seg("web-a", SNAT.into(), lb_port, ack(19), b"odd"),
         (vip, 80),
         (c, p),
     );
@@ -125,7 +125,7 @@ fn tcp_v4_both_ways(n: &mut Nat) {
     );
     let row = n.to_client(
         "its reply goes to it, not to the first client",
-        n.from_backend("web-a", SNAT.into(), lb_port2, syn_ack(1001), &[]),
+        n.backend_seg("web-a", SNAT.into(), lb_port2, syn_ack(1001), &[]),
         (vip, 80),
         (c2, p2),
     );
@@ -147,7 +147,7 @@ fn next_hops_come_from_the_fib(n: &mut Nat) {
     let (_, port) = n.nat_of(&key(CLIENT.into(), 41_000, far, 80, TCP));
     let row = n.to_client(
         "its reply goes to the client",
-        n.from_backend("far-a", SNAT.into(), port, syn_ack(1001), &[]),
+        n.backend_seg("far-a", SNAT.into(), port, syn_ack(1001), &[]),
         (far, 80),
         (CLIENT.into(), 41_000),
     );
@@ -185,7 +185,7 @@ fn next_hops_come_from_the_fib(n: &mut Nat) {
     let (be, port) = n.nat_of(&k);
     let row = n.to_client(
         "its reply leaves through that router (the default route)",
-        n.from_backend(&be, SNAT.into(), port, syn_ack(1001), &[]),
+        n.backend_seg(&be, SNAT.into(), port, syn_ack(1001), &[]),
         (VIP.into(), 80),
         (fc, 41_002),
     );
@@ -203,7 +203,7 @@ fn next_hops_come_from_the_fib(n: &mut Nat) {
     );
     n.client(row);
     let (_, port) = n.nat_of(&key(CLIENT.into(), 41_003, local, 80, TCP));
-    let reply = n.from_backend("local-a", CLI_ADDR.into(), port, syn_ack(1001), &[]);
+    let reply = n.backend_seg("local-a", CLI_ADDR.into(), port, syn_ack(1001), &[]);
     let (dmac, smac, action) = n.lab.next_hop(CLIENT.into(), n.lab.cli);
     assert_eq!(action, steer_tests::fixture::XDP_TX);
     let row = steer_tests::fixture::Row {
@@ -239,7 +239,7 @@ fn next_hops_come_from_the_fib(n: &mut Nat) {
     let src: IpAddr = POOL[f.nat_addr as usize].into();
     let row = n.to_client(
         "the reply to a pool address comes back",
-        n.from_backend(
+        n.backend_seg(
             "pooled-a",
             src,
             u16::from_be(f.nat_port_be),
@@ -305,7 +305,7 @@ fn udp_both_ways(n: &mut Nat) {
     let (_, port) = n.nat_of(&key(c, 43_000, vip, 53, UDP));
     let row = n.to_client(
         "the backend's answer comes back from the VIP",
-        n.udp_from_backend(&be, SNAT.into(), port, b"answer"),
+        n.backend_udp(&be, SNAT.into(), port, b"answer"),
         (vip, 53),
         (c, 43_000),
     );
@@ -323,7 +323,7 @@ fn udp_both_ways(n: &mut Nat) {
         Some(port),
     );
     n.client(row);
-    let mut f = n.udp_from_backend(&be, SNAT.into(), port, b"none either");
+    let mut f = n.backend_udp(&be, SNAT.into(), port, b"none either");
     f.bytes[40..42].copy_from_slice(&[0, 0]);
     let row = n.to_client(
         "…and the answer without one comes back without one",
@@ -350,7 +350,7 @@ fn ipv6_tcp_and_udp_both_ways(n: &mut Nat) {
     let (_, port) = n.nat_of(&key(c, p, vip, 80, TCP));
     let row = n.to_client(
         "its SYN-ACK comes back from the VIP",
-        n.from_backend("web6-b", SNAT6.into(), port, syn_ack(1001), &[]),
+        n.backend_seg("web6-b", SNAT6.into(), port, syn_ack(1001), &[]),
         (vip, 80),
         (c, p),
     );
@@ -376,7 +376,7 @@ fn ipv6_tcp_and_udp_both_ways(n: &mut Nat) {
     let (_, port) = n.nat_of(&key(c, 44_001, vip, 53, UDP));
     let row = n.to_client(
         "its answer comes back",
-        n.udp_from_backend("dns6-a", SNAT6.into(), port, b"answer!"),
+        n.backend_udp("dns6-a", SNAT6.into(), port, b"answer!"),
         (vip, 53),
         (c, 44_001),
     );
