@@ -513,6 +513,15 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
 }
 
+/// Whether a map operation failed because the key is not there (a delete reports ENOENT).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 fn typed<T>(name: &'static str, r: std::result::Result<T, MapError>) -> Result<T> {
     r.map_err(|source| DatapathError::Map { name, source })
 }
@@ -670,6 +679,39 @@ impl Datapath {
             .try_clone_to_owned()
             .map(NatTable)
             .map_err(DatapathError::FlowIter)
+    }
+
+    /// Writes a reverse translation (tests: a source port taken by another flow).
+    pub fn put_nat_reverse(&mut self, key: &FlowKey, rev: &NatRev) -> Result<()> {
+        typed(map::NAT, self.nat.insert(key, rev, 0))
+    }
+
+    /// Removes a reverse translation, if there is one (tests: an evicted reverse half).
+    pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
+        match self.nat.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: map::NAT,
+                source,
+            }),
+        }
+    }
+
+    /// Removes a flow's entry from both tables, if it has one (tests: an evicted forward
+    /// half).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        for (name, m) in [
+            (map::FLOWS, &mut self.flows),
+            (map::TRANSIENT, &mut self.transient),
+        ] {
+            match m.remove(key) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
+        }
+        Ok(())
     }
 
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.

@@ -519,8 +519,6 @@ fn heal_flow(client: &FlowKey, rev: &NatRev, port_be: u16, now: u64) {
 /// retransmitted SYN goes to that other backend.
 #[inline(always)]
 fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> bool {
-    stats::count_event(event::REFUSED);
-    stats::count_backend_refused(be_id);
     // SAFETY: pointer from the caller's lookup, valid for this run.
     let rev = unsafe { &mut *r };
     let key = ServiceKey {
@@ -532,6 +530,12 @@ fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> 
     let Some((svc_id, svc)) = select::service(&key) else {
         return false;
     };
+    // Counted, as an unanswered attempt is, only where the service observes or recovers.
+    if svc.flags & (svc_flags::OBSERVE | svc_flags::RECOVER) == 0 {
+        return false;
+    }
+    stats::count_event(event::REFUSED);
+    stats::count_backend_refused(be_id);
     if rev.flags & nat_flags::FAILED == 0 {
         rev.flags |= nat_flags::FAILED;
         observe::failed(svc, be_id, now);

@@ -16,6 +16,7 @@ pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 pub fn action_name(a: u32) -> &'static str {
     match a {
@@ -23,7 +24,7 @@ pub fn action_name(a: u32) -> &'static str {
         XDP_DROP => "XDP_DROP",
         XDP_PASS => "XDP_PASS",
         XDP_TX => "XDP_TX",
-        4 => "XDP_REDIRECT",
+        XDP_REDIRECT => "XDP_REDIRECT",
         _ => "unknown",
     }
 }
@@ -318,6 +319,9 @@ impl Frame {
     }
 }
 
+/// A check of an output frame given the input: what was wrong, empty when nothing.
+pub type Check = Box<dyn Fn(&[u8], &[u8]) -> Vec<String>>;
+
 /// What the output frame must be.
 pub enum Expect {
     /// Byte for byte the input.
@@ -329,6 +333,9 @@ pub enum Expect {
     Frame(Frame),
     /// Not checked (the action says enough, e.g. a drop).
     Any,
+    /// Checked by a function of the input and output frames, which returns what was wrong
+    /// (e.g. a NAT translation, whose source port the datapath chooses).
+    With(Check),
 }
 
 /// Which counter must move, and by how much.
@@ -348,6 +355,9 @@ pub enum Field {
     NewFlows,
     EndedFlows,
     RstSent,
+    Refused,
+    SynTimeouts,
+    NatExhausted,
 }
 
 impl Field {
@@ -358,6 +368,9 @@ impl Field {
             Field::NewFlows => c.new_flows,
             Field::EndedFlows => c.ended_flows,
             Field::RstSent => c.rst_sent,
+            Field::Refused => c.refused,
+            Field::SynTimeouts => c.syn_timeouts,
+            Field::NatExhausted => c.nat_exhausted,
         }
     }
 }
@@ -379,13 +392,28 @@ pub struct Ran {
 
 /// Runs one frame through the program once.
 pub fn run_frame(bal: &mut Balancer, input: &[u8]) -> Ran {
+    run_frame_on(bal, input, None)
+}
+
+/// Runs one frame through the program once, as if it arrived on interface `ingress` (of the
+/// calling thread's network namespace; `None`: its loopback). The FIB lookups of NAT mode
+/// start from the ingress interface, and tell `XDP_TX` (out of the same one) from
+/// `XDP_REDIRECT`.
+pub fn run_frame_on(bal: &mut Balancer, input: &[u8], ingress: Option<u32>) -> Ran {
     let mut out = vec![0u8; input.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex. The kernel wants data and data_meta 0 and data_end the input's length.
+    let ctx: Vec<u8> = [0, input.len() as u32, 0, ingress.unwrap_or(0), 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
     let r = bal
         .datapath_mut()
         .program()
         .test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),
+            ctx_in: ingress.map(|_| ctx.as_slice()),
             ..TestRunOptions::new()
         })
         .expect("BPF_PROG_TEST_RUN");
@@ -427,6 +455,11 @@ fn expected(d: &Delta) -> u64 {
 
 /// Checks one row; returns what was wrong.
 pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
+    check_on(bal, row, None)
+}
+
+/// Checks one row whose frame arrives on interface `ingress` (see `run_frame_on`).
+pub fn check_on(bal: &mut Balancer, row: &Row, ingress: Option<u32>) -> Vec<String> {
     let before: Vec<u64> = row.deltas.iter().map(|d| read(bal, d)).collect();
     let outcomes = |bal: &Balancer| -> u64 {
         bal.datapath().outcomes().expect("outcomes")[..outcome::COUNT as usize]
@@ -434,7 +467,7 @@ pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
             .sum()
     };
     let total_before = outcomes(bal);
-    let ran = run_frame(bal, &row.input.bytes);
+    let ran = run_frame_on(bal, &row.input.bytes, ingress);
     let mut errs = Vec::new();
     if ran.action == XDP_ABORTED {
         errs.push("returned XDP_ABORTED".to_string());
@@ -467,6 +500,7 @@ pub fn check(bal: &mut Balancer, row: &Row) -> Vec<String> {
             }
         }
         Expect::Any => {}
+        Expect::With(f) => errs.extend(f(input, &ran.output)),
     }
     for (d, b) in row.deltas.iter().zip(&before) {
         let now = read(bal, d);
@@ -516,8 +550,13 @@ impl Table {
 
     /// Runs one row, printing `fixture <desc> ... ok|FAILED`.
     pub fn check(&mut self, row: Row) {
+        self.check_on(None, row);
+    }
+
+    /// Runs one row whose frame arrives on interface `ingress` (see `run_frame_on`).
+    pub fn check_on(&mut self, ingress: Option<u32>, row: Row) {
         self.rows += 1;
-        let errs = check(&mut self.bal, &row);
+        let errs = check_on(&mut self.bal, &row, ingress);
         if errs.is_empty() {
             println!("fixture {} ... ok", row.desc);
         } else {
@@ -539,4 +578,60 @@ impl Table {
         }
         println!("{} fixtures passed", self.rows);
     }
+}
+
+/// What is wrong with the checksums of an Ethernet frame (IPv4 header, TCP or UDP over IPv4 or
+/// IPv6), as etherparse computes them — never as the code under test does. An IPv4 UDP
+/// checksum of 0 means "none" and is accepted.
+pub fn checksum_errors(frame: &[u8]) -> Vec<String> {
+    use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+    let h = match PacketHeaders::from_ethernet_slice(frame) {
+        Ok(h) => h,
+        Err(e) => return vec![format!("etherparse cannot parse the frame: {e}")],
+    };
+    let payload = h.payload.slice();
+    let mut errs = Vec::new();
+    let wrong = |what: &str, got: u16, want: u16| {
+        format!("{what} checksum {got:#06x}, etherparse computes {want:#06x}")
+    };
+    match (&h.net, &h.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), t) => {
+            let want = ip.calc_header_checksum();
+            if ip.header_checksum != want {
+                errs.push(wrong("IPv4 header", ip.header_checksum, want));
+            }
+            match t {
+                Some(TransportHeader::Tcp(tcp)) => {
+                    let want = tcp.calc_checksum_ipv4(ip, payload).expect("TCP checksum");
+                    if tcp.checksum != want {
+                        errs.push(wrong("TCP", tcp.checksum, want));
+                    }
+                }
+                Some(TransportHeader::Udp(udp)) if udp.checksum != 0 => {
+                    let want = udp.calc_checksum_ipv4(ip, payload).expect("UDP checksum");
+                    if udp.checksum != want {
+                        errs.push(wrong("UDP", udp.checksum, want));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), t) => match t {
+            Some(TransportHeader::Tcp(tcp)) => {
+                let want = tcp.calc_checksum_ipv6(ip, payload).expect("TCP checksum");
+                if tcp.checksum != want {
+                    errs.push(wrong("TCP", tcp.checksum, want));
+                }
+            }
+            Some(TransportHeader::Udp(udp)) => {
+                let want = udp.calc_checksum_ipv6(ip, payload).expect("UDP checksum");
+                if udp.checksum != want {
+                    errs.push(wrong("UDP/IPv6", udp.checksum, want));
+                }
+            }
+            _ => {}
+        },
+        _ => errs.push("not an IP frame".into()),
+    }
+    errs
 }

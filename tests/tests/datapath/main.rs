@@ -12,6 +12,13 @@ mod established;
 mod fuzz;
 mod ipv6;
 mod maintenance_fallback;
+mod nat_common;
+mod nat_heal;
+mod nat_not_service;
+mod nat_ports;
+mod nat_recovery;
+mod nat_rules;
+mod nat_translation;
 mod new_flows;
 mod no_backend;
 mod options;
@@ -20,4 +27,3 @@ mod redispatch;
 mod tables;
 mod udp;
 mod vlan;
-// NAT rows (translation and reverse translation) go in a module of their own here.
