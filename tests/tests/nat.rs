@@ -1,0 +1,381 @@
+//! NAT mode end to end: the real daemon, real TCP and UDP clients and servers in namespaces.
+//! Backends are unmodified (no VIP, no ARP sysctls, their default route is a router, not the
+//! LB); one of them sits in another subnet behind that router. Both layouts: one LB interface
+//! for clients and backends (`XDP_TX` both ways), and clients on one interface with backends
+//! on another (`XDP_REDIRECT` both ways, XDP on both).
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{HTTPD, T};
+use steer_tests::{
+    daemon::{steer_ctl_bin, SteerDaemon},
+    http::{self, Conn},
+    netns::{addr, wait_for, NatSpec, NatTopology, Netns},
+};
+
+const UDPECHO: &str = env!("CARGO_BIN_EXE_steer-udpecho");
+
+/// Fast active checks: a fresh daemon finds its backends up within a second or so.
+const FAST_CHECK: &str = "check = { type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }\n";
+
+/// A `[[service]]` in NAT mode, nothing else set but `extra`.
+fn service(name: &str, vip: IpAddr, port: u16, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmode = \"nat\"\n{extra}\n"
+    )
+}
+
+/// Backend `i` of the topology as `name`, by its IPv4 or IPv6 address, with `extra` settings.
+fn backend(topo: &NatTopology, i: usize, v6: bool, name: &str, extra: &str) -> String {
+    format!(
+        "[[service.backend]]\nname = \"{name}\"\naddress = \"{}\"\n{extra}\n",
+        topo.backends[i].ip(v6)
+    )
+}
+
+/// The usual lab: backends `b0` (port 80), `b1` (port 8080: not the VIP's), and `b2` behind
+/// the router (port 80), each running `steer-httpd`.
+fn http_lab(two_arms: bool) -> NatTopology {
+    let mut topo = NatTopology::new(&NatSpec {
+        two_arms,
+        local: 2,
+        routed: 1,
+    });
+    for (i, port) in [(0, 80), (1, 8080), (2, 80)] {
+        topo.start_http(Path::new(HTTPD), i, port);
+    }
+    topo
+}
+
+/// `web` on `vip`:80 over the usual lab's three backends.
+fn web(topo: &NatTopology, vip: IpAddr, extra: &str) -> String {
+    let v6 = vip.is_ipv6();
+    service("web", vip, 80, extra)
+        + &backend(topo, 0, v6, "b0", "")
+        + &backend(topo, 1, v6, "b1", "port = 8080")
+        + &backend(topo, 2, v6, "b2", "")
+}
+
+/// Starts the daemon on the LB with XDP on the topology's interfaces.
+fn daemon(topo: &NatTopology, services: &str) -> SteerDaemon {
+    let mut d = SteerDaemon::new(&topo.lb);
+    d.interfaces = topo.interfaces.clone();
+    d.write_config(services);
+    d.start();
+    d
+}
+
+/// Waits until every backend in `names` is up: a fresh daemon's backends are unknown until
+/// their first checks.
+fn wait_up(d: &SteerDaemon, names: &[&str]) {
+    for n in names {
+        wait_for(&format!("{n} up"), T, || {
+            let b = d.backend(n);
+            if b["health"] == "up" {
+                Ok(())
+            } else {
+                Err(b.to_string())
+            }
+        });
+    }
+}
+
+/// `n` requests on new connections from `ns`; panics on the first failure. Replies per backend.
+fn requests(ns: &Netns, to: SocketAddr, n: usize) -> BTreeMap<String, u64> {
+    ns.run(move || {
+        let mut served = BTreeMap::new();
+        for i in 0..n {
+            let r = http::get(to, T).unwrap_or_else(|e| panic!("request {i} to {to}: {e}"));
+            assert_eq!(r.status, 200, "request {i}");
+            *served.entry(r.backend).or_default() += 1;
+        }
+        served
+    })
+}
+
+/// Opens kept-alive connections from `ns` until each backend in `want` holds `per` of them
+/// (others are closed); each has answered once.
+fn conns_on(ns: &Netns, to: SocketAddr, want: &[&str], per: usize) -> Vec<(Conn, String)> {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    ns.run(move || {
+        let mut kept: Vec<(Conn, String)> = Vec::new();
+        for _ in 0..1000 {
+            let count =
+                |b: &str, kept: &Vec<(Conn, String)>| kept.iter().filter(|(_, k)| k == b).count();
+            if want.iter().all(|b| count(b, &kept) >= per) {
+                return kept;
+            }
+            let mut c = Conn::open(to, T).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+            let b = c
+                .get()
+                .unwrap_or_else(|e| panic!("first request: {e}"))
+                .backend;
+            if want.contains(&b) && count(&b, &kept) < per {
+                kept.push((c, b));
+            }
+        }
+        panic!("1000 connections did not give {per} to each of {want:?}");
+    })
+}
+
+/// Every connection answers again, from the backend it had.
+fn still_alive(ns: &Netns, conns: Vec<(Conn, String)>, when: &'static str) -> Vec<(Conn, String)> {
+    ns.run(move || {
+        let mut conns = conns;
+        for (i, (c, was)) in conns.iter_mut().enumerate() {
+            let r = c
+                .get()
+                .unwrap_or_else(|e| panic!("{when}: connection {i} (on {was}) broke: {e}"));
+            assert_eq!(&r.backend, was, "{when}: connection {i} moved");
+        }
+        conns
+    })
+}
+
+/// Closes connections inside `ns` (their sockets are its).
+fn close(ns: &Netns, conns: Vec<(Conn, String)>) {
+    ns.run(move || drop(conns));
+}
+
+/// A counter of the datapath's (outcome or event) in `status --json`.
+fn datapath(status: &serde_json::Value, name: &str) -> u64 {
+    status["datapath"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no datapath counter {name} in {status}"))
+}
+
+/// The peers of TCP sockets in `state` on `ns` (e.g. `time-wait`), as `ss` prints them.
+fn tcp_peers(ns: &Netns, state: &str, port: u16) -> Vec<SocketAddr> {
+    ns.exec(&[
+        "ss",
+        "-Htn",
+        "state",
+        state,
+        &format!("( sport = :{port} )"),
+    ])
+    .lines()
+    .filter_map(|l| {
+        let peer = l.split_whitespace().last()?;
+        let peer = peer.replace("[::ffff:", "").replace("]:", "@");
+        let (ip, port) = peer.rsplit_once(['@', ':'])?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+    })
+    .collect()
+}
+
+/// Runs a `steer-ctl` verb in the background, collecting what it prints on stderr.
+struct Background {
+    child: std::process::Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(d: &SteerDaemon, args: &[&str]) -> Background {
+        let mut child = std::process::Command::new(steer_ctl_bin())
+            .args(["--socket", d.socket.to_str().unwrap()])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run steer-ctl");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (stderr.clone(), child.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut o = out.lock().unwrap();
+                o.push_str(&l);
+                o.push('\n');
+            }
+        });
+        Background {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for it to exit (at most `timeout`); its exit code and stderr.
+    fn finish(mut self, timeout: Duration) -> (i32, String) {
+        let code = wait_for("steer-ctl to exit", timeout, || {
+            match self.child.try_wait() {
+                Ok(Some(st)) => Ok(st.code().unwrap_or(-1)),
+                _ => Err(self.stderr()),
+            }
+        });
+        self.reader.take().unwrap().join().unwrap();
+        (code, self.stderr())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Test 1, both layouts: every backend answers (the routed one, and the one on another port),
+/// every request succeeds, the backends see the LB's address and NAT ports, and the counters
+/// say what happened.
+fn http_reaches_every_backend(two_arms: bool) {
+    let topo = http_lab(two_arms);
+    let vip = IpAddr::V4(addr::VIP);
+    let d = daemon(&topo, &web(&topo, vip, FAST_CHECK));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let routed_before = topo.router.stat("eth1", "tx_packets");
+    let before = d.ok_json(&["status"]);
+
+    let n = 300;
+    let served = requests(&topo.client, SocketAddr::new(vip, 80), n);
+    println!(
+        "NAT ({}): requests per backend: {served:?}",
+        if two_arms { "two arms" } else { "one arm" }
+    );
+    for b in ["b0", "b1", "b2"] {
+        assert!(
+            served.get(b).copied().unwrap_or(0) >= 30,
+            "{b} answered too few of {n}: {served:?}"
+        );
+    }
+
+    // Counters: every connection a new flow, every one ended, on the backend that answered.
+    let s = wait_for("every flow counted as ended", T, || {
+        let s = d.ok_json(&["status"]);
+        let ended: u64 = ["b0", "b1", "b2"]
+            .iter()
+            .map(|b| d.backend(b)["counters"]["ended_flows"].as_u64().unwrap())
+            .sum();
+        if ended == n as u64 {
+            Ok(s)
+        } else {
+            Err(format!("{ended} of {n} ended"))
+        }
+    });
+    let svc = &s["services"][0];
+    assert_eq!(svc["mode"], "nat", "{s}");
+    assert_eq!(svc["nat"]["snat_ports"], "10000-32767", "{s}");
+    assert_eq!(svc["counters"]["new_flows"], n as u64, "{s}");
+    for b in ["b0", "b1", "b2"] {
+        let st = d.backend(b);
+        let answered = served[b];
+        assert_eq!(st["counters"]["new_flows"], answered, "{b}: {st}");
+        assert_eq!(st["counters"]["ended_flows"], answered, "{b}: {st}");
+        assert_eq!(st["counters"]["refused"], 0, "{b}: {st}");
+        assert_eq!(st["snat"], topo.lb_facing(false).to_string(), "{b}: {st}");
+    }
+    assert_eq!(d.backend("b1")["port"], 8080);
+    let delta = |name: &str| datapath(&s, name) - datapath(&before, name);
+    let (fwd, rep, redir_fwd, redir_rep) = (
+        delta("tx_forward"),
+        delta("tx_reply"),
+        delta("redirect_forward"),
+        delta("redirect_reply"),
+    );
+    println!(
+        "datapath: tx_forward {fwd}, tx_reply {rep}, redirect_forward {redir_fwd}, redirect_reply {redir_rep}, drop_no_neigh {}",
+        delta("drop_no_neigh")
+    );
+    // A connection is at least SYN, request, ACK, FIN one way and SYN-ACK, reply, FIN the other.
+    let (fwd, rep, other_fwd, other_rep) = if two_arms {
+        (redir_fwd, redir_rep, fwd, rep)
+    } else {
+        (fwd, rep, redir_fwd, redir_rep)
+    };
+    assert!(
+        fwd >= 4 * n as u64,
+        "forwarded {fwd} packets for {n} connections"
+    );
+    assert!(
+        rep >= 3 * n as u64,
+        "translated back {rep} replies for {n} connections"
+    );
+    assert_eq!(
+        (other_fwd, other_rep),
+        (0, 0),
+        "{}: every packet leaves by the {}",
+        if two_arms { "two arms" } else { "one arm" },
+        if two_arms {
+            "other interface (XDP_REDIRECT)"
+        } else {
+            "interface it came in by (XDP_TX)"
+        }
+    );
+    for bad in [
+        "drop_nat_conflict",
+        "drop_no_route",
+        "drop_refused",
+        "drop_nat_exhausted",
+    ] {
+        assert_eq!(delta(bad), 0, "{bad}: {s}");
+    }
+    // The routed backend's packets went through the router.
+    let routed = topo.router.stat("eth1", "tx_packets") - routed_before;
+    assert!(
+        routed >= 4 * served["b2"],
+        "the router sent {routed} packets towards b2, which answered {}",
+        served["b2"]
+    );
+    // The servers closed first: their TIME_WAIT sockets name who they talked to — the LB's
+    // address facing them, from NAT ports for the client's connections (the LB's own health
+    // checks come from its ephemeral ports).
+    for (i, port) in [(0, 80), (1, 8080), (2, 80)] {
+        let peers = tcp_peers(&topo.backends[i].ns, "time-wait", port);
+        for p in &peers {
+            assert_eq!(p.ip(), topo.lb_facing(false), "b{i} talked to {p}");
+        }
+        let nat = peers
+            .iter()
+            .filter(|p| (10_000..=32_767).contains(&p.port()))
+            .count() as u64;
+        let answered = served[&format!("b{i}")];
+        // (A NAT port may be used again once its flow has been over for NAT_REUSE_NS.)
+        assert!(
+            nat * 2 >= answered,
+            "b{i} answered {answered} requests but holds {nat} closed connections from NAT ports: {peers:?}"
+        );
+    }
+    let m = d.scrape();
+    assert!(
+        m.contains("steer_service_mode{service=\"web\",mode=\"nat\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn nat_http_reaches_every_backend_through_one_interface() {
+    if !steer_tests::privileged("nat_http_reaches_every_backend_through_one_interface") {
+        return;
+    }
+    http_reaches_every_backend(false);
+}
+
+#[test]
+fn nat_http_reaches_every_backend_through_two_interfaces() {
+    if !steer_tests::privileged("nat_http_reaches_every_backend_through_two_interfaces") {
+        return;
+    }
+    http_reaches_every_backend(true);
+}
