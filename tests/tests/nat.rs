@@ -379,3 +379,207 @@ fn nat_http_reaches_every_backend_through_two_interfaces() {
     }
     http_reaches_every_backend(true);
 }
+
+/// Test 2a: drain waits for a NAT backend's flows (`--wait` returns when they end) while they
+/// keep working and new connections go elsewhere; maint does the same with checks paused.
+#[test]
+fn nat_drain_waits_for_the_flows_and_maint_pauses_checks() {
+    if !steer_tests::privileged("nat_drain_waits_for_the_flows_and_maint_pauses_checks") {
+        return;
+    }
+    let topo = http_lab(false);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let d = daemon(&topo, &web(&topo, vip.ip(), FAST_CHECK));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let conns = conns_on(&topo.client, vip, &["b0", "b1", "b2"], 3);
+
+    let drain = Background::start(&d, &["drain", "b0", "--wait", "--timeout", "60s"]);
+    wait_for("drain to count b0's 3 open flows", T, || {
+        let p = drain.stderr();
+        if p.contains("b0: 3 active flows") {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    });
+    let conns = still_alive(&topo.client, conns, "b0 drained");
+    let served = requests(&topo.client, vip, 60);
+    assert!(
+        !served.contains_key("b0"),
+        "new connections reached the drained b0: {served:?}"
+    );
+    let mut drain = drain;
+    assert!(
+        drain.running(),
+        "drain --wait returned with 3 flows open: {}",
+        drain.stderr()
+    );
+    let (on_b0, conns): (Vec<_>, Vec<_>) = conns.into_iter().partition(|(_, b)| b == "b0");
+    let closed = Instant::now();
+    close(&topo.client, on_b0);
+    let (code, progress) = drain.finish(T);
+    assert_eq!(code, 0, "drain --wait: {progress}");
+    println!(
+        "drain --wait returned {} ms after b0's last connection closed",
+        closed.elapsed().as_millis()
+    );
+    assert_eq!(d.backend("b0")["active_flows"], 0);
+
+    // maint on the routed backend: its connections go on, no new ones, no checks.
+    d.ok_json(&["maint", "b2"]);
+    let conns = still_alive(&topo.client, conns, "b2 in maint");
+    let served = requests(&topo.client, vip, 60);
+    assert!(
+        !served.contains_key("b2") && !served.contains_key("b0"),
+        "new connections reached b0 (drained) or b2 (maint): {served:?}"
+    );
+    let runs = d.backend("b2")["checks_run"].as_u64().unwrap();
+    let t0 = Instant::now();
+    // Checks run every 500 ms: over 1.5 s a running check would have run about three times.
+    let conns = still_alive(&topo.client, conns, "b2 in maint");
+    wait_for("1.5 s in maint", Duration::from_secs(3), || {
+        if t0.elapsed() >= Duration::from_millis(1500) {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
+    assert_eq!(d.backend("b2")["checks_run"], runs, "checks go on in maint");
+    for b in ["b0", "b2"] {
+        d.ok_json(&["ready", b, "--wait-healthy", "--timeout", "10s"]);
+    }
+    let served = requests(&topo.client, vip, 90);
+    assert_eq!(
+        served.len(),
+        3,
+        "every backend back in rotation: {served:?}"
+    );
+    let conns = still_alive(&topo.client, conns, "after ready");
+    close(&topo.client, conns);
+}
+
+/// Test 2b: reject resets a NAT backend's connections at once — the client's and the
+/// backend's side.
+#[test]
+fn nat_reject_resets_the_client_and_the_backend() {
+    if !steer_tests::privileged("nat_reject_resets_the_client_and_the_backend") {
+        return;
+    }
+    let topo = http_lab(true);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let d = daemon(&topo, &web(&topo, vip.ip(), FAST_CHECK));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let conns = conns_on(&topo.client, vip, &["b0", "b1", "b2"], 3);
+    let backend_side = |i: usize, port: u16| {
+        tcp_peers(&topo.backends[i].ns, "established", port)
+            .into_iter()
+            .filter(|p| (10_000..=32_767).contains(&p.port()))
+            .count()
+    };
+    assert_eq!(backend_side(1, 8080), 3, "b1 holds the 3 connections");
+    assert_eq!(backend_side(2, 80), 3, "b2 holds the 3 connections");
+
+    d.ok_json(&["reject", "b1"]);
+    let results = topo.client.run(move || {
+        conns
+            .into_iter()
+            .map(|(mut c, was)| {
+                let t = Instant::now();
+                let r = c.get().map(|r| r.backend);
+                (c, was, r, t.elapsed())
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut kept = Vec::new();
+    for (c, was, r, took) in results {
+        match (was.as_str(), r) {
+            ("b1", Err(e)) => {
+                assert_eq!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset,
+                    "b1's connection ended by {e}"
+                );
+                assert!(took < Duration::from_secs(1), "the reset took {took:?}");
+            }
+            ("b1", Ok(b)) => panic!("a connection on the rejected b1 got an answer from {b}"),
+            (_, Err(e)) => panic!("a connection on {was} failed: {e}"),
+            (_, Ok(b)) => {
+                assert_eq!(b, was);
+                kept.push((c, was));
+            }
+        }
+    }
+    assert!(d.backend("b1")["counters"]["rst_sent"].as_u64().unwrap() >= 3);
+    // The backend's half is reset too: it holds no connection from the LB any more.
+    wait_for(
+        "b1's side of its connections to be reset",
+        Duration::from_secs(5),
+        || match backend_side(1, 8080) {
+            0 => Ok(()),
+            n => Err(format!("b1 still holds {n}")),
+        },
+    );
+    assert_eq!(backend_side(2, 80), 3, "b2's connections are untouched");
+    let served = requests(&topo.client, vip, 60);
+    assert!(
+        !served.contains_key("b1"),
+        "new connections reached the rejected b1: {served:?}"
+    );
+    let kept = still_alive(&topo.client, kept, "after reject");
+    close(&topo.client, kept);
+}
+
+/// Test 2c: `maintenance on` sends every new NAT flow to the maintenance backend; the pool's
+/// connections go on; off, the pool takes them again.
+#[test]
+fn nat_maintenance_sends_new_flows_to_the_maintenance_backend() {
+    if !steer_tests::privileged("nat_maintenance_sends_new_flows_to_the_maintenance_backend") {
+        return;
+    }
+    let mut topo = NatTopology::new(&NatSpec {
+        two_arms: false,
+        local: 3,
+        routed: 1,
+    });
+    for i in 0..2 {
+        topo.start_http(Path::new(HTTPD), i, 80);
+    }
+    topo.start_server(
+        2,
+        Path::new(HTTPD),
+        &["--name", "maint", "--listen", "[::]:8081"],
+    );
+    topo.start_http(Path::new(HTTPD), 3, 80);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let cfg = service("web", vip.ip(), 80, FAST_CHECK)
+        + &backend(&topo, 0, false, "b0", "")
+        + &backend(&topo, 1, false, "b1", "")
+        + &backend(&topo, 3, false, "b3", "")
+        + &backend(
+            &topo,
+            2,
+            false,
+            "maint",
+            "role = \"maintenance\"\nport = 8081",
+        );
+    let d = daemon(&topo, &cfg);
+    wait_up(&d, &["b0", "b1", "b3", "maint"]);
+    let conns = conns_on(&topo.client, vip, &["b0", "b1", "b3"], 2);
+    d.ok_json(&["maintenance", "web", "on"]);
+    assert_eq!(d.ok_json(&["status"])["services"][0]["maintenance"], true);
+    let served = requests(&topo.client, vip, 40);
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        ["maint"],
+        "in maintenance: {served:?}"
+    );
+    let conns = still_alive(&topo.client, conns, "maintenance on");
+    d.ok_json(&["maintenance", "web", "off"]);
+    let served = requests(&topo.client, vip, 60);
+    assert!(
+        !served.contains_key("maint") && served.len() == 3,
+        "maintenance off: {served:?}"
+    );
+    let conns = still_alive(&topo.client, conns, "maintenance off");
+    close(&topo.client, conns);
+}
