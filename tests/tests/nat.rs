@@ -583,3 +583,337 @@ fn nat_maintenance_sends_new_flows_to_the_maintenance_backend() {
     let conns = still_alive(&topo.client, conns, "maintenance off");
     close(&topo.client, conns);
 }
+
+/// Requests answered per backend, and the requests that failed.
+type Tally = (BTreeMap<String, u64>, Vec<io::Error>);
+
+/// Back-to-back requests on new connections from `ns` until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Tally>>,
+}
+
+impl Load {
+    fn start(ns: &Netns, to: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, ns) = (stop.clone(), ns.clone());
+        let handle = std::thread::spawn(move || {
+            ns.run(move || {
+                let (mut served, mut errors) = (BTreeMap::new(), Vec::new());
+                while !s.load(Ordering::Relaxed) {
+                    match http::get(to, T) {
+                        Ok(r) => *served.entry(r.backend).or_default() += 1,
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (served, errors)
+            })
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Test 3: `kill -9` of the daemon under load and a restart: no request fails, established
+/// NAT connections go on (their translations are pinned and adopted), and the new daemon
+/// counts on.
+#[test]
+fn nat_kill_9_under_load_loses_no_request_and_adopts_the_translations() {
+    if !steer_tests::privileged(
+        "nat_kill_9_under_load_loses_no_request_and_adopts_the_translations",
+    ) {
+        return;
+    }
+    let topo = http_lab(true);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let mut d = daemon(&topo, &web(&topo, vip.ip(), FAST_CHECK));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let conns = conns_on(&topo.client, vip, &["b0", "b1", "b2"], 2);
+    let load = Load::start(&topo.client, vip);
+    let new_flows = |d: &SteerDaemon| {
+        d.ok_json(&["status"])["services"][0]["counters"]["new_flows"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for("some load", T, || match new_flows(&d) {
+        n if n > 100 => Ok(()),
+        n => Err(n.to_string()),
+    });
+    d.kill9();
+    // No daemon: the datapath goes on with the last state.
+    let during = requests(&topo.client, vip, 100);
+    assert_eq!(during.len(), 3, "without a daemon: {during:?}");
+    let conns = still_alive(&topo.client, conns, "daemon killed");
+    let before = new_flows_from_pins(&d);
+    d.start();
+    assert!(
+        d.log().contains("adopted"),
+        "the new daemon adopts the pins:\n{}",
+        d.log()
+    );
+    let conns = still_alive(&topo.client, conns, "daemon restarted");
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let after = requests(&topo.client, vip, 60);
+    assert_eq!(after.len(), 3, "after the restart: {after:?}");
+    let (served, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed across kill -9 and restart: {errors:?}",
+        errors.len(),
+        errors.len() as u64 + served.values().sum::<u64>()
+    );
+    let total: u64 = served.values().sum();
+    println!("kill -9 under NAT load: {total} requests, none failed, per backend {served:?}");
+    assert!(total > 200, "too little load to prove anything: {served:?}");
+    assert!(
+        new_flows(&d) >= before + 160,
+        "the adopted counters go on ({before} before the restart)"
+    );
+    let s = d.ok_json(&["status"]);
+    assert_eq!(datapath(&s, "drop_nat_conflict"), 0, "{s}");
+    close(&topo.client, conns);
+}
+
+/// The service's new flows as the pinned counters hold them (no daemon needed).
+fn new_flows_from_pins(d: &SteerDaemon) -> u64 {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let m = MapData::from_pin(d.pin_dir.join(steer_common::map::SERVICE_STATS))
+        .expect("pinned counters");
+    let a: PerCpuArray<MapData, steer_common::Counters> =
+        PerCpuArray::try_from(Map::PerCpuArray(m)).expect("per-CPU counters");
+    // One service: id 0.
+    a.get(&0, 0)
+        .expect("service 0's counters")
+        .iter()
+        .map(|c| c.new_flows)
+        .sum()
+}
+
+/// One request of the open-loop load, in time since the load started.
+#[derive(Debug)]
+struct Attempt {
+    start: Duration,
+    /// When the connection was established, if it was.
+    connected: Option<Duration>,
+    end: Duration,
+    /// The backend that answered, or what went wrong.
+    result: Result<String, String>,
+}
+
+fn attempt(to: SocketAddr, t0: Instant) -> Attempt {
+    let start = t0.elapsed();
+    let (connected, result) = match TcpStream::connect_timeout(&to, T) {
+        Err(e) => (None, Err(format!("connect: {e}"))),
+        Ok(s) => {
+            let connected = Some(t0.elapsed());
+            let r = (|| -> io::Result<String> {
+                s.set_read_timeout(Some(T))?;
+                s.set_write_timeout(Some(T))?;
+                (&s).write_all(b"GET / HTTP/1.1\r\nHost: steer\r\nConnection: close\r\n\r\n")?;
+                let mut r = BufReader::new(s);
+                let reply = http::read_reply(&mut r)?;
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest)?;
+                Ok(reply.backend)
+            })();
+            (connected, r.map_err(|e| format!("request: {e}")))
+        }
+    };
+    Attempt {
+        start,
+        connected,
+        end: t0.elapsed(),
+        result,
+    }
+}
+
+/// New connections from `ns` at `rate` a second for `run`, whatever happens to earlier ones
+/// (open loop); each makes one request.
+fn open_loop(ns: Netns, to: SocketAddr, rate: u32, run: Duration, t0: Instant) -> Vec<Attempt> {
+    ns.run(move || {
+        let n = (rate as f64 * run.as_secs_f64()) as u32;
+        let mut handles = Vec::new();
+        for k in 0..n {
+            let due = t0 + Duration::from_secs_f64(k as f64 / rate as f64);
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+            handles.push(std::thread::spawn(move || attempt(to, t0)));
+        }
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Sleeps until `t0 + at` (pacing a scenario, not waiting for a condition).
+fn at(t0: Instant, at: Duration) {
+    if let Some(w) = (t0 + at).checked_duration_since(Instant::now()) {
+        std::thread::sleep(w);
+    }
+}
+
+/// Test 4, the seeds' scenario: open-loop new connections while one backend's server is
+/// killed (its host stays up, so its kernel refuses) and restarted a second later, with no
+/// steer verb called. Refused attempts are hidden from the clients and retried elsewhere;
+/// passive health takes the backend out within milliseconds; checks bring it back.
+#[test]
+fn nat_a_killed_server_loses_no_request_with_no_verb_called() {
+    if !steer_tests::privileged("nat_a_killed_server_loses_no_request_with_no_verb_called") {
+        return;
+    }
+    let mut topo = http_lab(false);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    // Slow active checks (3 failures 0.5 s apart after the first at up to 2 s): whatever
+    // takes b0 out within a second of the kill is passive health.
+    let check = "check = { type = \"http\", path = \"/\", interval = \"2s\", fastinterval = \"500ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 3 }\n";
+    let d = daemon(&topo, &web(&topo, vip.ip(), check));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    const RATE: u32 = 150;
+    let run = Duration::from_secs(7);
+    let (kill_at, restart_at) = (Duration::from_millis(1500), Duration::from_millis(2500));
+
+    #[derive(Debug, Default)]
+    struct Seen {
+        first_refused: Option<Duration>,
+        down: Option<(Duration, String)>,
+        up_again: Option<Duration>,
+    }
+    let t0 = Instant::now();
+    let stop = AtomicBool::new(false);
+    let (attempts, seen, killed, restarted) = std::thread::scope(|s| {
+        let client = topo.client.clone();
+        let load = s.spawn(move || open_loop(client, vip, RATE, run, t0));
+        let watcher = s.spawn(|| {
+            let mut seen = Seen::default();
+            while !stop.load(Ordering::Relaxed) {
+                let b = d.backend("b0");
+                let t = t0.elapsed();
+                if seen.first_refused.is_none()
+                    && b["counters"]["refused"].as_u64().unwrap_or(0) > 0
+                {
+                    seen.first_refused = Some(t);
+                }
+                if seen.down.is_none() && b["health"] == "down" {
+                    seen.down = Some((t, b["passive"].as_str().unwrap_or("").to_string()));
+                }
+                if seen.down.is_some() && seen.up_again.is_none() && b["health"] == "up" {
+                    seen.up_again = Some(t);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        });
+        at(t0, kill_at);
+        let killed = t0.elapsed();
+        topo.kill_server(0);
+        at(t0, restart_at);
+        topo.start_http(Path::new(HTTPD), 0, 80);
+        let restarted = t0.elapsed();
+        let attempts = load.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (attempts, watcher.join().unwrap(), killed, restarted)
+    });
+
+    let ms = |d: Duration| d.as_millis();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_err()).collect();
+    // A request already connected to b0's server when it was killed dies with it (as through
+    // any balancer, a proxy too): cut at the kill, not refused.
+    let cut = |a: &&Attempt| {
+        a.connected.is_some_and(|c| c <= killed)
+            && a.end >= killed
+            && a.end <= killed + Duration::from_millis(500)
+    };
+    let (cut_by_kill, other): (Vec<&Attempt>, Vec<&Attempt>) = failed.iter().partition(|a| cut(a));
+    let delayed = attempts
+        .iter()
+        .filter(|a| a.result.is_ok() && a.end - a.start > Duration::from_millis(900))
+        .count();
+    let b0_after = seen
+        .up_again
+        .map(|up| {
+            attempts
+                .iter()
+                .filter(|a| a.start > up && a.result.as_deref() == Ok("b0"))
+                .count()
+        })
+        .unwrap_or(0);
+    let b = d.backend("b0");
+    let s = d.ok_json(&["status"]);
+    println!(
+        "seeds' scenario (NAT): {} requests at {RATE}/s, {} failed ({} in flight on the killed server), {delayed} delayed > 0.9 s; \
+         killed at {} ms, restarted at {} ms; first refusal seen at {:?} ms, down at {:?}, up again at {:?} ms; \
+         b0: refused {}, syn_timeouts {}; datapath: refused {}, recovered {}, redispatch {}, drop_refused {}, passive_down {}; \
+         b0 answered {b0_after} requests after coming back",
+        attempts.len(),
+        failed.len(),
+        cut_by_kill.len(),
+        ms(killed),
+        ms(restarted),
+        seen.first_refused.map(ms),
+        seen.down.as_ref().map(|(t, why)| (ms(*t), why.clone())),
+        seen.up_again.map(ms),
+        b["counters"]["refused"],
+        b["counters"]["syn_timeouts"],
+        datapath(&s, "refused"),
+        datapath(&s, "recovered"),
+        datapath(&s, "redispatch"),
+        datapath(&s, "drop_refused"),
+        datapath(&s, "passive_down"),
+    );
+    assert!(
+        other.is_empty(),
+        "requests failed other than by the kill itself: {other:#?}"
+    );
+    assert!(
+        cut_by_kill.len() <= 5,
+        "too many requests in flight at the kill: {cut_by_kill:#?}"
+    );
+    assert!(
+        attempts.len() as u32 >= RATE * 6,
+        "the load ran: {}",
+        attempts.len()
+    );
+    // The datapath saw the refusals and hid them.
+    assert!(b["counters"]["refused"].as_u64().unwrap() >= 3, "{b}");
+    assert!(datapath(&s, "refused") >= 3, "{s}");
+    assert!(
+        datapath(&s, "drop_refused") >= 3,
+        "refusals hidden from the clients: {s}"
+    );
+    assert!(
+        datapath(&s, "recovered") + datapath(&s, "redispatch") >= 3,
+        "retried elsewhere: {s}"
+    );
+    assert!(datapath(&s, "passive_down") >= 1, "{s}");
+    // Passive health took it out at once, checks brought it back.
+    let (down_at, why) = seen.down.clone().expect("b0 was never seen down");
+    assert!(
+        why.starts_with("passive: 3 consecutive"),
+        "b0 went down by {why:?}"
+    );
+    assert!(
+        down_at < killed + Duration::from_millis(1000),
+        "b0 marked down {} ms after the kill",
+        ms(down_at - killed)
+    );
+    let first = seen.first_refused.expect("no refusal seen");
+    assert!(
+        down_at <= first + Duration::from_millis(300),
+        "down {} ms after the first refusal was seen",
+        ms(down_at.saturating_sub(first))
+    );
+    let up = seen.up_again.expect("b0 never came back");
+    assert!(
+        up > restarted,
+        "up again at {} ms, before its restart",
+        ms(up)
+    );
+    assert!(b0_after > 0, "b0 took no new connection after coming back");
+    assert!(d.log().contains("passive: 3 consecutive"), "{}", d.log());
+}
