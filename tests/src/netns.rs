@@ -665,6 +665,9 @@ impl NatTopology {
         let h = nat_addr::ROUTER_HOST;
         let (router4, router6) = (format!("{back4}.{h}"), format!("{back6}:{h:x}"));
         t.router = t.node(format!("{id}-r"));
+        // A router solicits the neighbours it forwards to from a link-local address: without
+        // one, it sends no neighbour solicitation and forwards no IPv6 at all.
+        t.router.sysctl("net.ipv6.conf.default.addr_gen_mode", "0");
         t.link(
             &t.router,
             "eth0",

@@ -917,3 +917,214 @@ fn nat_a_killed_server_loses_no_request_with_no_verb_called() {
     assert!(b0_after > 0, "b0 took no new connection after coming back");
     assert!(d.log().contains("passive: 3 consecutive"), "{}", d.log());
 }
+
+/// Test 5: an IPv6 NAT service, through two interfaces, to every backend (the routed one, and
+/// the one on another port); a connection survives its backend's drain.
+#[test]
+fn nat_ipv6_http_reaches_every_backend() {
+    if !steer_tests::privileged("nat_ipv6_http_reaches_every_backend") {
+        return;
+    }
+    let topo = http_lab(true);
+    let vip = SocketAddr::new(IpAddr::V6(addr::VIP6), 80);
+    let d = daemon(&topo, &web(&topo, vip.ip(), FAST_CHECK));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    assert_eq!(
+        topo.lb
+            .exec(&["cat", "/proc/sys/net/ipv6/conf/eth1/forwarding"])
+            .trim(),
+        "1",
+        "IPv6 forwarding on the XDP interfaces"
+    );
+    let n = 150;
+    let served = requests(&topo.client, vip, n);
+    println!("NAT IPv6: requests per backend: {served:?}");
+    for b in ["b0", "b1", "b2"] {
+        assert!(
+            served.get(b).copied().unwrap_or(0) >= 15,
+            "{b} answered too few: {served:?}"
+        );
+        let st = d.backend(b);
+        assert_eq!(st["snat"], topo.lb_facing(true).to_string(), "{st}");
+        assert_eq!(st["counters"]["new_flows"], served[b], "{st}");
+    }
+    let s = d.ok_json(&["status"]);
+    assert_eq!(s["services"][0]["mode"], "nat", "{s}");
+    assert!(datapath(&s, "redirect_reply") >= 3 * n as u64, "{s}");
+    for (i, port) in [(0, 80), (1, 8080), (2, 80)] {
+        let peers = tcp_peers(&topo.backends[i].ns, "time-wait", port);
+        assert!(!peers.is_empty(), "b{i} has no closed connection to show");
+        for p in &peers {
+            assert_eq!(p.ip(), topo.lb_facing(true), "b{i} talked to {p}");
+        }
+    }
+    let conns = conns_on(&topo.client, vip, &["b2"], 2);
+    d.ok_json(&["drain", "b2"]);
+    let conns = still_alive(&topo.client, conns, "b2 drained");
+    let served = requests(&topo.client, vip, 40);
+    assert!(
+        !served.contains_key("b2"),
+        "new IPv6 connections reached the drained b2: {served:?}"
+    );
+    close(&topo.client, conns);
+}
+
+/// Test 6: a UDP NAT service: several clients, each pinned to a backend, each answered from
+/// the VIP; the backends see the LB's address.
+#[test]
+fn nat_udp_replies_come_back_translated() {
+    if !steer_tests::privileged("nat_udp_replies_come_back_translated") {
+        return;
+    }
+    let mut topo = NatTopology::new(&NatSpec {
+        two_arms: false,
+        local: 2,
+        routed: 1,
+    });
+    for (i, port) in [(0, 53), (1, 5353), (2, 53)] {
+        let (name, listen) = (format!("b{i}"), format!("[::]:{port}"));
+        topo.start_server(
+            i,
+            Path::new(UDPECHO),
+            &["--name", &name, "--listen", &listen],
+        );
+    }
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 53);
+    let cfg = service(
+        "dns",
+        vip.ip(),
+        53,
+        "protocol = \"udp\"\ncheck = { type = \"none\" }\n",
+    ) + &backend(&topo, 0, false, "b0", "")
+        + &backend(&topo, 1, false, "b1", "port = 5353")
+        + &backend(&topo, 2, false, "b2", "");
+    let d = daemon(&topo, &cfg);
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let (clients, per) = (12, 5);
+    let lb = topo.lb_facing(false);
+    let answers = topo.client.run(move || {
+        let socks: Vec<UdpSocket> = (0..clients)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for j in 0..per {
+            for (k, s) in socks.iter().enumerate() {
+                let msg = format!("c{k}-{j}");
+                s.send_to(msg.as_bytes(), vip).unwrap();
+                let mut buf = [0u8; 512];
+                let (n, from) = s
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("client {k}, datagram {j}: no answer: {e}"));
+                assert_eq!(from, vip, "client {k}'s answer came from {from}");
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let w: Vec<&str> = text.split_whitespace().collect();
+                assert_eq!(w.len(), 3, "{text:?}");
+                assert_eq!(w[1], lb.to_string(), "the backend saw {text:?}");
+                assert_eq!(w[2], msg, "{text:?}");
+                answers.push((k, w[0].to_string()));
+            }
+        }
+        answers
+    });
+    let mut by_client: BTreeMap<usize, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for (k, b) in &answers {
+        by_client.entry(*k).or_default().insert(b.clone());
+    }
+    for (k, bs) in &by_client {
+        assert_eq!(
+            bs.len(),
+            1,
+            "client {k} was answered by {bs:?}: a flow stays on its backend"
+        );
+    }
+    let used: std::collections::BTreeSet<&String> = by_client.values().flatten().collect();
+    println!("NAT UDP: {clients} clients × {per} datagrams, answered by {used:?}");
+    assert!(used.len() >= 2, "only {used:?} answered {clients} clients");
+    let s = d.ok_json(&["status"]);
+    assert_eq!(
+        s["services"][0]["counters"]["new_flows"], clients as u64,
+        "{s}"
+    );
+    assert!(datapath(&s, "tx_reply") >= (clients * per) as u64, "{s}");
+}
+
+/// Test 7: a pool of two source ports: two long connections hold both; a third attempt is
+/// refused at once (a RST, not a hang) and counted; once they have closed and a port's
+/// `NAT_REUSE_NS` has passed, new connections work again.
+#[test]
+fn nat_source_port_exhaustion_is_a_reset_and_ports_come_back() {
+    if !steer_tests::privileged("nat_source_port_exhaustion_is_a_reset_and_ports_come_back") {
+        return;
+    }
+    let mut topo = NatTopology::new(&NatSpec {
+        two_arms: false,
+        local: 1,
+        routed: 0,
+    });
+    topo.start_http(Path::new(HTTPD), 0, 80);
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let extra = format!("snat_ports = \"20000-20001\"\n{FAST_CHECK}");
+    let d = daemon(
+        &topo,
+        &(service("web", vip.ip(), 80, &extra) + &backend(&topo, 0, false, "b0", "")),
+    );
+    wait_up(&d, &["b0"]);
+    let two = conns_on(&topo.client, vip, &["b0"], 2);
+    let mut held: Vec<u16> = tcp_peers(&topo.backends[0].ns, "established", 80)
+        .into_iter()
+        .filter(|p| p.ip() == topo.lb_facing(false) && p.port() != 0)
+        .map(|p| p.port())
+        .filter(|p| (20_000..=20_001).contains(p))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [20_000, 20_001],
+        "the two connections hold the pool's two ports"
+    );
+
+    let connect = |topo: &NatTopology| {
+        topo.client.run(move || {
+            let t = Instant::now();
+            let r = TcpStream::connect_timeout(&vip, T).map(drop);
+            (r, t.elapsed())
+        })
+    };
+    let (r, took) = connect(&topo);
+    let e = r.expect_err("a third connection while both ports are held");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(took < Duration::from_millis(500), "refused after {took:?}");
+    let b = d.backend("b0");
+    assert!(b["counters"]["nat_exhausted"].as_u64().unwrap() >= 1, "{b}");
+    let s = d.ok_json(&["status"]);
+    assert!(datapath(&s, "nat_exhausted") >= 1, "{s}");
+    let two = still_alive(&topo.client, two, "pool exhausted");
+
+    close(&topo.client, two);
+    let closed = Instant::now();
+    let (r, _) = connect(&topo);
+    if closed.elapsed() < Duration::from_millis(1500) {
+        assert!(r.is_err(), "a port was given again before NAT_REUSE_NS");
+    }
+    let reuse = Duration::from_nanos(steer_common::NAT_REUSE_NS);
+    let back = wait_for("a port to be free again", T, || {
+        topo.client
+            .run(move || http::get(vip, T))
+            .map(|r| (r.backend, closed.elapsed()))
+            .map_err(|e| e.to_string())
+    });
+    println!(
+        "NAT source ports: a new connection got through {} ms after the pool's last close",
+        back.1.as_millis()
+    );
+    assert_eq!(back.0, "b0");
+    assert!(
+        back.1 >= reuse,
+        "a port came back after {:?}, before NAT_REUSE_NS",
+        back.1
+    );
+}
