@@ -50,6 +50,8 @@ pub struct SteerDaemon {
     pub metrics_port: u16,
     /// Run before the binary (e.g. `prlimit --nofile=1024:1024`).
     pub prefix: Vec<String>,
+    /// The XDP interfaces (`[daemon] interfaces`): `eth0` unless set before `write_config`.
+    pub interfaces: Vec<String>,
     child: Option<Child>,
 }
 
@@ -88,14 +90,17 @@ impl SteerDaemon {
             metrics_port: 9469,
             dir,
             prefix: Vec::new(),
+            interfaces: vec!["eth0".into()],
             child: None,
         }
     }
 
     /// The `[daemon]` table for this guard's paths.
     pub fn daemon_table(&self) -> String {
+        let interfaces: Vec<String> = self.interfaces.iter().map(|i| format!("{i:?}")).collect();
         format!(
-            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"{}\"\nstate_file = \"{}\"\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{}\"\nmax_flows = 65536\nmax_services = 8\n",
+            "[daemon]\ninterfaces = [{}]\npin_dir = \"{}\"\nstate_file = \"{}\"\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{}\"\nmax_flows = 65536\nmax_services = 8\n",
+            interfaces.join(", "),
             self.pin_dir.display(),
             self.dir.join("state.json").display(),
             self.socket.display(),

@@ -400,32 +400,37 @@ impl Topology {
     }
 
     fn spawn(&mut self, ns: &Netns, program: &Path, args: &[&str]) -> Child {
-        let mut child = ns
-            .command(program.to_str().expect("utf-8 path"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {program:?} in {}: {e}", ns.name));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(l) if l.starts_with("listening") => child,
-            Ok(l) => {
-                let _ = child.kill();
-                panic!("{program:?} in {} did not start: {l:?}", ns.name)
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "{program:?} in {} did not report listening in 10 s",
-                    ns.name
-                )
-            }
+        spawn_listening(ns, program, args)
+    }
+}
+
+/// Starts `program ARGS…` in `ns` and waits until it prints `listening` (10 s at most).
+pub fn spawn_listening(ns: &Netns, program: &Path, args: &[&str]) -> Child {
+    let mut child = ns
+        .command(program.to_str().expect("utf-8 path"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program:?} in {}: {e}", ns.name));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(l) if l.starts_with("listening") => child,
+        Ok(l) => {
+            let _ = child.kill();
+            panic!("{program:?} in {} did not start: {l:?}", ns.name)
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "{program:?} in {} did not report listening in 10 s",
+                ns.name
+            )
         }
     }
 }
@@ -495,5 +500,319 @@ pub fn wait_for<T>(
             panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Addresses of a NAT topology (`NatTopology`). The client's link is the DSR topology's.
+pub mod nat_addr {
+    use super::*;
+
+    /// The LB's address on the backends' link when it has a link of its own (two arms).
+    pub const LB_BACK: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
+    pub const LB_BACK6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x97, 0, 0, 0, 0, 0, 1);
+    /// The subnet behind the router, and the router's address in it.
+    pub const ROUTED_NET: &str = "10.98.0.0/24";
+    pub const ROUTED_NET6: &str = "fd00:98::/64";
+    pub const ROUTER_IN: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
+    pub const ROUTER_IN6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, 1);
+    /// The router's host number on the backends' link.
+    pub const ROUTER_HOST: u8 = 254;
+}
+
+/// What a `NatTopology` holds.
+#[derive(Clone, Debug)]
+pub struct NatSpec {
+    /// Clients on the LB's `eth0` and backends on its `eth1` (two links, XDP on both);
+    /// otherwise one interface, `eth0`, for both.
+    pub two_arms: bool,
+    /// Backends on the LB's backend-facing link: `b0`, `b1`, …
+    pub local: usize,
+    /// Backends in another subnet behind a router namespace, numbered after the local ones.
+    pub routed: usize,
+}
+
+/// One backend of a NAT topology: unmodified (no VIP, no ARP sysctls), its default route
+/// through the router, never through the LB.
+pub struct NatBackend {
+    pub ns: Netns,
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
+    /// Behind the router, in `nat_addr::ROUTED_NET`.
+    pub routed: bool,
+}
+
+impl NatBackend {
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.addr6)
+        } else {
+            IpAddr::V4(self.addr)
+        }
+    }
+}
+
+/// A NAT lab, torn down on drop (namespaces, and every server started in it):
+///
+/// ```text
+///   one arm:   client ─┐                       two arms:  client ── br0 ── lb eth0
+///              lb eth0 ─┼─ br0 ─┬─ b0, b1, …                          lb eth1 ── br1 ─┬─ b0, b1, …
+///              router ──┘       │                                     router ─────────┘
+///              router ── br2 ── bR, …  (10.98.0.0/24)                 router ── br2 ── bR, …
+/// ```
+///
+/// The client routes the VIPs (10.99.1.0/24, fd00:99:1::/64) through the LB; the LB routes
+/// the routed subnet through the router; every backend's default route is the router. Veths
+/// as PLATFORM.md says: TX checksum offload off where frames XDP forwards are sent (client,
+/// backends, router), and an XDP program (NAPI) on the peers of the LB's interfaces, so that
+/// `XDP_TX` and `XDP_REDIRECT` deliver.
+pub struct NatTopology {
+    pub switch: Netns,
+    pub client: Netns,
+    pub lb: Netns,
+    pub router: Netns,
+    pub backends: Vec<NatBackend>,
+    /// The LB's XDP interfaces: `eth0`, and `eth1` with two arms.
+    pub interfaces: Vec<String>,
+    namespaces: Vec<Netns>,
+    servers: std::collections::BTreeMap<usize, Child>,
+    peer_progs: Vec<aya::Ebpf>,
+}
+
+impl NatTopology {
+    pub fn new(spec: &NatSpec) -> NatTopology {
+        let id = format!(
+            "{NS_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let blank = || Netns {
+            name: String::new(),
+        };
+        let mut t = NatTopology {
+            switch: blank(),
+            client: blank(),
+            lb: blank(),
+            router: blank(),
+            backends: Vec::new(),
+            interfaces: vec!["eth0".into()],
+            namespaces: Vec::new(),
+            servers: Default::default(),
+            peer_progs: Vec::new(),
+        };
+        // From here on, a panic drops `t`, which deletes whatever was made.
+        t.switch = t.ns(format!("{id}-sw"));
+        let bridges = if spec.two_arms {
+            &["br0", "br1", "br2"][..]
+        } else {
+            &["br0", "br2"][..]
+        };
+        for br in bridges {
+            t.switch.ip(&["link", "add", br, "type", "bridge"]);
+            t.switch.ip(&["link", "set", br, "up"]);
+        }
+        // The backends' link: the client's (one arm) or the LB's second one.
+        let (back_br, back4, back6) = if spec.two_arms {
+            ("br1", "10.97.0", "fd00:97:")
+        } else {
+            ("br0", "10.99.0", "fd00:99:")
+        };
+
+        t.client = t.node(format!("{id}-c"));
+        t.link(
+            &t.client,
+            "eth0",
+            "c",
+            "br0",
+            "10.99.0.2/24",
+            "fd00:99::2/64",
+        );
+        t.client
+            .ip(&["route", "add", "10.99.1.0/24", "via", &addr::LB.to_string()]);
+        t.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:99:1::/64",
+            "via",
+            &addr::LB6.to_string(),
+        ]);
+
+        t.lb = t.node(format!("{id}-lb"));
+        t.link(&t.lb, "eth0", "lb0", "br0", "10.99.0.3/24", "fd00:99::3/64");
+        if spec.two_arms {
+            let (a4, a6) = (nat_addr::LB_BACK, nat_addr::LB_BACK6);
+            t.link(
+                &t.lb,
+                "eth1",
+                "lb1",
+                "br1",
+                &format!("{a4}/24"),
+                &format!("{a6}/64"),
+            );
+            t.interfaces.push("eth1".into());
+        }
+        // XDP_TX and XDP_REDIRECT out of the LB's interfaces deliver only to a peer with
+        // NAPI. (`ethtool -K PEER gro on` was not enough here: frames the LB's eth0 counted
+        // as xdp_tx never reached its peer; an XDP program on the peer, as in `Topology`, is.)
+        let peers: Vec<String> = (0..t.interfaces.len())
+            .map(|i| format!("p-lb{i}"))
+            .collect();
+        t.peer_progs = t
+            .switch
+            .run(move || peers.iter().map(|p| crate::aux::attach_pass(p)).collect());
+
+        let h = nat_addr::ROUTER_HOST;
+        let (router4, router6) = (format!("{back4}.{h}"), format!("{back6}:{h:x}"));
+        t.router = t.node(format!("{id}-r"));
+        // A router solicits the neighbours it forwards to from a link-local address: without
+        // one, it sends no neighbour solicitation and forwards no IPv6 at all.
+        t.router.sysctl("net.ipv6.conf.default.addr_gen_mode", "0");
+        t.link(
+            &t.router,
+            "eth0",
+            "r0",
+            back_br,
+            &format!("{router4}/24"),
+            &format!("{router6}/64"),
+        );
+        t.link(
+            &t.router,
+            "eth1",
+            "r1",
+            "br2",
+            &format!("{}/24", nat_addr::ROUTER_IN),
+            &format!("{}/64", nat_addr::ROUTER_IN6),
+        );
+        t.router.sysctl("net.ipv4.ip_forward", "1");
+        t.router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        t.lb.ip(&["route", "add", nat_addr::ROUTED_NET, "via", &router4]);
+        t.lb.ip(&["-6", "route", "add", nat_addr::ROUTED_NET6, "via", &router6]);
+
+        for i in 0..spec.local + spec.routed {
+            let host = addr::backend_host(i);
+            let routed = i >= spec.local;
+            let ns = t.node(format!("{id}-b{i}"));
+            let (a4, a6, br, gw4, gw6) = if routed {
+                (
+                    Ipv4Addr::new(10, 98, 0, host),
+                    Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, host as u16),
+                    "br2",
+                    nat_addr::ROUTER_IN.to_string(),
+                    nat_addr::ROUTER_IN6.to_string(),
+                )
+            } else {
+                (
+                    format!("{back4}.{host}").parse().unwrap(),
+                    format!("{back6}:{host:x}").parse().unwrap(),
+                    back_br,
+                    router4.clone(),
+                    router6.clone(),
+                )
+            };
+            t.link(
+                &ns,
+                "eth0",
+                &format!("b{i}"),
+                br,
+                &format!("{a4}/24"),
+                &format!("{a6}/64"),
+            );
+            ns.ip(&["route", "add", "default", "via", &gw4]);
+            ns.ip(&["-6", "route", "add", "default", "via", &gw6]);
+            t.backends.push(NatBackend {
+                ns,
+                name: format!("b{i}"),
+                addr: a4,
+                addr6: a6,
+                routed,
+            });
+        }
+        t
+    }
+
+    fn ns(&mut self, name: String) -> Netns {
+        let ns = Netns::create(name);
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    /// A namespace with IPv6 but no autoconfiguration (no router solicitations, no DAD, no
+    /// link-local addresses): nodes send nothing a test did not cause.
+    fn node(&mut self, name: String) -> Netns {
+        let ns = self.ns(name);
+        ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.addr_gen_mode", "1");
+        ns
+    }
+
+    /// Gives `ns` an interface `iface` whose peer `p-PEER` is on bridge `br`, with addresses
+    /// `v4` and `v6`. Frames it sends carry complete checksums (TX offload off), as XDP
+    /// forwards them as they are.
+    fn link(&self, ns: &Netns, iface: &str, peer: &str, br: &str, v4: &str, v6: &str) {
+        let peer = format!("p-{peer}");
+        self.switch.ip(&[
+            "link", "add", &peer, "type", "veth", "peer", "name", iface, "netns", &ns.name,
+        ]);
+        self.switch.ip(&["link", "set", &peer, "master", br, "up"]);
+        ns.ip(&["addr", "add", v4, "dev", iface]);
+        ns.ip(&["addr", "add", v6, "dev", iface, "nodad"]);
+        ns.ip(&["link", "set", iface, "up"]);
+        if ns.name != self.lb.name {
+            ns.exec(&["ethtool", "-K", iface, "tx", "off"]);
+        }
+    }
+
+    /// The LB's address facing the backends (routed ones too: their router is on that
+    /// link), which NAT flows leave from by default.
+    pub fn lb_facing(&self, v6: bool) -> IpAddr {
+        match (self.interfaces.len() > 1, v6) {
+            (true, false) => IpAddr::V4(nat_addr::LB_BACK),
+            (true, true) => IpAddr::V6(nat_addr::LB_BACK6),
+            (false, false) => IpAddr::V4(addr::LB),
+            (false, true) => IpAddr::V6(addr::LB6),
+        }
+    }
+
+    /// Starts `steer-httpd` on backend `i`, answering as its name on `port` of every address,
+    /// and waits until it is bound (stopping the server it had first).
+    pub fn start_http(&mut self, httpd: &Path, i: usize, port: u16) {
+        let (name, listen) = (self.backends[i].name.clone(), format!("[::]:{port}"));
+        self.start_server(i, httpd, &["--name", &name, "--listen", &listen]);
+    }
+
+    /// Starts `program ARGS…` as backend `i`'s server (stopping the one it had first) and
+    /// waits until it prints `listening`.
+    pub fn start_server(&mut self, i: usize, program: &Path, args: &[&str]) {
+        self.kill_server(i);
+        let child = spawn_listening(&self.backends[i].ns, program, args);
+        self.servers.insert(i, child);
+    }
+
+    /// SIGKILLs backend `i`'s server and reaps it; the host stays up (its kernel refuses new
+    /// connections to the port).
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut c) = self.servers.remove(&i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatTopology {
+    fn drop(&mut self) {
+        self.peer_progs.clear();
+        for c in self.servers.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns.name])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
