@@ -470,9 +470,6 @@ fn nat_reject_resets_the_client_at_once() {
 /// Test 2b, the backend's side: a rejected NAT backend must not keep its side of the
 /// connections (SPEC.md, NAT: "the backend's half is cleaned up").
 #[test]
-#[ignore = "open bug: the datapath resets the backend's side of a rejected NAT connection only \
-            when the backend sends something; a server waiting on a kept-alive connection keeps \
-            it (ESTABLISHED) for as long as it waits. Run with --ignored."]
 fn nat_reject_resets_the_backends_side_too() {
     if !steer_tests::privileged("nat_reject_resets_the_backends_side_too") {
         return;
