@@ -489,14 +489,20 @@ fn run() -> Result<i32, String> {
         // A killed process takes a moment to die (here, up to tens of ms on a busy machine);
         // until its files are closed its kernel still accepts connections, which it then
         // resets. Gone: no /proc entry, or a zombie (files closed).
-        wait_until("n1's server gone", Duration::from_secs(10), || {
+        let gone = || {
             std::fs::read_to_string(format!("/proc/{n1_pid}/stat"))
                 .map(|st| {
                     st.rsplit_once(") ")
                         .is_some_and(|(_, rest)| rest.starts_with('Z'))
                 })
                 .unwrap_or(true)
-        })?;
+        };
+        while !gone() {
+            if killed.elapsed() > Duration::from_secs(10) {
+                return Err("n1's server still running 10 s after SIGKILL".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         n1_gone = Some((api.elapsed(), killed.elapsed()));
         // Both at once, polled as fast as `status` answers.
         let mut b4_down = None;
@@ -646,7 +652,10 @@ fn run() -> Result<i32, String> {
             "  n1 killed: marked down and out of the table {:.0} ms later, by {by}",
             ms(*down)
         );
-        if let Some((_, after)) = n1_gone {
+        let failed = api_phases
+            .get("failure")
+            .is_some_and(|p| !p.failed.is_empty());
+        if let Some((_, after)) = n1_gone.filter(|_| failed) {
             println!(
                 "  n1's process was gone {:.0} ms after the kill signal (until then its kernel still accepted connections)",
                 ms(after)
@@ -694,10 +703,13 @@ fn run() -> Result<i32, String> {
         }
     }
 
-    // A connection n1's kernel had already accepted when n1 died is reset by that kernel,
-    // whatever balances it: no L4 balancer can replay it (HAProxy does not either).
-    let in_flight =
-        |f: &Sample| f.outcome == Outcome::Reset && n1_gone.is_some_and(|(k, _)| f.at <= k);
+    // A connection n1's kernel had already accepted when n1 died is reset (or closed before
+    // the answer) by that kernel, whatever balances it: no L4 balancer can replay it (HAProxy
+    // does not either).
+    let in_flight = |f: &Sample| {
+        matches!(f.outcome, Outcome::Reset | Outcome::Bad)
+            && n1_gone.is_some_and(|(k, _)| f.at <= k)
+    };
     let web_failure = phases.iter().find(|p| p.name == "failure");
     let api_failure = api_phases.get("failure");
     if let (Some(w), Some(a)) = (web_failure, api_failure) {
@@ -710,13 +722,13 @@ fn run() -> Result<i32, String> {
             "  web (DSR): {total} requests, {} failed: the LB never sees a refusal; b4 is out when its check fails",
             w.failed
         );
-        let resets = a.failed.iter().filter(|f| in_flight(f)).count();
+        let cut = a.failed.iter().filter(|f| in_flight(f)).count();
         println!(
-            "  api (NAT): {} requests, {} failed{}: steer hid the refusals; passive health took n1 out after 3",
+            "  api (NAT): {} requests, {} failed{}: steer hid the refusals; passive health took n1 out after 3 of them",
             a.requests,
             a.failed.len(),
-            if resets > 0 {
-                format!(" ({resets} reset: open on n1 when it died)")
+            if cut > 0 {
+                format!(" ({cut} open on n1 when it died, reset or cut short)")
             } else {
                 String::new()
             }
