@@ -371,7 +371,8 @@ pub const NAT_POOL_MAX: usize = 8;
 const _: () = assert!(NAT_POOL_MAX.is_power_of_two());
 /// Source ports a NAT flow tries before its pool counts as exhausted.
 pub const NAT_PORT_TRIES: u32 = 8;
-/// A NAT source port whose flow ended this long ago may be given to a new flow.
+/// A NAT source port whose flow ended this long ago may be given to a new flow (ports go out
+/// in turn, so in practice one comes back after the whole range has).
 pub const NAT_REUSE_NS: u64 = 2_000_000_000;
 
 /// `NatRev::flags` bits.

@@ -93,3 +93,8 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 /// The rewrite of the ICMP error being translated (per CPU: off the stack). Datapath only.
 #[map(name = "STEER_ICMP_V1")]
 pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU and backend id: where the next NAT source port search starts (0: not yet). Ports
+/// go out in turn, so one comes back as late as the range allows. Datapath only.
+#[map(name = "STEER_NCUR_V1")]
+pub static NAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

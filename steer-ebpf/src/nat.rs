@@ -23,7 +23,7 @@ use steer_common::{
 use crate::{
     csum::{swap_addr, Delta},
     fib, flow,
-    maps::{GLOBALS, NAT, POOLS},
+    maps::{GLOBALS, NAT, NAT_CURSOR, POOLS},
     observe,
     parse::{ptr_at_mut, Packet},
     rst, select, stats, Stop, Verdict,
@@ -193,11 +193,11 @@ pub fn allocate(
 fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) -> u32 {
     let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
     // SAFETY: helper without preconditions.
-    let start = unsafe { bpf_get_prandom_u32() };
+    let random = unsafe { bpf_get_prandom_u32() };
     let addr = if svc.flags & svc_flags::NAT_POOL != 0 {
         let Some(i) = POOLS
             .get(svc_id)
-            .and_then(|pool| (start >> 16).checked_rem(pool.count))
+            .and_then(|pool| (random >> 16).checked_rem(pool.count))
         else {
             return 0;
         };
@@ -216,29 +216,64 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     if range == 0 {
         return 0;
     }
+    // Ports are handed out in turn from this CPU's cursor for the backend (from a random
+    // start the first time), so a port comes back as late as the range allows: the
+    // backend may hold the old connection in TIME_WAIT for a minute (when it closed first),
+    // and a new client's SYN on that 4-tuple is accepted only if its sequence number happens
+    // to be higher than the old connection's. (At more new flows per second to one backend
+    // than the range holds ports per minute, such collisions come back: more LB addresses in
+    // a pool, or a wider range, push that rate up.)
+    let cursor = NAT_CURSOR.get_ptr_mut(be_id);
+    // SAFETY: this CPU's slot.
+    let start = match cursor.map(|c| unsafe { *c }) {
+        Some(c) if c != 0 => c,
+        _ => random,
+    };
     let syn_ns = if pkt.is_syn() { now } else { 0 };
     // The reverse entry is the same whatever the port (the port is in its key).
     let rev = reverse_of(pkt, svc_id, be_id, be.gen, Nat { port_be: 0, addr }, syn_ns);
     let mut key = reply_key(pkt, be, &src, 0);
+    // A port whose flow ended NAT_REUSE_NS ago is free again: with ports in turn, it is the
+    // one the longest ended among those tried.
+    let mut taken: u16 = 0;
     for i in 0..NAT_PORT_TRIES {
         let port_be = ((lo + start.wrapping_add(i) % range) as u16).to_be();
         key.dport_be = port_be;
-        if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() || reusable(&key, &rev, now) {
-            return Nat { port_be, addr }.pack();
+        if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok()
+            || ended_for(&key, now) > NAT_REUSE_NS && NAT.insert(&key, &rev, BPF_ANY as u64).is_ok()
+        {
+            taken = port_be;
+            break;
         }
     }
-    0
+    if taken == 0 {
+        return 0;
+    }
+    if let Some(c) = cursor {
+        // SAFETY: this CPU's slot. Next time, from the port after this one (plus `range`,
+        // which changes no port, so the cursor is never 0, "not started").
+        unsafe { *c = (u16::from_be(taken) as u32 - lo + 1) % range + range };
+    }
+    Nat {
+        port_be: taken,
+        addr,
+    }
+    .pack()
 }
 
-/// Takes over a source port whose flow ended `NAT_REUSE_NS` ago.
+/// How long ago the flow on a source port ended (its reverse entry `key`); 0 while it is open
+/// or when it is gone.
 #[inline(never)]
-fn reusable(key: &FlowKey, rev: &NatRev, now: u64) -> bool {
+fn ended_for(key: &FlowKey, now: u64) -> u64 {
     let Some(old) = NAT.get_ptr_mut(key) else {
-        return false;
+        return 0;
     };
     // SAFETY: pointer from the lookup, valid for this run.
     let ended = unsafe { (*old).ended_ns };
-    ended != 0 && now.saturating_sub(ended) > NAT_REUSE_NS && NAT.insert(key, rev, BPF_ANY as u64).is_ok()
+    if ended == 0 {
+        return 0;
+    }
+    now.saturating_sub(ended)
 }
 
 /// Frees the source of a flow that moves to another backend or ends its 5-tuple's use (its
