@@ -14,6 +14,7 @@ mod ipv6;
 mod maintenance_fallback;
 mod nat_common;
 mod nat_heal;
+mod nat_icmp;
 mod nat_not_service;
 mod nat_ports;
 mod nat_recovery;
