@@ -237,7 +237,11 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     // one the longest ended among those tried.
     let mut taken: u16 = 0;
     for i in 0..NAT_PORT_TRIES {
-        let port_be = ((lo + start.wrapping_add(i) % range) as u16).to_be();
+        // The first half of the tries follows the cursor; the second half starts at random,
+        // so a run of ports still held (long connections opened one after another) never
+        // blocks new flows: once past it, the cursor moves to where a port was found.
+        let base = if i < NAT_PORT_TRIES / 2 { start } else { random };
+        let port_be = ((lo + base.wrapping_add(i) % range) as u16).to_be();
         key.dport_be = port_be;
         if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok()
             || ended_for(&key, now) > NAT_REUSE_NS && NAT.insert(&key, &rev, BPF_ANY as u64).is_ok()
