@@ -15,7 +15,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        ProgramError, Xdp, XdpMode,
+        ProgramError, ProgramInfo, Xdp, XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -720,6 +720,21 @@ impl Datapath {
             .program_mut(PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("program checked at load")
+    }
+
+    /// What the kernel says of each of the datapath's programs (verified instruction count,
+    /// translated and JIT sizes), the entry program first, then the chained ones.
+    pub fn program_infos(&self) -> Result<Vec<(&'static str, ProgramInfo)>> {
+        std::iter::once(PROGRAM)
+            .chain(steer_common::prog::NAMES)
+            .map(|name| {
+                let prog = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(DatapathError::MissingProgram(name))?;
+                Ok((name, prog.info()?))
+            })
+            .collect()
     }
 
     /// Attaches the program to `iface` (in the calling thread's network namespace). It stays
