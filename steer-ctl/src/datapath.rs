@@ -503,7 +503,10 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xd
             "datapath program verified"
         );
         if std::env::var_os("STEER_VERIFIER_STATS").is_some() {
-            eprintln!("{name}: verified_insns {:?}", info.verified_instruction_count());
+            eprintln!(
+                "{name}: verified_insns {:?}",
+                info.verified_instruction_count()
+            );
         }
     }
     Ok(prog)
@@ -983,7 +986,11 @@ impl NatTable {
             // An entry evicted or deleted between two steps of the walk ends it early at
             // worst; what was read is still good.
             let Ok((k, v)) = item else { break };
-            if v.backend == id && v.gen == gen && v.ended_ns == 0 && k.proto == steer_common::PROTO_TCP {
+            if v.backend == id
+                && v.gen == gen
+                && v.ended_ns == 0
+                && k.proto == steer_common::PROTO_TCP
+            {
                 out.push(k);
             }
         }

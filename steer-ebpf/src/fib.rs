@@ -30,7 +30,12 @@ pub struct Route(u64);
 impl Route {
     #[inline(always)]
     pub fn new(family: u8, proto: u8, l3_off: usize, reply: bool) -> Route {
-        Route(family as u64 | (proto as u64) << 8 | (l3_off as u64 & 0xffff) << 16 | (reply as u64) << 32)
+        Route(
+            family as u64
+                | (proto as u64) << 8
+                | (l3_off as u64 & 0xffff) << 16
+                | (reply as u64) << 32,
+        )
     }
 }
 
@@ -92,7 +97,12 @@ pub fn send_packet(ctx: &XdpContext, route: Route) -> u64 {
 }
 
 #[inline(always)]
-fn try_send(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], route: Route) -> Result<Verdict, Stop> {
+fn try_send(
+    ctx: &XdpContext,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    route: Route,
+) -> Result<Verdict, Stop> {
     let family = route.0 as u8;
     let proto = (route.0 >> 8) as u8;
     let l3_off = ((route.0 >> 16) & 0xffff) as usize;

@@ -16,9 +16,7 @@
 //! the quote is often cut before it.
 
 use aya_ebpf::programs::XdpContext;
-use steer_common::{
-    event, outcome, FlowKey, ServiceKey, FAMILY_V4, PROTO_TCP, PROTO_UDP,
-};
+use steer_common::{event, outcome, FlowKey, ServiceKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     csum::{swap_addr, Delta},
@@ -253,9 +251,7 @@ fn plan_to_backend(plan: &mut Plan) -> bool {
 fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let (a, b) = (a.as_ptr() as *const u32, b.as_ptr() as *const u32);
     // SAFETY: four words of each 16-byte address.
-    unsafe {
-        (0..4).all(|i| *a.add(i) == *b.add(i))
-    }
+    unsafe { (0..4).all(|i| *a.add(i) == *b.add(i)) }
 }
 
 /// The 5-tuple of the quoted packet (its IP header at `q`, ports `l4` bytes after).
@@ -284,7 +280,11 @@ fn quoted_key(q: *mut u8, l4: usize, v4: bool) -> FlowKey {
             sport_be: *(q.add(l4) as *const u16),
             dport_be: *(q.add(l4 + 2) as *const u16),
             proto,
-            family: if v4 { FAMILY_V4 } else { steer_common::FAMILY_V6 },
+            family: if v4 {
+                FAMILY_V4
+            } else {
+                steer_common::FAMILY_V6
+            },
             _pad: [0; 2],
         }
     }

@@ -15,8 +15,8 @@ mod chain;
 mod csum;
 mod fib;
 mod flow;
-mod icmp;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod observe;
@@ -179,7 +179,16 @@ fn steer_established<const NAT: bool>(
     // SAFETY: pointer from the map lookup, valid for this run.
     let flow = unsafe { *f };
     if idle_expired(pkt, &flow, svc, now) {
-        return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::ESTABLISHED, len, now);
+        return steer_new::<NAT>(
+            ctx,
+            pkt,
+            svc_id,
+            svc,
+            Some(f),
+            handoff::ESTABLISHED,
+            len,
+            now,
+        );
     }
     // A SYN on an established flow's 5-tuple is not a retry: the old connection ended without
     // the LB seeing it (reset by the backend in DSR). A new connection, steered afresh, so a
@@ -248,7 +257,16 @@ fn steer_transient<const NAT: bool>(
                 // weight 0, another group switched to, maintenance, or taken out by passive
                 // health): steered again (rule 5).
                 stats::count_event(event::REDISPATCH);
-                return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
+                return steer_new::<NAT>(
+                    ctx,
+                    pkt,
+                    svc_id,
+                    svc,
+                    Some(f),
+                    handoff::TRANSIENT,
+                    len,
+                    now,
+                );
             }
             if NAT
                 && pkt.is_syn()
@@ -275,7 +293,16 @@ fn steer_transient<const NAT: bool>(
             if pkt.is_syn() {
                 // A new attempt leaves a rejected or removed backend (rule 5).
                 stats::count_event(event::REDISPATCH);
-                return steer_new::<NAT>(ctx, pkt, svc_id, svc, Some(f), handoff::TRANSIENT, len, now);
+                return steer_new::<NAT>(
+                    ctx,
+                    pkt,
+                    svc_id,
+                    svc,
+                    Some(f),
+                    handoff::TRANSIENT,
+                    len,
+                    now,
+                );
             }
             reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, false, now)
         }
@@ -357,8 +384,7 @@ fn steer_new<const NAT: bool>(
 #[inline(always)]
 fn no_backend(ctx: &XdpContext, pkt: &Packet, svc_id: u32, svc: &Service) -> Result<Verdict, Stop> {
     if pkt.is_syn() && svc.flags & svc_flags::NO_BACKEND_DROP == 0 {
-        let verdict =
-            rst::reply_rst(ctx, pkt).map_err(|_| Stop::Drop(outcome::DROP_NO_BACKEND))?;
+        let verdict = rst::reply_rst(ctx, pkt).map_err(|_| Stop::Drop(outcome::DROP_NO_BACKEND))?;
         stats::count_rst(svc_id, None);
         return Ok((verdict, outcome::TX_RST));
     }

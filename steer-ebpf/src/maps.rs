@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey, Globals, Handoff,
-    NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK,
-    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
+    maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey,
+    Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS,
+    MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.

@@ -15,9 +15,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    event, flow_flags, global_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey,
-    NatRev, Service, ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES,
-    NAT_REUSE_NS, PROTO_TCP, PROTO_UDP,
+    event, flow_flags, global_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey, NatRev,
+    Service, ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES, NAT_REUSE_NS,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -240,7 +240,11 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
         // The first half of the tries follows the cursor; the second half starts at random,
         // so a run of ports still held (long connections opened one after another) never
         // blocks new flows: once past it, the cursor moves to where a port was found.
-        let base = if i < NAT_PORT_TRIES / 2 { start } else { random };
+        let base = if i < NAT_PORT_TRIES / 2 {
+            start
+        } else {
+            random
+        };
         let port_be = ((lo + base.wrapping_add(i) % range) as u16).to_be();
         key.dport_be = port_be;
         if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok()
@@ -493,7 +497,8 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
             false
         }
     };
-    let Some((be_id, _)) = select::flow_backend(rev.backend, rev.gen).filter(|(_, b)| b.keeps_flows())
+    let Some((be_id, _)) =
+        select::flow_backend(rev.backend, rev.gen).filter(|(_, b)| b.keeps_flows())
     else {
         // Rejected or removed (rule 4): the backend's half of the flow is reset too.
         if !pkt.is_tcp() {
@@ -514,7 +519,10 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
                 unsafe { (*r).flags = rev.flags | nat_flags::SYN_ACK };
             }
             observe::answered(be_id);
-        } else if attempt && pkt.is_rst() && refused(pkt, r, be_id, f.unwrap_or(core::ptr::null_mut()), now) {
+        } else if attempt
+            && pkt.is_rst()
+            && refused(pkt, r, be_id, f.unwrap_or(core::ptr::null_mut()), now)
+        {
             return Err(Stop::Drop(outcome::DROP_REFUSED));
         }
     }
@@ -591,7 +599,10 @@ fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> 
         family: pkt.key.family,
         _pad: [0; 2],
     };
-    if !matches!(select::choose_instead(svc_id, svc, &client, be_id), Ok(Some(_))) {
+    if !matches!(
+        select::choose_instead(svc_id, svc, &client, be_id),
+        Ok(Some(_))
+    ) {
         return false;
     }
     flow::mark(f, flow_flags::REFUSED);
@@ -612,8 +623,8 @@ fn rewrite(
     let v4 = pkt.key.family == FAMILY_V4;
     // The old addresses are read from the packet as they are replaced, a word at a time.
     let addrs = if v4 {
-        let ip = ptr_at_mut::<[u8; 20]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
-            as *mut u8;
+        let ip = ptr_at_mut::<[u8; 20]>(ctx, pkt.l3_off)
+            .ok_or(Stop::Pass(outcome::PASS_MALFORMED))? as *mut u8;
         // SAFETY: the 20 bytes were checked by ptr_at_mut.
         unsafe {
             let d = swap_addr(ip.add(12), src, 1, Delta::default());
@@ -623,8 +634,8 @@ fn rewrite(
             d
         }
     } else {
-        let ip = ptr_at_mut::<[u8; 40]>(ctx, pkt.l3_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
-            as *mut u8;
+        let ip = ptr_at_mut::<[u8; 40]>(ctx, pkt.l3_off)
+            .ok_or(Stop::Pass(outcome::PASS_MALFORMED))? as *mut u8;
         // SAFETY: the 40 bytes were checked by ptr_at_mut.
         unsafe {
             let d = swap_addr(ip.add(8), src, 4, Delta::default());
@@ -635,8 +646,8 @@ fn rewrite(
         .word16(pkt.key.sport_be, sport_be)
         .word16(pkt.key.dport_be, dport_be);
     if pkt.is_tcp() {
-        let l4 = ptr_at_mut::<[u8; 20]>(ctx, pkt.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
-            as *mut u8;
+        let l4 = ptr_at_mut::<[u8; 20]>(ctx, pkt.l4_off)
+            .ok_or(Stop::Pass(outcome::PASS_MALFORMED))? as *mut u8;
         // SAFETY: the 20 bytes were checked by ptr_at_mut.
         unsafe {
             *(l4 as *mut u16) = sport_be;
@@ -645,8 +656,8 @@ fn rewrite(
             *c = d.apply(*c);
         }
     } else {
-        let l4 = ptr_at_mut::<[u8; 8]>(ctx, pkt.l4_off).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?
-            as *mut u8;
+        let l4 = ptr_at_mut::<[u8; 8]>(ctx, pkt.l4_off)
+            .ok_or(Stop::Pass(outcome::PASS_MALFORMED))? as *mut u8;
         // SAFETY: the 8 bytes were checked by ptr_at_mut.
         unsafe {
             *(l4 as *mut u16) = sport_be;

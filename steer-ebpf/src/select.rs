@@ -1,8 +1,8 @@
 //! Service lookup and backend selection.
 
 use steer_common::{
-    hash::flow_hash, maglev_index, outcome, svc_flags, Backend, FlowKey, Service, ServiceKey, BACKEND_NONE,
-    MAGLEV_CHUNK,
+    hash::flow_hash, maglev_index, outcome, svc_flags, Backend, FlowKey, Service, ServiceKey,
+    BACKEND_NONE, MAGLEV_CHUNK,
 };
 
 use crate::{
@@ -49,7 +49,11 @@ pub fn flow_backend(id: u32, gen: u16) -> Option<(u32, &'static Backend)> {
 
 /// The service's Maglev choice for a flow hash; `None` when the table is empty.
 #[inline(always)]
-fn maglev_pick(svc_id: u32, svc: &Service, hash: u32) -> Result<Option<(u32, &'static Backend)>, Stop> {
+fn maglev_pick(
+    svc_id: u32,
+    svc: &Service,
+    hash: u32,
+) -> Result<Option<(u32, &'static Backend)>, Stop> {
     let size = svc.maglev_size;
     if size == 0 {
         return Ok(None);

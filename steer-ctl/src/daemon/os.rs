@@ -664,18 +664,17 @@ pub fn send_bare_ack(k: &steer_common::FlowKey) -> std::io::Result<()> {
         let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
         (a(&k.dst), a(&k.src))
     } else {
-        (IpAddr::V6(Ipv6Addr::from(k.dst)), IpAddr::V6(Ipv6Addr::from(k.src)))
+        (
+            IpAddr::V6(Ipv6Addr::from(k.dst)),
+            IpAddr::V6(Ipv6Addr::from(k.src)),
+        )
     };
     let domain = if v4 {
         socket2::Domain::IPV4
     } else {
         socket2::Domain::IPV6
     };
-    let sock = socket2::Socket::new(
-        domain,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let sock = socket2::Socket::new(domain, socket2::Type::RAW, Some(socket2::Protocol::TCP))?;
     if v4 {
         sock.set_freebind(true)?;
     } else {
@@ -704,7 +703,11 @@ pub fn send_bare_ack(k: &steer_common::FlowKey) -> std::io::Result<()> {
     seg[13] = 0x10;
     if v4 {
         let mut sum: u32 = 6 + 20;
-        for w in k.dst[..4].chunks(2).chain(k.src[..4].chunks(2)).chain(seg.chunks(2)) {
+        for w in k.dst[..4]
+            .chunks(2)
+            .chain(k.src[..4].chunks(2))
+            .chain(seg.chunks(2))
+        {
             sum += u16::from_be_bytes([w[0], w[1]]) as u32;
         }
         while sum > 0xffff {
