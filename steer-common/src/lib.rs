@@ -371,8 +371,9 @@ pub const NAT_POOL_MAX: usize = 8;
 const _: () = assert!(NAT_POOL_MAX.is_power_of_two());
 /// Source ports a NAT flow tries before its pool counts as exhausted.
 pub const NAT_PORT_TRIES: u32 = 8;
-/// A NAT source port whose flow ended this long ago may be given to a new flow (ports go out
-/// in turn, so in practice one comes back after the whole range has).
+/// A NAT source port whose flow ended (and passed its last packet) this long ago may be given
+/// to a new flow (ports go out in turn, so in practice one comes back after the whole range
+/// has).
 pub const NAT_REUSE_NS: u64 = 2_000_000_000;
 
 /// `NatRev::flags` bits.
@@ -381,6 +382,10 @@ pub mod nat_flags {
     pub const SYN_ACK: u16 = 1 << 0;
     /// The attempt's failure (refused or unanswered) has been counted.
     pub const FAILED: u16 = 1 << 1;
+    /// The client sent a FIN (a half-close: the backend may go on sending).
+    pub const FIN_CLIENT: u16 = 1 << 2;
+    /// The backend sent a FIN.
+    pub const FIN_BACKEND: u16 = 1 << 3;
 }
 
 /// The reverse half of a NAT flow. Value of `STEER_NAT_V1`, whose key is the reply's 5-tuple
@@ -404,10 +409,15 @@ pub struct NatRev {
     pub flags: u16,
     /// When the attempt's first SYN was forwarded (0: the flow was met mid-way).
     pub syn_ns: u64,
-    /// When the flow was seen to end (FIN or RST either way), 0 while open.
+    /// When the flow was seen to end (a RST either way, or a FIN each way), 0 while open.
     pub ended_ns: u64,
+    /// About when its last packet passed either way (updated at most once a second).
+    pub last_ns: u64,
+    /// UDP: the service's idle timeout; a flow idle longer has ended (its port is free
+    /// again). 0 for TCP, whose flows end by FIN or RST.
+    pub idle_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<NatRev>() == 64);
+const _: () = assert!(core::mem::size_of::<NatRev>() == 80);
 
 /// The LB addresses a NAT service's flows leave from. Value of `STEER_POOL_V1` by service id.
 #[repr(C)]

@@ -145,7 +145,17 @@ fn reply_key(pkt: &Packet, be: &Backend, src: &[u8; 16], port_be: u16) -> FlowKe
 
 /// The reverse half of the client's flow `pkt` on backend `be_id`.
 #[inline(always)]
-fn reverse_of(pkt: &Packet, svc_id: u32, be_id: u32, gen: u16, nat: Nat, syn_ns: u64) -> NatRev {
+#[allow(clippy::too_many_arguments)]
+fn reverse_of(
+    pkt: &Packet,
+    svc_id: u32,
+    be_id: u32,
+    gen: u16,
+    nat: Nat,
+    syn_ns: u64,
+    idle_ns: u64,
+    now: u64,
+) -> NatRev {
     NatRev {
         client: pkt.key.src,
         vip: pkt.key.dst,
@@ -158,6 +168,36 @@ fn reverse_of(pkt: &Packet, svc_id: u32, be_id: u32, gen: u16, nat: Nat, syn_ns:
         flags: 0,
         syn_ns,
         ended_ns: 0,
+        last_ns: now,
+        idle_ns: if pkt.is_tcp() { 0 } else { idle_ns },
+    }
+}
+
+/// Records a packet of a NAT flow on its reverse half: when it passed (to the second), and
+/// whether it ends the flow — a RST either way, or the second side's FIN (a half-closed flow
+/// goes on: its port is not free while one side may still send).
+#[inline(always)]
+fn touch_reverse(r: *mut NatRev, pkt: &Packet, from_client: bool, now: u64) {
+    // SAFETY: a pointer from a lookup of the caller, valid for this run; plain stores (two
+    // CPUs racing write the same times; a lost flag bit delays a port's reuse, no more).
+    unsafe {
+        if now > (*r).last_ns + 1_000_000_000 {
+            (*r).last_ns = now;
+        }
+        if !pkt.is_tcp() || !pkt.ends_flow() || (*r).ended_ns != 0 {
+            return;
+        }
+        let both = nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND;
+        let flags = (*r).flags
+            | if from_client {
+                nat_flags::FIN_CLIENT
+            } else {
+                nat_flags::FIN_BACKEND
+            };
+        (*r).flags = flags;
+        if pkt.is_rst() || flags & both == both {
+            (*r).ended_ns = now;
+        }
     }
 }
 
@@ -231,7 +271,17 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     };
     let syn_ns = if pkt.is_syn() { now } else { 0 };
     // The reverse entry is the same whatever the port (the port is in its key).
-    let rev = reverse_of(pkt, svc_id, be_id, be.gen, Nat { port_be: 0, addr }, syn_ns);
+    let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;
+    let rev = reverse_of(
+        pkt,
+        svc_id,
+        be_id,
+        be.gen,
+        Nat { port_be: 0, addr },
+        syn_ns,
+        idle_ns,
+        now,
+    );
     let mut key = reply_key(pkt, be, &src, 0);
     // A port whose flow ended NAT_REUSE_NS ago is free again: with ports in turn, it is the
     // one the longest ended among those tried.
@@ -248,7 +298,7 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
         let port_be = ((lo + base.wrapping_add(i) % range) as u16).to_be();
         key.dport_be = port_be;
         if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok()
-            || ended_for(&key, now) > NAT_REUSE_NS && NAT.insert(&key, &rev, BPF_ANY as u64).is_ok()
+            || free_for(&key, now) > NAT_REUSE_NS && NAT.insert(&key, &rev, BPF_ANY as u64).is_ok()
         {
             taken = port_be;
             break;
@@ -269,19 +319,23 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     .pack()
 }
 
-/// How long ago the flow on a source port ended (its reverse entry `key`); 0 while it is open
-/// or when it is gone.
+/// How long the port of reverse entry `key` has been free: since the last packet of its flow
+/// once the flow ended, or for ever (`u64::MAX`) once a UDP flow was idle past its service's
+/// timeout; 0 while the flow is open (or the entry gone).
 #[inline(never)]
-fn ended_for(key: &FlowKey, now: u64) -> u64 {
+fn free_for(key: &FlowKey, now: u64) -> u64 {
     let Some(old) = NAT.get_ptr_mut(key) else {
         return 0;
     };
     // SAFETY: pointer from the lookup, valid for this run.
-    let ended = unsafe { (*old).ended_ns };
-    if ended == 0 {
-        return 0;
+    let (ended, last, idle) = unsafe { ((*old).ended_ns, (*old).last_ns, (*old).idle_ns) };
+    if ended != 0 {
+        return now.saturating_sub(if last > ended { last } else { ended });
     }
-    now.saturating_sub(ended)
+    if idle != 0 && now.saturating_sub(last) > idle {
+        return u64::MAX;
+    }
+    0
 }
 
 /// Frees the source of a flow that moves to another backend or ends its 5-tuple's use (its
@@ -324,7 +378,7 @@ pub fn forward(
     let ids = ids(svc_id, be_id, nat);
     let stopped = forward_call(ctx, pkt, ids, be, now);
     if stopped == HEAL {
-        heal_reverse(pkt, ids, be);
+        heal_reverse(pkt, ids, be, now);
     } else if stopped != 0 {
         return Ok(fib::unpack(stopped));
     }
@@ -358,10 +412,7 @@ fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64
                 stats::count_event(event::NAT_CONFLICT);
                 return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
             }
-            // SAFETY: as above; a plain store, the same from any CPU.
-            if pkt.ends_flow() && unsafe { (*r).ended_ns } == 0 {
-                unsafe { (*r).ended_ns = now };
-            }
+            touch_reverse(r, pkt, true, now);
         }
         None => heal = HEAL,
     }
@@ -374,14 +425,17 @@ fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64
 /// A flow's reverse half was lost (evicted) while its forward half lives: written again
 /// (from the packet before translation). A BPF call of its own (a rare path).
 #[inline(never)]
-fn heal_reverse(pkt: &Packet, ids: u64, be: &Backend) {
+fn heal_reverse(pkt: &Packet, ids: u64, be: &Backend, now: u64) {
     let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
     let nat = Nat::unpack((ids >> 32) as u32);
     let Some(src) = source(svc_id, be, nat.addr) else {
         return;
     };
     let key = reply_key(pkt, be, &src, nat.port_be);
-    let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0);
+    // The packet is to a service: its idle timeout, for a UDP flow.
+    let idle_ns =
+        select::lookup_service(pkt).map_or(0, |(_, s)| s.idle_timeout_s as u64 * 1_000_000_000);
+    let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0, idle_ns, now);
     if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
         stats::count_event(event::NAT_HEALED);
     }
@@ -483,7 +537,10 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
         Some(f) => {
             // SAFETY: pointer from the lookup, valid for this run.
             let fl = unsafe { *f };
-            if fl.backend != rev.backend || fl.gen != rev.gen || fl.nat_port_be != pkt.key.dport_be
+            if fl.backend != rev.backend
+                || fl.gen != rev.gen
+                || fl.nat_port_be != pkt.key.dport_be
+                || fl.nat_addr != rev.nat_addr
             {
                 // The client's flow has moved on (its attempt went to another backend): this
                 // port is no longer its. The kernel answers the late reply with a RST, which
@@ -508,11 +565,8 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
         stats::count_rst(rev.svc as u32, None);
         return Ok(Some((verdict, outcome::TX_RST)));
     };
+    touch_reverse(r, pkt, false, now);
     if pkt.is_tcp() {
-        if pkt.ends_flow() && rev.ended_ns == 0 {
-            // SAFETY: as above; a plain store, the same from any CPU.
-            unsafe { (*r).ended_ns = now };
-        }
         if attempt && pkt.is_syn_ack() {
             if rev.flags & nat_flags::SYN_ACK == 0 {
                 // SAFETY: as above.

@@ -105,6 +105,8 @@ fn a_port_taken_by_another_flow_is_skipped(n: &mut Nat) {
         flags: 0,
         syn_ns: 0,
         ended_ns: 0,
+        last_ns: 0,
+        idle_ns: 0,
     };
     n.t.bal
         .datapath_mut()
@@ -171,7 +173,7 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
         deltas,
     ));
     let row = n.to_backend(
-        "the first flow ends (the client's FIN)",
+        "the client's FIN: a half-close, the backend may go on sending",
         "one",
         "one-a",
         from_client(c, 46_000, one, fin_ack(1), &[]),
@@ -180,6 +182,18 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
     );
     n.client(row);
     let rk = n.rev_key("one-a", SNAT.into(), ONE_PORT, TCP);
+    assert_eq!(
+        n.reverse(&rk).unwrap().ended_ns,
+        0,
+        "a half-closed flow has not ended: its port is not free"
+    );
+    let row = n.to_client(
+        "the backend's FIN: the flow has ended both ways",
+        n.backend_seg("one-a", SNAT.into(), ONE_PORT, fin_ack(1001), &[]),
+        (one, 80),
+        (c, 46_000),
+    );
+    n.backend(row);
     assert_ne!(
         n.reverse(&rk).unwrap().ended_ns,
         0,
