@@ -2,7 +2,7 @@
 //! tables at load time (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
@@ -13,8 +13,15 @@ use steer_common::{
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
+///
+/// Not preallocated: every table flip replaces the service's entry, and a preallocated hash
+/// map recycles the replaced element at once, so a lookup walking it as it is reused (for
+/// another service's flip) may find neither the old entry nor the new one (seen: one SYN in
+/// 4.5 million passed as "not a service" by the swap hammer). Without preallocation the old
+/// element is freed after an RCU grace period, and a lookup always finds one of the two.
 #[map(name = "STEER_SVC_V2")]
-pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Backends by id: address, MAC, admin state, health. Written by steer-ctl.
 #[map(name = "STEER_BE_V2")]
