@@ -254,6 +254,22 @@ impl SteerDaemon {
     }
 
     /// The Prometheus text, scraped from inside the LB namespace.
+    /// `scrape`, with a failure to connect or read (a reset) as an error rather than a panic.
+    pub fn try_scrape(&self) -> Result<String, String> {
+        let port = self.metrics_port;
+        self.ns.run(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map_err(|e| format!("connecting: {e}"))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .map_err(|e| format!("writing: {e}"))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .map_err(|e| format!("reading: {e}"))?;
+            Ok(out)
+        })
+    }
+
     pub fn scrape(&self) -> String {
         let port = self.metrics_port;
         self.ns.run(move || {
