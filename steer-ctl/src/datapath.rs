@@ -235,6 +235,30 @@ impl Default for Options {
 
 /// The Maglev tables, mapped into this process (`BPF_F_MMAPABLE`): a 65,537-slot table is
 /// written with one copy, not 65,537 syscalls.
+/// Maps `bytes` of the BPF array `map` (created with BPF_F_MMAPABLE) read-write, shared with
+/// the datapath.
+fn map_shared(map: &MapData, name: &'static str, bytes: usize) -> Result<NonNull<u8>> {
+    // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE; the callers keep `bytes` within
+    // its size and keep `map` alive as long as the mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(DatapathError::Mmap {
+            name,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(NonNull::new(p.cast()).expect("mmap returned null"))
+}
+
 struct MaglevTables {
     _map: MapData,
     base: NonNull<u32>,
@@ -245,26 +269,10 @@ impl MaglevTables {
     fn new(map: MapData, chunks: u32) -> Result<Self> {
         let len = chunks as usize * MAGLEV_CHUNK as usize;
         let bytes = len * 4;
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE; length within its size.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(DatapathError::Mmap {
-                name: map::MAGLEV,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let base = map_shared(&map, map::MAGLEV, bytes)?;
         Ok(MaglevTables {
             _map: map,
-            base: NonNull::new(p.cast()).expect("mmap returned null"),
+            base: base.cast(),
             len,
         })
     }
@@ -325,26 +333,10 @@ impl<T> Mapped<T> {
             "element of {name} is not 8-byte sized"
         );
         let bytes = len as usize * std::mem::size_of::<T>();
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE; length within its size.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(DatapathError::Mmap {
-                name,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let base = map_shared(&map, name, bytes)?;
         Ok(Mapped {
             _map: map,
-            base: NonNull::new(p.cast()).expect("mmap returned null"),
+            base: base.cast(),
             len: len as usize,
         })
     }
