@@ -61,6 +61,28 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
     finish(h, 40)
 }
 
+/// The words of an address, folded into one by xor (host byte order: the pre-filter and the
+/// flow cache are private to one host, so their hashes need not match across platforms).
+#[inline(always)]
+pub fn fold_addr(a: &[u8; 16]) -> u32 {
+    // SAFETY: same size, plain integers; callers' addresses sit at 4-byte aligned offsets.
+    let w = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) };
+    w[0] ^ w[1] ^ w[2] ^ w[3]
+}
+
+/// Fibonacci hashing's multiplier: one multiply spreads a folded key over the high bits.
+const FIB32: u32 = 0x9e37_79b1;
+
+/// Bit of the pre-filter (`STEER_FILTER_V1`) for a destination: an address, port (network
+/// order) and protocol of a service, or an address alone (port 0, protocol 0) that NAT
+/// replies come to. A few ALU instructions: the filter exists to be cheaper than the
+/// services map's lookup it saves.
+#[inline(always)]
+pub fn filter_bit(addr: &[u8; 16], port_be: u16, proto: u8) -> u32 {
+    let x = fold_addr(addr) ^ (((port_be as u32) << 16) | proto as u32);
+    x.wrapping_mul(FIB32) >> (32 - crate::FILTER_BITS_LOG2)
+}
+
 /// MurmurHash3 (x86_32) of a byte string; used by userspace to place backends in Maglev tables.
 pub fn bytes_hash(seed: u32, data: &[u8]) -> u32 {
     let mut h = seed;
@@ -94,6 +116,19 @@ mod tests {
             bytes_hash(0x9747_b28c, b"The quick brown fox jumps over the lazy dog"),
             0x2fa8_26cd
         );
+    }
+
+    #[test]
+    fn filter_bits_differ_by_port_protocol_and_address() {
+        let a = [10, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = filter_bit(&a, 80u16.to_be(), crate::PROTO_TCP);
+        assert!(b < 1 << crate::FILTER_BITS_LOG2);
+        assert_ne!(b, filter_bit(&a, 443u16.to_be(), crate::PROTO_TCP));
+        assert_ne!(b, filter_bit(&a, 80u16.to_be(), crate::PROTO_UDP));
+        assert_ne!(b, filter_bit(&a, 0, 0));
+        let mut c = a;
+        c[3] = 11;
+        assert_ne!(b, filter_bit(&c, 80u16.to_be(), crate::PROTO_TCP));
     }
 
     #[test]

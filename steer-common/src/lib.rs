@@ -51,8 +51,14 @@ pub mod map {
     pub const PROGS: &str = "STEER_PROGS_V1";
     /// Per-CPU `Handoff`: what one program tells the next it tail-calls. Datapath only.
     pub const HANDOFF: &str = "STEER_HAND_V1";
+    /// The pre-filter: `FILTER_WORDS` × `u64` (mmapable), one bit per `hash::filter_bit` of
+    /// each service's address, port and protocol, and of each address NAT replies come to. A
+    /// packet whose bits are clear is for no service and no NAT flow: passed after one array
+    /// lookup. Bits are only ever set while the map lives (a stale bit costs a lookup, a missing
+    /// one would lose a service's packets). Written by steer-ctl.
+    pub const FILTER: &str = "STEER_FILTER_V1";
 
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -68,6 +74,7 @@ pub mod map {
         GLOBALS,
         PROGS,
         HANDOFF,
+        FILTER,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
@@ -120,6 +127,11 @@ pub mod handoff {
     pub const ESTABLISHED: u32 = 1;
     pub const TRANSIENT: u32 = 2;
 }
+
+/// Size of the pre-filter (`map::FILTER`): `1 << FILTER_BITS_LOG2` bits in `FILTER_WORDS`
+/// 64-bit words.
+pub const FILTER_BITS_LOG2: u32 = 16;
+pub const FILTER_WORDS: u32 = 1 << (FILTER_BITS_LOG2 - 6);
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;

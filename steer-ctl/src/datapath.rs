@@ -20,9 +20,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
-    flow_flags, maglev_chunks, maglev_index, map, nat_capacity, Backend, Counters, Flow, FlowKey,
-    Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS, MAGLEV_CHUNK,
-    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
+    flow_flags, hash::filter_bit, maglev_chunks, maglev_index, map, nat_capacity, Backend,
+    Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
+    FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -420,6 +421,19 @@ impl Mapped<Observed> {
     }
 }
 
+impl Mapped<u64> {
+    /// Sets bit `b` of a bitmap of 64-bit words (the pre-filter).
+    pub fn set_bit(&self, b: u32) {
+        self.word64((b / 64) as usize, 0)
+            .fetch_or(1 << (b % 64), Ordering::Release);
+    }
+
+    /// Whether bit `b` is set.
+    pub fn bit(&self, b: u32) -> bool {
+        self.word64((b / 64) as usize, 0).load(Ordering::Acquire) & (1 << (b % 64)) != 0
+    }
+}
+
 impl Mapped<NeighWant> {
     /// Slot `i`, or `None` while the datapath is writing it (its `seq` moved during the read;
     /// the next poll reads it again).
@@ -478,6 +492,8 @@ pub struct Datapath {
     neigh: Arc<Mapped<NeighWant>>,
     /// Host-wide settings, one element.
     globals: Array<MapData, Globals>,
+    /// The pre-filter (`map::FILTER`), mmapped: bits are set with atomic ORs.
+    filter: Mapped<u64>,
     max_flows: u32,
 }
 
@@ -600,7 +616,11 @@ impl Datapath {
             return Err(DatapathError::MissingMap(map::NEIGH));
         };
         let neigh = Arc::new(Mapped::new(neigh, map::NEIGH, NEIGH_SLOTS)?);
-        Ok(Datapath {
+        let Map::Array(filter) = take(&mut ebpf, map::FILTER)? else {
+            return Err(DatapathError::MissingMap(map::FILTER));
+        };
+        let filter = Mapped::new(filter, map::FILTER, FILTER_WORDS)?;
+        let mut dp = Datapath {
             ebpf,
             progs,
             max_services: opts.max_services,
@@ -617,8 +637,51 @@ impl Datapath {
             observed,
             neigh,
             globals,
+            filter,
             max_flows: opts.max_flows,
-        })
+        };
+        dp.seed_filter()?;
+        Ok(dp)
+    }
+
+    /// Sets the pre-filter's bits for what the maps already hold (pinned maps adopted from an
+    /// earlier daemon, perhaps one from before the filter existed): a program attached with a
+    /// bit missing would pass a service's packets to the kernel.
+    fn seed_filter(&mut self) -> Result<()> {
+        for key in self.service_keys()? {
+            self.filter_service(&key);
+        }
+        for id in 0..MAX_BACKENDS {
+            let be = self.backend(id)?;
+            if be.admin != steer_common::admin::NONE {
+                self.filter_nat_source(&be.snat);
+            }
+        }
+        for id in 0..self.max_services {
+            let pool = self.pool(id)?;
+            for a in pool.addrs.iter().take(pool.count as usize) {
+                self.filter_nat_source(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn filter_service(&self, key: &ServiceKey) {
+        self.filter
+            .set_bit(filter_bit(&key.addr, key.port_be, key.proto));
+    }
+
+    /// An address NAT flows may leave from: backends' replies come to it.
+    fn filter_nat_source(&self, addr: &[u8; 16]) {
+        if *addr != [0; 16] {
+            self.filter.set_bit(filter_bit(addr, 0, 0));
+        }
+    }
+
+    /// Whether the pre-filter lets a packet to `key`'s service through (for tests).
+    pub fn filter_admits(&self, key: &ServiceKey) -> bool {
+        self.filter
+            .bit(filter_bit(&key.addr, key.port_be, key.proto))
     }
 
     /// Passive health per backend id, shared with the daemon's poller.
@@ -634,6 +697,9 @@ impl Datapath {
     /// Writes the NAT source pool of service `id`.
     pub fn put_pool(&mut self, id: u32, pool: &NatPool) -> Result<()> {
         self.check_service_id(id)?;
+        for a in pool.addrs.iter().take(pool.count as usize) {
+            self.filter_nat_source(a);
+        }
         typed(map::POOLS, self.pools.set(id, pool, 0))
     }
 
@@ -802,6 +868,8 @@ impl Datapath {
 
     pub fn put_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
         self.check_service_id(svc.id)?;
+        // The filter's bit first: the service's packets must never meet a clear one.
+        self.filter_service(key);
         typed(map::SERVICES, self.services.insert(key, svc, 0))
     }
 
@@ -833,6 +901,7 @@ impl Datapath {
     }
 
     pub fn put_backend(&mut self, id: u32, be: &Backend) -> Result<()> {
+        self.filter_nat_source(&be.snat);
         typed(map::BACKENDS, self.backends.set(id, be, 0))
     }
 

@@ -14,6 +14,7 @@
 mod chain;
 mod csum;
 mod fib;
+mod filter;
 mod flow;
 mod forward;
 mod icmp;
@@ -94,15 +95,13 @@ fn finish(r: Result<Verdict, Stop>) -> u32 {
 #[inline(always)]
 fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
+    if !NAT && !filter::maybe_service(&pkt.key) {
+        return not_service(ctx, &pkt);
+    }
     let (svc_id, svc) = match select::lookup_service(&pkt) {
         Ok(s) => s,
-        Err(not_service) => {
-            if !NAT && nat::enabled() {
-                // Maybe a NAT backend's reply.
-                chain::tail_call(ctx, prog::REPLY);
-            }
-            return Err(not_service);
-        }
+        Err(_) if !NAT => return not_service(ctx, &pkt),
+        Err(e) => return Err(e),
     };
     if !NAT && svc.mode == MODE_NAT {
         chain::tail_call(ctx, prog::NAT);
@@ -122,6 +121,16 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         stats::count_event(event::FLOW_MISS);
     }
     steer_new::<NAT>(ctx, &pkt, svc_id, svc, None, handoff::NONE, len, now)
+}
+
+/// A packet for no service: on a host with NAT services, a backend's reply (to an address NAT
+/// flows leave from) or an ICMP error goes to `steer_reply`; anything else is passed.
+#[inline(always)]
+fn not_service(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Stop> {
+    if nat::enabled() && (pkt.is_icmp() || filter::maybe_nat_reply(&pkt.key)) {
+        chain::tail_call(ctx, prog::REPLY);
+    }
+    Err(Stop::Pass(outcome::PASS_NOT_SERVICE))
 }
 
 /// A NAT service's new or moved flow, handed over by `steer_nat` with a `Handoff`: chosen

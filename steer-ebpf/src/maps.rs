@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use steer_common::{
     maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey,
-    Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, GLOBAL_SLOTS,
-    MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
+    Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, FILTER_WORDS,
+    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -105,3 +105,7 @@ pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_ent
 /// go out in turn, so one comes back as late as the range allows. Datapath only.
 #[map(name = "STEER_NCUR_V1")]
 pub static NAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// The pre-filter (`steer_common::map::FILTER`). Written by steer-ctl through mmap.
+#[map(name = "STEER_FILTER_V1")]
+pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAPABLE);
