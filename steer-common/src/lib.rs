@@ -57,6 +57,9 @@ pub mod map {
     /// lookup. Bits are only ever set while the map lives (a stale bit costs a lookup, a missing
     /// one would lose a service's packets). Written by steer-ctl.
     pub const FILTER: &str = "STEER_FILTER_V1";
+    /// Per CPU, `1 << FLOW_CACHE_LOG2` × `CachedFlow`: the flow cache. Datapath only, not
+    /// pinned.
+    pub const FLOW_CACHE: &str = "STEER_FCACHE_V1";
 
     pub const ALL: [&str; 16] = [
         SERVICES,
@@ -132,6 +135,13 @@ pub mod handoff {
 /// 64-bit words.
 pub const FILTER_BITS_LOG2: u32 = 16;
 pub const FILTER_WORDS: u32 = 1 << (FILTER_BITS_LOG2 - 6);
+
+/// Entries of the flow cache, per CPU (`1 << FLOW_CACHE_LOG2`): established DSR flows, by
+/// `hash::cache_hash`.
+pub const FLOW_CACHE_LOG2: u32 = 14;
+/// Buckets of the flow epochs (`1 << FLOW_EPOCH_LOG2`): a flow's bucket moves when its entry
+/// in the connection table changes, which voids every CPU's cached copy of it.
+pub const FLOW_EPOCH_LOG2: u32 = 16;
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;
@@ -480,9 +490,32 @@ pub mod global_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Globals {
     pub flags: u32,
-    pub _pad: u32,
+    /// Moves (by one, wrapping) after every change of a service entry. An entry of the flow
+    /// cache holds the epoch it was filled in, and is used only while it is current.
+    pub epoch: u32,
 }
 const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+
+/// One entry of the flow cache: an established DSR flow as this CPU last saw it in the
+/// connection table. Value of the per-CPU `STEER_FCACHE_V1` (datapath only; readable for
+/// tests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub gen: u16,
+    pub _pad: u16,
+    pub svc_id: u32,
+    /// The flow's epoch bucket when filled.
+    pub flow_epoch: u32,
+    /// `Globals::epoch` when filled.
+    pub cfg_epoch: u32,
+    pub _pad2: u32,
+    /// When filled (CLOCK_MONOTONIC_COARSE, ns).
+    pub filled_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 72);
 
 /// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V2` and `STEER_TRANS_V2`.
 #[repr(C)]
@@ -703,6 +736,7 @@ mod pod {
     unsafe impl aya::Pod for NatPool {}
     unsafe impl aya::Pod for Observed {}
     unsafe impl aya::Pod for NeighWant {}
+    unsafe impl aya::Pod for CachedFlow {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for Handoff {}
 }

@@ -465,7 +465,8 @@ impl Balancer {
         let nat = self.services.values().any(|s| s.spec.mode == Mode::Nat);
         let g = Globals {
             flags: if nat { global_flags::NAT } else { 0 },
-            _pad: 0,
+            // Kept by the datapath (moves with every service change).
+            epoch: 0,
         };
         if self.globals != Some(g) {
             self.dp.put_globals(&g)?;

@@ -21,8 +21,8 @@ use aya::{
 };
 use steer_common::{
     flow_flags, hash::filter_bit, maglev_chunks, maglev_index, map, nat_capacity, Backend,
-    Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
-    FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
+    CachedFlow, Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service,
+    ServiceKey, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
     MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
 };
 
@@ -494,6 +494,11 @@ pub struct Datapath {
     globals: Array<MapData, Globals>,
     /// The pre-filter (`map::FILTER`), mmapped: bits are set with atomic ORs.
     filter: Mapped<u64>,
+    /// The flow cache (per CPU), read by tests.
+    flow_cache: PerCpuArray<MapData, CachedFlow>,
+    /// What `globals` holds: the flags, and the epoch of the flow cache.
+    flags: u32,
+    epoch: u32,
     max_flows: u32,
 }
 
@@ -620,6 +625,12 @@ impl Datapath {
             return Err(DatapathError::MissingMap(map::FILTER));
         };
         let filter = Mapped::new(filter, map::FILTER, FILTER_WORDS)?;
+        let flow_cache = typed(
+            map::FLOW_CACHE,
+            PerCpuArray::try_from(take(&mut ebpf, map::FLOW_CACHE)?),
+        )?;
+        // Adopted settings (a pinned map) keep their flags and epoch.
+        let Globals { flags, epoch } = typed(map::GLOBALS, globals.get(&0, 0))?;
         let mut dp = Datapath {
             ebpf,
             progs,
@@ -638,6 +649,9 @@ impl Datapath {
             neigh,
             globals,
             filter,
+            flow_cache,
+            flags,
+            epoch,
             max_flows: opts.max_flows,
         };
         dp.seed_filter()?;
@@ -678,6 +692,19 @@ impl Datapath {
         }
     }
 
+    /// The CPUs whose flow cache holds `key`'s flow, with the entry (for tests: whether a
+    /// packet may have been forwarded from the cache).
+    pub fn cached(&self, key: &FlowKey) -> Result<Vec<(usize, CachedFlow)>> {
+        let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::FLOW_CACHE_LOG2);
+        let per_cpu = typed(map::FLOW_CACHE, self.flow_cache.get(&slot, 0))?;
+        Ok(per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key == *key)
+            .map(|(cpu, c)| (cpu, *c))
+            .collect())
+    }
+
     /// Whether the pre-filter lets a packet to `key`'s service through (for tests).
     pub fn filter_admits(&self, key: &ServiceKey) -> bool {
         self.filter
@@ -710,7 +737,25 @@ impl Datapath {
     }
 
     /// Writes the host-wide settings.
+    /// Writes the host-wide settings (`g`'s flags; the epoch is the datapath's own).
     pub fn put_globals(&mut self, g: &Globals) -> Result<()> {
+        let g = Globals {
+            flags: g.flags,
+            epoch: self.epoch,
+        };
+        typed(map::GLOBALS, self.globals.set(0, g, 0))?;
+        self.flags = g.flags;
+        Ok(())
+    }
+
+    /// Voids every CPU's flow cache (a service entry changed: the cached flows' service may be
+    /// gone or in another mode).
+    fn bump_epoch(&mut self) -> Result<()> {
+        self.epoch = self.epoch.wrapping_add(1);
+        let g = Globals {
+            flags: self.flags,
+            epoch: self.epoch,
+        };
         typed(map::GLOBALS, self.globals.set(0, g, 0))
     }
 
@@ -870,7 +915,8 @@ impl Datapath {
         self.check_service_id(svc.id)?;
         // The filter's bit first: the service's packets must never meet a clear one.
         self.filter_service(key);
-        typed(map::SERVICES, self.services.insert(key, svc, 0))
+        typed(map::SERVICES, self.services.insert(key, svc, 0))?;
+        self.bump_epoch()
     }
 
     /// The entry of a service, if the map holds it.
@@ -897,7 +943,8 @@ impl Datapath {
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        typed(map::SERVICES, self.services.remove(key))
+        typed(map::SERVICES, self.services.remove(key))?;
+        self.bump_epoch()
     }
 
     pub fn put_backend(&mut self, id: u32, be: &Backend) -> Result<()> {

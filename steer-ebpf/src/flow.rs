@@ -6,6 +6,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use steer_common::{event, flow_flags, Flow, FlowKey};
 
 use crate::{
+    cache,
     maps::{FLOWS, TRANSIENT},
     nat::Nat,
     parse::{Packet, TCP_FIN, TCP_RST},
@@ -68,6 +69,7 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     // LB does not know (a flood of spoofed ACKs or UDP must not evict established flows); its
     // next packet that is neither a SYN nor an end promotes it.
     let r = TRANSIENT.insert(&pkt.key, &f, 0);
+    cache::invalidate(&pkt.key);
     if r.is_err() {
         stats::count_event(event::FLOW_INSERT_FAILED);
     }
@@ -111,6 +113,7 @@ pub fn retire(pkt: &Packet, flow: *mut Flow) {
     if TRANSIENT.insert(&pkt.key, &f, 0).is_ok() {
         let _ = FLOWS.remove(&pkt.key);
     }
+    cache::invalidate(&pkt.key);
 }
 
 /// Forgets a flow of the established table (a new connection on its 5-tuple starts over in
@@ -118,6 +121,7 @@ pub fn retire(pkt: &Packet, flow: *mut Flow) {
 #[inline(always)]
 pub fn forget(pkt: &Packet) {
     let _ = FLOWS.remove(&pkt.key);
+    cache::invalidate(&pkt.key);
 }
 
 /// The flow's first 8 bytes, `backend | gen << 32 | flags << 48` (little-endian), updated
@@ -153,6 +157,7 @@ fn clear_flags(flow: *mut Flow, bits: u16) {
 pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
     let set = flags_of(pkt);
     let before = if set != 0 {
+        cache::invalidate(&pkt.key);
         set_flags(flow, set)
     } else {
         // SAFETY: as in set_flags; a plain read (BPF has no atomic load to select).
@@ -187,6 +192,7 @@ pub fn repin_flow(flow: *mut Flow, pkt: &Packet, backend: u32, gen: u16, nat: Na
         core::ptr::write_volatile(head(flow), word);
         (*flow).last_seen_ns = now;
     }
+    cache::invalidate(&pkt.key);
 }
 
 /// Sets `bits` of a flow's flags (atomically, as any flag change).

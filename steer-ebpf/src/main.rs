@@ -11,6 +11,7 @@
 #![feature(core_intrinsics)]
 #![no_main]
 
+mod cache;
 mod chain;
 mod csum;
 mod fib;
@@ -98,6 +99,21 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     if !NAT && !filter::maybe_service(&pkt.key) {
         return not_service(ctx, &pkt);
     }
+    let now = flow::now();
+    let probe = if NAT {
+        cache::Probe::NONE
+    } else {
+        let probe = cache::probe(&pkt.key);
+        if let Some((svc_id, be_id, be)) = cache::lookup(&pkt, probe, now) {
+            // An established DSR flow this CPU saw lately (the connection table's entry was
+            // refreshed then): counted and forwarded as the full path would.
+            let len = (ctx.data_end() - ctx.data()) as u64;
+            stats::count_service(svc_id, len);
+            stats::count_backend(be_id, len);
+            return forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD));
+        }
+        probe
+    };
     let (svc_id, svc) = match select::lookup_service(&pkt) {
         Ok(s) => s,
         Err(_) if !NAT => return not_service(ctx, &pkt),
@@ -109,9 +125,8 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(svc_id, len);
-    let now = flow::now();
     if let Some(f) = flow::lookup_flow(&pkt.key) {
-        return steer_established::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
+        return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
         return steer_transient::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
@@ -176,9 +191,11 @@ fn idle_expired(pkt: &Packet, flow: &Flow, svc: &Service, now: u64) -> bool {
 
 /// A packet of a flow in the established table (rules 1, 4, 5).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn steer_established<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
+    probe: cache::Probe,
     svc_id: u32,
     svc: &Service,
     f: *mut Flow,
@@ -223,6 +240,8 @@ fn steer_established<const NAT: bool>(
             if flow::touch_flow(f, pkt, now) {
                 stats::count_ended(svc_id, Some(be_id));
                 flow::retire(pkt, f);
+            } else if !NAT && flow.flags & flow_flags::ENDED == 0 && !Nat::of(&flow).is_nat() {
+                cache::fill(pkt, probe, svc_id, flow.backend, flow.gen, now);
             }
             stats::count_backend(be_id, len);
             send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
@@ -334,6 +353,7 @@ fn reset_flow(
         return Err(Stop::Drop(outcome::DROP_REJECTED));
     }
     let verdict = rst::reply_rst(ctx, pkt)?;
+    cache::invalidate(&pkt.key);
     if flow::mark_reset(f, now) {
         stats::count_ended(svc_id, be_id);
         if established {

@@ -9,7 +9,8 @@ use aya_ebpf::{
 use steer_common::{
     maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey,
     Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, FILTER_WORDS,
-    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
+    FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -109,3 +110,14 @@ pub static NAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_BACK
 /// The pre-filter (`steer_common::map::FILTER`). Written by steer-ctl through mmap.
 #[map(name = "STEER_FILTER_V1")]
 pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAPABLE);
+
+/// The flow cache (`crate::cache`), per CPU. Datapath only; not pinned (a new program starts
+/// with an empty cache).
+#[map(name = "STEER_FCACHE_V1")]
+pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
+    PerCpuArray::with_max_entries(1 << FLOW_CACHE_LOG2, 0);
+
+/// The flow epochs (`crate::cache`): one counter per bucket of 5-tuples, moved on every CPU's
+/// change of a flow's entry. Datapath only; not pinned.
+#[map(name = "STEER_FEPOCH_V1")]
+pub static FLOW_EPOCHS: Array<u32> = Array::with_max_entries(1 << FLOW_EPOCH_LOG2, 0);

@@ -470,17 +470,44 @@ fn main() {
 
     // Profiling aid: `STEER_BENCH_ONLY=established perf record -a -- steer-bench` runs that path
     // alone, long enough to sample.
-    if std::env::var("STEER_BENCH_ONLY").as_deref() == Ok("established") {
-        for _ in 0..10 {
-            repeated(
-                bal.datapath_mut().program(),
-                &established,
-                XDP_TX,
-                "established",
-                None,
-            );
+    // `STEER_BENCH_ONLY=quick` prints the floor, established and pass medians of 9 rounds (a
+    // quick look while trying a change).
+    match std::env::var("STEER_BENCH_ONLY").as_deref() {
+        Ok("established") => {
+            for _ in 0..10 {
+                repeated(
+                    bal.datapath_mut().program(),
+                    &established,
+                    XDP_TX,
+                    "established",
+                    None,
+                );
+            }
+            return;
         }
-        return;
+        Ok("quick") => {
+            let (mut f, mut e, mut p) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..9 {
+                let floor: &mut Xdp = aux.program_mut("bench_floor").unwrap().try_into().unwrap();
+                f.push(repeated(floor, &syn, XDP_TX, "floor", None));
+                let prog = bal.datapath_mut().program();
+                e.push(repeated(prog, &established, XDP_TX, "established", None));
+                let prog = bal.datapath_mut().program();
+                p.push(repeated(prog, &not_ours, XDP_PASS, "pass", None));
+            }
+            let low = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
+            println!(
+                "median (lowest): floor {:.1} ({:.1}) established {:.1} ({:.1}) pass {:.1} ({:.1})",
+                median(f.clone()),
+                low(&f),
+                median(e.clone()),
+                low(&e),
+                median(p.clone()),
+                low(&p)
+            );
+            return;
+        }
+        _ => {}
     }
 
     // The NAT service's datapath, and a flow of it established through the real programs:

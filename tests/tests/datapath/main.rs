@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod cache;
 mod established;
 mod fuzz;
 mod ipv6;

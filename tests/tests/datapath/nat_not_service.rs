@@ -97,7 +97,7 @@ fn without_a_nat_service_the_reply_program_is_never_entered(n: &mut Nat) {
         .datapath_mut()
         .put_globals(&Globals {
             flags: global_flags::NAT,
-            _pad: 0,
+            epoch: 0,
         })
         .unwrap();
     let row = n.to_client(

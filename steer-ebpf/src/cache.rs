@@ -1,0 +1,151 @@
+//! The flow cache: per CPU, a direct-mapped copy of recently seen established DSR flows, in
+//! front of the services map and the connection table. A hit costs a few ALU instructions and
+//! array lookups (the verifier inlines them) instead of two hash lookups.
+//!
+//! An entry is used only while all of these hold, else the packet takes the full path (which
+//! refills the entry):
+//! - the 5-tuple matches, and the packet has no SYN, FIN or RST (those change the flow);
+//! - the epoch of host settings is the one it was filled in (steer-ctl moves it after every
+//!   change of a service entry);
+//! - the flow's epoch bucket is the one it was filled in (the datapath moves it, on any CPU,
+//!   whenever the flow's entry in the connection table changes: new, re-pinned, ended,
+//!   retired, forgotten, reset);
+//! - it was filled less than `REFRESH_NS` ago, so the connection table's `last_seen_ns` (idle
+//!   ageing, active counts, the UDP timeout) is never older than that;
+//! - the backend still has the flow's generation and keeps flows (read live, as on the full
+//!   path: `reject` and removal act at once).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+
+use steer_common::{
+    hash::cache_hash, Backend, CachedFlow, FlowKey, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
+};
+
+use crate::{
+    maps::{FLOW_CACHE, FLOW_EPOCHS, GLOBALS},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
+    select,
+};
+
+/// How long a cached entry stands in for the connection table: well under any idle timeout
+/// (seconds), long enough that a busy flow takes the full path a few times a second at most.
+pub const REFRESH_NS: u64 = 200_000_000;
+
+/// Where a packet's flow would be cached, and the epochs to compare: read before the flow's
+/// state is, so a change made after this moment voids what is filled from it.
+#[derive(Clone, Copy)]
+pub struct Probe {
+    hash: u32,
+    flow_epoch: u32,
+    cfg_epoch: u32,
+}
+
+impl Probe {
+    /// For the programs that never use the cache (NAT).
+    pub const NONE: Probe = Probe {
+        hash: 0,
+        flow_epoch: 0,
+        cfg_epoch: 0,
+    };
+}
+
+#[inline(always)]
+fn slot(hash: u32) -> u32 {
+    hash >> (32 - FLOW_CACHE_LOG2)
+}
+
+#[inline(always)]
+fn bucket(hash: u32) -> u32 {
+    hash >> (32 - FLOW_EPOCH_LOG2)
+}
+
+#[inline(always)]
+fn flow_epoch(hash: u32) -> u32 {
+    FLOW_EPOCHS.get(bucket(hash)).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn cfg_epoch() -> u32 {
+    GLOBALS.get(0).map_or(0, |g| g.epoch)
+}
+
+/// Reads the epochs for `key` (before its service and flow are looked up).
+#[inline(always)]
+pub fn probe(key: &FlowKey) -> Probe {
+    let hash = cache_hash(key);
+    Probe {
+        hash,
+        flow_epoch: flow_epoch(hash),
+        cfg_epoch: cfg_epoch(),
+    }
+}
+
+/// Whether two keys are the same 5-tuple, compared in 64-bit words.
+#[inline(always)]
+fn same(a: &FlowKey, b: &FlowKey) -> bool {
+    // SAFETY: `FlowKey` is 40 bytes aligned to 8, without padding bytes that differ (the
+    // parser and every writer zero `_pad`).
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey as *const [u64; 5]),
+            &*(b as *const FlowKey as *const [u64; 5]),
+        )
+    };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// The cached established flow of `pkt`, still good at `now`: its service id, backend id
+/// and backend.
+#[inline(always)]
+pub fn lookup(pkt: &Packet, p: Probe, now: u64) -> Option<(u32, u32, &'static Backend)> {
+    if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return None;
+    }
+    let c = FLOW_CACHE.get(slot(p.hash))?;
+    if !same(&c.key, &pkt.key)
+        || c.flow_epoch != p.flow_epoch
+        || c.cfg_epoch != p.cfg_epoch
+        || now.wrapping_sub(c.filled_ns) >= REFRESH_NS
+    {
+        return None;
+    }
+    let (be_id, be) = select::flow_backend(c.backend, c.gen)?;
+    if !be.keeps_flows() {
+        return None;
+    }
+    Some((c.svc_id, be_id, be))
+}
+
+/// Caches an established DSR flow that the full path just forwarded (this CPU's slot).
+#[inline(always)]
+pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16, now: u64) {
+    if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return;
+    }
+    if let Some(c) = FLOW_CACHE.get_ptr_mut(slot(p.hash)) {
+        // SAFETY: this CPU's slot; nothing else writes it while this program runs here.
+        unsafe {
+            *c = CachedFlow {
+                key: pkt.key,
+                backend,
+                gen,
+                _pad: 0,
+                svc_id,
+                flow_epoch: p.flow_epoch,
+                cfg_epoch: p.cfg_epoch,
+                _pad2: 0,
+                filled_ns: now,
+            }
+        };
+    }
+}
+
+/// The flow of `key` changed in the connection table: every CPU's cached copy is void.
+#[inline(always)]
+pub fn invalidate(key: &FlowKey) {
+    if let Some(e) = FLOW_EPOCHS.get_ptr_mut(bucket(cache_hash(key))) {
+        // SAFETY: a map value of this run; an atomic add, so that concurrent changes on two
+        // CPUs both move it.
+        unsafe { atomic_xadd::<u32, u32, { Relaxed }>(e, 1) };
+    }
+}
