@@ -512,8 +512,8 @@ pub struct CachedFlow {
     /// `Globals::epoch` when filled.
     pub cfg_epoch: u32,
     pub _pad2: u32,
-    /// When filled (CLOCK_MONOTONIC_COARSE, ns).
-    pub filled_ns: u64,
+    /// When filled, in jiffies.
+    pub filled_jiffies: u64,
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 72);
 

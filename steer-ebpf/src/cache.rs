@@ -10,7 +10,7 @@
 //! - the flow's epoch bucket is the one it was filled in (the datapath moves it, on any CPU,
 //!   whenever the flow's entry in the connection table changes: new, re-pinned, ended,
 //!   retired, forgotten, reset);
-//! - it was filled less than `REFRESH_NS` ago, so the connection table's `last_seen_ns` (idle
+//! - it was filled less than `REFRESH_JIFFIES` ago, so the connection table's `last_seen_ns` (idle
 //!   ageing, active counts, the UDP timeout) is never older than that;
 //! - the backend still has the flow's generation and keeps flows (read live, as on the full
 //!   path: `reject` and removal act at once).
@@ -27,9 +27,19 @@ use crate::{
     select,
 };
 
-/// How long a cached entry stands in for the connection table: well under any idle timeout
-/// (seconds), long enough that a busy flow takes the full path a few times a second at most.
-pub const REFRESH_NS: u64 = 200_000_000;
+/// How long a cached entry stands in for the connection table, in jiffies: 200 ms at the
+/// usual HZ=250 (50 ms at HZ=1000, 500 ms at HZ=100) — under any idle timeout (whole
+/// seconds), long enough that a busy flow takes the full path a few times a second at most.
+/// Jiffies, not the coarse monotonic clock the table's entries use: reading jiffies is one
+/// load, `bpf_ktime_get_coarse_ns` cost 10 ns a packet here (measured), as much as the rest of
+/// a hit's lookups.
+pub const REFRESH_JIFFIES: u64 = 50;
+
+#[inline(always)]
+fn jiffies() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() }
+}
 
 /// Where a packet's flow would be cached, and the epochs to compare: read before the flow's
 /// state is, so a change made after this moment voids what is filled from it.
@@ -94,10 +104,10 @@ fn same(a: &FlowKey, b: &FlowKey) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
-/// The cached established flow of `pkt`, still good at `now`: its service id, backend id
+/// The cached established flow of `pkt`, still good: its service id, backend id
 /// and backend.
 #[inline(always)]
-pub fn lookup(pkt: &Packet, p: Probe, now: u64) -> Option<(u32, u32, &'static Backend)> {
+pub fn lookup(pkt: &Packet, p: Probe) -> Option<(u32, u32, &'static Backend)> {
     if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         return None;
     }
@@ -105,7 +115,7 @@ pub fn lookup(pkt: &Packet, p: Probe, now: u64) -> Option<(u32, u32, &'static Ba
     if !same(&c.key, &pkt.key)
         || c.flow_epoch != p.flow_epoch
         || c.cfg_epoch != p.cfg_epoch
-        || now.wrapping_sub(c.filled_ns) >= REFRESH_NS
+        || jiffies().wrapping_sub(c.filled_jiffies) >= REFRESH_JIFFIES
     {
         return None;
     }
@@ -118,7 +128,7 @@ pub fn lookup(pkt: &Packet, p: Probe, now: u64) -> Option<(u32, u32, &'static Ba
 
 /// Caches an established DSR flow that the full path just forwarded (this CPU's slot).
 #[inline(always)]
-pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16, now: u64) {
+pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16) {
     if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         return;
     }
@@ -134,7 +144,7 @@ pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16, now: u6
                 flow_epoch: p.flow_epoch,
                 cfg_epoch: p.cfg_epoch,
                 _pad2: 0,
-                filled_ns: now,
+                filled_jiffies: jiffies(),
             }
         };
     }

@@ -99,12 +99,11 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     if !NAT && !filter::maybe_service(&pkt.key) {
         return not_service(ctx, &pkt);
     }
-    let now = flow::now();
     let probe = if NAT {
         cache::Probe::NONE
     } else {
         let probe = cache::probe(&pkt.key);
-        if let Some((svc_id, be_id, be)) = cache::lookup(&pkt, probe, now) {
+        if let Some((svc_id, be_id, be)) = cache::lookup(&pkt, probe) {
             // An established DSR flow this CPU saw lately (the connection table's entry was
             // refreshed then): counted and forwarded as the full path would.
             let len = (ctx.data_end() - ctx.data()) as u64;
@@ -114,6 +113,7 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         }
         probe
     };
+    let now = flow::now();
     let (svc_id, svc) = match select::lookup_service(&pkt) {
         Ok(s) => s,
         Err(_) if !NAT => return not_service(ctx, &pkt),
@@ -241,7 +241,7 @@ fn steer_established<const NAT: bool>(
                 stats::count_ended(svc_id, Some(be_id));
                 flow::retire(pkt, f);
             } else if !NAT && flow.flags & flow_flags::ENDED == 0 && !Nat::of(&flow).is_nat() {
-                cache::fill(pkt, probe, svc_id, flow.backend, flow.gen, now);
+                cache::fill(pkt, probe, svc_id, flow.backend, flow.gen);
             }
             stats::count_backend(be_id, len);
             send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
