@@ -79,6 +79,13 @@ fn cfg_epoch() -> u32 {
     GLOBALS.get(0).map_or(0, |g| g.epoch)
 }
 
+/// Whether `pkt` may be served from the cache or fill it: no SYN, FIN or RST (those change
+/// their flow's state, and take the full path).
+#[inline(always)]
+pub fn may_hold(pkt: &Packet) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+}
+
 /// Reads the epochs for `key` (before its service and flow are looked up).
 #[inline(always)]
 pub fn probe(key: &FlowKey) -> Probe {
@@ -108,7 +115,7 @@ fn same(a: &FlowKey, b: &FlowKey) -> bool {
 /// and backend.
 #[inline(always)]
 pub fn lookup(pkt: &Packet, p: Probe) -> Option<(u32, u32, &'static Backend)> {
-    if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+    if !may_hold(pkt) {
         return None;
     }
     let c = FLOW_CACHE.get(slot(p.hash))?;
@@ -129,7 +136,7 @@ pub fn lookup(pkt: &Packet, p: Probe) -> Option<(u32, u32, &'static Backend)> {
 /// Caches an established DSR flow that the full path just forwarded (this CPU's slot).
 #[inline(always)]
 pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16) {
-    if pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+    if !may_hold(pkt) {
         return;
     }
     if let Some(c) = FLOW_CACHE.get_ptr_mut(slot(p.hash)) {

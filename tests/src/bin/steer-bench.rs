@@ -32,7 +32,7 @@ use aya::{
 };
 use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 use serde_json::json;
-use steer_common::{event, map, outcome, FlowKey, NatRev, FAMILY_V4, PROTO_TCP};
+use steer_common::{event, flow_flags, map, outcome, Flow, FlowKey, NatRev, FAMILY_V4, PROTO_TCP};
 use steer_ctl::{
     balancer::{addr_bytes, NatSpec},
     BackendSpec, Balancer, Datapath, Options, ServiceSpec,
@@ -44,10 +44,10 @@ use steer_tests::{
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
-/// Flow table size of both datapaths: what the bench used before NAT rows (room for three
-/// rounds of SYNs), kept so that the DSR rows stay comparable with earlier runs.
-/// `STEER_BENCH_FLOWS=N` times with a smaller, evicting table.
-const BENCH_FLOWS: u32 = 3 * REPEAT + (1 << 16);
+/// Flow table size of both datapaths: steer's default `max_flows`, as in production. Both
+/// connection tables are filled to capacity with live flows before any row is timed, so
+/// every new flow's insert evicts one. `STEER_BENCH_FLOWS=N` times with another size.
+const BENCH_FLOWS: u32 = steer_common::MAX_FLOWS;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 const NAT_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
@@ -283,17 +283,71 @@ fn flows() -> u32 {
         .unwrap_or(BENCH_FLOWS)
 }
 
-/// The NAT reverse table of a datapath, opened by id from its programs' maps.
-fn nat_table(dp: &Datapath) -> HashMap<MapData, FlowKey, NatRev> {
+/// A map of a datapath by name, opened by id from its programs' maps.
+fn datapath_map(dp: &Datapath, name: &str) -> MapData {
     for (_, info) in dp.program_infos().expect("program info") {
         for id in info.map_ids().expect("map ids").unwrap_or_default() {
             let md = MapData::from_id(id).expect("open a map by id");
-            if md.info().expect("map info").name_as_str() == Some(map::NAT) {
-                return HashMap::try_from(Map::LruHashMap(md)).expect("the NAT table");
+            if md.info().expect("map info").name_as_str() == Some(name) {
+                return md;
             }
         }
     }
-    panic!("no {} among the datapath's maps", map::NAT);
+    panic!("no {name} among the datapath's maps");
+}
+
+/// The NAT reverse table of a datapath.
+fn nat_table(dp: &Datapath) -> HashMap<MapData, FlowKey, NatRev> {
+    HashMap::try_from(Map::LruHashMap(datapath_map(dp, map::NAT))).expect("the NAT table")
+}
+
+/// Fills both connection tables of `bal`'s datapath to capacity with live flows of the
+/// service at `vip`:80 (clients from 100.64.0.0/10, pinned to its backends, seen now): the
+/// state a busy LB is in, where every new flow's insert evicts one. Returns the entries
+/// written to each table.
+fn prefill(bal: &Balancer, vip: Ipv4Addr) -> (u32, u32) {
+    let dp = bal.datapath();
+    let (flows_cap, transient_cap) = dp.flow_capacity();
+    let pins: Vec<(u32, u16)> = bal.backend_infos().iter().map(|b| (b.id, b.gen)).collect();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let mut n = 0u32;
+    let mut fill = |name: &str, count: u32, flags: u16| {
+        let mut t: HashMap<MapData, FlowKey, Flow> =
+            HashMap::try_from(Map::LruHashMap(datapath_map(dp, name))).expect(name);
+        for _ in 0..count {
+            let client = Ipv4Addr::from(0x6440_0000 | (n >> 6));
+            let (backend, gen) = pins[n as usize % pins.len()];
+            let key = FlowKey {
+                src: addr_bytes(client.into()).0,
+                dst: addr_bytes(vip.into()).0,
+                sport_be: (1024 + (n & 63) as u16).to_be(),
+                dport_be: 80u16.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            };
+            let f = Flow {
+                backend,
+                gen,
+                flags,
+                last_seen_ns: now,
+                nat_port_be: 0,
+                nat_addr: 0,
+                _pad: 0,
+            };
+            t.insert(key, f, 0).expect("prefill a connection table");
+            n += 1;
+        }
+    };
+    fill(map::FLOWS, flows_cap, 0);
+    fill(map::TRANSIENT, transient_cap, flow_flags::SYN_ONLY);
+    (flows_cap, transient_cap)
 }
 
 /// Empties the NAT reverse table but for `keep`; returns how many entries it removed.
@@ -428,7 +482,6 @@ fn main() {
 
     let dp = Datapath::load(&Options {
         max_services: 4,
-        // The size the DSR rows were always timed with (see BENCH_FLOWS).
         max_flows: flows(),
         ..Options::default()
     })
@@ -450,6 +503,10 @@ fn main() {
     // The wrapper's templates: SYNs from a client address no other flow uses.
     let syn_tpl = tcp4(CLIENT2, 1, VIP, 80).syn().frame().bytes;
     let rst_tpl = tcp4(CLIENT2, 1, EMPTY_VIP, 80).syn().frame().bytes;
+    let (filled, filled_t) = prefill(&bal, VIP);
+    println!(
+        "connection tables filled with live flows: {filled} established, {filled_t} transient"
+    );
     {
         // Establish the flow the repeated runs hit.
         let prog = bal.datapath_mut().program();
@@ -470,7 +527,8 @@ fn main() {
 
     // Profiling aid: `STEER_BENCH_ONLY=established perf record -a -- steer-bench` runs that path
     // alone, long enough to sample.
-    // `STEER_BENCH_ONLY=quick` prints the floor, established and pass medians of 9 rounds (a
+    // `STEER_BENCH_ONLY=syn` times new SYNs alone (5 rounds). `STEER_BENCH_ONLY=quick` prints
+    // the floor, established and pass medians of 9 rounds (a
     // quick look while trying a change).
     match std::env::var("STEER_BENCH_ONLY").as_deref() {
         Ok("established") => {
@@ -481,6 +539,16 @@ fn main() {
                     XDP_TX,
                     "established",
                     None,
+                );
+            }
+            return;
+        }
+        Ok("syn") => {
+            set_target(&mut aux, &steer_fd, &syn_tpl, true);
+            for _ in 0..5 {
+                println!(
+                    "new SYN {:.1} ns",
+                    wrapped(&mut aux, XDP_TX, "new SYN", None).0
                 );
             }
             return;
@@ -513,6 +581,7 @@ fn main() {
     // The NAT service's datapath, and a flow of it established through the real programs:
     // SYN, then ACK (promoted to the established table).
     let mut nat = nat_balancer();
+    prefill(&nat, NAT_VIP);
     let nat_est = tcp4(CLIENT, 40_000, NAT_VIP, 80).ack(1).frame().bytes;
     let nat_key = FlowKey {
         src: addr_bytes(CLIENT.into()).0,

@@ -107,7 +107,8 @@ fn cached_flow_ends_then_starts_again() {
         false,
     );
     let mut row = row;
-    row.deltas.push(Delta::Backend("web-a".into(), Field::EndedFlows, 1));
+    row.deltas
+        .push(Delta::Backend("web-a".into(), Field::EndedFlows, 1));
     t.check(row);
     assert!(
         !t.bal.datapath().is_established(&tcp_key(pa)),
@@ -187,7 +188,8 @@ fn a_change_on_another_cpu_voids_the_cached_copy() {
             tcp4(CLIENT, pa, VIP, 80).ack(1).rst().frame(),
             false,
         );
-        row.deltas.push(Delta::Backend("web-a".into(), Field::EndedFlows, 1));
+        row.deltas
+            .push(Delta::Backend("web-a".into(), Field::EndedFlows, 1));
         t.check(row);
         let now = crate::common::maglev_choice(&t.bal, "web", &tcp_key(pa));
         assert_ne!(now, "web-a");
@@ -229,8 +231,7 @@ fn a_change_on_another_cpu_voids_the_cached_copy() {
 /// ageing and drain's active counts read it): at most `REFRESH` (200 ms) behind.
 #[test]
 fn cached_flow_keeps_its_table_entry_fresh() {
-    let Some(mut t) = crate::common::table("cache::cached_flow_keeps_its_table_entry_fresh")
-    else {
+    let Some(mut t) = crate::common::table("cache::cached_flow_keeps_its_table_entry_fresh") else {
         return;
     };
     let pa = port_to(&t.bal, "web-a", 41_000);
