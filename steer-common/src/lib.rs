@@ -60,8 +60,17 @@ pub mod map {
     /// Per CPU, `1 << FLOW_CACHE_LOG2` × `CachedFlow`: the flow cache. Datapath only, not
     /// pinned.
     pub const FLOW_CACHE: &str = "STEER_FCACHE_V1";
+    /// `1 << FLOW_EPOCH_LOG2` × `u32`: the flow epochs. Datapath only; pinned so that the
+    /// programs of a daemon being replaced and of its successor, running side by side while
+    /// the links are swapped, void each other's cached flows.
+    pub const FLOW_EPOCHS: &str = "STEER_FEPOCH_V1";
+    /// Per CPU, backend id → `u32`: where the next NAT source port search starts. Datapath
+    /// only; pinned so that a restarted daemon's programs go on from where the ports were
+    /// handed out (starting afresh would hand out ports of flows that ended seconds ago,
+    /// which the backend may still hold in TIME_WAIT).
+    pub const NAT_CURSOR: &str = "STEER_NCUR_V1";
 
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -78,6 +87,8 @@ pub mod map {
         PROGS,
         HANDOFF,
         FILTER,
+        FLOW_EPOCHS,
+        NAT_CURSOR,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never

@@ -103,7 +103,8 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU and backend id: where the next NAT source port search starts (0: not yet). Ports
-/// go out in turn, so one comes back as late as the range allows. Datapath only.
+/// go out in turn, so one comes back as late as the range allows. Datapath only; pinned
+/// (`steer_common::map::NAT_CURSOR`), so a restart goes on from there.
 #[map(name = "STEER_NCUR_V1")]
 pub static NAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
@@ -118,6 +119,6 @@ pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
     PerCpuArray::with_max_entries(1 << FLOW_CACHE_LOG2, 0);
 
 /// The flow epochs (`crate::cache`): one counter per bucket of 5-tuples, moved on every CPU's
-/// change of a flow's entry. Datapath only; not pinned.
+/// change of a flow's entry. Datapath only; pinned (`steer_common::map::FLOW_EPOCHS`).
 #[map(name = "STEER_FEPOCH_V1")]
 pub static FLOW_EPOCHS: Array<u32> = Array::with_max_entries(1 << FLOW_EPOCH_LOG2, 0);
