@@ -12,6 +12,10 @@
 //! datapath's counters must show that each run took the path named, and the NAT rows' output
 //! frames are checked (addresses, ports, MACs, checksums recomputed by etherparse).
 //!
+//! Both datapaths run with steer's default `max_flows` (1,048,576), and both connection
+//! tables are filled to capacity with live flows before any row is timed: every new flow's
+//! insert evicts one, as on a busy LB (docs/PERFORMANCE.md says what that costs).
+//!
 //! DSR rows run on a datapath with DSR services only, as before NAT existed. NAT rows run on a
 //! datapath of their own with a NAT service, in a network namespace this process makes for
 //! itself (`unshare`), where the kernel's FIB can answer `bpf_fib_lookup`: the LB's interface
@@ -868,8 +872,10 @@ fn main() {
          NAT established rows behind it too (restore only); its cost measured against the floor, \
          {wrapper_ns:.1} ns and {wrapper_fixed_ns:.1} ns, is subtracted. NAT rows: service with a \
          pool of {} addresses, ports 1024–65535, {NAT_BACKENDS} backends; ingress {LB_IF}, sent by \
-         XDP_TX; the reverse table is emptied between rounds.",
-        POOL.len()
+         XDP_TX; the reverse table is emptied between rounds. Both connection tables are kept full \
+         of live flows (max_flows {}), so new flows evict.",
+        POOL.len(),
+        flows()
     );
 
     // What the verifier walked, per program (the same object serves both datapaths).
@@ -947,6 +953,7 @@ fn main() {
             json!((active_ms * 100.0).round() / 100.0),
         ),
         ("repeat", json!(REPEAT)),
+        ("max_flows_prefilled", json!(flows())),
         ("rounds", json!(ROUNDS)),
         ("spread_ns", spread.into()),
         ("verified_insns", verified_insns.into()),
