@@ -69,8 +69,11 @@ pub mod map {
     /// handed out (starting afresh would hand out ports of flows that ended seconds ago,
     /// which the backend may still hold in TIME_WAIT).
     pub const NAT_CURSOR: &str = "STEER_NCUR_V1";
+    /// Per CPU, one `u32`: the flow changes this CPU has stamped into `FLOW_EPOCHS`.
+    /// Datapath only; pinned with the epochs.
+    pub const CHANGE_SEQ: &str = "STEER_FSEQ_V1";
 
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -89,6 +92,7 @@ pub mod map {
         FILTER,
         FLOW_EPOCHS,
         NAT_CURSOR,
+        CHANGE_SEQ,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never

@@ -75,35 +75,6 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     }
 }
 
-/// `-EEXIST`, as a map update returns it.
-const EEXIST: i32 = -17;
-
-/// Pins a new connection attempt (a SYN the established table does not know) to `backend` in
-/// the transient table, unless the table has an entry for its 5-tuple already (a
-/// retransmission, or a 5-tuple reused): false then, and nothing is written. Saves the lookup
-/// that would miss for nearly every SYN. Another failure (table busy) is counted and the
-/// SYN goes on, as in `insert_flow`.
-#[inline(always)]
-pub fn insert_attempt(pkt: &Packet, backend: u32, gen: u16, now: u64) -> bool {
-    let f = Flow {
-        backend,
-        gen,
-        flags: flow_flags::SYN_ONLY,
-        last_seen_ns: now,
-        nat_port_be: 0,
-        nat_addr: 0,
-        _pad: 0,
-    };
-    match TRANSIENT.insert(&pkt.key, &f, aya_ebpf::bindings::BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(EEXIST) => return false,
-        Err(_) => stats::count_event(event::FLOW_INSERT_FAILED),
-    }
-    // An established flow of this 5-tuple evicted from the table may still be cached.
-    cache::invalidate(&pkt.key);
-    true
-}
-
 /// Writes `f` into the transient table unless the flow has an entry there already (a NAT
 /// flow's forward half written again from its reverse half). True when written.
 #[inline(always)]

@@ -129,11 +129,6 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     if let Some(f) = flow::lookup_flow(&pkt.key) {
         return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
-    if !NAT && pkt.is_syn() && !pkt.ends_flow() {
-        if let Some(v) = fresh_syn(ctx, &pkt, svc_id, svc, len, now)? {
-            return Ok(v);
-        }
-    }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
         return steer_transient::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
     }
@@ -152,34 +147,6 @@ fn not_service(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Stop> {
         chain::tail_call(ctx, prog::REPLY);
     }
     Err(Stop::Pass(outcome::PASS_NOT_SERVICE))
-}
-
-/// A DSR SYN the established table does not know — nearly always a new connection: chosen,
-/// and pinned in the transient table without looking there first (rules 3, 5). `None` when
-/// the transient table holds its 5-tuple (a retransmitted SYN, or a 5-tuple reused): the
-/// caller takes the transient path, as if this had not run. With no backend to choose, the
-/// answer is the RST (or drop) the transient path would give too: a retransmission's backend
-/// would be one that takes new flows, which is in the table.
-#[inline(always)]
-fn fresh_syn(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    svc_id: u32,
-    svc: &Service,
-    len: u64,
-    now: u64,
-) -> Result<Option<Verdict>, Stop> {
-    match select::choose_new::<false>(svc_id, svc, pkt)? {
-        Some((be_id, be)) => {
-            if !flow::insert_attempt(pkt, be_id, be.gen, now) {
-                return Ok(None);
-            }
-            stats::count_new_flow(svc_id, be_id);
-            stats::count_backend(be_id, len);
-            forward::forward_dsr(ctx, be).map(|a| Some((a, outcome::TX_FORWARD)))
-        }
-        None => no_backend(ctx, pkt, svc_id, svc).map(Some),
-    }
 }
 
 /// A NAT service's new or moved flow, handed over by `steer_nat` with a `Handoff`: chosen

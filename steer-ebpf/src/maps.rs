@@ -122,3 +122,9 @@ pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
 /// change of a flow's entry. Datapath only; pinned (`steer_common::map::FLOW_EPOCHS`).
 #[map(name = "STEER_FEPOCH_V1")]
 pub static FLOW_EPOCHS: Array<u32> = Array::with_max_entries(1 << FLOW_EPOCH_LOG2, 0);
+
+/// Per CPU: the flow changes this CPU has stamped into `FLOW_EPOCHS` (`crate::cache`).
+/// Datapath only; pinned with the epochs (`steer_common::map::CHANGE_SEQ`), so the programs
+/// of two daemons side by side never stamp the same value.
+#[map(name = "STEER_FSEQ_V1")]
+pub static CHANGE_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
