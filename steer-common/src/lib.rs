@@ -156,7 +156,10 @@ pub const FILTER_WORDS: u32 = 1 << (FILTER_BITS_LOG2 - 6);
 pub const FLOW_CACHE_LOG2: u32 = 14;
 /// Buckets of the flow epochs (`1 << FLOW_EPOCH_LOG2`): a flow's bucket moves when its entry
 /// in the connection table changes, which voids every CPU's cached copy of it.
-pub const FLOW_EPOCH_LOG2: u32 = 16;
+/// 4,096 (16 KB, small enough to stay in a busy core's cache, which every new flow's stamp
+/// needs); a stamp voids the cached flows of its bucket, 1/4,096 of them, which then take the
+/// full path once.
+pub const FLOW_EPOCH_LOG2: u32 = 12;
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;

@@ -175,12 +175,11 @@ pub fn invalidate(key: &FlowKey) {
 
 /// A flow epoch no cache entry can hold: this CPU's change number (22 bits) and the CPU (10
 /// bits), never 0 (the epochs' first value). Stamped with a plain store rather than moved by
-/// an atomic add: the bucket is a random line of a 256 KB array that a busy LB's tables have
-/// pushed out of the cache, and a locked add waits for it — 60–250 ns of every SYN, measured —
-/// where a store is posted and the program goes on. Two CPUs stamping one bucket at once
-/// leave one of their stamps, and either differs from every stamp before. A stamp comes back
-/// only after 4 million changes on one CPU (a cached entry lives 50 jiffies), or from a CPU
-/// 1,024 apart with the same count.
+/// a locked add, which waits for the line (a busy LB's tables push the epochs out of the
+/// cache) while a store is posted. Two CPUs stamping one bucket at once leave one of their
+/// stamps, and either differs from every stamp before. A stamp comes back only after 4
+/// million changes on one CPU (a cached entry lives 50 jiffies), or from a CPU 1,024 apart
+/// with the same count.
 #[inline(always)]
 fn stamp(n: u32, cpu: u32) -> u32 {
     ((n & 0x3f_ffff) << 10 | (cpu & 0x3ff)) | (n == 0) as u32 * (1 << 10)
