@@ -122,12 +122,15 @@ impl CpuDelta {
 }
 
 /// CPU time used by processes that are not the benchmark's: every userspace process except
-/// this one and those in the network namespaces given (the labs'). On a shared machine it
-/// tells a measurement that something else ran meanwhile (a build, say), and how much.
+/// this one and those in the network namespaces given (the labs'), and the kernel's workqueue
+/// threads. On a shared machine it tells a measurement that something else ran meanwhile (a
+/// build, say, or another test's namespaces being torn down), and how much.
 #[derive(Clone, Debug, Default)]
 pub struct Others {
     /// (pid, start time) → (user + system time, the same of its reaped children), in ticks.
     ticks: std::collections::HashMap<(u32, u64), (u64, u64)>,
+    /// The same of every `kworker` thread.
+    kworkers: std::collections::HashMap<(u32, u64), u64>,
 }
 
 /// What other processes ran between two `Others`.
@@ -136,10 +139,12 @@ pub struct OthersDelta {
     /// The processes' own time (one that started in between counts whole; one that ended
     /// counts nothing).
     pub own: Duration,
-    /// `own` and the time of children reaped in between. An upper bound: a child that ran for
-    /// a minute and was reaped in between counts its whole minute; but it also catches the
-    /// short-lived processes (a test's `ip` commands) that `own` misses.
-    pub with_children: Duration,
+    /// `own`, the time of children reaped in between, and the kernel's workqueue threads'. An
+    /// upper bound: a child that ran for a minute and was reaped in between counts its whole
+    /// minute, and the workqueues do a little for the benchmark too; but it also catches the
+    /// short-lived processes (a test's `ip` commands) and the namespace teardowns (a kworker's)
+    /// that `own` misses.
+    pub suspect: Duration,
 }
 
 impl Others {
@@ -148,6 +153,7 @@ impl Others {
     pub fn now(own: &[u64]) -> Others {
         let me = std::process::id();
         let mut ticks = std::collections::HashMap::new();
+        let mut kworkers = std::collections::HashMap::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
@@ -171,6 +177,9 @@ impl Others {
             let field = |n: usize| f.get(n - 4).copied().unwrap_or(0);
             const PF_KTHREAD: u64 = 0x0020_0000;
             if field(9) & PF_KTHREAD != 0 {
+                if stat.contains("(kworker") {
+                    kworkers.insert((pid, field(22)), field(14) + field(15));
+                }
                 continue;
             }
             if netns_of(&e.path()).is_some_and(|n| own.contains(&n)) {
@@ -181,7 +190,7 @@ impl Others {
                 (field(14) + field(15), field(16) + field(17)),
             );
         }
-        Others { ticks }
+        Others { ticks, kworkers }
     }
 
     /// CPU time the others used from `earlier` to `self`.
@@ -194,10 +203,15 @@ impl Others {
             own += o.saturating_sub(eo);
             children += c.saturating_sub(ec);
         }
+        let kworkers: u64 = self
+            .kworkers
+            .iter()
+            .map(|(k, v)| v.saturating_sub(earlier.kworkers.get(k).copied().unwrap_or(0)))
+            .sum();
         let d = |t: u64| Duration::from_secs_f64(t as f64 / hz);
         OthersDelta {
             own: d(own),
-            with_children: d(own + children),
+            suspect: d(own + children + kworkers),
         }
     }
 }

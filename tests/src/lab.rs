@@ -84,14 +84,20 @@ impl Balancer {
     }
 }
 
-/// How the LB's switch-side veth (`p-lb`) is set up.
+/// How a lab is set up beyond what its balancer needs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum PeerVeth {
-    /// An `XDP_PASS` program and GRO on it whatever the balancer, as `bench e2e` has always run.
-    Always,
-    /// The `XDP_PASS` program only for a balancer that sends with `XDP_TX` (which needs it on
-    /// veth, PLATFORM.md); the others' frames take veth's plain path.
-    OnlyForXdp,
+pub enum Setup {
+    /// As `bench e2e` has always run: an `XDP_PASS` program and GRO on the LB's switch-side veth
+    /// (`p-lb`) whatever the balancer; the kernel's default bridge, which hands every frame to
+    /// netfilter (`bridge-nf-call-iptables` and the like); steer checking every 300 ms (100 ms
+    /// while a backend changes state), for a quick deploy.
+    E2e,
+    /// Only what each system needs, for measuring what it costs: the `XDP_PASS` program on
+    /// `p-lb` only for a balancer that sends with `XDP_TX` (veth needs it then, PLATFORM.md), so
+    /// the others' frames take veth's plain path; a bridge without netfilter calls, as the
+    /// switch it stands for has none; steer checking every 2 s, as HAProxy does
+    /// (`inter 2000`).
+    Lean,
 }
 
 /// One lab. Fields drop in order: the balancer, the servers (whose pid files are under `dir`),
@@ -128,7 +134,7 @@ impl Lab {
     /// Builds the namespaces, starts the servers and the balancer, and waits until the
     /// balancer reports every backend up. A config this steer refuses is an `Err` (the row's
     /// answer); anything else that fails panics.
-    pub fn new(balancer: Balancer, peer: PeerVeth) -> Result<Lab, String> {
+    pub fn new(balancer: Balancer, setup: Setup) -> Result<Lab, String> {
         let mut topo = Topology::new(&TopologySpec {
             backends: BACKENDS,
             vips: if balancer.dsr() {
@@ -143,12 +149,19 @@ impl Lab {
         for b in &topo.backends {
             b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         }
-        match peer {
-            PeerVeth::Always => {
+        match setup {
+            Setup::E2e => {
                 topo.switch.exec(&["ethtool", "-K", "p-lb", "gro", "on"]);
             }
-            PeerVeth::OnlyForXdp if !balancer.sends_from_xdp() => topo.detach_peer_pass(),
-            PeerVeth::OnlyForXdp => {}
+            Setup::Lean => {
+                if !balancer.sends_from_xdp() {
+                    topo.detach_peer_pass();
+                }
+                for t in ["arptables", "iptables", "ip6tables"] {
+                    topo.switch
+                        .sysctl(&format!("net.bridge.bridge-nf-call-{t}"), "0");
+                }
+            }
         }
         let dir = std::env::temp_dir().join(format!(
             "steer-lab-{}-{}-{}",
@@ -179,7 +192,7 @@ impl Lab {
                         .run(move || aux::attach_fwd_floor("eth0", addr::VIP, own, &macs)),
                 );
             }
-            Balancer::Steer | Balancer::SteerNat => lab.start_steer()?,
+            Balancer::Steer | Balancer::SteerNat => lab.start_steer(setup)?,
             Balancer::Nftables | Balancer::NftDnat => lab.start_nftables(),
             Balancer::Haproxy | Balancer::HaproxyIptables => lab.start_haproxy(),
         }
@@ -209,12 +222,16 @@ impl Lab {
             .collect()
     }
 
-    fn start_steer(&mut self) -> Result<(), String> {
+    fn start_steer(&mut self, setup: Setup) -> Result<(), String> {
         let nat = self.balancer == Balancer::SteerNat;
         let mut d = SteerDaemon::new(&self.topo.lb);
+        let check = match setup {
+            Setup::E2e => "interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\"",
+            Setup::Lean => "interval = \"2s\", fastinterval = \"2s\", downinterval = \"2s\", timeout = \"1s\"",
+        };
         let mut cfg = format!(
             "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n{}\
-             check = {{ type = \"tcp\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
+             check = {{ type = \"tcp\", {check}, rise = 2, fall = 2 }}\n",
             addr::VIP,
             if nat { "mode = \"nat\"\n" } else { "" }
         );

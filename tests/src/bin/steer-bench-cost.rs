@@ -1,28 +1,31 @@
 //! `cargo xtask bench cost`: what a balancer costs the machine per connection, at a fixed rate
 //! of new connections well below saturation.
 //!
-//! Each system has a lab of its own (`lab::Lab`: client, LB and three `steer-httpd` backends as
-//! namespaces on a bridge), all built before the first measurement and kept until the last. An
-//! open-loop load of `--rate` new connections per second (2,000), one `GET /` each, runs on one
-//! lab at a time. Each round gives every system `--seconds` (10) of measured load, cut into
-//! slices of `--slice` (2 s) taken in turn — system A's first slice, B's first, …, A's second,
-//! each pass starting one system further on — so that a drift of the machine's speed (a shared
-//! VM's lot) reaches every system alike. Over each slice the whole machine's busy CPU time is read
-//! from `/proc/stat` (every CPU, softirq and steal included; see `cpu` for why it is taken as
-//! CPUs × wall − idle − iowait) and divided by the connections the slice scheduled and
-//! completed. Rounds: `--rounds` (3); each lab first gets `--warmup` (2 s) of unmeasured load.
+//! Each system has a lab of its own (`lab::Lab`, `Setup::Lean`: client, LB and three
+//! `steer-httpd` backends as namespaces on a bridge), all built before the first measurement and
+//! kept until the last. An open-loop load of `--rate` new connections per second (2,000), one
+//! `GET /` each, runs on one lab at a time. Each round gives every system `--seconds` (10) of
+//! measured load, cut into slices of `--slice` (2 s) taken in turn — system A's first slice,
+//! B's first, …, A's second, each pass starting one system further on — so that the machine's
+//! drift reaches every system alike. Each slice starts with 250 ms of unmeasured load. Over the
+//! slice the whole machine's busy CPU time is read from `/proc/stat` (every CPU, softirq and
+//! steal included; see `cpu` for why it is taken as CPUs × wall − idle − iowait) and divided by
+//! the connections the slice scheduled and completed. Rounds: `--rounds` (3); each lab first
+//! gets `--warmup` (2 s) of unmeasured load.
 //!
-//! A system's cost in a round is its µs per connection minus the baseline's (`direct`: the
-//! client straight to the backends, no balancer) in the same round, plus its idle work: what
-//! its own processes (those in its LB namespace: steer's daemon, HAProxy) ran while the other
-//! systems were measured, per second, over the rate. (That work is in every slice alike — all
-//! labs are up — so the subtraction removes it; it is added back to its owner.)
+//! Every lab is up all the time, so the others' idle work (their balancers' health checks,
+//! polling and table scans; their backends answering the checks) falls in every slice: it is
+//! measured (the CPU time of every process in the other labs' namespaces) and taken off. A
+//! system's own idle work stays in its figure. A system's cost in a round is its µs per
+//! connection minus the baseline's (`direct`: the client straight to the backends, no balancer)
+//! in the same round.
 //!
-//! Other processes on the machine (a build, say) are watched: a slice in which they used more
-//! than 3 % of the CPUs is measured again, after waiting for them to quieten; less is taken off
-//! the busy time. A round's window that did not carry its load (more than 0.5 % of connections
-//! failed, or the generator fell more than 20 ms behind at p99) does not count; its row says so.
-//! Benchmarks report; they never fail on a figure. Writes `OUT_DIR/cost.json`.
+//! Other processes on the machine (a build, another test's namespaces being torn down) are
+//! watched: a slice in which they used more than 3 % of the CPUs is measured again, after
+//! waiting for them to quieten; less is taken off. A round's window that did not carry its load
+//! (more than 0.5 % of connections failed, or the generator fell more than 20 ms behind at p99)
+//! does not count; its row says so. Benchmarks report; they never fail on a figure. Writes
+//! `OUT_DIR/cost.json`, with every slice's figure.
 //!
 //! Usage: `steer-bench-cost [OUT_DIR] [--rate N] [--seconds S] [--slice S] [--warmup S]
 //! [--rounds N] [--systems direct,xdp-floor,steer,steer-nat,nftables,nft-dnat,haproxy]`
@@ -39,7 +42,7 @@ use serde_json::{json, Value};
 use steer_ctl::{client, proto::Request};
 use steer_tests::{
     cpu::{netns_cpu, netns_inode, CpuDelta, CpuTimes, Others, OthersDelta},
-    lab::{Balancer, Lab, PeerVeth},
+    lab::{Balancer, Lab, Setup},
     netns::sh,
     openloop::{quantile, OpenLoop, Outcome, Sample},
 };
@@ -252,10 +255,8 @@ struct Slice {
     cpu: CpuDelta,
     /// CPU time of processes not the bench's.
     others: OthersDelta,
-    /// steer's datapath counters that moved during the slice (from `status`).
-    counters: BTreeMap<String, u64>,
-    /// CPU time of each lab's balancer processes (its LB namespace), by lab.
-    balancers: Vec<Duration>,
+    /// CPU time of the processes in each of the labs' namespaces (as `ours` lists them).
+    ns_cpu: Vec<Duration>,
     /// The connections scheduled in the measured span.
     samples: Vec<Sample>,
     /// How many the rate asked for in that span.
@@ -263,12 +264,18 @@ struct Slice {
 }
 
 impl Slice {
+    /// CPU time of the processes of the namespaces `idx` (indices into `ns_cpu`).
+    fn cpu_of(&self, idx: &[usize]) -> Duration {
+        idx.iter().map(|&i| self.ns_cpu[i]).sum()
+    }
+
     fn disturbed(&self) -> bool {
-        self.cpu.pct(self.others.with_children) / 100.0 > MAX_OTHERS
+        self.cpu.pct(self.others.suspect) / 100.0 > MAX_OTHERS
     }
 }
 
-/// steer's datapath counters (`status`), when the lab runs steer.
+/// steer's datapath counters (`status`), when the lab runs steer. Not read while measuring: a
+/// `status` makes the daemon count flows by scanning its table for the next 5 s.
 fn steer_counters(lab: &Lab) -> BTreeMap<String, u64> {
     let Some(d) = &lab.steer else {
         return BTreeMap::new();
@@ -281,31 +288,22 @@ fn steer_counters(lab: &Lab) -> BTreeMap<String, u64> {
 }
 
 /// Runs the load on `lab` for a ramp and a measured slice.
-fn run_slice(lab: &Lab, o: &Opts, ours: &[u64], lbs: &[u64]) -> Option<Slice> {
-    let c0 = steer_counters(lab);
+fn run_slice(lab: &Lab, o: &Opts, ours: &[u64]) -> Option<Slice> {
     let load = OpenLoop::start_to(&lab.topo.client, lab.targets(), o.rate, DEADLINE);
     if !sleep_until(&load, RAMP) {
         return None;
     }
-    let p0 = netns_cpu(lbs);
-    let (a, oa, t0) = (CpuTimes::now(), Others::now(ours), load.elapsed());
+    // The scans of /proc stay outside the span whose CPU is measured.
+    let (p0, oa) = (netns_cpu(ours), Others::now(ours));
+    let (a, t0) = (CpuTimes::now(), load.elapsed());
     let carried_on = sleep_until(&load, t0 + o.slice);
-    let (b, ob, t1) = (CpuTimes::now(), Others::now(ours), load.elapsed());
-    let p1 = netns_cpu(lbs);
+    let (b, t1) = (CpuTimes::now(), load.elapsed());
+    let (p1, ob) = (netns_cpu(ours), Others::now(ours));
     let samples = load.stop();
-    let counters = steer_counters(lab)
-        .into_iter()
-        .map(|(k, v)| {
-            let d = v.saturating_sub(c0.get(&k).copied().unwrap_or(0));
-            (k, d)
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect();
     carried_on.then(|| Slice {
         cpu: b.since(&a),
         others: ob.since(&oa),
-        counters,
-        balancers: p1
+        ns_cpu: p1
             .iter()
             .zip(&p0)
             .map(|(b, a)| b.saturating_sub(*a))
@@ -327,7 +325,7 @@ fn wait_quiet(ours: &[u64]) -> Duration {
         let (a, oa) = (CpuTimes::now(), Others::now(ours));
         std::thread::sleep(Duration::from_millis(500));
         let (b, ob) = (CpuTimes::now(), Others::now(ours));
-        let share = b.since(&a).pct(ob.since(&oa).with_children) / 100.0;
+        let share = b.since(&a).pct(ob.since(&oa).suspect) / 100.0;
         if share < MAX_OTHERS {
             break;
         }
@@ -357,13 +355,19 @@ struct Window {
     scheduled: usize,
     ok: usize,
     failed: BTreeMap<&'static str, usize>,
+    /// The first failures: (slice of the round, scheduled at from the slice's load start,
+    /// how it ended, latency).
+    failures: Vec<(usize, Duration, &'static str, Duration)>,
     latencies: Vec<Duration>,
     lags: Vec<Duration>,
     cpu: CpuDelta,
     /// Other processes' own CPU time (taken off the busy time).
     others: Duration,
-    /// steer's datapath counters that moved during the slices.
-    counters: BTreeMap<String, u64>,
+    /// The other labs' processes' CPU time (their balancers' and backends' idle work: health
+    /// checks, polling, table scans), taken off the busy time too.
+    background: Duration,
+    /// Each slice's µs per completed connection (busy less others), for judging the noise.
+    per_slice: Vec<f64>,
     /// CPU time of this system's own balancer processes during its slices.
     balancer: Duration,
     /// Why there is no figure (the run broke).
@@ -371,7 +375,7 @@ struct Window {
 }
 
 impl Window {
-    fn add(&mut self, s: Slice, own_balancer: Duration) {
+    fn add(&mut self, s: Slice, background: Duration, own_balancer: Duration) {
         self.slices += 1;
         self.expected += s.expected;
         self.scheduled += s.samples.len();
@@ -382,13 +386,28 @@ impl Window {
                 self.latencies.push(x.latency);
             } else {
                 *self.failed.entry(x.outcome.as_str()).or_default() += 1;
+                if self.failures.len() < 100 {
+                    self.failures
+                        .push((self.slices, x.at, x.outcome.as_str(), x.latency));
+                }
             }
         }
+        let ok = s
+            .samples
+            .iter()
+            .filter(|x| x.outcome == Outcome::Ok)
+            .count();
+        self.per_slice.push(round2(
+            s.cpu
+                .busy()
+                .saturating_sub(s.others.own + background)
+                .as_secs_f64()
+                * 1e6
+                / ok.max(1) as f64,
+        ));
         self.cpu += s.cpu;
         self.others += s.others.own;
-        for (k, v) in s.counters {
-            *self.counters.entry(k).or_default() += v;
-        }
+        self.background += background;
         self.balancer += own_balancer;
     }
 
@@ -461,20 +480,11 @@ impl Window {
         self.problem().is_none()
     }
 
-    /// steer's drop counters that moved, as text.
-    fn drops(&self) -> Option<String> {
-        let d: Vec<String> = self
-            .counters
-            .iter()
-            .filter(|(k, _)| k.starts_with("drop"))
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        (!d.is_empty()).then(|| d.join(", "))
-    }
-
-    /// Busy CPU (exact idle clock) less other processes' time.
+    /// Busy CPU (exact idle clock) less other processes' and the other labs' time.
     fn busy(&self) -> Duration {
-        self.cpu.busy().saturating_sub(self.others)
+        self.cpu
+            .busy()
+            .saturating_sub(self.others + self.background)
     }
 
     /// µs of busy CPU per completed connection.
@@ -487,7 +497,7 @@ impl Window {
         (self.ok > 0).then(|| {
             self.cpu
                 .busy_ticks()
-                .saturating_sub(self.others)
+                .saturating_sub(self.others + self.background)
                 .as_secs_f64()
                 * 1e6
                 / self.ok as f64
@@ -516,12 +526,12 @@ impl Window {
             self.ticks_us_per_conn().unwrap_or(f64::NAN),
             self.problem()
                 .map_or(String::new(), |p| format!("; DOES NOT COUNT: {p}"))
-        ) + &self.drops().map_or(String::new(), |d| format!(" (steer: {d})"))
+        )
     }
 }
 
 /// One system: its lab (or why it has none), its windows, and what its balancer's processes
-/// ran while the other systems were measured.
+/// ran while the other systems were measured (its idle work).
 struct Entry {
     system: Balancer,
     lab: Option<Lab>,
@@ -530,10 +540,25 @@ struct Entry {
     windows: Vec<Window>,
     idle_cpu: Duration,
     idle_wall: Duration,
+    /// steer's datapath counters after setting up, then what moved over the run (warm-up
+    /// included).
+    counters: BTreeMap<String, u64>,
 }
 
 impl Entry {
-    /// The balancer's idle work, µs per connection at `rate`.
+    /// steer's drop counters that moved over the run, as text.
+    fn drops(&self) -> Option<String> {
+        let d: Vec<String> = self
+            .counters
+            .iter()
+            .filter(|(k, v)| k.starts_with("drop") && **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        (!d.is_empty()).then(|| d.join(", "))
+    }
+
+    /// The balancer's idle work (its processes' CPU while the others were measured), µs per
+    /// connection at `rate`: part of its cost, shown apart.
     fn idle_us(&self, rate: f64) -> Option<f64> {
         (self.idle_wall > Duration::ZERO)
             .then(|| self.idle_cpu.as_secs_f64() / self.idle_wall.as_secs_f64() / rate * 1e6)
@@ -543,17 +568,17 @@ impl Entry {
         self.windows.iter().filter_map(Window::valid_us).collect()
     }
 
-    /// This system's cost per round: its µs/conn minus the baseline's of the same round, plus
-    /// its idle work; for the rounds where both counted.
-    fn costs(&self, base: Option<&Entry>, rate: f64) -> Vec<(usize, f64)> {
-        let (Some(base), Some(idle)) = (base, self.idle_us(rate)) else {
+    /// This system's cost per round: its µs/conn minus the baseline's of the same round, for
+    /// the rounds where both counted.
+    fn costs(&self, base: Option<&Entry>) -> Vec<(usize, f64)> {
+        let Some(base) = base else {
             return Vec::new();
         };
         self.windows
             .iter()
             .filter_map(|w| {
                 let b = base.windows.iter().find(|b| b.round == w.round)?;
-                Some((w.round, w.valid_us()? - b.valid_us()? + idle))
+                Some((w.round, w.valid_us()? - b.valid_us()?))
             })
             .collect()
     }
@@ -599,17 +624,17 @@ fn main() {
         .map(|&system| {
             eprintln!("{}: setting up", system.key());
             let t = Instant::now();
-            let (lab, error) =
-                match std::panic::catch_unwind(|| Lab::new(system, PeerVeth::OnlyForXdp)) {
-                    Ok(Ok(lab)) => (Some(lab), None),
-                    Ok(Err(e)) => (None, Some(e)),
-                    Err(p) => (None, Some(panic_text(&*p))),
-                };
+            let (lab, error) = match std::panic::catch_unwind(|| Lab::new(system, Setup::Lean)) {
+                Ok(Ok(lab)) => (Some(lab), None),
+                Ok(Err(e)) => (None, Some(e)),
+                Err(p) => (None, Some(panic_text(&*p))),
+            };
             if let Some(e) = &error {
                 eprintln!("  {}: {}", system.key(), first_line(e));
             }
             Entry {
                 system,
+                counters: lab.as_ref().map(steer_counters).unwrap_or_default(),
                 lab,
                 error,
                 setup: t.elapsed(),
@@ -625,15 +650,26 @@ fn main() {
         .filter_map(|e| e.lab.as_ref())
         .flat_map(Lab::netns_inodes)
         .collect();
-    let lbs: Vec<u64> = entries
+    // Each entry's namespaces and its LB namespace, as indices into `ours`.
+    let mut at = 0;
+    let (spans, lbs): (Vec<Vec<usize>>, Vec<Vec<usize>>) = entries
         .iter()
         .map(|e| {
-            e.lab
-                .as_ref()
-                .and_then(|l| netns_inode(&l.topo.lb.name))
-                .unwrap_or(0)
+            let Some(lab) = &e.lab else {
+                return (Vec::new(), Vec::new());
+            };
+            let n = lab.netns_inodes().len();
+            let lb = netns_inode(&lab.topo.lb.name);
+            let span: Vec<usize> = (at..at + n).collect();
+            at += n;
+            let lb = span
+                .iter()
+                .copied()
+                .filter(|&i| Some(ours[i]) == lb)
+                .collect();
+            (span, lb)
         })
-        .collect();
+        .unzip();
     for e in entries.iter().filter(|e| e.lab.is_some()) {
         if stopped() {
             break;
@@ -656,6 +692,7 @@ fn main() {
         }
     }
     let n = entries.len();
+    wait_quiet(&ours);
     'rounds: for round in 0..o.rounds {
         for e in entries.iter_mut() {
             e.windows.push(Window {
@@ -674,7 +711,7 @@ fn main() {
                 if entries[i].lab.is_none() || entries[i].windows[round].error.is_some() {
                     continue;
                 }
-                let slice = measure_slice(&entries[i], &o, &ours, &lbs, round);
+                let slice = measure_slice(&entries[i], &o, &ours, round);
                 let Some((slice, attempts, waited)) = slice else {
                     continue;
                 };
@@ -691,14 +728,16 @@ fn main() {
                         if s.disturbed() {
                             window.disturbed += 1;
                         }
+                        let mut background = Duration::ZERO;
                         for (x, other) in entries.iter_mut().enumerate() {
                             if x != i {
-                                other.idle_cpu += s.balancers[x];
+                                background += s.cpu_of(&spans[x]);
+                                other.idle_cpu += s.cpu_of(&lbs[x]);
                                 other.idle_wall += s.cpu.wall;
                             }
                         }
-                        let own = s.balancers[i];
-                        entries[i].windows[round].add(s, own);
+                        let own = s.cpu_of(&lbs[i]);
+                        entries[i].windows[round].add(s, background, own);
                     }
                 }
             }
@@ -711,6 +750,18 @@ fn main() {
                 e.system.key(),
                 e.windows[round].line()
             );
+        }
+    }
+    for e in entries.iter_mut() {
+        if let Some(lab) = &e.lab {
+            let before = std::mem::take(&mut e.counters);
+            e.counters = steer_counters(lab)
+                .into_iter()
+                .map(|(k, v)| {
+                    let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+                    (k, d)
+                })
+                .collect();
         }
     }
     if stopped() {
@@ -729,14 +780,15 @@ fn measure_slice(
     e: &Entry,
     o: &Opts,
     ours: &[u64],
-    lbs: &[u64],
     round: usize,
 ) -> Option<(Result<Slice, String>, usize, Duration)> {
     let lab = e.lab.as_ref()?;
     let mut waited = Duration::ZERO;
     for attempt in 1..=ATTEMPTS {
-        waited += wait_quiet(ours);
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_slice(lab, o, ours, lbs)));
+        if attempt > 1 {
+            waited += wait_quiet(ours);
+        }
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_slice(lab, o, ours)));
         let s = match r {
             Ok(Some(s)) => s,
             Ok(None) => return None,
@@ -754,7 +806,7 @@ fn measure_slice(
             "  round {} {}: other processes took {:.0} % of the CPUs during a slice: measuring it again",
             round + 1,
             e.system.key(),
-            s.cpu.pct(s.others.with_children)
+            s.cpu.pct(s.others.suspect)
         );
     }
     unreachable!("the last attempt returns")
@@ -764,7 +816,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
     let base = entries.iter().find(|e| e.system == Balancer::Direct);
     let nft = entries.iter().find(|e| e.system == Balancer::NftDnat);
     let nft_costs: BTreeMap<usize, f64> = nft
-        .map(|e| e.costs(base, o.rate))
+        .map(|e| e.costs(base))
         .unwrap_or_default()
         .into_iter()
         .collect();
@@ -801,7 +853,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
     let mut json_systems = serde_json::Map::new();
     for e in entries {
         let us = Spread::of(&e.us());
-        let costs = e.costs(base, o.rate);
+        let costs = e.costs(base);
         let cost = Spread::of(&costs.iter().map(|(_, c)| *c).collect::<Vec<_>>());
         let per_round_ratio: Vec<f64> = costs
             .iter()
@@ -845,6 +897,9 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         if e.system == Balancer::Direct {
             notes.insert(0, "the baseline".into());
         }
+        if let Some(d) = e.drops() {
+            notes.push(format!("steer's drops over the run: {d}"));
+        }
         let idle = e.idle_us(o.rate);
         println!(
             "{:<10} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  {}",
@@ -880,12 +935,37 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
                 "cost_ratio_to_nft_dnat_per_round": per_round_ratio.iter().map(|x| round2(*x)).collect::<Vec<_>>(),
                 "target_ratio": target(e.system),
                 "ticks_us_per_conn": Spread::json(Spread::of(&valid.iter().filter_map(|w| w.ticks_us_per_conn()).collect::<Vec<_>>())),
+                "steer_datapath_over_run": e.counters,
                 "windows": e.windows.iter().map(|w| window_json(w, &costs)).collect::<Vec<_>>(),
             }),
         );
     }
     println!();
-    println!("cost = µs/conn − direct's in the same round + idle (the balancer's own processes' CPU while the others ran, over the rate)");
+    if let (Some(steer), Some(floor)) = (
+        entries.iter().find(|e| e.system == Balancer::Steer),
+        entries.iter().find(|e| e.system == Balancer::XdpFloor),
+    ) {
+        // steer DSR above the least XDP forwarding, round by round: its own work.
+        let over: Vec<f64> = steer
+            .windows
+            .iter()
+            .filter_map(|w| {
+                let f = floor.windows.iter().find(|f| f.round == w.round)?;
+                Some(w.valid_us()? - f.valid_us()?)
+            })
+            .collect();
+        if let Some(x) = Spread::of(&over) {
+            println!(
+                "steer minus xdp-floor (steer's own work over the least XDP forwarding): {} µs/conn{}",
+                Spread::cell(Some(x), 1),
+                nft_median.map_or(String::new(), |n| format!(
+                    ", {:.2}× nft-dnat's cost",
+                    x.median / n
+                ))
+            );
+        }
+    }
+    println!("cost = µs/conn − direct's µs/conn in the same round; idle = the part of it that the balancer's processes spend while nothing is sent through it");
     println!("paths (every system has its own namespaces: client, LB and 3 backends on one bridge in a switch namespace, veth links):");
     for e in entries {
         println!("  {:<10} {}", e.system.key(), path(e.system));
@@ -903,7 +983,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         "rounds": o.rounds,
         "cpus": cpus,
         "cpu_method": "busy = CPUs x wall - idle - iowait from /proc/stat (idle is the exact nohz clock), less other processes' CPU; ticks_* = user+nice+system+irq+softirq+steal as tick-sampled",
-        "cost": "us_per_conn - direct's us_per_conn in the same round + idle_us_per_conn",
+        "cost": "us_per_conn - direct's us_per_conn in the same round; idle_us_per_conn (the balancer's processes' CPU while the other systems were measured, over the rate) is part of it",
         "request_deadline_s": DEADLINE.as_secs_f64(),
         "max_failed_share": MAX_FAILED,
         "max_generator_lag_ms": MAX_LAG.as_secs_f64() * 1000.0,
@@ -925,19 +1005,22 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
 
 /// What the output says about the method, printed under the table and kept in the JSON.
 const NOTES: [&str; 3] = [
-    "what subtracting direct leaves in every cost: a connection through a balancer crosses the bridge twice (client -> LB -> backend) \
-     where direct crosses it once, so each cost includes one more veth pair and bridge hop for every packet that visits the LB — the \
-     software stand-in for the LB's NIC, the wire and the switch. xdp-floor is that hop plus the least XDP forwarding; steer minus \
-     xdp-floor is steer's own work. The LB's switch-side veth runs an XDP_PASS program only for the XDP systems (veth delivers XDP_TX \
-     frames only to a peer with one): a lab cost that steer and xdp-floor pay and the kernel-path systems do not.",
-    "CPU: busy = CPUs x wall - idle - iowait from /proc/stat, i.e. user+nice+system+irq+softirq+steal, read from the idle clock because \
-     this kernel samples those fields at each 4 ms tick but clocks idle exactly (the tick-sampled sum is in the JSON as \
-     ticks_us_per_conn); other processes' CPU (a build, say) is taken off. Every row includes the same load generator (one tokio \
-     thread in the client namespace), the backends' steer-httpd (a thread per connection) and both ends' TCP stacks: the same work \
-     in every row, which subtracting direct removes.",
-    "left out: work deferred past the load — TIME_WAIT sockets and conntrack entries expiring a minute or two later — falls on \
-     whichever slice is running then, i.e. on all systems alike, not on its owner; kernel work for a balancer's idle traffic \
-     (health-check packets) is not in its idle figure, only its processes' CPU is.",
+    "what subtracting direct leaves in every cost: a connection through a balancer crosses the bridge twice (client -> LB -> \
+     backend) where direct crosses it once, so each cost includes one more veth pair and bridge hop for every packet that \
+     visits the LB: the software stand-in for the LB's NIC, the wire and the switch (the bridge makes no netfilter calls, as \
+     a switch would not). xdp-floor is that hop plus the least XDP forwarding; steer minus xdp-floor is steer's own work. \
+     The LB's switch-side veth runs an XDP_PASS program only for the XDP systems (veth delivers XDP_TX frames only to a \
+     peer with one): a lab cost that steer and xdp-floor pay and the kernel-path systems do not.",
+    "CPU: busy = CPUs x wall - idle - iowait from /proc/stat, i.e. user+nice+system+irq+softirq+steal, read from the idle \
+     clock because this kernel samples those fields at each 4 ms tick but clocks idle exactly (the tick-sampled sum is in \
+     the JSON as ticks_us_per_conn); less the CPU time of other processes and of the other labs' processes. Every row \
+     includes the same load generator (one tokio thread in the client namespace), the backends' steer-httpd (a thread per \
+     connection) and both ends' TCP stacks: the same work in every row, which subtracting direct removes. This VM's \
+     vCPUs change speed from one moment to the next (a fixed spin took 84 to 131 us): a 2 s slice's figure varies by about \
+     5 %, which is why the rounds' ranges are wide; more --rounds narrow them.",
+    "left out: kernel work that no process carries — TIME_WAIT sockets and conntrack entries expiring a minute or two \
+     after their connection, and the softirq work of other labs' health checks outside their processes — falls on \
+     whichever slice is running then, on all systems alike rather than on its owner.",
 ];
 
 fn window_json(w: &Window, costs: &[(usize, f64)]) -> Value {
@@ -953,6 +1036,9 @@ fn window_json(w: &Window, costs: &[(usize, f64)]) -> Value {
         "scheduled": w.scheduled,
         "ok": w.ok,
         "failed_by_kind": w.failed,
+        "first_failures": w.failures.iter().map(|(n, at, how, lat)| json!({
+            "slice": n, "at_ms": msr(Some(*at)), "outcome": how, "latency_ms": msr(Some(*lat)),
+        })).collect::<Vec<_>>(),
         "p50_ms": msr(w.p50()),
         "p99_ms": msr(w.p99()),
         "generator_lag_p99_ms": msr(w.lag_p99()),
@@ -960,14 +1046,15 @@ fn window_json(w: &Window, costs: &[(usize, f64)]) -> Value {
         "busy_s": s(w.busy()),
         "machine_busy_s": s(w.cpu.busy()),
         "others_s": s(w.others),
+        "other_labs_s": s(w.background),
         "ticks_busy_s": s(w.cpu.busy_ticks()),
         "user_s": s(w.cpu.user + w.cpu.nice),
         "system_s": s(w.cpu.system),
         "irq_softirq_s": s(w.cpu.irq + w.cpu.softirq),
         "steal_s": s(w.cpu.steal),
         "balancer_processes_s": s(w.balancer),
-        "steer_datapath": w.counters,
         "us_per_conn": w.us_per_conn().map(round2),
+        "us_per_conn_by_slice": w.per_slice,
         "ticks_us_per_conn": w.ticks_us_per_conn().map(round2),
         "cost_us_per_conn": costs.iter().find(|(r, _)| *r == w.round).map(|(_, c)| round2(*c)),
     })

@@ -33,7 +33,7 @@ use std::{
 use steer_tests::{
     cpu::CpuTimes,
     haproxy, http,
-    lab::{redirect, Balancer as System, Lab, PeerVeth, BACKENDS},
+    lab::{redirect, Balancer as System, Lab, Setup, BACKENDS},
     netns::{addr, sh, Netns, Topology},
 };
 
@@ -341,7 +341,7 @@ fn main() {
     for system in systems {
         eprintln!("{}: setting up", system.key());
         let mut f = Figures::default();
-        let lab = match std::panic::catch_unwind(|| Lab::new(system, PeerVeth::Always)) {
+        let lab = match std::panic::catch_unwind(|| Lab::new(system, Setup::E2e)) {
             Ok(Ok(lab)) => lab,
             Ok(Err(e)) => {
                 f.error = Some(e);
