@@ -2,30 +2,75 @@
 //! `steer_pass` passes everything, for the peer of a veth that runs steer in native mode (veth
 //! only delivers `XDP_TX` frames promptly to a peer with an XDP program); `bench_floor` swaps MACs
 //! and transmits, the floor of the datapath benchmark; `bench_wrap` restores a frame and
-//! tail-calls the program under test; `swap_slow_reader` reads steer's maps as a packet does but
-//! takes a millisecond doing it (`tests/tests/swap.rs` loads it on steer's pinned maps).
+//! tail-calls the program under test; `fwd_floor` forwards to backends by source port with no
+//! state, the floor of the cost benchmark; `swap_slow_reader` reads steer's maps as a packet does
+//! but takes a millisecond doing it (`tests/tests/swap.rs` loads it on steer's pinned maps).
+
+use std::net::Ipv4Addr;
 
 use aya::{
+    maps::Array,
     programs::{Xdp, XdpMode},
     Ebpf,
 };
 
-/// The compiled object holding `steer_pass`, `bench_floor`, `bench_wrap` and `swap_slow_reader`.
+/// The compiled object holding `steer_pass`, `bench_floor`, `bench_wrap`, `fwd_floor` and
+/// `swap_slow_reader`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer-aux"));
+
+fn load() -> Ebpf {
+    Ebpf::load(OBJECT)
+        .unwrap_or_else(|e| panic!("load the test programs (root, BPF and BTF needed): {e}"))
+}
+
+/// Loads `name` from `ebpf` and attaches it to `iface` (in the calling thread's namespace),
+/// natively.
+fn attach(ebpf: &mut Ebpf, name: &str, iface: &str) {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("the test object has {name}"))
+        .try_into()
+        .unwrap_or_else(|e| panic!("{name} is an XDP program: {e}"));
+    prog.load().unwrap_or_else(|e| panic!("load {name}: {e}"));
+    prog.attach(iface, XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attach {name} to {iface} in driver mode: {e}"));
+}
 
 /// Attaches `steer_pass` to `iface` (in the calling thread's namespace), natively. It stays
 /// attached while the returned handle lives. Panics saying what failed.
 pub fn attach_pass(iface: &str) -> Ebpf {
-    let mut ebpf = Ebpf::load(OBJECT)
-        .unwrap_or_else(|e| panic!("load the test programs (root, BPF and BTF needed): {e}"));
-    let prog: &mut Xdp = ebpf
-        .program_mut("steer_pass")
-        .expect("the test object has steer_pass")
+    let mut ebpf = load();
+    attach(&mut ebpf, "steer_pass", iface);
+    ebpf
+}
+
+/// Attaches `fwd_floor` to `iface` (in the calling thread's namespace), natively: TCP to `vip`
+/// leaves from `own_mac` to the backend a hash of its source port picks. Stays attached while the handle lives.
+pub fn attach_fwd_floor(
+    iface: &str,
+    vip: Ipv4Addr,
+    own_mac: [u8; 6],
+    backends: &[[u8; 6]],
+) -> Ebpf {
+    assert!(
+        (1..=8).contains(&backends.len()),
+        "fwd_floor takes 1 to 8 backends, not {}",
+        backends.len()
+    );
+    let mut cfg = [0u8; 64];
+    cfg[0..4].copy_from_slice(&vip.octets());
+    cfg[4] = backends.len() as u8;
+    cfg[8..14].copy_from_slice(&own_mac);
+    for (i, m) in backends.iter().enumerate() {
+        cfg[16 + 6 * i..22 + 6 * i].copy_from_slice(m);
+    }
+    let mut ebpf = load();
+    let mut map: Array<_, [u8; 64]> = ebpf
+        .map_mut("FWD_FLOOR")
+        .expect("the test object has FWD_FLOOR")
         .try_into()
-        .expect("steer_pass is an XDP program");
-    prog.load()
-        .unwrap_or_else(|e| panic!("load steer_pass: {e}"));
-    prog.attach(iface, XdpMode::Driver)
-        .unwrap_or_else(|e| panic!("attach steer_pass to {iface} in driver mode: {e}"));
+        .expect("FWD_FLOOR is an array");
+    map.set(0, cfg, 0).expect("write FWD_FLOOR");
+    attach(&mut ebpf, "fwd_floor", iface);
     ebpf
 }

@@ -3,10 +3,12 @@
 //! `tests/tests/`, the demo and the benchmarks.
 
 pub mod aux;
+pub mod cpu;
 pub mod daemon;
 pub mod fixture;
 pub mod haproxy;
 pub mod http;
+pub mod lab;
 pub mod netns;
 pub mod openloop;
 pub mod servers;

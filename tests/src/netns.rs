@@ -326,6 +326,14 @@ impl Topology {
         ns
     }
 
+    /// Takes the `XDP_PASS` program off the LB's peer veth (`p-lb`). Only frames the LB sends
+    /// with `XDP_TX` need it; every frame the LB's kernel sends would pay for it (veth then
+    /// runs it on each, copying those with too little headroom), so a lab whose balancer never
+    /// sends from XDP does without.
+    pub fn detach_peer_pass(&mut self) {
+        self.peer_prog = None;
+    }
+
     /// A namespace with `eth0` on the bridge, addresses 10.99.0.HOST/24 and fd00:99::HOST/64.
     fn node(&mut self, id: &str, role: &str, host: u8, ipv6: bool) -> Netns {
         let ns = self.ns(format!("{id}-{role}"));

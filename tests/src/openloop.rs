@@ -59,6 +59,8 @@ pub struct Sample {
     pub at: Duration,
     /// From `at` to the end of the answer (or to the failure).
     pub latency: Duration,
+    /// From `at` until the generator got to open the connection: its own lateness.
+    pub lag: Duration,
     pub outcome: Outcome,
     /// The backend that answered (`Ok` only).
     pub backend: Option<String>,
@@ -75,7 +77,18 @@ impl OpenLoop {
     /// Starts `rate` new connections per second to `to` from namespace `ns`, each with one
     /// `GET /` (`Connection: close`) that must be answered within `deadline`.
     pub fn start(ns: &Netns, to: SocketAddr, rate: f64, deadline: Duration) -> OpenLoop {
+        OpenLoop::start_to(ns, vec![to], rate, deadline)
+    }
+
+    /// As `start`, the `n`th connection going to `targets[n % len]`.
+    pub fn start_to(
+        ns: &Netns,
+        targets: Vec<SocketAddr>,
+        rate: f64,
+        deadline: Duration,
+    ) -> OpenLoop {
         assert!(rate > 0.0, "rate must be positive, found {rate}");
+        assert!(!targets.is_empty(), "no target to connect to");
         raise_nofile();
         let stop = Arc::new(AtomicBool::new(false));
         let path = format!("/run/netns/{}", ns.name);
@@ -87,7 +100,7 @@ impl OpenLoop {
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
-            rt.block_on(run(to, rate, deadline, stop2, tx))
+            rt.block_on(run(targets, rate, deadline, stop2, tx))
         });
         let start = rx
             .recv_timeout(Duration::from_secs(10))
@@ -144,7 +157,7 @@ fn raise_nofile() {
 }
 
 async fn run(
-    to: SocketAddr,
+    targets: Vec<SocketAddr>,
     rate: f64,
     deadline: Duration,
     stop: Arc<AtomicBool>,
@@ -159,9 +172,11 @@ async fn run(
     while !stop.load(Ordering::Relaxed) {
         let at = start + period * n;
         tokio::time::sleep_until(at).await;
+        let to = targets[n as usize % targets.len()];
         n += 1;
         let samples = samples.clone();
         tasks.spawn(async move {
+            let lag = at.elapsed();
             let (outcome, backend) = match tokio::time::timeout_at(at + deadline, request(to)).await
             {
                 Ok(r) => r,
@@ -170,6 +185,7 @@ async fn run(
             let s = Sample {
                 at: at - start,
                 latency: at.elapsed(),
+                lag,
                 outcome,
                 backend,
             };

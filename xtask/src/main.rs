@@ -60,6 +60,11 @@ enum Bench {
     /// under open-loop load, no balancer command, for HAProxy, steer DSR and steer NAT.
     /// Flags: --rate N, --delays 1,5, --deadline S, --systems a,b.
     Restart,
+    /// The whole machine's CPU per connection at a fixed open-loop rate of new connections, for
+    /// clients straight to the backends and through steer DSR, steer NAT, nftables DNAT and
+    /// HAProxy; each balancer's cost is its figure minus the direct one. Flags: --rate N,
+    /// --seconds S, --slice S, --warmup S, --rounds N, --systems a,b.
+    Cost,
 }
 
 /// Builds binaries of the tests crate, and `steer-ctl` (which the demo and benchmarks drive),
@@ -140,6 +145,20 @@ fn cleanup_stale_pins() {
     }
 }
 
+/// Builds and runs a bench that drives the daemon in namespaces (with `steer-httpd` backends),
+/// output directory first, removing what killed runs left before and after.
+fn privileged_bench(bin: &str, args: &[String]) -> Result<()> {
+    let dir = build_release(&[bin, "steer-httpd"])?;
+    cleanup_stale_namespaces();
+    cleanup_stale_pins();
+    let mut b = Command::new(dir.join(bin));
+    b.arg(workspace_root().join("target/bench")).args(args);
+    let r = run(b);
+    cleanup_stale_namespaces();
+    cleanup_stale_pins();
+    r
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
@@ -195,28 +214,14 @@ fn main() -> Result<()> {
                     cleanup_stale_namespaces();
                     r
                 }
-                Bench::Control => {
-                    let bin = build_release(&["steer-bench-control", "steer-httpd"])?;
-                    cleanup_stale_namespaces();
-                    cleanup_stale_pins();
-                    let mut b = Command::new(bin.join("steer-bench-control"));
-                    b.arg(workspace_root().join("target/bench")).args(&args);
-                    let r = run(b);
-                    cleanup_stale_namespaces();
-                    cleanup_stale_pins();
-                    r
-                }
+                Bench::Control => privileged_bench("steer-bench-control", &args),
                 Bench::Restart => {
                     setup::apt_packages(&["haproxy"])?;
-                    let bin = build_release(&["steer-bench-restart", "steer-httpd"])?;
-                    cleanup_stale_namespaces();
-                    cleanup_stale_pins();
-                    let mut b = Command::new(bin.join("steer-bench-restart"));
-                    b.arg(workspace_root().join("target/bench")).args(&args);
-                    let r = run(b);
-                    cleanup_stale_namespaces();
-                    cleanup_stale_pins();
-                    r
+                    privileged_bench("steer-bench-restart", &args)
+                }
+                Bench::Cost => {
+                    setup::apt_packages(&["haproxy", "nftables"])?;
+                    privileged_bench("steer-bench-cost", &args)
                 }
             }
         }

@@ -22,7 +22,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -31,46 +31,13 @@ use std::{
 };
 
 use steer_tests::{
-    daemon::{steer_ctl_bin, SteerDaemon},
+    cpu::CpuTimes,
     haproxy, http,
-    netns::{addr, sh, wait_for, Netns, Topology, TopologySpec},
-    servers::Servers,
+    lab::{redirect, Balancer as System, Lab, Setup, BACKENDS},
+    netns::{addr, sh, Netns, Topology},
 };
 
-const BACKENDS: usize = 3;
 const WRK_SECONDS: u32 = 5;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum System {
-    Steer,
-    SteerNat,
-    Nftables,
-    NftDnat,
-    Haproxy,
-    HaproxyIptables,
-}
-
-impl System {
-    fn key(self) -> &'static str {
-        match self {
-            System::Steer => "steer",
-            System::SteerNat => "steer-nat",
-            System::Nftables => "nftables",
-            System::NftDnat => "nft-dnat",
-            System::Haproxy => "haproxy",
-            System::HaproxyIptables => "haproxy_iptables",
-        }
-    }
-
-    fn is_steer(self) -> bool {
-        matches!(self, System::Steer | System::SteerNat)
-    }
-
-    /// Without health checks there is no deploy to run.
-    fn is_nftables(self) -> bool {
-        matches!(self, System::Nftables | System::NftDnat)
-    }
-}
 
 #[derive(Default, Debug, Clone)]
 struct Figures {
@@ -88,240 +55,6 @@ fn json_num(v: Option<f64>) -> String {
     v.map_or("null".into(), |x| format!("{x:.2}"))
 }
 
-/// One lab: namespaces, servers, and the balancer under test. Fields drop in order: the
-/// balancer, the servers (whose pid files are under `dir`), the namespaces, then `dir`.
-struct Lab {
-    steer: Option<SteerDaemon>,
-    haproxy: Option<Child>,
-    servers: Servers,
-    topo: Topology,
-    dir: PathBuf,
-    _files: RemoveOnDrop,
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut h) = self.haproxy.take() {
-            let _ = h.kill();
-            let _ = h.wait();
-        }
-    }
-}
-
-fn httpd() -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name("steer-httpd")
-}
-
-fn lab(system: System) -> Result<Lab, String> {
-    // Only DSR needs the VIP on the backends' loopbacks (with the ARP sysctls); the others
-    // run them unmodified.
-    let topo = Topology::new(&TopologySpec {
-        backends: BACKENDS,
-        vips: if system == System::Steer {
-            vec![IpAddr::V4(addr::VIP)]
-        } else {
-            Vec::new()
-        },
-        ipv6: false,
-    });
-    // Frames forwarded from XDP must carry complete checksums, as from a real NIC
-    // (PLATFORM.md); the client's veth already sends them. Every lab alike.
-    for b in &topo.backends {
-        b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-    }
-    topo.switch.exec(&["ethtool", "-K", "p-lb", "gro", "on"]);
-    let dir = std::env::temp_dir().join(format!(
-        "steer-bench-{}-{}",
-        std::process::id(),
-        system.key()
-    ));
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let servers = Servers::new(&topo, &dir.join("servers"), &httpd());
-    let mut lab = Lab {
-        steer: None,
-        haproxy: None,
-        servers,
-        topo,
-        dir: dir.clone(),
-        _files: RemoveOnDrop(dir),
-    };
-    match system {
-        System::Steer | System::SteerNat => {
-            let mut d = SteerDaemon::new(&lab.topo.lb);
-            let mut cfg = format!(
-                "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n{}\
-                 check = {{ type = \"tcp\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n",
-                addr::VIP,
-                if system == System::SteerNat {
-                    "mode = \"nat\"\n"
-                } else {
-                    ""
-                }
-            );
-            for (i, b) in lab.topo.backends.iter().enumerate() {
-                cfg += &format!(
-                    "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-                    b.name, b.addr,
-                );
-                // DSR sends frames to the backend's MAC; NAT finds the next hop in the FIB.
-                if system == System::Steer {
-                    cfg += &format!("mac = \"{}\"\n", addr::mac_str(addr::backend_host(i)));
-                }
-            }
-            d.write_config(&cfg);
-            // A config this steer refuses is the row's answer, not a crash.
-            let out = Command::new(steer_ctl_bin())
-                .args(["config", "check", "--config"])
-                .arg(&d.config)
-                .output()
-                .map_err(|e| format!("cannot run steer-ctl config check: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "config refused: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            d.start();
-            // A fresh daemon knows no health until the first checks: measure from there.
-            for b in &lab.topo.backends {
-                wait_for(
-                    &format!("{} to be checked up", b.name),
-                    Duration::from_secs(10),
-                    || match d.backend(&b.name)["health"].as_str() {
-                        Some("up") => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    },
-                );
-            }
-            lab.steer = Some(d);
-        }
-        System::Nftables | System::NftDnat => {
-            let lb = &lab.topo.lb;
-            for k in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.eth0.send_redirects=0",
-            ] {
-                lb.exec(&["sysctl", "-q", "-w", k]);
-            }
-            let targets: Vec<String> = lab
-                .topo
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("{i} : {}", b.addr))
-                .collect();
-            let rules = if system == System::Nftables {
-                format!(
-                    "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to numgen inc mod {BACKENDS} map {{ {} }}\n }}\n}}\n",
-                    addr::VIP,
-                    targets.join(", ")
-                )
-            } else {
-                // What steer's NAT mode replaces: a hash of the connection picks the backend,
-                // and masquerade makes the LB the source, so backends need no route or VIP.
-                format!(
-                    "table ip steer_bench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  ip daddr {} tcp dport 80 dnat to jhash ip saddr . tcp sport mod {BACKENDS} map {{ {} }}\n }}\n chain post {{\n  type nat hook postrouting priority srcnat;\n  ct status dnat masquerade\n }}\n}}\n",
-                    addr::VIP,
-                    targets.join(", ")
-                )
-            };
-            let f = lab.dir.join("rules.nft");
-            std::fs::write(&f, rules).unwrap();
-            lb.exec(&["nft", "-f", f.to_str().unwrap()]);
-            if system == System::Nftables {
-                // Replies go back through the LB, which un-NATs them.
-                for b in &lab.topo.backends {
-                    b.ns.ip(&[
-                        "route",
-                        "add",
-                        &format!("{}/32", addr::CLIENT),
-                        "via",
-                        &addr::LB.to_string(),
-                    ]);
-                }
-            }
-        }
-        System::Haproxy | System::HaproxyIptables => {
-            let lb = &lab.topo.lb;
-            lb.ip(&["addr", "add", &format!("{}/32", addr::VIP), "dev", "lo"]);
-            let check_port = if system == System::HaproxyIptables {
-                8080
-            } else {
-                80
-            };
-            if system == System::HaproxyIptables {
-                for b in &lab.topo.backends {
-                    redirect(&b.ns, true);
-                }
-            }
-            let mut cfg = format!(
-                "global\n  maxconn 4096\n  stats socket {}/haproxy.sock level admin\n\
-                 defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
-                 frontend fe\n  bind {}:80\n  default_backend be\n\
-                 backend be\n  balance roundrobin\n",
-                lab.dir.display(),
-                addr::VIP
-            );
-            for b in &lab.topo.backends {
-                cfg += &format!(
-                    "  server {} {}:80 check port {check_port} inter 2000 fall 2 rise 2\n",
-                    b.name, b.addr
-                );
-            }
-            let f = lab.dir.join("haproxy.cfg");
-            std::fs::write(&f, cfg).unwrap();
-            let child = lb
-                .command("haproxy")
-                .args(["-f", f.to_str().unwrap(), "-db"])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(lab.dir.join("haproxy.log")).expect("haproxy log"))
-                .spawn()
-                .expect("start haproxy");
-            lab.haproxy = Some(child);
-            let sock = lab.dir.join("haproxy.sock");
-            wait(Duration::from_secs(10), || {
-                haproxy::status(&sock)
-                    .values()
-                    .filter(|s| s.starts_with("UP"))
-                    .count()
-                    == BACKENDS
-            });
-        }
-    }
-    Ok(lab)
-}
-
-/// The iptables trick's rule on a backend: connections to the check port 8080 are redirected to
-/// the server's port 80; deleting it fails HAProxy's check.
-fn redirect(ns: &Netns, add: bool) {
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        if add { "-A" } else { "-D" },
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "8080",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "80",
-    ]);
-}
-
 fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
@@ -329,22 +62,6 @@ fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
         std::thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()
-}
-
-/// Jiffies from the first line of /proc/stat: (user+nice, system, irq+softirq, idle+iowait,
-/// total).
-fn cpu_stat() -> [u64; 5] {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let g = |i: usize| v.get(i).copied().unwrap_or(0);
-    [g(0) + g(1), g(2), g(5) + g(6), g(3) + g(4), v.iter().sum()]
 }
 
 /// CPU jiffies (user + system) used so far by the backends' servers.
@@ -372,18 +89,21 @@ fn servers_cpu(dir: &Path) -> u64 {
 
 /// Where the CPU went during `f`, as a sentence.
 fn cpu_split(dir: &Path, f: impl FnOnce()) -> String {
-    let (a, sa) = (cpu_stat(), servers_cpu(dir));
+    let (a, sa) = (CpuTimes::now(), servers_cpu(dir));
     f();
-    let (b, sb) = (cpu_stat(), servers_cpu(dir));
-    let total = (b[4] - a[4]).max(1) as f64;
-    let pct = |i: usize| 100.0 * (b[i] - a[i]) as f64 / total;
+    let (b, sb) = (CpuTimes::now(), servers_cpu(dir));
+    let d = b.since(&a);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let servers = Duration::from_secs_f64((sb - sa) as f64 / hz);
     format!(
-        "CPU (2 cores): idle {:.0}%, user {:.0}%, system {:.0}%, irq+softirq {:.0}%; backend servers {:.0}% of it",
-        pct(3),
-        pct(0),
-        pct(1),
-        pct(2),
-        100.0 * (sb - sa) as f64 / total
+        "CPU ({} cores): idle {:.0}%, user {:.0}%, system {:.0}%, irq+softirq {:.0}%; backend servers {:.0}% of it",
+        d.cpus,
+        d.pct(d.idle + d.iowait),
+        d.pct(d.user + d.nice),
+        d.pct(d.system),
+        d.pct(d.irq + d.softirq),
+        d.pct(servers)
     )
 }
 
@@ -533,7 +253,9 @@ fn deploy(system: System, lab: &Lab) -> (f64, f64) {
                 wait(Duration::from_secs(30), || is_up(&sock));
                 down.as_secs_f64() * 1000.0
             }
-            System::Nftables | System::NftDnat => unreachable!("no health checks, no deploy"),
+            System::Nftables | System::NftDnat | System::Direct | System::XdpFloor => {
+                unreachable!("no health checks, no deploy")
+            }
         };
         takeouts.push(takeout);
     }
@@ -619,7 +341,7 @@ fn main() {
     for system in systems {
         eprintln!("{}: setting up", system.key());
         let mut f = Figures::default();
-        let lab = match std::panic::catch_unwind(|| lab(system)) {
+        let lab = match std::panic::catch_unwind(|| Lab::new(system, Setup::E2e)) {
             Ok(Ok(lab)) => lab,
             Ok(Err(e)) => {
                 f.error = Some(e);
