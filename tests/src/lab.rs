@@ -29,6 +29,9 @@ pub enum Balancer {
     Direct,
     /// `fwd_floor` on the LB: XDP DSR with no state at all.
     XdpFloor,
+    /// The LB's kernel forwarding the VIP to the backends by an ECMP route (hashing the
+    /// 5-tuple), no conntrack: the kernel's least DSR; backends hold the VIP.
+    KernelFloor,
     /// steer (XDP, DSR), the real daemon; backends hold the VIP.
     Steer,
     /// steer with `mode = "nat"`, backends unmodified.
@@ -49,6 +52,7 @@ impl Balancer {
         match self {
             Balancer::Direct => "direct",
             Balancer::XdpFloor => "xdp-floor",
+            Balancer::KernelFloor => "kernel-floor",
             Balancer::Steer => "steer",
             Balancer::SteerNat => "steer-nat",
             Balancer::Nftables => "nftables",
@@ -80,7 +84,10 @@ impl Balancer {
 
     /// Backends hold the VIP on their loopback (with the ARP sysctls): DSR.
     pub fn dsr(self) -> bool {
-        matches!(self, Balancer::XdpFloor | Balancer::Steer)
+        matches!(
+            self,
+            Balancer::XdpFloor | Balancer::KernelFloor | Balancer::Steer
+        )
     }
 }
 
@@ -192,6 +199,7 @@ impl Lab {
                         .run(move || aux::attach_fwd_floor("eth0", addr::VIP, own, &macs)),
                 );
             }
+            Balancer::KernelFloor => lab.start_ecmp(),
             Balancer::Steer | Balancer::SteerNat => lab.start_steer(setup)?,
             Balancer::Nftables | Balancer::NftDnat => lab.start_nftables(),
             Balancer::Haproxy | Balancer::HaproxyIptables => lab.start_haproxy(),
@@ -274,15 +282,40 @@ impl Lab {
         Ok(())
     }
 
-    fn start_nftables(&mut self) {
-        let lb = &self.topo.lb;
+    /// The LB forwards, out of the interface it received on, without telling the sender to go
+    /// direct (no ICMP redirects).
+    fn forward(&self) {
         for k in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.send_redirects=0",
             "net.ipv4.conf.eth0.send_redirects=0",
         ] {
-            lb.exec(&["sysctl", "-q", "-w", k]);
+            self.topo.lb.exec(&["sysctl", "-q", "-w", k]);
         }
+    }
+
+    fn start_ecmp(&mut self) {
+        self.forward();
+        let lb = &self.topo.lb;
+        // Hash the 5-tuple, not just the addresses: one client spreads over the backends.
+        lb.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
+        let vip = format!("{}/32", addr::VIP);
+        let hops: Vec<String> = self
+            .topo
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        let mut args = vec!["route", "add", vip.as_str()];
+        for h in &hops {
+            args.extend_from_slice(&["nexthop", "via", h, "dev", "eth0"]);
+        }
+        lb.ip(&args);
+    }
+
+    fn start_nftables(&mut self) {
+        self.forward();
+        let lb = &self.topo.lb;
         let targets: Vec<String> = self
             .topo
             .backends

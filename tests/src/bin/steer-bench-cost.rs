@@ -28,7 +28,7 @@
 //! `OUT_DIR/cost.json`, with every slice's figure.
 //!
 //! Usage: `steer-bench-cost [OUT_DIR] [--rate N] [--seconds S] [--slice S] [--warmup S]
-//! [--rounds N] [--systems direct,xdp-floor,steer,steer-nat,nftables,nft-dnat,haproxy]`
+//! [--rounds N] [--systems direct,xdp-floor,kernel-floor,steer,steer-nat,nftables,nft-dnat,haproxy]`
 
 use std::{
     collections::BTreeMap,
@@ -48,9 +48,10 @@ use steer_tests::{
 };
 
 /// Every system this bench knows, in the table's order; `direct` must run for any cost.
-const ALL: [Balancer; 7] = [
+const ALL: [Balancer; 8] = [
     Balancer::Direct,
     Balancer::XdpFloor,
+    Balancer::KernelFloor,
     Balancer::Steer,
     Balancer::SteerNat,
     Balancer::Nftables,
@@ -76,6 +77,9 @@ fn path(b: Balancer) -> &'static str {
         Balancer::XdpFloor => {
             "client -> bridge -> LB eth0 (XDP: set backend MAC by source port, XDP_TX) -> bridge -> backend; replies backend -> bridge -> client"
         }
+        Balancer::KernelFloor => {
+            "client -> bridge -> LB kernel (route to the VIP: ECMP over the backends, 5-tuple hash; no conntrack) -> bridge -> backend; replies backend -> bridge -> client"
+        }
         Balancer::Steer => {
             "client -> bridge -> LB eth0 (steer XDP, DSR: XDP_TX to the backend's MAC) -> bridge -> backend; replies backend -> bridge -> client"
         }
@@ -96,7 +100,7 @@ fn path(b: Balancer) -> &'static str {
 }
 
 /// What runs without `--systems`: all but plain `nftables` (DNAT with replies routed back
-/// through the LB), which keeps the run within about four minutes.
+/// through the LB) and `kernel-floor`, which keeps the run within about four minutes.
 const DEFAULT: [Balancer; 6] = [
     Balancer::Direct,
     Balancer::XdpFloor,
@@ -513,7 +517,7 @@ impl Window {
             return format!("error: {}", first_line(e));
         }
         format!(
-            "{} of {} ok, p99 {:.1} ms, lag p99 {:.1} ms; busy {:.3} s of {:.1} ({:.0} %, others {:.2} s): {:.1} µs/conn (ticks: {:.1}){}",
+            "{} of {} ok, p99 {:.1} ms, lag p99 {:.1} ms; busy {:.3} s of {:.1} ({:.0} %; taken off: others {:.2} s, other labs {:.2} s): {:.1} µs/conn (ticks: {:.1}){}",
             self.ok,
             self.scheduled,
             ms(self.p99()),
@@ -522,6 +526,7 @@ impl Window {
             self.cpu.capacity().as_secs_f64(),
             self.cpu.pct(self.busy()),
             self.others.as_secs_f64(),
+            self.background.as_secs_f64(),
             self.us_per_conn().unwrap_or(f64::NAN),
             self.ticks_us_per_conn().unwrap_or(f64::NAN),
             self.problem()
@@ -546,6 +551,21 @@ struct Entry {
 }
 
 impl Entry {
+    /// Turns the counters read after setting up into what moved since.
+    fn count_steer(&mut self) {
+        let Some(lab) = &self.lab else {
+            return;
+        };
+        let before = std::mem::take(&mut self.counters);
+        self.counters = steer_counters(lab)
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+                (k, d)
+            })
+            .collect();
+    }
+
     /// steer's drop counters that moved over the run, as text.
     fn drops(&self) -> Option<String> {
         let d: Vec<String> = self
@@ -607,19 +627,35 @@ fn main() {
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
     let started = Instant::now();
-    let spr = o.slices_per_round();
     eprintln!(
         "{} systems x {} rounds x {} slices of {:?} at {} connections/s: about {:.0} s of load",
         o.systems.len(),
         o.rounds,
-        spr,
+        o.slices_per_round(),
         o.slice,
         o.rate,
         o.systems.len() as f64
-            * (o.warmup.as_secs_f64() + (o.rounds * spr) as f64 * (o.slice + RAMP).as_secs_f64())
+            * (o.warmup.as_secs_f64()
+                + (o.rounds * o.slices_per_round()) as f64 * (o.slice + RAMP).as_secs_f64())
     );
-    let mut entries: Vec<Entry> = o
-        .systems
+    let mut entries = set_up(&o);
+    let ns = Namespaces::of(&entries);
+    warm_up(&entries, &o);
+    run_rounds(&mut entries, &o, &ns);
+    for e in entries.iter_mut() {
+        e.count_steer();
+    }
+    if stopped() {
+        drop(entries);
+        eprintln!("steer-bench-cost: interrupted; labs torn down, nothing written");
+        std::process::exit(130);
+    }
+    report(&o, &entries, started.elapsed());
+}
+
+/// Builds every system's lab; one that cannot be built keeps its entry, with the error.
+fn set_up(o: &Opts) -> Vec<Entry> {
+    o.systems
         .iter()
         .map(|&system| {
             eprintln!("{}: setting up", system.key());
@@ -643,39 +679,55 @@ fn main() {
                 idle_wall: Duration::ZERO,
             }
         })
-        .collect();
-    // Every namespace is ours; each lab's LB namespace holds its balancer's processes.
-    let ours: Vec<u64> = entries
-        .iter()
-        .filter_map(|e| e.lab.as_ref())
-        .flat_map(Lab::netns_inodes)
-        .collect();
-    // Each entry's namespaces and its LB namespace, as indices into `ours`.
-    let mut at = 0;
-    let (spans, lbs): (Vec<Vec<usize>>, Vec<Vec<usize>>) = entries
-        .iter()
-        .map(|e| {
-            let Some(lab) = &e.lab else {
-                return (Vec::new(), Vec::new());
-            };
-            let n = lab.netns_inodes().len();
-            let lb = netns_inode(&lab.topo.lb.name);
-            let span: Vec<usize> = (at..at + n).collect();
-            at += n;
-            let lb = span
-                .iter()
-                .copied()
-                .filter(|&i| Some(ours[i]) == lb)
-                .collect();
-            (span, lb)
-        })
-        .unzip();
-    for e in entries.iter().filter(|e| e.lab.is_some()) {
+        .collect()
+}
+
+/// The labs' network namespaces: whose processes are the bench's, and which are whose.
+struct Namespaces {
+    /// Every lab's namespaces' inode numbers.
+    ours: Vec<u64>,
+    /// By entry: its namespaces, as indices into `ours`.
+    labs: Vec<Vec<usize>>,
+    /// By entry: its LB namespace (its balancer's processes), the same way.
+    lbs: Vec<Vec<usize>>,
+}
+
+impl Namespaces {
+    fn of(entries: &[Entry]) -> Namespaces {
+        let mut ns = Namespaces {
+            ours: Vec::new(),
+            labs: Vec::new(),
+            lbs: Vec::new(),
+        };
+        for e in entries {
+            let (mut lab, mut lb) = (Vec::new(), Vec::new());
+            if let Some(l) = &e.lab {
+                let lb_inode = netns_inode(&l.topo.lb.name);
+                for inode in l.netns_inodes() {
+                    if Some(inode) == lb_inode {
+                        lb.push(ns.ours.len());
+                    }
+                    lab.push(ns.ours.len());
+                    ns.ours.push(inode);
+                }
+            }
+            ns.labs.push(lab);
+            ns.lbs.push(lb);
+        }
+        ns
+    }
+}
+
+/// Gives every lab `--warmup` of unmeasured load (caches, neighbours, tables).
+fn warm_up(entries: &[Entry], o: &Opts) {
+    for e in entries {
+        let Some(lab) = &e.lab else {
+            continue;
+        };
         if stopped() {
-            break;
+            return;
         }
         eprintln!("{}: warming up for {:?}", e.system.key(), o.warmup);
-        let lab = e.lab.as_ref().expect("a lab");
         let warm = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let load = OpenLoop::start_to(&lab.topo.client, lab.targets(), o.rate, DEADLINE);
             sleep_until(&load, o.warmup);
@@ -691,9 +743,14 @@ fn main() {
             Err(p) => eprintln!("  warm-up broke: {}", first_line(&panic_text(&*p))),
         }
     }
-    let n = entries.len();
-    wait_quiet(&ours);
-    'rounds: for round in 0..o.rounds {
+}
+
+/// Every round: each system's slices in turn, each pass starting one system further on (none
+/// always follows the same one).
+fn run_rounds(entries: &mut [Entry], o: &Opts, ns: &Namespaces) {
+    let (n, spr) = (entries.len(), o.slices_per_round());
+    wait_quiet(&ns.ours);
+    for round in 0..o.rounds {
         for e in entries.iter_mut() {
             e.windows.push(Window {
                 round,
@@ -702,47 +759,17 @@ fn main() {
             });
         }
         for k in 0..spr {
-            // Each pass starts one system further on: none always follows the same one.
             for j in 0..n {
                 if stopped() {
-                    break 'rounds;
+                    return;
                 }
                 let i = (round * spr + k + j) % n;
-                if entries[i].lab.is_none() || entries[i].windows[round].error.is_some() {
-                    continue;
-                }
-                let slice = measure_slice(&entries[i], &o, &ours, round);
-                let Some((slice, attempts, waited)) = slice else {
-                    continue;
-                };
-                let (e, w) = (&mut entries[i], round);
-                let window = &mut e.windows[w];
-                window.quiet_wait += waited;
-                match slice {
-                    Err(err) => {
-                        eprintln!("  {}: {}", e.system.key(), first_line(&err));
-                        window.error = Some(err);
-                    }
-                    Ok(s) => {
-                        window.remeasured += attempts - 1;
-                        if s.disturbed() {
-                            window.disturbed += 1;
-                        }
-                        let mut background = Duration::ZERO;
-                        for (x, other) in entries.iter_mut().enumerate() {
-                            if x != i {
-                                background += s.cpu_of(&spans[x]);
-                                other.idle_cpu += s.cpu_of(&lbs[x]);
-                                other.idle_wall += s.cpu.wall;
-                            }
-                        }
-                        let own = s.cpu_of(&lbs[i]);
-                        entries[i].windows[round].add(s, background, own);
-                    }
+                if entries[i].lab.is_some() && entries[i].windows[round].error.is_none() {
+                    slice_of(entries, i, round, o, ns);
                 }
             }
         }
-        for e in &entries {
+        for e in entries.iter() {
             eprintln!(
                 "round {}/{} {}: {}",
                 round + 1,
@@ -752,24 +779,38 @@ fn main() {
             );
         }
     }
-    for e in entries.iter_mut() {
-        if let Some(lab) = &e.lab {
-            let before = std::mem::take(&mut e.counters);
-            e.counters = steer_counters(lab)
-                .into_iter()
-                .map(|(k, v)| {
-                    let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
-                    (k, d)
-                })
-                .collect();
+}
+
+/// Measures one slice of entry `i` and books it: to its window, and the other labs' process
+/// time to their idle work.
+fn slice_of(entries: &mut [Entry], i: usize, round: usize, o: &Opts, ns: &Namespaces) {
+    let Some((slice, attempts, waited)) = measure_slice(&entries[i], o, &ns.ours, round) else {
+        return;
+    };
+    entries[i].windows[round].quiet_wait += waited;
+    let s = match slice {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("  {}: {}", entries[i].system.key(), first_line(&err));
+            entries[i].windows[round].error = Some(err);
+            return;
+        }
+    };
+    let mut background = Duration::ZERO;
+    for (x, other) in entries.iter_mut().enumerate() {
+        if x != i {
+            background += s.cpu_of(&ns.labs[x]);
+            other.idle_cpu += s.cpu_of(&ns.lbs[x]);
+            other.idle_wall += s.cpu.wall;
         }
     }
-    if stopped() {
-        drop(entries);
-        eprintln!("steer-bench-cost: interrupted; labs torn down, nothing written");
-        std::process::exit(130);
+    let own = s.cpu_of(&ns.lbs[i]);
+    let w = &mut entries[i].windows[round];
+    w.remeasured += attempts - 1;
+    if s.disturbed() {
+        w.disturbed += 1;
     }
-    report(&o, &entries, started.elapsed());
+    w.add(s, background, own);
 }
 
 /// One slice of `e`'s system, measured again while other processes disturb it (up to
@@ -838,7 +879,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         cpus
     );
     println!(
-        "{:<10} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  note",
+        "{:<12} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  note",
         "system",
         "rounds",
         "µs/conn med (range)",
@@ -902,7 +943,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         }
         let idle = e.idle_us(o.rate);
         println!(
-            "{:<10} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  {}",
+            "{:<12} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  {}",
             e.system.key(),
             format!("{}/{}", valid.len(), e.windows.len()),
             Spread::cell(us, 1),
@@ -941,34 +982,46 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         );
     }
     println!();
-    if let (Some(steer), Some(floor)) = (
-        entries.iter().find(|e| e.system == Balancer::Steer),
-        entries.iter().find(|e| e.system == Balancer::XdpFloor),
-    ) {
-        // steer DSR above the least XDP forwarding, round by round: its own work.
-        let over: Vec<f64> = steer
+    // A balancer over the floor of its path, round by round: its own work beyond the lab's hop.
+    // Only steer DSR has a floor on the same path (one way through the LB); the NAT systems'
+    // replies come back through the LB as well.
+    let mut over_floor = serde_json::Map::new();
+    for (sys, floor) in [(Balancer::Steer, Balancer::XdpFloor)] {
+        let find = |b: Balancer| entries.iter().find(|e| e.system == b);
+        let (Some(a), Some(f)) = (find(sys), find(floor)) else {
+            continue;
+        };
+        let d: Vec<f64> = a
             .windows
             .iter()
             .filter_map(|w| {
-                let f = floor.windows.iter().find(|f| f.round == w.round)?;
-                Some(w.valid_us()? - f.valid_us()?)
+                let fw = f.windows.iter().find(|x| x.round == w.round)?;
+                Some(w.valid_us()? - fw.valid_us()?)
             })
             .collect();
-        if let Some(x) = Spread::of(&over) {
-            println!(
-                "steer minus xdp-floor (steer's own work over the least XDP forwarding): {} µs/conn{}",
-                Spread::cell(Some(x), 1),
-                nft_median.map_or(String::new(), |n| format!(
-                    ", {:.2}× nft-dnat's cost",
-                    x.median / n
-                ))
-            );
-        }
+        let Some(x) = Spread::of(&d) else {
+            continue;
+        };
+        println!(
+            "{} minus {} ({}'s own work over the least forwarding on its path): {} µs/conn{}",
+            sys.key(),
+            floor.key(),
+            sys.key(),
+            Spread::cell(Some(x), 1),
+            nft_median.map_or(String::new(), |n| format!(
+                ", {:.2}× nft-dnat's cost",
+                x.median / n
+            ))
+        );
+        over_floor.insert(
+            format!("{}-minus-{}", sys.key(), floor.key()),
+            Spread::json(Some(x)),
+        );
     }
     println!("cost = µs/conn − direct's µs/conn in the same round; idle = the part of it that the balancer's processes spend while nothing is sent through it");
     println!("paths (every system has its own namespaces: client, LB and 3 backends on one bridge in a switch namespace, veth links):");
     for e in entries {
-        println!("  {:<10} {}", e.system.key(), path(e.system));
+        println!("  {:<12} {}", e.system.key(), path(e.system));
     }
     for line in NOTES {
         println!("{line}");
@@ -990,6 +1043,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         "max_others_share": MAX_OTHERS,
         "notes": NOTES,
         "order": entries.iter().map(|e| e.system.key()).collect::<Vec<_>>(),
+        "over_floor_us_per_conn": over_floor,
         "took_s": took.as_secs_f64().round(),
         "systems": json_systems,
     });
@@ -1008,7 +1062,10 @@ const NOTES: [&str; 3] = [
     "what subtracting direct leaves in every cost: a connection through a balancer crosses the bridge twice (client -> LB -> \
      backend) where direct crosses it once, so each cost includes one more veth pair and bridge hop for every packet that \
      visits the LB: the software stand-in for the LB's NIC, the wire and the switch (the bridge makes no netfilter calls, as \
-     a switch would not). xdp-floor is that hop plus the least XDP forwarding; steer minus xdp-floor is steer's own work. \
+     a switch would not). xdp-floor is that hop plus the least XDP forwarding, kernel-floor the \
+     same through the kernel's forwarding (an ECMP route, no conntrack); both are DSR, one way through the LB as steer \
+     DSR is, so steer minus xdp-floor is steer's own work. The NAT systems (steer-nat, nft-dnat, nftables) and HAProxy \
+     bring the replies back through the LB too: their costs carry the hop both ways. \
      The LB's switch-side veth runs an XDP_PASS program only for the XDP systems (veth delivers XDP_TX frames only to a \
      peer with one): a lab cost that steer and xdp-floor pay and the kernel-path systems do not.",
     "CPU: busy = CPUs x wall - idle - iowait from /proc/stat, i.e. user+nice+system+irq+softirq+steal, read from the idle \
