@@ -96,6 +96,23 @@ pub fn cache_hash(k: &FlowKey) -> u32 {
     x.wrapping_mul(FIB32)
 }
 
+/// The seal of an `Attempt`: a 64-bit mix of its fields, never 0 (an empty slot's). Two CPUs
+/// writing one slot at once can leave one's key with the other's backend; the seal then does
+/// not match, and the slot reads as empty.
+#[inline(always)]
+pub fn attempt_check(k: &FlowKey, backend: u32, gen: u16, last_seen_ns: u64) -> u64 {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    // SAFETY: `FlowKey` is 40 bytes aligned to 8.
+    let w = unsafe { &*(k as *const FlowKey as *const [u64; 5]) };
+    let mut h = (backend as u64 | (gen as u64) << 32) ^ last_seen_ns.rotate_left(23);
+    h = (h ^ w[0]).wrapping_mul(M);
+    h = (h ^ (h >> 29) ^ w[1]).wrapping_mul(M);
+    h = (h ^ (h >> 29) ^ w[2]).wrapping_mul(M);
+    h = (h ^ (h >> 29) ^ w[3]).wrapping_mul(M);
+    h = (h ^ (h >> 29) ^ w[4]).wrapping_mul(M);
+    (h ^ (h >> 32)) | 1
+}
+
 /// MurmurHash3 (x86_32) of a byte string; used by userspace to place backends in Maglev tables.
 pub fn bytes_hash(seed: u32, data: &[u8]) -> u32 {
     let mut h = seed;
@@ -142,6 +159,45 @@ mod tests {
         let mut c = a;
         c[3] = 11;
         assert_ne!(b, filter_bit(&c, 80u16.to_be(), crate::PROTO_TCP));
+    }
+
+    #[test]
+    fn an_attempt_holds_only_whole_and_its_own_and_in_time() {
+        let k = FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let now = 1_000_000_000_000;
+        let a = crate::Attempt {
+            key: k,
+            backend: 3,
+            gen: 7,
+            _pad: 0,
+            last_seen_ns: now,
+            check: attempt_check(&k, 3, 7, now),
+        };
+        assert!(a.holds(&k, now));
+        assert!(a.holds(&k, now + crate::ATTEMPT_TTL_NS - 1));
+        assert!(!a.holds(&k, now + crate::ATTEMPT_TTL_NS), "expired");
+        assert!(a.holds(&k, now - 5), "another CPU's clock a little behind");
+        let mut o = k;
+        o.sport_be = 40001u16.to_be();
+        assert!(!a.holds(&o, now), "another 5-tuple");
+        // A write torn by another CPU's: one's key and seal, the other's backend or time.
+        assert!(!crate::Attempt { backend: 4, ..a }.holds(&k, now));
+        assert!(!crate::Attempt { gen: 8, ..a }.holds(&k, now));
+        assert!(!crate::Attempt {
+            last_seen_ns: now + 1,
+            ..a
+        }
+        .holds(&k, now + 1));
+        assert!(!crate::Attempt { check: 0, ..a }.holds(&k, now), "cleared");
+        assert_ne!(attempt_check(&k, 0, 0, 0), 0);
     }
 
     #[test]

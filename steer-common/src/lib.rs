@@ -72,8 +72,15 @@ pub mod map {
     /// Per CPU, one `u32`: the flow changes this CPU has stamped into `FLOW_EPOCHS`.
     /// Datapath only; pinned with the epochs.
     pub const CHANGE_SEQ: &str = "STEER_FSEQ_V1";
+    /// `1 << ATTEMPTS_LOG2` × `Attempt` (mmapable): DSR connection attempts (flows that have
+    /// seen only SYNs), direct-mapped by `hash::cache_hash`. Written by the datapath, read by
+    /// steer-ctl (active flows); pinned, so a restart keeps the attempts in flight.
+    pub const ATTEMPTS: &str = "STEER_ATTEMPT_V1";
+    /// `ATTEMPT_MARK_LINES` × 64 bytes: one byte per slot of `ATTEMPTS`, set while the slot
+    /// may hold an attempt. Datapath only; pinned with the attempts.
+    pub const ATTEMPT_MARKS: &str = "STEER_AMARK_V1";
 
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -93,6 +100,8 @@ pub mod map {
         FLOW_EPOCHS,
         NAT_CURSOR,
         CHANGE_SEQ,
+        ATTEMPTS,
+        ATTEMPT_MARKS,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
@@ -160,6 +169,17 @@ pub const FLOW_CACHE_LOG2: u32 = 14;
 /// needs); a stamp voids the cached flows of its bucket, 1/4,096 of them, which then take the
 /// full path once.
 pub const FLOW_EPOCH_LOG2: u32 = 12;
+
+/// Slots of the attempts table (`1 << ATTEMPTS_LOG2`, 64 bytes each: 4 MiB). A slot holds one
+/// connection attempt from its SYN to its handshake's ACK (a round trip); a newer attempt
+/// hashing to the same slot replaces it, and the older one's ACK then takes the Maglev choice
+/// its SYN took, unless the pool changed in between.
+pub const ATTEMPTS_LOG2: u32 = 16;
+/// Lines of the attempt marks (64 one-byte marks each).
+pub const ATTEMPT_MARK_LINES: u32 = 1 << (ATTEMPTS_LOG2 - 6);
+/// How long an attempt stands (since its last SYN): longer than a SYN's retransmissions
+/// (Linux gives up after about 127 s) and a SYN-ACK's (about 63 s).
+pub const ATTEMPT_TTL_NS: u64 = 130_000_000_000;
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;
@@ -389,6 +409,23 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// Whether `other` is the same 5-tuple, compared in five 64-bit words (a few instructions
+    /// in BPF, where a derived `==` compares field by field).
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        // SAFETY: 40 bytes aligned to 8, without padding bytes that differ (the parser and
+        // every writer zero `_pad`).
+        let (a, b) = unsafe {
+            (
+                &*(self as *const FlowKey as *const [u64; 5]),
+                &*(other as *const FlowKey as *const [u64; 5]),
+            )
+        };
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+    }
+}
+
 /// `Flow::flags` bits.
 pub mod flow_flags {
     /// Only SYNs seen from the client so far: the connection is not established.
@@ -534,6 +571,36 @@ pub struct CachedFlow {
     pub filled_jiffies: u64,
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 72);
+
+/// A DSR connection attempt: a flow that has seen only SYNs, pinned to the backend its SYN
+/// went to. Element of `STEER_ATTEMPT_V1`. Written by several CPUs without a lock (a slot is
+/// shared by every 5-tuple that hashes to it), so `check` seals the rest: a reader that finds
+/// it does not match (a write torn by another) treats the slot as empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub gen: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_coarse_ns()` of its last SYN.
+    pub last_seen_ns: u64,
+    /// `hash::attempt_check` of the fields above; 0: empty.
+    pub check: u64,
+}
+const _: () = assert!(core::mem::size_of::<Attempt>() == 64);
+
+impl Attempt {
+    /// Whether the slot holds a whole attempt (not empty, not torn) of `key`, younger than
+    /// `ATTEMPT_TTL_NS` at `now`.
+    #[inline(always)]
+    pub fn holds(&self, key: &FlowKey, now: u64) -> bool {
+        self.key.same(key)
+            && self.check
+                == hash::attempt_check(&self.key, self.backend, self.gen, self.last_seen_ns)
+            && now.saturating_sub(self.last_seen_ns) < ATTEMPT_TTL_NS
+    }
+}
 
 /// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V2` and `STEER_TRANS_V2`.
 #[repr(C)]

@@ -20,10 +20,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
-    flow_flags, hash::filter_bit, maglev_chunks, maglev_index, map, nat_capacity, Backend,
+    flow_flags, hash::filter_bit, maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend,
     CachedFlow, Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service,
-    ServiceKey, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
+    ServiceKey, ATTEMPTS_LOG2, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE,
+    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -496,6 +496,8 @@ pub struct Datapath {
     filter: Mapped<u64>,
     /// The flow cache (per CPU), read by tests.
     flow_cache: PerCpuArray<MapData, CachedFlow>,
+    /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
+    attempts: Arc<Mapped<Attempt>>,
     /// What `globals` holds: the flags, and the epoch of the flow cache.
     flags: u32,
     epoch: u32,
@@ -629,6 +631,10 @@ impl Datapath {
             map::FLOW_CACHE,
             PerCpuArray::try_from(take(&mut ebpf, map::FLOW_CACHE)?),
         )?;
+        let Map::Array(attempts) = take(&mut ebpf, map::ATTEMPTS)? else {
+            return Err(DatapathError::MissingMap(map::ATTEMPTS));
+        };
+        let attempts = Arc::new(Mapped::new(attempts, map::ATTEMPTS, 1 << ATTEMPTS_LOG2)?);
         // Adopted settings (a pinned map) keep their flags and epoch.
         let Globals { flags, epoch } = typed(map::GLOBALS, globals.get(&0, 0))?;
         let mut dp = Datapath {
@@ -650,6 +656,7 @@ impl Datapath {
             globals,
             filter,
             flow_cache,
+            attempts,
             flags,
             epoch,
             max_flows: opts.max_flows,
@@ -1109,6 +1116,7 @@ impl NatTable {
 pub struct FlowReader {
     established: std::os::fd::OwnedFd,
     transient: std::os::fd::OwnedFd,
+    attempts: Arc<Mapped<Attempt>>,
 }
 
 /// How many entries each table holds, as one pass over them read.
@@ -1116,24 +1124,81 @@ pub struct FlowReader {
 pub struct Occupancy {
     pub established: u64,
     pub transient: u64,
+    /// DSR connection attempts standing (their slots of `map::ATTEMPTS`).
+    pub attempts: u64,
+}
+
+impl Mapped<Attempt> {
+    /// The slot's attempt of the moment (its words read one by one: a slot being written
+    /// may read torn, which its seal then shows).
+    fn attempt(&self, i: usize) -> Attempt {
+        let mut w = [0u64; 8];
+        for (k, x) in w.iter_mut().enumerate() {
+            *x = self
+                .word64(i, k * 8)
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: `Attempt` is 64 bytes of plain integers, any bit pattern valid.
+        unsafe { std::mem::transmute::<[u64; 8], Attempt>(w) }
+    }
+
+    /// Calls `f` on every whole attempt standing at `now`, as the flow the datapath would
+    /// find (`SYN_ONLY`). Returns how many.
+    fn for_each(&self, now: u64, mut f: impl FnMut(&FlowKey, &Flow)) -> u64 {
+        let mut n = 0;
+        for i in 0..self.len() {
+            let a = self.attempt(i);
+            if a.check == 0 || !a.holds(&a.key, now) {
+                continue;
+            }
+            n += 1;
+            f(&a.key, &attempt_flow(&a));
+        }
+        n
+    }
+
+    /// The attempt of `key`, if one stands at `now`.
+    fn find(&self, key: &FlowKey, now: u64) -> Option<Attempt> {
+        let slot = steer_common::hash::cache_hash(key) >> (32 - ATTEMPTS_LOG2);
+        let a = self.attempt(slot as usize);
+        a.holds(key, now).then_some(a)
+    }
+}
+
+/// A connection attempt as a flow entry: pinned to its backend, only SYNs seen.
+fn attempt_flow(a: &Attempt) -> Flow {
+    Flow {
+        backend: a.backend,
+        gen: a.gen,
+        flags: flow_flags::SYN_ONLY,
+        last_seen_ns: a.last_seen_ns,
+        nat_port_be: 0,
+        nat_addr: 0,
+        _pad: 0,
+    }
 }
 
 impl FlowReader {
-    /// Calls `f` on every flow of both tables, fetching them in batches of 4,096 (one syscall
-    /// each). Returns how many each held. The transient table is read first: a flow promoted
-    /// while the scan runs is inserted in the established table before it leaves the transient
-    /// one, so it is seen at least once (a flow going the other way has ended).
+    /// Calls `f` on every flow of both tables and on every DSR connection attempt, fetching
+    /// the tables in batches of 4,096 (one syscall each). Returns how many each held. The
+    /// attempts and the transient table are read first: a flow promoted while the scan runs is
+    /// inserted in the established table before it leaves them, so it is seen at least once (a
+    /// flow going the other way has ended).
     pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &Flow)) -> Result<Occupancy> {
         self.for_each_flow_in(|_, k, v| f(k, v))
     }
 
     /// `for_each_flow`, telling `f` whether each flow is in the established table.
     pub fn for_each_flow_in(&self, mut f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
+        let attempts = self
+            .attempts
+            .for_each(monotonic_ns(), |k, v| f(false, k, v));
         let transient = for_each_flow(self.transient.as_raw_fd(), |k, v| f(false, k, v))?;
         let established = for_each_flow(self.established.as_raw_fd(), |k, v| f(true, k, v))?;
         Ok(Occupancy {
             established,
             transient,
+            attempts,
         })
     }
 }
@@ -1226,6 +1291,7 @@ impl Datapath {
         Ok(FlowReader {
             established: dup(&self.flows)?,
             transient: dup(&self.transient)?,
+            attempts: self.attempts.clone(),
         })
     }
 
@@ -1295,8 +1361,13 @@ impl Datapath {
         Ok(out)
     }
 
-    /// The flow entry of a 5-tuple, if either table has one (established first).
+    /// The flow entry of a 5-tuple as the datapath finds it for a packet that is not a SYN:
+    /// its DSR connection attempt, else its entry in the established table, else in the
+    /// transient one.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        if let Some(a) = self.attempts.find(key, monotonic_ns()) {
+            return Ok(Some(attempt_flow(&a)));
+        }
         for (name, m) in [(map::FLOWS, &self.flows), (map::TRANSIENT, &self.transient)] {
             match m.get(key, 0) {
                 Ok(f) => return Ok(Some(f)),

@@ -245,7 +245,7 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
     let tables = gauge::<TableLabels>(
         &mut reg,
         "flow_table_entries",
-        "Entries of a connection table at the last scan (established; transient: half-open and ended)",
+        "Entries of a connection table at the last scan (established; transient: ended, and NAT half-open; attempts: DSR half-open)",
     );
     let capacity = gauge::<TableLabels>(
         &mut reg,
@@ -257,6 +257,7 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         for (table, n, cap) in [
             ("established", f.established, f.capacity),
             ("transient", f.transient, f.transient_capacity),
+            ("attempts", f.attempts, f.attempts_capacity),
         ] {
             let l = TableLabels {
                 table: table.into(),

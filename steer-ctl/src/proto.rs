@@ -164,6 +164,12 @@ pub struct FlowScan {
     pub transient: u64,
     #[serde(default)]
     pub transient_capacity: u64,
+    /// DSR connection attempts standing (flows that have seen only SYNs), and the slots they
+    /// have.
+    #[serde(default)]
+    pub attempts: u64,
+    #[serde(default)]
+    pub attempts_capacity: u64,
     /// The last scan that found the established table full of live connections (at least
     /// 95 % of it not ended and seen within the idle timeout: the LRU then evicts connections
     /// still in use, which cannot be counted); 0 if none has.

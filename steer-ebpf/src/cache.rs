@@ -85,29 +85,20 @@ pub fn may_hold(pkt: &Packet) -> bool {
     pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
 }
 
-/// Reads the epochs for `key` (before its service and flow are looked up).
+/// The hash the cache, the flow epochs and the attempts table place a 5-tuple by.
 #[inline(always)]
-pub fn probe(key: &FlowKey) -> Probe {
-    let hash = cache_hash(key);
+pub fn hash(key: &FlowKey) -> u32 {
+    cache_hash(key)
+}
+
+/// Reads the epochs for a 5-tuple of `hash` (before its service and flow are looked up).
+#[inline(always)]
+pub fn probe(hash: u32) -> Probe {
     Probe {
         hash,
         flow_epoch: flow_epoch(hash),
         cfg_epoch: cfg_epoch(),
     }
-}
-
-/// Whether two keys are the same 5-tuple, compared in 64-bit words.
-#[inline(always)]
-fn same(a: &FlowKey, b: &FlowKey) -> bool {
-    // SAFETY: `FlowKey` is 40 bytes aligned to 8, without padding bytes that differ (the
-    // parser and every writer zero `_pad`).
-    let (a, b) = unsafe {
-        (
-            &*(a as *const FlowKey as *const [u64; 5]),
-            &*(b as *const FlowKey as *const [u64; 5]),
-        )
-    };
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
 /// The cached established flow of `pkt`, still good: its service id, backend id
@@ -118,7 +109,7 @@ pub fn lookup(pkt: &Packet, p: Probe) -> Option<(u32, u32, &'static Backend)> {
         return None;
     }
     let c = FLOW_CACHE.get(slot(p.hash))?;
-    if !same(&c.key, &pkt.key)
+    if !c.key.same(&pkt.key)
         || c.flow_epoch != p.flow_epoch
         || c.cfg_epoch != p.cfg_epoch
         || jiffies().wrapping_sub(c.filled_jiffies) >= REFRESH_JIFFIES
@@ -159,9 +150,15 @@ pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16) {
 /// The flow of `key` changed in the connection table: every CPU's cached copy is void.
 #[inline(always)]
 pub fn invalidate(key: &FlowKey) {
+    invalidate_hash(cache_hash(key))
+}
+
+/// `invalidate` for the 5-tuple of `hash`.
+#[inline(always)]
+pub fn invalidate_hash(hash: u32) {
     let (Some(seq), Some(e)) = (
         CHANGE_SEQ.get_ptr_mut(0),
-        FLOW_EPOCHS.get_ptr_mut(bucket(cache_hash(key))),
+        FLOW_EPOCHS.get_ptr_mut(bucket(hash)),
     ) else {
         return;
     };

@@ -75,6 +75,51 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     }
 }
 
+/// A DSR connection attempt's handshake completed: its flow enters the established table
+/// (BPF_ANY: the SYN forgot any entry of an older connection on its 5-tuple). False when the
+/// table refused it: the attempt stands, and the next packet tries again.
+#[inline(always)]
+pub fn establish(pkt: &Packet, backend: u32, gen: u16, now: u64) -> bool {
+    let f = Flow {
+        backend,
+        gen,
+        flags: 0,
+        last_seen_ns: now,
+        nat_port_be: 0,
+        nat_addr: 0,
+        _pad: 0,
+    };
+    if FLOWS.insert(&pkt.key, &f, 0).is_err() {
+        stats::count_event(event::FLOW_INSERT_FAILED);
+        return false;
+    }
+    true
+}
+
+/// A DSR connection attempt ended before its handshake did (`flags`: the client's FIN or
+/// RST, or steer's RST): kept in the transient table for its last packets, as any ended flow.
+#[inline(always)]
+pub fn record_ended(pkt: &Packet, backend: u32, gen: u16, flags: u16, now: u64) {
+    let f = Flow {
+        backend,
+        gen,
+        flags,
+        last_seen_ns: now,
+        nat_port_be: 0,
+        nat_addr: 0,
+        _pad: 0,
+    };
+    if TRANSIENT.insert(&pkt.key, &f, 0).is_err() {
+        stats::count_event(event::FLOW_INSERT_FAILED);
+    }
+}
+
+/// `flow_flags` the packet sets (FIN, RST).
+#[inline(always)]
+pub fn ends_with(pkt: &Packet) -> u16 {
+    flags_of(pkt)
+}
+
 /// Writes `f` into the transient table unless the flow has an entry there already (a NAT
 /// flow's forward half written again from its reverse half). True when written.
 #[inline(always)]

@@ -11,6 +11,7 @@
 #![feature(core_intrinsics)]
 #![no_main]
 
+mod attempt;
 mod cache;
 mod chain;
 mod csum;
@@ -99,11 +100,13 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     if !NAT && !filter::maybe_service(&pkt.key) {
         return not_service(ctx, &pkt);
     }
+    // DSR: one hash places the 5-tuple in the flow cache, the flow epochs and the attempts.
+    let hash = if NAT { 0 } else { cache::hash(&pkt.key) };
     let probe = if NAT || !cache::may_hold(&pkt) {
         // (A SYN, FIN or RST is never served from the cache, nor fills it.)
         cache::Probe::NONE
     } else {
-        let probe = cache::probe(&pkt.key);
+        let probe = cache::probe(hash);
         if let Some((svc_id, be_id, be)) = cache::lookup(&pkt, probe) {
             // An established DSR flow this CPU saw lately (the connection table's entry was
             // refreshed then): counted and forwarded as the full path would.
@@ -126,6 +129,18 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(svc_id, len);
+    if !NAT && pkt.is_tcp() {
+        // DSR connection attempts live in their own array (`attempt`).
+        if pkt.is_syn() && !pkt.ends_flow() {
+            return steer_syn(ctx, &pkt, hash, svc_id, svc, len, now);
+        }
+        let slot = attempt::slot(hash);
+        if attempt::marked(slot) {
+            if let Some(a) = attempt::find(slot, &pkt.key, now) {
+                return steer_attempt(ctx, &pkt, slot, svc_id, a, len, now);
+            }
+        }
+    }
     if let Some(f) = flow::lookup_flow(&pkt.key) {
         return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
@@ -249,6 +264,104 @@ fn steer_established<const NAT: bool>(
         }
         // Rejected or removed (rule 4): the rest of the flow is reset.
         rejected => reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, true, now),
+    }
+}
+
+/// A DSR service's SYN (rules 2, 3, 5): a new connection, or the retransmission of an attempt.
+#[inline(always)]
+fn steer_syn(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    hash: u32,
+    svc_id: u32,
+    svc: &Service,
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    if let Some(f) = flow::lookup_flow(&pkt.key) {
+        // An established flow's 5-tuple: not a retry; the old connection ended without the
+        // LB seeing it (reset by the backend in DSR). Its end is counted, so that new minus
+        // ended stays the backend's open flows, and the SYN takes a fresh choice (rule 5).
+        // SAFETY: pointer from the map lookup, valid for this run.
+        let flow = unsafe { *f };
+        if flow.flags & flow_flags::ENDED == 0 {
+            stats::count_event(event::STALE_SYN);
+            stats::count_ended(
+                svc_id,
+                select::flow_backend(flow.backend, flow.gen).map(|b| b.0),
+            );
+        }
+        flow::forget(pkt);
+    }
+    let slot = attempt::slot(hash);
+    let mut left = None;
+    if let Some((b, gen)) = attempt::find(slot, &pkt.key, now) {
+        match select::flow_backend(b, gen) {
+            Some((be_id, be)) if be.keeps_flows() && be.takes_new_flows() => {
+                // A retransmitted SYN: its attempt stays with its backend.
+                attempt::pin(slot, &pkt.key, be_id, gen, now);
+                stats::count_backend(be_id, len);
+                return forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD));
+            }
+            // Its backend no longer takes new flows (drained, down, weight 0, another group
+            // switched to, maintenance; rejected or removed): steered again (rule 5).
+            gone => {
+                stats::count_event(event::REDISPATCH);
+                left = Some(gone.map(|(id, _)| id));
+            }
+        }
+    }
+    match select::choose_new::<false>(svc_id, svc, pkt)? {
+        Some((be_id, be)) => {
+            attempt::pin(slot, &pkt.key, be_id, be.gen, now);
+            // An older connection on this 5-tuple may still be cached on some CPU (its
+            // established entry evicted rather than forgotten): void it.
+            cache::invalidate_hash(hash);
+            if let Some(old) = left {
+                stats::count_ended(svc_id, old);
+            }
+            stats::count_new_flow(svc_id, be_id);
+            stats::count_backend(be_id, len);
+            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+        }
+        None => no_backend(ctx, pkt, svc_id, svc),
+    }
+}
+
+/// A packet of a DSR connection attempt that is not a SYN: the handshake's ACK (established
+/// from now on), or the attempt's end (the client's RST; a RST from steer when its backend
+/// was rejected or removed) (rules 4, 5).
+#[inline(always)]
+fn steer_attempt(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    slot: u32,
+    svc_id: u32,
+    (b, gen): (u32, u16),
+    len: u64,
+    now: u64,
+) -> Result<Verdict, Stop> {
+    match select::flow_backend(b, gen) {
+        Some((be_id, be)) if be.keeps_flows() => {
+            if pkt.ends_flow() {
+                stats::count_ended(svc_id, Some(be_id));
+                flow::record_ended(pkt, be_id, gen, flow::ends_with(pkt), now);
+                attempt::clear(slot, &pkt.key);
+            } else if flow::establish(pkt, be_id, gen, now) {
+                attempt::clear(slot, &pkt.key);
+            }
+            stats::count_backend(be_id, len);
+            forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
+        }
+        rejected => {
+            let be_id = rejected.map(|(id, _)| id);
+            let verdict = rst::reply_rst(ctx, pkt)?;
+            stats::count_ended(svc_id, be_id);
+            flow::record_ended(pkt, b, gen, flow_flags::RST, now);
+            attempt::clear(slot, &pkt.key);
+            stats::count_rst(svc_id, be_id);
+            Ok((verdict, outcome::TX_RST))
+        }
     }
 }
 

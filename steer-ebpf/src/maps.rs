@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    maglev_chunks, nat_capacity, prog, transient_capacity, Backend, Counters, Flow, FlowKey,
-    Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, FILTER_WORDS,
-    FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, NEIGH_SLOTS,
+    maglev_chunks, nat_capacity, prog, transient_capacity, Attempt, Backend, Counters, Flow,
+    FlowKey, Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
+    ATTEMPTS_LOG2, ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
+    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -128,3 +128,14 @@ pub static FLOW_EPOCHS: Array<u32> = Array::with_max_entries(1 << FLOW_EPOCH_LOG
 /// of two daemons side by side never stamp the same value.
 #[map(name = "STEER_FSEQ_V1")]
 pub static CHANGE_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// DSR connection attempts (`crate::attempt`), direct-mapped. Written by the datapath on any
+/// CPU; read by steer-ctl through mmap. Pinned (`steer_common::map::ATTEMPTS`).
+#[map(name = "STEER_ATTEMPT_V1")]
+pub static ATTEMPTS: Array<Attempt> = Array::with_max_entries(1 << ATTEMPTS_LOG2, BPF_F_MMAPABLE);
+
+/// One byte per slot of `ATTEMPTS`: set while it may hold an attempt, so a packet of an
+/// established flow reads a byte of this 64 KB array, not a line of the 4 MB table. Datapath
+/// only; pinned (`steer_common::map::ATTEMPT_MARKS`).
+#[map(name = "STEER_AMARK_V1")]
+pub static ATTEMPT_MARKS: Array<[u8; 64]> = Array::with_max_entries(ATTEMPT_MARK_LINES, 0);

@@ -102,6 +102,8 @@ impl FlowCounts {
             capacity: self.capacity.0 as u64,
             transient: s.occupancy.transient,
             transient_capacity: self.capacity.1 as u64,
+            attempts: s.occupancy.attempts,
+            attempts_capacity: 1 << steer_common::ATTEMPTS_LOG2,
             last_full_seq: s.last_full_seq,
             error: s.error.clone(),
         };
@@ -143,7 +145,7 @@ impl FlowCounts {
                 match result {
                     Ok((by_id, occ, live)) => {
                         s.by_id = by_id;
-                        s.flows = occ.established + occ.transient;
+                        s.flows = occ.established + occ.transient + occ.attempts;
                         s.occupancy = occ;
                         s.error = None;
                         if live * 100 >= self.capacity.0 as u64 * 95 {

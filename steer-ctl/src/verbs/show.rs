@@ -160,7 +160,7 @@ fn flow_scan_line(f: &FlowScan) -> String {
         (Some(e), _) => format!("flow scan: failed ({e}); active flows unknown"),
         (None, 0) => "flow scan: none completed yet; active flows unknown".into(),
         (None, seq) => format!(
-            "flow scan: #{seq}, {} ms ago, {} flows read in {} ms; established {} of {}{}, transient (half-open and ended) {} of {}",
+            "flow scan: #{seq}, {} ms ago, {} flows read in {} ms; established {} of {}{}, transient (ended, NAT half-open) {} of {}, attempts (DSR half-open) {} of {}",
             f.age_ms,
             f.flows,
             f.took_ms,
@@ -172,7 +172,9 @@ fn flow_scan_line(f: &FlowScan) -> String {
                 ""
             },
             f.transient,
-            f.transient_capacity
+            f.transient_capacity,
+            f.attempts,
+            f.attempts_capacity
         ),
     }
 }

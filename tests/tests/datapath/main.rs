@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod attempts;
 mod cache;
 mod established;
 mod fuzz;
