@@ -259,7 +259,7 @@ impl Core {
                 Err(e) => warn!(error = %e, "cannot read the NAT table to reset rejected flows"),
             }
         }
-        self.watcher.set(self.watched());
+        self.watcher.set(self.watched(), self.has_nat());
         for (name, p) in &self.paused {
             p.store(
                 self.intent.backend(name).admin == AdminState::Maint,
@@ -283,6 +283,11 @@ impl Core {
 
     /// The backends whose passive health the watcher reads: those of NAT services with
     /// `observe` on.
+    /// Whether any service is NAT.
+    fn has_nat(&self) -> bool {
+        self.bal.service_infos().iter().any(|s| s.nat.is_some())
+    }
+
     fn watched(&self) -> Vec<nat::Watched> {
         let limits: BTreeMap<String, u64> = self
             .bal
@@ -777,7 +782,7 @@ async fn start_locked(
         reader,
         watcher,
     };
-    core.watcher.set(core.watched());
+    core.watcher.set(core.watched(), core.has_nat());
     let daemon = Arc::new(Daemon {
         core: Mutex::new(core),
         counts: status::FlowCounts::new(capacity),

@@ -43,6 +43,10 @@ pub struct Watcher {
     observed: Arc<Mapped<Observed>>,
     neigh: Arc<Mapped<NeighWant>>,
     list: Mutex<Arc<Vec<Watched>>>,
+    /// Whether any service is NAT: only NAT flows write `observed` and `neigh`, so without one
+    /// the poller sleeps (200 wake-ups a second cost an idle DSR host CPU for nothing).
+    nat: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 static PROBE_LOG: os::Throttle = os::Throttle::new(Duration::from_secs(60));
@@ -53,12 +57,18 @@ impl Watcher {
             observed,
             neigh,
             list: Mutex::new(Arc::new(Vec::new())),
+            nat: std::sync::atomic::AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
-    /// Replaces the backends watched (after every change of the config or the balancer).
-    pub fn set(&self, list: Vec<Watched>) {
+    /// Replaces the backends watched, and says whether any service is NAT (after every change
+    /// of the config or the balancer).
+    pub fn set(&self, list: Vec<Watched>, nat: bool) {
         *self.list.lock().expect("watch list") = Arc::new(list);
+        if !self.nat.swap(nat, std::sync::atomic::Ordering::SeqCst) && nat {
+            self.wake.notify_one();
+        }
     }
 
     /// Polls until the task is aborted. Each backend at its limit is reported once, until its
@@ -70,6 +80,12 @@ impl Watcher {
         let mut seqs = vec![0u64; NEIGH_SLOTS as usize];
         let mut probed: HashMap<(IpAddr, u32), Instant> = HashMap::new();
         loop {
+            if !self.nat.load(std::sync::atomic::Ordering::SeqCst) {
+                // No NAT service: nothing to watch until one is configured (`set` wakes this;
+                // the timeout only bounds a missed wake-up).
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
+            }
             tick.tick().await;
             let list = self.list.lock().expect("watch list").clone();
             for (id, name, fails) in self.over_limit(&list, &mut reported) {
