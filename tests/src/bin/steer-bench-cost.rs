@@ -861,7 +861,6 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let nft_median = median(&nft_costs.values().copied().collect::<Vec<_>>());
     let cpus = entries
         .iter()
         .flat_map(|e| &e.windows)
@@ -900,15 +899,10 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
             .iter()
             .filter_map(|(round, c)| Some(c / nft_costs.get(round)?))
             .collect();
-        let ratio = match (cost, nft_median) {
-            (Some(c), Some(n)) if n > 0.0 && e.system != Balancer::Direct => Some(c.median / n),
-            _ => None,
-        };
-        let ratio_cell = match (ratio, Spread::of(&per_round_ratio)) {
-            (Some(x), Some(s)) => format!("{x:.2} ({:.2}–{:.2})", s.min, s.max),
-            (Some(x), None) => format!("{x:.2}"),
-            _ => "-".into(),
-        };
+        // Each round's cost over nft-dnat's in the same round: the median and range of those.
+        let ratios = Spread::of(&per_round_ratio).filter(|_| e.system != Balancer::Direct);
+        let ratio = ratios.map(|r| r.median);
+        let ratio_cell = Spread::cell(ratios, 2);
         let target_cell = match (target(e.system), ratio) {
             (Some(t), Some(x)) => format!("≤ {t:.2}: {}", if x <= t { "met" } else { "missed" }),
             (Some(t), None) => format!("≤ {t:.2}"),
@@ -991,26 +985,30 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         let (Some(a), Some(f)) = (find(sys), find(floor)) else {
             continue;
         };
-        let d: Vec<f64> = a
+        let d: Vec<(usize, f64)> = a
             .windows
             .iter()
             .filter_map(|w| {
                 let fw = f.windows.iter().find(|x| x.round == w.round)?;
-                Some(w.valid_us()? - fw.valid_us()?)
+                Some((w.round, w.valid_us()? - fw.valid_us()?))
             })
             .collect();
-        let Some(x) = Spread::of(&d) else {
+        let Some(x) = Spread::of(&d.iter().map(|(_, v)| *v).collect::<Vec<_>>()) else {
             continue;
         };
+        let ratios: Vec<f64> = d
+            .iter()
+            .filter_map(|(r, v)| Some(v / nft_costs.get(r)?))
+            .collect();
         println!(
             "{} minus {} ({}'s own work over the least forwarding on its path): {} µs/conn{}",
             sys.key(),
             floor.key(),
             sys.key(),
             Spread::cell(Some(x), 1),
-            nft_median.map_or(String::new(), |n| format!(
-                ", {:.2}× nft-dnat's cost",
-                x.median / n
+            Spread::of(&ratios).map_or(String::new(), |r| format!(
+                "; × nft-dnat's cost: {}",
+                Spread::cell(Some(r), 2)
             ))
         );
         over_floor.insert(
