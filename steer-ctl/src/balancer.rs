@@ -369,6 +369,8 @@ struct ServiceState {
     backends: Vec<String>,
     /// When set, only pool backends of this group take new flows.
     active_group: Option<String>,
+    /// `maglev::digest` of the live table.
+    digest: u64,
 }
 
 struct BackendState {
@@ -439,6 +441,8 @@ pub struct ServiceInfo {
     pub mode: Mode,
     /// NAT settings, in NAT mode.
     pub nat: Option<NatSpec>,
+    /// `maglev::digest` of the live table: equal on every LB host with the same config.
+    pub table_digest: u64,
 }
 
 impl Balancer {
@@ -647,6 +651,7 @@ impl Balancer {
                 active_group: s.active_group.clone(),
                 mode: s.spec.mode,
                 nat: (s.spec.mode == Mode::Nat).then(|| s.spec.nat.clone()),
+                table_digest: s.digest,
             })
             .collect()
     }
@@ -766,6 +771,7 @@ impl Balancer {
                 value,
                 backends: Vec::new(),
                 active_group: None,
+                digest: 0,
             },
         );
         if let Err(e) = self.sync_globals().and_then(|()| self.rebuild(&name)) {
@@ -1336,6 +1342,7 @@ impl Balancer {
             })
             .collect();
         let table = maglev::build(svc.spec.maglev_size, &entries)?;
+        let digest = maglev::digest(&table, &entries);
         // Which backends take new flows once this table is live.
         let members: BTreeSet<u32> = entries.iter().map(|e| e.id).collect();
         let maintenance = svc.value.flags & svc_flags::MAINTENANCE != 0;
@@ -1377,10 +1384,9 @@ impl Balancer {
         self.dp.write_table(id, value.table_slot, &table)?;
         self.unsettled = true;
         self.dp.put_service(&key, &value)?;
-        self.services
-            .get_mut(service)
-            .expect("looked up above")
-            .value = value;
+        let svc = self.services.get_mut(service).expect("looked up above");
+        svc.value = value;
+        svc.digest = digest;
         Ok(())
     }
 }

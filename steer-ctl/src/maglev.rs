@@ -54,6 +54,23 @@ pub fn is_prime(n: u32) -> bool {
 
 /// Builds a table of `size` slots. With no backend of non-zero weight, every slot is
 /// `BACKEND_NONE`.
+/// A fingerprint of a built table as its backends' names, slot by slot (FNV-1a, 64 bits): the
+/// same on every LB host given the same config, whatever ids each host gave the backends — so
+/// operators (and tests) can check that the hosts behind one ECMP route choose alike.
+pub fn digest(table: &[u32], entries: &[Entry<'_>]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let names: std::collections::HashMap<u32, &str> =
+        entries.iter().map(|e| (e.id, e.name)).collect();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in table {
+        for b in names.get(id).map_or(&b""[..], |n| n.as_bytes()) {
+            h = (h ^ *b as u64).wrapping_mul(PRIME);
+        }
+        h = (h ^ 0xff).wrapping_mul(PRIME);
+    }
+    h
+}
+
 pub fn build(size: u32, entries: &[Entry<'_>]) -> Result<Vec<u32>, MaglevError> {
     if !(3..=MAGLEV_MAX_SIZE).contains(&size) || !is_prime(size) {
         return Err(MaglevError::BadSize(size));
@@ -217,5 +234,50 @@ mod tests {
             "weight 0 is out of the table"
         );
         assert!((b / a - 2.0).abs() < 0.05, "ratio {}", b / a);
+    }
+
+    #[test]
+    fn the_digest_names_backends_not_ids() {
+        let a = [
+            Entry {
+                name: "web-a",
+                weight: 1,
+                id: 0,
+            },
+            Entry {
+                name: "web-b",
+                weight: 1,
+                id: 1,
+            },
+        ];
+        // Another host gave the same backends other ids.
+        let b = [
+            Entry {
+                name: "web-a",
+                weight: 1,
+                id: 7,
+            },
+            Entry {
+                name: "web-b",
+                weight: 1,
+                id: 3,
+            },
+        ];
+        let (ta, tb) = (build(251, &a).unwrap(), build(251, &b).unwrap());
+        assert_ne!(ta, tb);
+        assert_eq!(digest(&ta, &a), digest(&tb, &b));
+        let c = [
+            Entry {
+                name: "web-a",
+                weight: 2,
+                id: 0,
+            },
+            Entry {
+                name: "web-b",
+                weight: 1,
+                id: 1,
+            },
+        ];
+        assert_ne!(digest(&build(251, &c).unwrap(), &c), digest(&ta, &a));
     }
 }

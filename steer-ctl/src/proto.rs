@@ -244,6 +244,10 @@ pub struct ServiceStatus {
     /// The group `switch` made eligible, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_group: Option<String>,
+    /// Fingerprint of the live Maglev table by backend names (16 hex digits): LB hosts with the
+    /// same config show the same one, so a flow takes the same backend whichever host gets it.
+    #[serde(default)]
+    pub table_digest: String,
     pub backends: Vec<String>,
     pub counters: Counters,
 }

@@ -118,6 +118,22 @@ pub mod addr {
 
     pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
     pub const LB: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+    /// The router of `Topology::add_ecmp`, between the client and the LB hosts.
+    pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 4);
+
+    /// Host number of LB host `k`: 3 for the first (`Topology::lb`), then 5, 6, … (the
+    /// router is 4, backends from 10).
+    pub fn lb_host(k: usize) -> u8 {
+        if k == 0 {
+            3
+        } else {
+            4 + k as u8
+        }
+    }
+
+    pub fn lb(k: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, 0, lb_host(k))
+    }
     /// First service VIP; service `i` has `10.99.1.(1+i)`.
     pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
     pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
@@ -190,12 +206,19 @@ pub struct Topology {
     pub switch: Netns,
     pub client: Netns,
     pub lb: Netns,
+    /// The LB hosts after `lb` (`add_ecmp`), hosts 5, 6, …
+    pub more_lbs: Vec<Netns>,
+    /// The router spreading the VIPs over the LB hosts (`add_ecmp`).
+    pub router: Option<Netns>,
     pub backends: Vec<BackendNode>,
+    id: String,
     namespaces: Vec<Netns>,
     children: Vec<Child>,
     /// `steer-httpd` of each backend, by backend index.
     servers: std::collections::BTreeMap<usize, Child>,
     peer_prog: Option<aya::Ebpf>,
+    /// The same for the further LB hosts' peers.
+    more_peer_progs: Vec<aya::Ebpf>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -217,11 +240,15 @@ impl Topology {
             lb: Netns {
                 name: String::new(),
             },
+            more_lbs: Vec::new(),
+            router: None,
             backends: Vec::new(),
+            id: id.clone(),
             namespaces: Vec::new(),
             children: Vec::new(),
             servers: Default::default(),
             peer_prog: None,
+            more_peer_progs: Vec::new(),
         };
         // From here on, a panic drops `t`, which deletes whatever was made.
         t.switch = t.ns(format!("{id}-sw"));
@@ -318,6 +345,89 @@ impl Topology {
         // Native XDP_TX on a veth is delivered promptly only to a peer with an XDP program.
         t.peer_prog = Some(t.switch.run(|| crate::aux::attach_pass("p-lb")));
         t
+    }
+
+    /// Puts a router (host 4) between the client and `1 + extra` LB hosts (`lb`, then hosts 5,
+    /// 6, …, all on the bridge with the backends), as in front of a fleet: the client reaches the
+    /// VIPs through the router, whose route to them has one next hop per LB host and hashes on
+    /// the 5-tuple (`fib_multipath_hash_policy=1`). A next hop whose neighbour entry fails
+    /// (`fib_multipath_use_neigh=1`, ARP timers of a few hundred ms) is skipped, so an LB host
+    /// whose link is cut loses its flows to the others within about two seconds. IPv4.
+    pub fn add_ecmp(&mut self, extra: usize) {
+        let id = self.id.clone();
+        let router = self.node(&id, "r", 4, false);
+        for k in 1..=extra {
+            let lb = self.node(&id, &format!("lb{k}"), addr::lb_host(k), false);
+            self.more_lbs.push(lb);
+            let peer = format!("p-lb{k}");
+            let prog = self.switch.run(move || crate::aux::attach_pass(&peer));
+            self.more_peer_progs.push(prog);
+        }
+        // A frame for a host whose port went down is not flooded to the other LB hosts (a
+        // switch floods unknown unicast; the bridge learned the cut host's MAC on its port):
+        // steer's XDP, on a veth that hands it every frame, would take a flooded frame for
+        // the cut host and mask the router's own failover, which is what is under test.
+        for k in 0..=extra {
+            let port = if k == 0 {
+                "p-lb".to_string()
+            } else {
+                format!("p-lb{k}")
+            };
+            self.switch
+                .exec(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+        }
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
+        router.sysctl("net.ipv4.fib_multipath_use_neigh", "1");
+        // The client and the LB hosts share its link: no redirects sending the client past it.
+        for iface in ["all", "eth0"] {
+            router.sysctl(&format!("net.ipv4.conf.{iface}.send_redirects"), "0");
+        }
+        for (k, v) in [
+            ("base_reachable_time_ms", "1000"),
+            ("delay_first_probe_time", "1"),
+            ("retrans_time_ms", "100"),
+            ("ucast_solicit", "2"),
+            ("mcast_solicit", "2"),
+        ] {
+            router.sysctl(&format!("net.ipv4.neigh.eth0.{k}"), v);
+        }
+        let mut route = vec!["route".to_string(), "add".into(), "10.99.1.0/24".into()];
+        for k in 0..=extra {
+            route.extend(["nexthop".into(), "via".into(), addr::lb(k).to_string()]);
+        }
+        let route: Vec<&str> = route.iter().map(String::as_str).collect();
+        router.ip(&route);
+        // Frames the LB hosts forward from XDP must carry complete checksums, as from a NIC.
+        router.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        for iface in ["all", "eth0"] {
+            self.client
+                .sysctl(&format!("net.ipv4.conf.{iface}.accept_redirects"), "0");
+        }
+        self.client.ip(&[
+            "route",
+            "replace",
+            "10.99.1.0/24",
+            "via",
+            &addr::ROUTER.to_string(),
+        ]);
+        self.client.ip(&[
+            "neigh",
+            "replace",
+            &addr::ROUTER.to_string(),
+            "lladdr",
+            &addr::mac_str(4),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        self.router = Some(router);
+    }
+
+    /// Every LB host: `lb`, then those `add_ecmp` added.
+    pub fn lbs(&self) -> Vec<&Netns> {
+        std::iter::once(&self.lb).chain(&self.more_lbs).collect()
     }
 
     fn ns(&mut self, name: String) -> Netns {
@@ -446,6 +556,7 @@ pub fn spawn_listening(ns: &Netns, program: &Path, args: &[&str]) -> Child {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.peer_prog = None;
+        self.more_peer_progs.clear();
         for c in self.children.iter_mut().chain(self.servers.values_mut()) {
             let _ = c.kill();
             let _ = c.wait();

@@ -252,6 +252,7 @@ impl Core {
                     maintenance: s.maintenance,
                     eligible: s.eligible,
                     active_group: s.active_group,
+                    table_digest: format!("{:016x}", s.table_digest),
                     backends: s.backends,
                 })
                 .collect(),

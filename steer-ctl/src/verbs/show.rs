@@ -88,6 +88,7 @@ fn services_table(services: &[ServiceStatus]) -> Table {
         ("ELIGIBLE", true),
         ("PACKETS", true),
         ("NEW FLOWS", true),
+        ("TABLE", false),
     ]);
     for v in services {
         let addr = if v.vip.contains(':') {
@@ -105,6 +106,7 @@ fn services_table(services: &[ServiceStatus]) -> Table {
             v.eligible.to_string(),
             v.counters.packets.to_string(),
             v.counters.new_flows.to_string(),
+            v.table_digest.get(..8).unwrap_or("-").to_string(),
         ]);
     }
     t
@@ -312,9 +314,9 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "SERVICE  ADDRESS       PROTO  MODE  MAINTENANCE  GROUP  ELIGIBLE  PACKETS  NEW FLOWS",
-                "web      10.0.0.10:80  tcp    dsr   off          -             0        0          0",
-                "api      10.0.0.10:80  tcp    nat   off          -             0        0          0",
+                "SERVICE  ADDRESS       PROTO  MODE  MAINTENANCE  GROUP  ELIGIBLE  PACKETS  NEW FLOWS  TABLE",
+                "web      10.0.0.10:80  tcp    dsr   off          -             0        0          0  -",
+                "api      10.0.0.10:80  tcp    nat   off          -             0        0          0  -",
             ]
         );
     }

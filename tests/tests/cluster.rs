@@ -1,0 +1,201 @@
+//! Several LB hosts behind ECMP (issue 12): a router spreads the VIP over two LB hosts by a
+//! multipath route hashing on the 5-tuple; each host runs the real daemon with the same config.
+//! The hosts build the same Maglev tables, so a flow reaches the same backend whichever host
+//! gets its packets; when one host's link is cut, the router moves its flows to the other,
+//! which has no entry for them, takes the Maglev choice — the same backend — and the
+//! connections go on.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use steer_tests::{
+    daemon::SteerDaemon,
+    http::{self, Conn},
+    netns::{addr, wait_for, Topology, TopologySpec},
+};
+
+const HTTPD: &str = env!("CARGO_BIN_EXE_steer-httpd");
+const T: Duration = Duration::from_secs(10);
+/// How long a request may take while the router moves a cut host's flows (its ARP timers:
+/// about two seconds) and TCP retransmits what was lost meanwhile.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+fn config(topo: &Topology) -> String {
+    let mut s = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
+        addr::VIP
+    );
+    for (i, b) in topo.backends.iter().enumerate() {
+        s += &format!(
+            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n\n",
+            b.name,
+            b.addr,
+            addr::mac_str(addr::backend_host(i))
+        );
+    }
+    s
+}
+
+/// The LB hosts' daemons, then the namespaces (fields drop in this order).
+struct Fleet {
+    daemons: Vec<SteerDaemon>,
+    topo: Topology,
+}
+
+/// Three backends serving HTTP, `lbs` LB hosts behind the router, each with a daemon of the
+/// same config that has seen every backend pass a check.
+fn fleet(lbs: usize) -> Fleet {
+    let mut topo = Topology::new(&TopologySpec {
+        backends: 3,
+        vips: vec![IpAddr::V4(addr::VIP)],
+        ipv6: false,
+    });
+    topo.add_ecmp(lbs - 1);
+    for i in 0..topo.backends.len() {
+        topo.start_http(Path::new(HTTPD), i);
+    }
+    let cfg = config(&topo);
+    let mut daemons = Vec::new();
+    for ns in topo.lbs() {
+        let mut d = SteerDaemon::new(ns);
+        d.write_config(&cfg);
+        d.start();
+        daemons.push(d);
+    }
+    for d in &daemons {
+        for b in ["b0", "b1", "b2"] {
+            wait_for(
+                &format!("{b} checked up from {}", d.dir.display()),
+                T,
+                || {
+                    let v = d.backend(b);
+                    if v["check"] == "ok" && v["health"] == "up" {
+                        Ok(())
+                    } else {
+                        Err(v.to_string())
+                    }
+                },
+            );
+        }
+    }
+    Fleet { daemons, topo }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr::VIP), 80)
+}
+
+/// The service's `status` entry on one LB host.
+fn service(d: &SteerDaemon) -> serde_json::Value {
+    d.ok_json(&["status"])["services"][0].clone()
+}
+
+#[test]
+fn lb_hosts_with_the_same_config_build_the_same_table() {
+    if !steer_tests::privileged("lb_hosts_with_the_same_config_build_the_same_table") {
+        return;
+    }
+    let f = fleet(2);
+    let digests: Vec<String> = f
+        .daemons
+        .iter()
+        .map(|d| service(d)["table_digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(digests[0].len(), 16, "{digests:?}");
+    assert_eq!(digests[0], digests[1], "two hosts, one config, one table");
+    // Taking a backend out on one host only makes the tables differ (what the cluster's
+    // shared admin state exists to prevent), and putting it back makes them equal again.
+    f.daemons[1].ok_json(&["drain", "b1"]);
+    assert_ne!(service(&f.daemons[1])["table_digest"], digests[0].as_str());
+    f.daemons[1].ok_json(&["ready", "b1"]);
+    assert_eq!(service(&f.daemons[1])["table_digest"], digests[0].as_str());
+}
+
+#[test]
+fn cutting_one_lb_hosts_link_breaks_none_of_the_connections_it_carried() {
+    if !steer_tests::privileged(
+        "cutting_one_lb_hosts_link_breaks_none_of_the_connections_it_carried",
+    ) {
+        return;
+    }
+    let f = fleet(2);
+    // 200 long-lived connections, each answered once; the router hashes them over both hosts.
+    let mut conns: Vec<(Conn, String)> = f.topo.client.run(|| {
+        (0..200)
+            .map(|i| {
+                let mut c =
+                    Conn::open(vip(), FAILOVER).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let r = c
+                    .get()
+                    .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+                (c, r.backend)
+            })
+            .collect()
+    });
+    let carried: Vec<u64> = f
+        .daemons
+        .iter()
+        .map(|d| service(d)["counters"]["new_flows"].as_u64().unwrap())
+        .collect();
+    assert!(
+        carried.iter().all(|n| *n > 0) && carried.iter().sum::<u64>() >= 200,
+        "both hosts carry some of the connections: {carried:?}"
+    );
+    let misses_before = f.daemons[1].ok_json(&["status"])["datapath"]["flow_miss"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // The first host's link is cut: the router finds its neighbour gone and sends everything
+    // to the second, which has never seen the first host's connections.
+    f.topo.lb.ip(&["link", "set", "eth0", "down"]);
+    let cut = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut broken = Vec::new();
+    for (i, (c, was)) in conns.iter_mut().enumerate() {
+        let t = std::time::Instant::now();
+        let r = c.get();
+        slowest = slowest.max(t.elapsed());
+        match r {
+            Ok(r) if r.backend == *was => {}
+            Ok(r) => broken.push(format!("{i}: answered by {} instead of {was}", r.backend)),
+            Err(e) => broken.push(format!("{i} (on {was}): {e}")),
+        }
+    }
+    println!(
+        "after the cut: one request on each of 200 connections in {:?}, the slowest {:?}",
+        cut.elapsed(),
+        slowest
+    );
+    assert!(
+        broken.is_empty(),
+        "{} of {} connections broke when one LB host was cut: {broken:?}",
+        broken.len(),
+        conns.len()
+    );
+    let misses = f.daemons[1].ok_json(&["status"])["datapath"]["flow_miss"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        misses > misses_before,
+        "the surviving host took over flows it had no entry for ({misses_before} -> {misses})"
+    );
+    // New connections all go through the surviving host.
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    let failed: Vec<String> = f.topo.client.run(move || {
+        let mut failed = Vec::new();
+        for i in 0..100 {
+            match http::get(vip(), FAILOVER) {
+                Ok(r) => *served.entry(r.backend).or_default() += 1,
+                Err(e) => failed.push(format!("{i}: {e}")),
+            }
+        }
+        println!("new connections after the cut, by backend: {served:?}");
+        failed
+    });
+    assert!(failed.is_empty(), "new connections failed: {failed:?}");
+}
