@@ -475,11 +475,67 @@ impl Default for DaemonCfg {
     }
 }
 
+/// `[cluster]`: where the LB hosts keep the operator's intent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterCfg {
+    /// etcd client URLs (`http://HOST:PORT`), tried in turn.
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster's intent (one etcd may serve several).
+    #[serde(default = "cluster_prefix_default")]
+    pub prefix: String,
+}
+
+fn cluster_prefix_default() -> String {
+    "/steer/".into()
+}
+
+impl ClusterCfg {
+    /// Adds the errors in `[cluster]` (at `at`) to `r`.
+    fn validate(&self, at: &Node, r: &mut Report) {
+        let urls = at.get("etcd");
+        if self.etcd.is_empty() {
+            r.at(
+                urls.or(at).span.clone(),
+                "cluster.etcd is empty: list the etcd client URLs, such as \
+                 etcd = [\"http://10.0.0.2:2379\"]"
+                    .to_string(),
+            );
+        }
+        for (i, u) in self.etcd.iter().enumerate() {
+            let ok = u
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+            if !ok {
+                r.at(
+                    urls.at(i).span.clone(),
+                    format!(
+                        "cluster.etcd: {u:?} is not an http:// URL (etcd's client URL; TLS is \
+                         not supported yet)"
+                    ),
+                );
+            }
+        }
+        if !self.prefix.starts_with('/') {
+            r.at(
+                at.get("prefix").span.clone(),
+                format!(
+                    "cluster.prefix must start with '/', found {:?}",
+                    self.prefix
+                ),
+            );
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub daemon: DaemonCfg,
+    /// Several LB hosts sharing the operator's intent in etcd; absent: the state file alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterCfg>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceCfg>,
     /// The file it was read from (not in the TOML).
@@ -686,6 +742,9 @@ impl Config {
             kids: toml::from_str(text).unwrap_or(Kids::Leaf),
         };
         cfg.daemon.validate(doc.get("daemon"), &mut r);
+        if let Some(c) = &cfg.cluster {
+            c.validate(doc.get("cluster"), &mut r);
+        }
         let mut seen = Seen {
             max_services: cfg.daemon.max_services,
             total_services: cfg.services.len(),
@@ -1477,6 +1536,26 @@ role = "maintenance"
               list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
             ]
         );
+    }
+
+    #[test]
+    fn a_cluster_needs_etcd_urls_it_can_speak_to() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\"]\n[cluster]\netcd = [\"https://10.0.0.2:2379\", \"10.0.0.3:2379\"]\nprefix = \"steer\"\n"),
+            [
+                "steer.toml:4:9: cluster.etcd: \"https://10.0.0.2:2379\" is not an http:// URL (etcd's client URL; TLS is not supported yet)",
+                "steer.toml:4:34: cluster.etcd: \"10.0.0.3:2379\" is not an http:// URL (etcd's client URL; TLS is not supported yet)",
+                "steer.toml:5:10: cluster.prefix must start with '/', found \"steer\"",
+            ]
+        );
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\"]\n[cluster]\netcd = []\n"),
+            ["steer.toml:4:8: cluster.etcd is empty: list the etcd client URLs, such as etcd = [\"http://10.0.0.2:2379\"]"]
+        );
+        assert!(errors(
+            "[daemon]\ninterfaces = [\"eth0\"]\n[cluster]\netcd = [\"http://10.0.0.2:2379\"]\n"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod checks;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

@@ -110,6 +110,9 @@ pub enum StoreError {
     Parse(PathBuf, #[source] serde_json::Error),
     #[error("writing the state file {0}: {1}")]
     Write(PathBuf, #[source] std::io::Error),
+    /// The cluster's store (etcd) could not be read or written.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Where the operator's intent lives.
@@ -118,9 +121,17 @@ pub trait IntentStore: Send {
     fn load(&self) -> Result<Option<Intent>, StoreError>;
     /// Stores the whole intent; when this fails, nothing was changed.
     fn put(&mut self, intent: &Intent) -> Result<(), StoreError>;
-    /// Changes made by others (another host), if the store can tell.
+    /// Changes made by others (another host), if the store can tell: the whole intent after
+    /// each.
     fn watch(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Intent>> {
         None
+    }
+    /// The daemon now holds `intent` (loaded, or applied from `watch`).
+    fn held(&mut self, _intent: &Intent) {}
+    /// Whether other hosts share it (a write may then fail for want of the network; the daemon
+    /// still starts, from what `load` found).
+    fn shared(&self) -> bool {
+        false
     }
     /// Where it lives, for messages.
     fn describe(&self) -> String;

@@ -5,6 +5,7 @@
 pub mod aux;
 pub mod cpu;
 pub mod daemon;
+pub mod etcd;
 pub mod fixture;
 pub mod haproxy;
 pub mod http;

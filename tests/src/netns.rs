@@ -425,6 +425,13 @@ impl Topology {
         self.router = Some(router);
     }
 
+    /// A further host on the bridge (10.99.0.HOST, IPv4 only), for a service the test runs
+    /// (etcd, say).
+    pub fn add_host(&mut self, role: &str, host: u8) -> Netns {
+        let id = self.id.clone();
+        self.node(&id, role, host, false)
+    }
+
     /// Every LB host: `lb`, then those `add_ecmp` added.
     pub fn lbs(&self) -> Vec<&Netns> {
         std::iter::once(&self.lb).chain(&self.more_lbs).collect()

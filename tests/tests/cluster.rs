@@ -14,6 +14,7 @@ use std::{
 
 use steer_tests::{
     daemon::SteerDaemon,
+    etcd::EtcdServer,
     http::{self, Conn},
     netns::{addr, wait_for, Topology, TopologySpec},
 };
@@ -41,15 +42,24 @@ fn config(topo: &Topology) -> String {
     s
 }
 
-/// The LB hosts' daemons, then the namespaces (fields drop in this order).
+/// The LB hosts' daemons, etcd, then the namespaces (fields drop in this order).
 struct Fleet {
     daemons: Vec<SteerDaemon>,
+    etcd: Option<EtcdServer>,
     topo: Topology,
 }
 
 /// Three backends serving HTTP, `lbs` LB hosts behind the router, each with a daemon of the
 /// same config that has seen every backend pass a check.
 fn fleet(lbs: usize) -> Fleet {
+    fleet_with(lbs, false)
+}
+
+/// etcd's host on the bridge.
+const ETCD_HOST: u8 = 7;
+
+/// `fleet`, and with `shared` an etcd server (host 7) holding the hosts' intent.
+fn fleet_with(lbs: usize, shared: bool) -> Fleet {
     let mut topo = Topology::new(&TopologySpec {
         backends: 3,
         vips: vec![IpAddr::V4(addr::VIP)],
@@ -59,7 +69,18 @@ fn fleet(lbs: usize) -> Fleet {
     for i in 0..topo.backends.len() {
         topo.start_http(Path::new(HTTPD), i);
     }
-    let cfg = config(&topo);
+    let etcd = shared.then(|| {
+        let ns = topo.add_host("etcd", ETCD_HOST);
+        EtcdServer::start(&ns, std::net::Ipv4Addr::new(10, 99, 0, ETCD_HOST))
+    });
+    let mut cfg = String::new();
+    if let Some(e) = &etcd {
+        cfg += &format!(
+            "[cluster]\netcd = [\"{}\"]\nprefix = \"/steer-test/\"\n\n",
+            e.url()
+        );
+    }
+    cfg += &config(&topo);
     let mut daemons = Vec::new();
     for ns in topo.lbs() {
         let mut d = SteerDaemon::new(ns);
@@ -83,7 +104,11 @@ fn fleet(lbs: usize) -> Fleet {
             );
         }
     }
-    Fleet { daemons, topo }
+    Fleet {
+        daemons,
+        etcd,
+        topo,
+    }
 }
 
 fn vip() -> SocketAddr {
@@ -267,4 +292,116 @@ fn losing_an_lb_host_mid_drain_breaks_only_the_draining_backends_connections_it_
         others_broken.is_empty(),
         "connections other than the draining backend's on the lost host broke: {others_broken:?}"
     );
+}
+
+/// A backend's admin state on one host.
+fn admin(d: &SteerDaemon, b: &str) -> String {
+    d.backend(b)["admin"].as_str().unwrap_or("").to_string()
+}
+
+/// Waits until every host says `b` is `state`.
+fn wait_admin(f: &Fleet, b: &str, state: &str) {
+    for (k, d) in f.daemons.iter().enumerate() {
+        wait_for(&format!("{b} {state} on LB host {k}"), T, || {
+            let a = admin(d, b);
+            if a == state {
+                Ok(())
+            } else {
+                Err(a)
+            }
+        });
+    }
+}
+
+#[test]
+fn a_drain_on_one_host_drains_the_backend_on_every_host() {
+    if !steer_tests::privileged("a_drain_on_one_host_drains_the_backend_on_every_host") {
+        return;
+    }
+    let f = fleet_with(2, true);
+    let t = std::time::Instant::now();
+    f.daemons[0].ok_json(&["drain", "b0"]);
+    wait_admin(&f, "b0", "drain");
+    println!(
+        "drain on host 0 in force on both hosts after {:?}",
+        t.elapsed()
+    );
+    let digests: Vec<String> = f
+        .daemons
+        .iter()
+        .map(|d| service(d)["table_digest"].to_string())
+        .collect();
+    assert_eq!(digests[0], digests[1], "the same table on both hosts again");
+    // And back, from the other host.
+    f.daemons[1].ok_json(&["ready", "b0"]);
+    wait_admin(&f, "b0", "ready");
+    // Weights are the operators' word too.
+    f.daemons[1].ok_json(&["weight", "b1", "3"]);
+    for d in &f.daemons {
+        wait_for("b1 weighs 3 on both hosts", T, || {
+            let b = d.backend("b1");
+            if b["weight"] == 3 {
+                Ok(())
+            } else {
+                Err(b.to_string())
+            }
+        });
+    }
+    let digests: Vec<String> = f
+        .daemons
+        .iter()
+        .map(|d| service(d)["table_digest"].to_string())
+        .collect();
+    assert_eq!(digests[0], digests[1], "the same table on both hosts again");
+}
+
+#[test]
+fn without_etcd_hosts_forward_refuse_admin_changes_restart_from_their_copy_and_catch_up() {
+    if !steer_tests::privileged(
+        "without_etcd_hosts_forward_refuse_admin_changes_restart_from_their_copy_and_catch_up",
+    ) {
+        return;
+    }
+    let mut f = fleet_with(2, true);
+    f.daemons[0].ok_json(&["drain", "b2"]);
+    wait_admin(&f, "b2", "drain");
+    f.etcd.as_mut().unwrap().stop();
+    // Fail static: traffic goes on.
+    let failed: Vec<String> = f.topo.client.run(|| {
+        (0..20)
+            .filter_map(|i| http::get(vip(), T).err().map(|e| format!("{i}: {e}")))
+            .collect()
+    });
+    assert!(
+        failed.is_empty(),
+        "requests failed with etcd away: {failed:?}"
+    );
+    // Admin changes are refused, with nothing changed.
+    let r = f.daemons[0].ctl(&["drain", "b1"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cluster store unreachable"),
+        "the refusal says why: {r:?}"
+    );
+    assert_eq!(admin(&f.daemons[0], "b1"), "ready", "nothing changed");
+    // A host restarting meanwhile starts from its local copy.
+    f.daemons[1].kill9();
+    f.daemons[1].start();
+    assert_eq!(
+        admin(&f.daemons[1], "b2"),
+        "drain",
+        "the local copy kept the drain"
+    );
+    // etcd back: changes are accepted again and reach every host.
+    f.etcd.as_mut().unwrap().resume();
+    wait_for("a drain accepted with etcd back", T, || {
+        let r = f.daemons[0].ctl(&["drain", "b1"]);
+        if r.code == 0 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    wait_admin(&f, "b1", "drain");
+    wait_admin(&f, "b2", "drain");
 }

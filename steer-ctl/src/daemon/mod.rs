@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::{
     balancer::Balancer,
     checks::Report,
+    cluster::EtcdStore,
     config::{Config, XdpModeCfg},
     datapath::{self, Attached, Datapath, FlowReader, Options},
     exit,
@@ -115,7 +116,6 @@ pub(crate) enum Change {
         snat: BTreeMap<std::net::IpAddr, std::net::IpAddr>,
     },
     /// Intent stored by someone else (another host), to apply as it is.
-    #[allow(dead_code)]
     Stored(Intent),
 }
 
@@ -196,6 +196,14 @@ impl Core {
         };
         let reloading = cfg.is_some();
         let cfg_ref = cfg.as_ref().unwrap_or(&self.cfg);
+        // A cluster's intent names other hosts' backends too: this host applies its own.
+        let shared = self.store.shared();
+        let full = intent;
+        let intent = if shared {
+            known_only(full.clone(), cfg_ref)
+        } else {
+            full.clone()
+        };
         // Only a reload adds backends (new, readdressed or moved): unknown until checked.
         let initial = |_: &str| Health::Unknown;
         let d = Desired {
@@ -218,15 +226,20 @@ impl Core {
         if reloading {
             notes.extend(settle_weights(cfg_ref, &mut intent));
         }
+        if shared {
+            intent = with_foreign(intent, &full, cfg_ref);
+        }
         if !from_store {
             self.store.put(&intent).map_err(|e| {
                 Refusal::new(ErrorKind::Internal, format!("{e}: nothing was changed"))
             })?;
         }
-        let d = Desired {
-            intent: &intent,
-            ..d
+        let own = if shared {
+            known_only(intent.clone(), cfg_ref)
+        } else {
+            intent.clone()
         };
+        let d = Desired { intent: &own, ..d };
         // Backends not rejected before: if this change rejects or removes them, the backend's
         // side of their NAT flows is reset below.
         let before: Vec<(String, u32, u16)> = self
@@ -243,6 +256,9 @@ impl Core {
         let r = reconcile::apply(&mut self.bal, &d);
         if let Some(cfg) = cfg {
             self.cfg = cfg;
+        }
+        if from_store {
+            self.store.held(&intent);
         }
         self.intent = intent;
         let gone: Vec<(u32, u16)> = before
@@ -485,9 +501,13 @@ struct Reloaded {
 
 /// Re-reads the config and applies it whole, or refuses it with nothing changed.
 async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
-    let (path, old_daemon) = {
+    let (path, old_daemon, old_cluster) = {
         let c = daemon.core.lock().expect("core lock");
-        (c.cfg.path.clone(), c.cfg.daemon.clone())
+        (
+            c.cfg.path.clone(),
+            c.cfg.daemon.clone(),
+            c.cfg.cluster.clone(),
+        )
     };
     let new = match Config::load(&path) {
         Ok(n) => n,
@@ -496,7 +516,10 @@ async fn reload(daemon: &Arc<Daemon>) -> (Response, Option<Reloaded>) {
             return (Response::error(ErrorKind::Config, e.to_string()), None);
         }
     };
-    let restart = old_daemon.restart_needed(&new.daemon);
+    let mut restart = old_daemon.restart_needed(&new.daemon);
+    if old_cluster != new.cluster {
+        restart.push("[cluster] (where the intent is kept)".into());
+    }
     if !restart.is_empty() {
         let msg = format!(
             "reload refused, nothing changed: these [daemon] settings only change at a restart: {}",
@@ -637,14 +660,53 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
     }
 }
 
+/// `intent` without the backends and services `cfg` does not name (a cluster's intent names
+/// those of every host's config).
+fn known_only(mut intent: Intent, cfg: &Config) -> Intent {
+    intent.backends.retain(|n, _| cfg.backend(n).is_some());
+    intent.services.retain(|n, _| cfg.service(n).is_some());
+    intent
+}
+
+/// `checked` (the intent of this host's names, as `reconcile::check` returned it) with the
+/// entries of `full` that `cfg` does not name put back: a host never writes other hosts'
+/// backends out of the cluster's intent.
+fn with_foreign(mut checked: Intent, full: &Intent, cfg: &Config) -> Intent {
+    for (n, b) in &full.backends {
+        if cfg.backend(n).is_none() {
+            checked.backends.insert(n.clone(), b.clone());
+        }
+    }
+    for (n, sv) in &full.services {
+        if cfg.service(n).is_none() {
+            checked.services.insert(n.clone(), sv.clone());
+        }
+    }
+    checked
+}
+
 async fn start_locked(
     cfg: Config,
     had_pins: bool,
     nofile: u64,
 ) -> Result<(Arc<Daemon>, tokio::net::UnixListener), DaemonError> {
     let d = cfg.daemon.clone();
-    let store = FileStore::new(&d.state_file);
+    let store: Box<dyn IntentStore> = match &cfg.cluster {
+        Some(c) => Box::new(EtcdStore::new(
+            &c.etcd,
+            &c.prefix,
+            FileStore::new(&d.state_file),
+        )),
+        None => Box::new(FileStore::new(&d.state_file)),
+    };
     let stored = store.load()?;
+    // The cluster's intent may name backends of other hosts' configs: kept, not applied.
+    let full = stored.clone().unwrap_or_default();
+    let stored = if store.shared() {
+        stored.map(|i| known_only(i, &cfg))
+    } else {
+        stored
+    };
     let opts = Options {
         max_services: d.max_services,
         max_flows: d.max_flows,
@@ -758,8 +820,15 @@ async fn start_locked(
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot remove the pins of an earlier layout"),
     }
-    let mut store: Box<dyn IntentStore> = Box::new(store);
-    store.put(&intent)?;
+    let mut store = store;
+    if store.shared() {
+        intent = with_foreign(intent, &full, &cfg);
+        if let Err(e) = store.put(&intent) {
+            warn!(error = %e, "the cluster's intent could not be written at start (fail static: the local copy is in force)");
+        }
+    } else {
+        store.put(&intent)?;
+    }
     let listener = control::bind(&d.socket, d.socket_group.as_deref())?;
     info!(
         config = %cfg.path.display(),
@@ -821,6 +890,34 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
     {
         let watcher = daemon.core.lock().expect("core lock").watcher.clone();
         tasks.spawn(watcher.run(passive_tx));
+    }
+    let stored = daemon.core.lock().expect("core lock").store.watch();
+    if let Some(mut rx) = stored {
+        // Intent other hosts stored: applied as it comes (the latest of a burst).
+        let dd = daemon.clone();
+        tasks.spawn(async move {
+            while let Some(mut intent) = rx.recv().await {
+                while let Ok(newer) = rx.try_recv() {
+                    intent = newer;
+                }
+                let mut core = dd.core.lock().expect("core lock");
+                if core.intent == intent {
+                    // Nothing to apply; the store learns that this is what the host holds.
+                    core.store.held(&intent);
+                    continue;
+                }
+                match core.apply_change(Change::Stored(intent)) {
+                    Ok(changes) if !changes.is_empty() => {
+                        info!(?changes, "applied the cluster's intent")
+                    }
+                    Ok(_) => {}
+                    Err(r) => warn!(
+                        error = %r.error,
+                        "the cluster's intent cannot be applied here; this host keeps its own"
+                    ),
+                }
+            }
+        });
     }
     {
         let reader = daemon.core.lock().expect("core lock").reader.clone();
