@@ -11,12 +11,17 @@
 //! (`daemon.state_file`).
 
 use std::{
+    collections::BTreeMap,
     io::BufRead,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -26,6 +31,12 @@ use crate::store::{BackendIntent, FileStore, Intent, IntentStore, ServiceIntent,
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts to watch again after the stream broke.
 const RETRY: Duration = Duration::from_secs(1);
+/// Life of a host's record without renewal: a host whose daemon stops is gone from the others'
+/// view this long after.
+const HOST_TTL_S: i64 = 5;
+/// Key (under the prefix) whose presence says the cluster has an intent: a host starting
+/// then takes it, even all defaults, rather than its local copy.
+const MARKER: &str = "intent";
 
 /// A client of one etcd cluster's JSON gateway (tries each endpoint in turn).
 #[derive(Clone)]
@@ -129,8 +140,13 @@ impl Etcd {
         })
     }
 
-    /// Puts and deletes keys in one transaction: all or none.
-    pub fn write(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<(), String> {
+    /// Puts and deletes keys in one transaction: all or none. Returns the store's revision
+    /// after it (`None`: nothing to write).
+    pub fn write(
+        &self,
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<Option<i64>, String> {
         let mut ops: Vec<Value> = puts
             .iter()
             .map(|(k, v)| json!({"request_put": {"key": b64(k.as_bytes()), "value": b64(v)}}))
@@ -141,13 +157,36 @@ impl Etcd {
                 .map(|k| json!({"request_delete_range": {"key": b64(k.as_bytes())}})),
         );
         if ops.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let r = self.call("/v3/kv/txn", &json!({"success": ops}))?;
         if r["succeeded"].as_bool() == Some(false) {
             return Err(format!("transaction not applied: {r}"));
         }
-        Ok(())
+        Ok(Some(int(&r["header"]["revision"])))
+    }
+
+    /// A lease of `ttl_s` seconds.
+    fn grant(&self, ttl_s: i64) -> Result<i64, String> {
+        let r = self.call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+        match int(&r["ID"]) {
+            0 => Err(format!("no lease granted: {r}")),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews lease `id`; false when it has expired.
+    fn keepalive(&self, id: i64) -> Result<bool, String> {
+        let r = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+        Ok(int(&r["result"]["TTL"]) > 0)
+    }
+
+    fn put_leased(&self, key: &str, value: &[u8], lease: i64) -> Result<(), String> {
+        self.call(
+            "/v3/kv/put",
+            &json!({"key": b64(key.as_bytes()), "value": b64(value), "lease": lease.to_string()}),
+        )
+        .map(|_| ())
     }
 
     /// Follows changes under `prefix` from revision `from`, calling `batch` with each batch of
@@ -157,7 +196,7 @@ impl Etcd {
         &self,
         prefix: &str,
         from: i64,
-        mut batch: impl FnMut(Vec<(String, Option<Vec<u8>>)>) -> bool,
+        mut batch: impl FnMut(Vec<(String, Option<Vec<u8>>)>, i64) -> bool,
     ) -> Result<(), String> {
         let body = json!({"create_request": {
             "key": b64(prefix.as_bytes()),
@@ -196,7 +235,7 @@ impl Etcd {
                         changes.push((key, Some(unb64(&ev["kv"]["value"])?)));
                     }
                 }
-                if !changes.is_empty() && batch(changes) {
+                if !changes.is_empty() && batch(changes, int(&r["header"]["revision"])) {
                     return Ok(());
                 }
             }
@@ -296,6 +335,94 @@ fn diff(prefix: &str, old: &Intent, new: &Intent) -> (Vec<(String, Vec<u8>)>, Ve
     (puts, deletes)
 }
 
+/// What a host publishes for the others (`{prefix}hosts/{host}`, JSON, under a lease that its
+/// daemon renews): its active flows per backend, from a flow scan that began after it held the
+/// cluster's intent of `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub revision: i64,
+    pub scan: u64,
+    pub active: BTreeMap<String, u64>,
+}
+
+/// The cluster as this host sees it: its name, the revision of the intent it holds, the other
+/// hosts' records; and how it publishes its own. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    etcd: Etcd,
+    prefix: String,
+    host: String,
+    revision: Arc<AtomicI64>,
+    peers: Arc<Mutex<BTreeMap<String, (HostRecord, Instant)>>>,
+    lease: Arc<Mutex<Option<i64>>>,
+}
+
+impl ClusterHandle {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The etcd revision of the intent this host holds.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    fn held_at(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// The other hosts whose records live: name, record, time since it last changed here.
+    pub fn peers(&self) -> Vec<(String, HostRecord, Duration)> {
+        self.peers
+            .lock()
+            .expect("peers")
+            .iter()
+            .filter(|(h, _)| **h != self.host)
+            .map(|(h, (r, at))| (h.clone(), r.clone(), at.elapsed()))
+            .collect()
+    }
+
+    /// Publishes this host's record under its lease (granted again when it has expired).
+    /// Blocking: a few ms, up to the client's timeout when etcd is away.
+    pub fn publish(&self, record: &HostRecord) -> Result<(), String> {
+        let mut lease = self.lease.lock().expect("lease");
+        let live = match *lease {
+            Some(id) => self.etcd.keepalive(id)?,
+            None => false,
+        };
+        if !live {
+            *lease = Some(self.etcd.grant(HOST_TTL_S)?);
+        }
+        let id = lease.expect("granted above");
+        let value = serde_json::to_vec(record).expect("serializes");
+        self.etcd
+            .put_leased(&format!("{}hosts/{}", self.prefix, self.host), &value, id)
+    }
+
+    /// Reads a `hosts/` key into the peers; true if it was one.
+    fn absorb_host(&self, key: &str, value: Option<&[u8]>) -> bool {
+        let Some(host) = key
+            .strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix("hosts/"))
+        else {
+            return false;
+        };
+        let mut peers = self.peers.lock().expect("peers");
+        match value.map(serde_json::from_slice::<HostRecord>) {
+            None => {
+                peers.remove(host);
+            }
+            Some(Ok(r)) => {
+                peers.insert(host.to_string(), (r, Instant::now()));
+            }
+            Some(Err(e)) => {
+                warn!(key, error = %e, "cluster store: ignoring a host record that is not one")
+            }
+        }
+        true
+    }
+}
+
 /// The intent in etcd, with a local copy for starts while etcd is away.
 pub struct EtcdStore {
     etcd: Etcd,
@@ -305,17 +432,27 @@ pub struct EtcdStore {
     /// only what differs from it, so a change from another host that this daemon has not
     /// applied yet is never written back over.
     held: Arc<Mutex<Intent>>,
+    cluster: ClusterHandle,
 }
 
 impl EtcdStore {
-    /// `prefix` ends with '/' (added if not).
-    pub fn new(endpoints: &[String], prefix: &str, local: FileStore) -> EtcdStore {
+    /// `prefix` ends with '/' (added if not); `host` names this LB host to the others.
+    pub fn new(endpoints: &[String], prefix: &str, host: &str, local: FileStore) -> EtcdStore {
         let mut prefix = prefix.to_string();
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
+        let etcd = Etcd::new(endpoints);
         EtcdStore {
-            etcd: Etcd::new(endpoints),
+            cluster: ClusterHandle {
+                etcd: etcd.clone(),
+                prefix: prefix.clone(),
+                host: host.to_string(),
+                revision: Arc::new(AtomicI64::new(0)),
+                peers: Arc::default(),
+                lease: Arc::default(),
+            },
+            etcd,
             prefix,
             local,
             held: Arc::new(Mutex::new(Intent::default())),
@@ -333,14 +470,20 @@ impl EtcdStore {
 impl IntentStore for EtcdStore {
     fn load(&self) -> Result<Option<Intent>, StoreError> {
         let (found, held) = match self.etcd.range(&self.prefix) {
-            Ok(snap) if snap.kvs.is_empty() => {
-                // A new cluster (or one with nothing to say): this host's last copy, if any,
-                // is put there by the daemon's first write.
-                (self.local.load()?, Intent::default())
-            }
             Ok(snap) => {
+                self.cluster.held_at(snap.revision);
+                for (k, v) in &snap.kvs {
+                    self.cluster.absorb_host(k, Some(v));
+                }
                 let i = intent_of(&self.prefix, &snap);
-                (Some(i.clone()), i)
+                let marker = format!("{}{MARKER}", self.prefix);
+                if !snap.kvs.iter().any(|(k, _)| *k == marker) {
+                    // A new cluster: this host's last copy, if any, is put there by the
+                    // daemon's first write.
+                    (self.local.load()?, i)
+                } else {
+                    (Some(i.clone()), i)
+                }
             }
             Err(e) => {
                 warn!(
@@ -358,10 +501,16 @@ impl IntentStore for EtcdStore {
 
     fn put(&mut self, intent: &Intent) -> Result<(), StoreError> {
         let held = self.held.lock().expect("held").clone();
-        let (puts, deletes) = diff(&self.prefix, &held, intent);
-        self.etcd
+        let (mut puts, deletes) = diff(&self.prefix, &held, intent);
+        // Says the cluster has an intent, even one that is all defaults (no other key).
+        puts.push((format!("{}{MARKER}", self.prefix), b"1".to_vec()));
+        let rev = self
+            .etcd
             .write(&puts, &deletes)
             .map_err(|e| self.unreachable(e))?;
+        if let Some(r) = rev {
+            self.cluster.held_at(r);
+        }
         *self.held.lock().expect("held") = intent.clone();
         if let Err(e) = self.local.put(intent) {
             warn!(error = %e, "cannot keep the local copy of the cluster's intent");
@@ -369,10 +518,14 @@ impl IntentStore for EtcdStore {
         Ok(())
     }
 
-    fn held(&mut self, intent: &Intent) {
-        *self.held.lock().expect("held") = intent.clone();
-        if let Err(e) = self.local.put(intent) {
-            warn!(error = %e, "cannot keep the local copy of the cluster's intent");
+    fn held(&mut self, intent: &Intent, revision: i64) {
+        self.cluster.held_at(revision);
+        let mut h = self.held.lock().expect("held");
+        if *h != *intent {
+            *h = intent.clone();
+            if let Err(e) = self.local.put(intent) {
+                warn!(error = %e, "cannot keep the local copy of the cluster's intent");
+            }
         }
     }
 
@@ -380,10 +533,15 @@ impl IntentStore for EtcdStore {
         true
     }
 
-    fn watch(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Intent>> {
+    fn cluster(&self) -> Option<ClusterHandle> {
+        Some(self.cluster.clone())
+    }
+
+    fn watch(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Intent, i64)>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let etcd = self.etcd.clone();
         let prefix = self.prefix.clone();
+        let cluster = self.cluster.clone();
         std::thread::Builder::new()
             .name("steer-etcd-watch".into())
             .spawn(move || {
@@ -406,16 +564,26 @@ impl IntentStore for EtcdStore {
                         info!("cluster store reachable again: catching up");
                         down = false;
                     }
+                    cluster.peers.lock().expect("peers").clear();
+                    for (k, v) in &snap.kvs {
+                        cluster.absorb_host(k, Some(v));
+                    }
                     let mut intent = intent_of(&prefix, &snap);
-                    if tx.send(intent.clone()).is_err() {
+                    if tx.send((intent.clone(), snap.revision)).is_err() {
                         return;
                     }
                     let mut gone = false;
-                    let r = etcd.watch(&prefix, snap.revision + 1, |changes| {
+                    let r = etcd.watch(&prefix, snap.revision + 1, |changes, rev| {
+                        let mut touched = false;
                         for (k, v) in changes {
-                            absorb(&mut intent, &prefix, &k, v.as_deref());
+                            if !cluster.absorb_host(&k, v.as_deref()) {
+                                absorb(&mut intent, &prefix, &k, v.as_deref());
+                                touched = true;
+                            }
                         }
-                        gone = tx.send(intent.clone()).is_err();
+                        if touched {
+                            gone = tx.send((intent.clone(), rev)).is_err();
+                        }
                         gone
                     });
                     if gone {

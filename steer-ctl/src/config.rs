@@ -484,6 +484,20 @@ pub struct ClusterCfg {
     /// Key prefix of this cluster's intent (one etcd may serve several).
     #[serde(default = "cluster_prefix_default")]
     pub prefix: String,
+    /// This LB host's name to the others (default: the host name).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl ClusterCfg {
+    /// `host`, or the kernel's host name.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        })
+    }
 }
 
 fn cluster_prefix_default() -> String {
@@ -513,6 +527,14 @@ impl ClusterCfg {
                         "cluster.etcd: {u:?} is not an http:// URL (etcd's client URL; TLS is \
                          not supported yet)"
                     ),
+                );
+            }
+        }
+        if let Some(h) = &self.host {
+            if h.is_empty() || h.contains(['/', ' ']) {
+                r.at(
+                    at.get("host").span.clone(),
+                    format!("cluster.host must be a name without '/' or spaces, found {h:?}"),
                 );
             }
         }

@@ -335,6 +335,13 @@ pub struct Drained {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_flows: Option<u64>,
     pub waited_ms: u64,
+    /// With `[cluster]`: the other LB hosts whose flows were waited for too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Hosts that disappeared while waited for (their record died: daemon stopped or host
+    /// lost): reported, not waited for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
 }
 
 /// Drains a backend or group in one request; with `wait`, waits until a flow scan that saw the
@@ -359,6 +366,8 @@ pub fn drain(
             scan: r.scan,
             active_flows: None,
             waited_ms: 0,
+            hosts: Vec::new(),
+            gone: Vec::new(),
         });
     }
     let scan = r.scan.ok_or_else(|| {
@@ -377,7 +386,13 @@ pub fn drain(
         ))
         .into());
     }
-    wait_drained(
+    // In a cluster, every other host's flows too: once its published counts come from a
+    // scan that began after it held this drain (the intent's revision this host holds now).
+    let peers = st.cluster.as_ref().map(|c| Peers {
+        revision: c.revision,
+        hosts: c.peers.iter().map(|p| p.host.clone()).collect(),
+    });
+    let gone = wait_drained(
         ctl,
         env,
         target,
@@ -386,6 +401,7 @@ pub fn drain(
         start,
         opts.timeout,
         opts.min,
+        peers.as_ref(),
     )?;
     Ok(Drained {
         target: target.into(),
@@ -393,11 +409,20 @@ pub fn drain(
         scan: Some(scan),
         active_flows: Some(0),
         waited_ms: (env.now() - start).as_millis() as u64,
+        hosts: peers.map(|p| p.hosts).unwrap_or_default(),
+        gone,
     })
 }
 
-/// Waits until flow scan `scan` or a later one counts no active flow on `names`; `label` names
-/// them in progress and errors.
+/// The other LB hosts a drain waits for, and the intent revision their counts must cover.
+struct Peers {
+    revision: i64,
+    hosts: Vec<String>,
+}
+
+/// Waits until flow scan `scan` or a later one counts no active flow on `names`, and (in a
+/// cluster) until every host of `peers` publishes counts covering the drain with none on them;
+/// `label` names them in progress and errors. Returns the hosts that disappeared meanwhile.
 #[allow(clippy::too_many_arguments)]
 fn wait_drained(
     ctl: &mut impl Control,
@@ -408,9 +433,11 @@ fn wait_drained(
     start: Duration,
     timeout: Duration,
     min: Duration,
-) -> Result<(), DeployError> {
+    peers: Option<&Peers>,
+) -> Result<Vec<String>, DeployError> {
     let mut last_count: Option<u64> = None;
     let mut said: Option<(Option<u64>, Duration)> = None;
+    let mut gone: Vec<String> = Vec::new();
     loop {
         let st = status(ctl)?;
         if let Some(why) = st.flow_scan.error {
@@ -429,7 +456,31 @@ fn wait_drained(
                 ),
             });
         }
-        let fresh = st.flow_scan.seq >= scan;
+        // Other hosts: fresh when their counts cover the drain; a host whose record died is
+        // reported once and no longer waited for.
+        let (mut peers_fresh, mut peer_sum) = (true, 0u64);
+        for h in peers.map(|p| p.hosts.as_slice()).unwrap_or(&[]) {
+            if gone.contains(h) {
+                continue;
+            }
+            let rec = st
+                .cluster
+                .as_ref()
+                .and_then(|c| c.peers.iter().find(|p| &p.host == h));
+            match rec {
+                None => {
+                    env.progress(&format!(
+                        "{label}: LB host {h} is gone (its record expired): not waited for"
+                    ));
+                    gone.push(h.clone());
+                }
+                Some(p) if p.revision >= peers.map_or(0, |p| p.revision) => {
+                    peer_sum += names.iter().filter_map(|n| p.active.get(n)).sum::<u64>();
+                }
+                Some(_) => peers_fresh = false,
+            }
+        }
+        let fresh = st.flow_scan.seq >= scan && peers_fresh;
         let count = if fresh {
             let mut sum = 0;
             for n in names {
@@ -444,6 +495,7 @@ fn wait_drained(
                     why: format!("flow scan {} has no count for {n}", st.flow_scan.seq),
                 })?;
             }
+            sum += peer_sum;
             last_count = Some(sum);
             Some(sum)
         } else {
@@ -452,7 +504,7 @@ fn wait_drained(
         let now = env.now();
         let waited = now - start;
         if count == Some(0) && waited >= min.min(timeout) {
-            return Ok(());
+            return Ok(gone);
         }
         if waited >= timeout {
             return Err(DeployError::DrainTimeout {
@@ -984,7 +1036,9 @@ fn run_batch(ctl: &mut impl Control, env: &mut impl Env, plan: &Plan, steps: &mu
         t,
         plan.drain_timeout,
         Duration::ZERO,
-    );
+        None,
+    )
+    .map(|_| ());
     let drain_ms = (env.now() - t).as_millis() as u64;
     for s in steps.iter_mut() {
         s.drain_ms = drain_ms;

@@ -141,6 +141,33 @@ pub struct Status {
     pub flow_scan: FlowScan,
     /// Packets per datapath outcome and event, by name.
     pub datapath: BTreeMap<String, u64>,
+    /// With `[cluster]`: this host and the others' published active flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The LB hosts sharing this one's intent (`[cluster]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This host's name.
+    pub host: String,
+    /// The etcd revision of the intent this host holds.
+    pub revision: i64,
+    /// The other hosts whose records are alive (their daemons renew them every second; a
+    /// record dies 5 s after its daemon stops).
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub host: String,
+    /// Its counts come from a flow scan that began after it held the intent of this revision.
+    pub revision: i64,
+    pub scan: u64,
+    /// How long ago its record last changed, as seen here.
+    pub age_ms: u64,
+    /// Active flows per backend name.
+    pub active: BTreeMap<String, u64>,
 }
 
 /// The background scan of the connection table that counts active flows per backend.

@@ -122,12 +122,16 @@ pub trait IntentStore: Send {
     /// Stores the whole intent; when this fails, nothing was changed.
     fn put(&mut self, intent: &Intent) -> Result<(), StoreError>;
     /// Changes made by others (another host), if the store can tell: the whole intent after
-    /// each.
-    fn watch(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Intent>> {
+    /// each, with the store's revision.
+    fn watch(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Intent, i64)>> {
         None
     }
-    /// The daemon now holds `intent` (loaded, or applied from `watch`).
-    fn held(&mut self, _intent: &Intent) {}
+    /// The daemon now holds `intent`, as stored at `revision` (applied from `watch`).
+    fn held(&mut self, _intent: &Intent, _revision: i64) {}
+    /// The other hosts sharing it, when it is shared.
+    fn cluster(&self) -> Option<crate::cluster::ClusterHandle> {
+        None
+    }
     /// Whether other hosts share it (a write may then fail for want of the network; the daemon
     /// still starts, from what `load` found).
     fn shared(&self) -> bool {

@@ -73,16 +73,18 @@ fn fleet_with(lbs: usize, shared: bool) -> Fleet {
         let ns = topo.add_host("etcd", ETCD_HOST);
         EtcdServer::start(&ns, std::net::Ipv4Addr::new(10, 99, 0, ETCD_HOST))
     });
-    let mut cfg = String::new();
-    if let Some(e) = &etcd {
-        cfg += &format!(
-            "[cluster]\netcd = [\"{}\"]\nprefix = \"/steer-test/\"\n\n",
-            e.url()
-        );
-    }
-    cfg += &config(&topo);
+    let services = config(&topo);
     let mut daemons = Vec::new();
-    for ns in topo.lbs() {
+    for (k, ns) in topo.lbs().into_iter().enumerate() {
+        // The same config on every host, but for the name it goes by in the cluster.
+        let mut cfg = String::new();
+        if let Some(e) = &etcd {
+            cfg += &format!(
+                "[cluster]\netcd = [\"{}\"]\nprefix = \"/steer-test/\"\nhost = \"lb{k}\"\n\n",
+                e.url()
+            );
+        }
+        cfg += &services;
         let mut d = SteerDaemon::new(ns);
         d.write_config(&cfg);
         d.start();
@@ -404,4 +406,139 @@ fn without_etcd_hosts_forward_refuse_admin_changes_restart_from_their_copy_and_c
     });
     wait_admin(&f, "b1", "drain");
     wait_admin(&f, "b2", "drain");
+}
+
+/// Indexes of the connections to `backend` whose flows `d` holds.
+fn held_by(d: &SteerDaemon, conns: &[(Conn, String, u16)], backend: &str) -> Vec<usize> {
+    let held = held_ports(d);
+    (0..conns.len())
+        .filter(|i| conns[*i].1 == backend && held.contains(&conns[*i].2))
+        .collect()
+}
+
+/// Host 0's view of a peer's record: (revision, active flows on `backend`).
+fn peer_view(d: &SteerDaemon, peer: &str, backend: &str) -> Option<(i64, u64)> {
+    let st = d.ok_json(&["status"]);
+    let p = st["cluster"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["host"] == peer)?
+        .clone();
+    Some((
+        p["revision"].as_i64()?,
+        p["active"][backend].as_u64().unwrap_or(0),
+    ))
+}
+
+#[test]
+fn drain_wait_on_one_host_waits_for_the_flows_on_every_host_and_reports_a_lost_one() {
+    if !steer_tests::privileged(
+        "drain_wait_on_one_host_waits_for_the_flows_on_every_host_and_reports_a_lost_one",
+    ) {
+        return;
+    }
+    let mut f = fleet_with(2, true);
+    wait_for("lb0 to see lb1's record", T, || {
+        peer_view(&f.daemons[0], "lb1", "b0").ok_or(format!(
+            "no record yet: {} / {}",
+            f.daemons[0].ok_json(&["status"])["cluster"],
+            f.daemons[1].ok_json(&["status"])["flow_scan"]
+        ))
+    });
+    let mut conns: Vec<Option<(Conn, String, u16)>> = f.topo.client.run(|| {
+        (0..90)
+            .map(|i| {
+                let mut c =
+                    Conn::open(vip(), FAILOVER).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let r = c
+                    .get()
+                    .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+                let port = c.stream().local_addr().unwrap().port();
+                Some((c, r.backend, port))
+            })
+            .collect()
+    });
+    let snapshot: Vec<(Conn, String, u16)> = conns
+        .iter()
+        .map(|c| {
+            let (c, b, p) = c.as_ref().unwrap();
+            (
+                c.stream().try_clone().map(Conn::from_stream).unwrap(),
+                b.clone(),
+                *p,
+            )
+        })
+        .collect();
+    let on = |k: usize, b: &str| held_by(&f.daemons[k], &snapshot, b);
+    let (b0_on0, b0_on1, b1_on0, b1_on1) = (on(0, "b0"), on(1, "b0"), on(0, "b1"), on(1, "b1"));
+    drop(snapshot);
+    assert!(
+        [&b0_on0, &b0_on1, &b1_on0, &b1_on1]
+            .iter()
+            .all(|v| !v.is_empty()),
+        "each host carries connections of b0 and b1: {b0_on0:?} {b0_on1:?} {b1_on0:?} {b1_on1:?}"
+    );
+    let close = |conns: &mut Vec<Option<(Conn, String, u16)>>, which: &[usize]| {
+        for i in which {
+            conns[*i] = None;
+        }
+    };
+
+    std::thread::scope(|sc| {
+        let d0 = &f.daemons[0];
+        let waiting =
+            sc.spawn(move || d0.ctl(&["--json", "drain", "b0", "--wait", "--timeout", "60s"]));
+        // Host 0's own b0 connections end; host 1 still carries some, and its published
+        // counts cover the drain: the drain waits.
+        close(&mut conns, &b0_on0);
+        wait_for(
+            "host 0 free of b0, host 1 not, the drain in both hosts' counts",
+            T,
+            || {
+                let local = d0.backend("b0")["active_flows"].as_u64();
+                let rev = d0.ok_json(&["status"])["cluster"]["revision"]
+                    .as_i64()
+                    .unwrap_or(0);
+                match (local, peer_view(d0, "lb1", "b0")) {
+                    (Some(0), Some((r, n))) if r >= rev && n > 0 => Ok(()),
+                    other => Err(format!("{other:?} (revision {rev})")),
+                }
+            },
+        );
+        assert!(
+            !waiting.is_finished(),
+            "drain --wait returned while host 1 still carried b0's connections"
+        );
+        close(&mut conns, &b0_on1);
+        let r = waiting.join().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+        let v = r.json();
+        assert_eq!(v["hosts"], serde_json::json!(["lb1"]), "{v}");
+        assert_eq!(v["gone"], serde_json::json!([]), "{v}");
+    });
+
+    // A host lost mid-wait is reported, not waited for: host 1's daemon dies (its XDP goes on
+    // forwarding from the pinned link), its record expires.
+    let (first, rest) = f.daemons.split_at_mut(1);
+    let (d0, d1) = (&first[0], &mut rest[0]);
+    std::thread::scope(|sc| {
+        let waiting =
+            sc.spawn(move || d0.ctl(&["--json", "drain", "b1", "--wait", "--timeout", "60s"]));
+        wait_for("the drain of b1 in host 1's counts", T, || {
+            let rev = d0.ok_json(&["status"])["cluster"]["revision"]
+                .as_i64()
+                .unwrap_or(0);
+            match peer_view(d0, "lb1", "b1") {
+                Some((r, n)) if r >= rev && n > 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        d1.kill9();
+        close(&mut conns, &b1_on0);
+        let r = waiting.join().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+        let v = r.json();
+        assert_eq!(v["gone"], serde_json::json!(["lb1"]), "{v}");
+        println!("drain --wait with host 1 lost: {v}");
+    });
 }

@@ -99,6 +99,8 @@ pub(crate) struct Core {
     reader: Arc<FlowReader>,
     /// The poller of the datapath's NAT maps, told which backends to watch.
     watcher: Arc<nat::Watcher>,
+    /// With `[cluster]`: the other hosts, and this one's published record.
+    cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 type Shared = Mutex<Core>;
@@ -115,8 +117,9 @@ pub(crate) enum Change {
         macs: BTreeMap<std::net::IpAddr, [u8; 6]>,
         snat: BTreeMap<std::net::IpAddr, std::net::IpAddr>,
     },
-    /// Intent stored by someone else (another host), to apply as it is.
-    Stored(Intent),
+    /// Intent stored by someone else (another host), to apply as it is, and the store's
+    /// revision of it.
+    Stored(Intent, i64),
 }
 
 /// Weights an operator set, against a reloaded config: an override stays in force until the
@@ -187,9 +190,13 @@ impl Core {
     /// stored, then the diff applied. Refused with nothing changed when it cannot apply whole
     /// or its intent cannot be stored. Returns what changed, then notes.
     fn apply_change(&mut self, change: Change) -> Result<Vec<String>, Refusal> {
+        let mut stored_rev = None;
         let (cfg, intent, macs, snat, from_store) = match change {
             Change::Intent(i) => (None, i, BTreeMap::new(), BTreeMap::new(), false),
-            Change::Stored(i) => (None, i, BTreeMap::new(), BTreeMap::new(), true),
+            Change::Stored(i, rev) => {
+                stored_rev = Some(rev);
+                (None, i, BTreeMap::new(), BTreeMap::new(), true)
+            }
             Change::Config { cfg, macs, snat } => {
                 (Some(*cfg), self.intent.clone(), macs, snat, false)
             }
@@ -257,8 +264,8 @@ impl Core {
         if let Some(cfg) = cfg {
             self.cfg = cfg;
         }
-        if from_store {
-            self.store.held(&intent);
+        if let Some(rev) = stored_rev {
+            self.store.held(&intent, rev);
         }
         self.intent = intent;
         let gone: Vec<(u32, u16)> = before
@@ -660,6 +667,59 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
     }
 }
 
+/// Publishes this host's active flows per backend for the other hosts' `drain --wait`, every
+/// half second: from the latest flow scan, with the newest intent revision that a scan begun
+/// after holding it covers.
+async fn publish_counts(daemon: Arc<Daemon>, cluster: crate::cluster::ClusterHandle) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // (revision, first scan to start after this host held it)
+    let mut waiting: Vec<(i64, u64)> = Vec::new();
+    let (mut seen, mut covered) = (0i64, 0i64);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let rev = cluster.revision();
+        if rev > seen {
+            waiting.push((rev, daemon.counts.next_scan()));
+            seen = rev;
+        }
+        let st = daemon
+            .core
+            .lock()
+            .expect("core lock")
+            .status(&daemon.counts);
+        let scan = st.flow_scan.seq;
+        if scan == 0 || st.flow_scan.error.is_some() {
+            continue;
+        }
+        for (r, first) in &waiting {
+            if scan >= *first {
+                covered = covered.max(*r);
+            }
+        }
+        waiting.retain(|(_, first)| scan < *first);
+        let record = crate::cluster::HostRecord {
+            revision: covered,
+            scan,
+            active: st
+                .backends
+                .iter()
+                .filter_map(|b| Some((b.name.clone(), b.active_flows?)))
+                .collect(),
+        };
+        let c = cluster.clone();
+        match tokio::task::spawn_blocking(move || c.publish(&record)).await {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(e)) if !failing => {
+                warn!(error = %e, "cannot publish this host's flow counts to the cluster store");
+                failing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// `intent` without the backends and services `cfg` does not name (a cluster's intent names
 /// those of every host's config).
 fn known_only(mut intent: Intent, cfg: &Config) -> Intent {
@@ -695,6 +755,7 @@ async fn start_locked(
         Some(c) => Box::new(EtcdStore::new(
             &c.etcd,
             &c.prefix,
+            &c.host_name(),
             FileStore::new(&d.state_file),
         )),
         None => Box::new(FileStore::new(&d.state_file)),
@@ -850,7 +911,10 @@ async fn start_locked(
         check_epoch: 0,
         reader,
         watcher,
+        cluster: None,
     };
+    let mut core = core;
+    core.cluster = core.store.cluster();
     core.watcher.set(core.watched(), core.has_nat());
     let daemon = Arc::new(Daemon {
         core: Mutex::new(core),
@@ -896,18 +960,20 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
         // Intent other hosts stored: applied as it comes (the latest of a burst).
         let dd = daemon.clone();
         tasks.spawn(async move {
-            while let Some(mut intent) = rx.recv().await {
-                while let Ok(newer) = rx.try_recv() {
-                    intent = newer;
+            while let Some((mut intent, mut rev)) = rx.recv().await {
+                while let Ok((newer, r)) = rx.try_recv() {
+                    (intent, rev) = (newer, r);
                 }
                 let mut core = dd.core.lock().expect("core lock");
                 if core.intent == intent {
                     // Nothing to apply; the store learns that this is what the host holds.
-                    core.store.held(&intent);
+                    core.store.held(&intent, rev);
                     continue;
                 }
-                match core.apply_change(Change::Stored(intent)) {
+                match core.apply_change(Change::Stored(intent, rev)) {
                     Ok(changes) if !changes.is_empty() => {
+                        // Another host may be waiting for this one's flows to end.
+                        dd.counts.want();
                         info!(?changes, "applied the cluster's intent")
                     }
                     Ok(_) => {}
@@ -918,6 +984,10 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
                 }
             }
         });
+    }
+    let cluster = daemon.core.lock().expect("core lock").cluster.clone();
+    if let Some(c) = cluster {
+        tasks.spawn(publish_counts(daemon.clone(), c));
     }
     {
         let reader = daemon.core.lock().expect("core lock").reader.clone();

@@ -298,6 +298,21 @@ impl Core {
                 .collect(),
             flow_scan,
             datapath,
+            cluster: self.cluster.as_ref().map(|c| proto::ClusterStatus {
+                host: c.host().to_string(),
+                revision: c.revision(),
+                peers: c
+                    .peers()
+                    .into_iter()
+                    .map(|(host, r, age)| proto::PeerStatus {
+                        host,
+                        revision: r.revision,
+                        scan: r.scan,
+                        age_ms: age.as_millis() as u64,
+                        active: r.active,
+                    })
+                    .collect(),
+            }),
         }
     }
 

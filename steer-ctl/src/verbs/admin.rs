@@ -46,7 +46,14 @@ pub fn drain(
         .map_err(|e| ctx.fail(&e))?;
     let who = named(target, &d.backends);
     let text = if wait {
-        format!("{who}: drained in {:.1} s", d.waited_ms as f64 / 1000.0)
+        let mut t = format!("{who}: drained in {:.1} s", d.waited_ms as f64 / 1000.0);
+        if !d.hosts.is_empty() {
+            t += &format!(" on this host and {}", d.hosts.join(", "));
+        }
+        if !d.gone.is_empty() {
+            t += &format!(" ({} gone meanwhile: not waited for)", d.gone.join(", "));
+        }
+        t
     } else {
         format!("{who}: drain (new flows stop now; its flows go on)")
     };
@@ -54,6 +61,10 @@ pub fn drain(
     if wait {
         v["active_flows"] = json!(0);
         v["waited_ms"] = json!(d.waited_ms);
+        if !d.hosts.is_empty() {
+            v["hosts"] = json!(d.hosts);
+            v["gone"] = json!(d.gone);
+        }
     }
     if let Some(scan) = d.scan {
         v["scan"] = json!(scan);
