@@ -1027,6 +1027,11 @@ fn run_batch(ctl: &mut impl Control, env: &mut impl Env, plan: &Plan, steps: &mu
         }
     }
     env.progress(&format!("{label}: draining"));
+    // In a cluster, the batch's flows on every host (see `drain`).
+    let peers = status(ctl).ok().and_then(|st| st.cluster).map(|c| Peers {
+        revision: c.revision,
+        hosts: c.peers.iter().map(|p| p.host.clone()).collect(),
+    });
     let drained = wait_drained(
         ctl,
         env,
@@ -1036,9 +1041,16 @@ fn run_batch(ctl: &mut impl Control, env: &mut impl Env, plan: &Plan, steps: &mu
         t,
         plan.drain_timeout,
         Duration::ZERO,
-        None,
+        peers.as_ref(),
     )
-    .map(|_| ());
+    .map(|gone| {
+        if !gone.is_empty() {
+            env.progress(&format!(
+                "{label}: LB host(s) {} gone meanwhile: not waited for",
+                gone.join(", ")
+            ));
+        }
+    });
     let drain_ms = (env.now() - t).as_millis() as u64;
     for s in steps.iter_mut() {
         s.drain_ms = drain_ms;

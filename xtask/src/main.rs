@@ -33,6 +33,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run the demo: namespaces, XDP, real HTTP traffic, a table of results.
+    /// `cargo xtask demo cluster`: two LB hosts behind ECMP sharing their intent in etcd.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

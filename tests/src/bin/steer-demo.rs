@@ -26,6 +26,7 @@ use std::{
 
 use steer_tests::{
     daemon::SteerDaemon,
+    etcd::EtcdServer,
     http,
     netns::{addr, sh, Netns, Topology, TopologySpec, NS_PREFIX},
     openloop::{OpenLoop, Outcome, Sample},
@@ -300,6 +301,30 @@ fn wait_until(
     Ok(start.elapsed())
 }
 
+/// Per phase: requests, failures, each backend's share, the versions that answered.
+fn print_phases(phases: &[Phase], names: &[&str]) {
+    print!("{:<12} {:>8} {:>7}", "phase", "requests", "failed");
+    for n in names {
+        print!(" {n:>6}");
+    }
+    println!("  versions");
+    for p in phases.iter().filter(|p| !p.name.is_empty()) {
+        let total: u64 = p.served.values().sum::<u64>() + p.failed;
+        print!("{:<12} {:>8} {:>7}", p.name, total, p.failed);
+        for n in names {
+            let k = p.served.get(*n).copied().unwrap_or(0);
+            let share = 100.0 * k as f64 / total.max(1) as f64;
+            if k == 0 {
+                print!(" {:>6}", "-");
+            } else {
+                print!(" {share:>5.0}%");
+            }
+        }
+        let versions: Vec<String> = p.versions.iter().map(|(v, k)| format!("{v}:{k}")).collect();
+        println!("  {}", versions.join(" "));
+    }
+}
+
 fn say(msg: &str) {
     println!("steer demo: {msg}");
 }
@@ -315,7 +340,15 @@ fn main() {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     // Every guard drops before this returns: a failure cleans up as a success does.
-    let code = match run() {
+    let act = std::env::args().nth(1);
+    let result = match act.as_deref() {
+        None => run(),
+        Some("cluster") => run_cluster(),
+        Some(other) => Err(format!(
+            "no act {other:?}: `cargo xtask demo` (one LB host) or `cargo xtask demo cluster`"
+        )),
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("steer demo: {e}");
@@ -324,6 +357,149 @@ fn main() {
     };
     say("namespaces, servers, daemon and XDP program removed");
     std::process::exit(code);
+}
+
+/// `cargo xtask demo cluster`: two LB hosts behind an ECMP router, sharing the operators'
+/// intent in a real etcd; a rolling deploy driven from one host, that host lost mid-run, a
+/// drain from the other that reports it gone; a table of who answered and what failed.
+fn run_cluster() -> Result<i32, String> {
+    let httpd: PathBuf = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("steer-httpd");
+    say("cluster act: a client behind a router that spreads the VIP over two LB hosts (ECMP, 5-tuple hash), three backends, and etcd holding the operators' intent");
+    let mut topo = Topology::new(&TopologySpec {
+        backends: 3,
+        vips: vec![IpAddr::V4(addr::VIP)],
+        ipv6: false,
+    });
+    topo.add_ecmp(1);
+    let etcd_ns = topo.add_host("etcd", 7);
+    let etcd = EtcdServer::start(&etcd_ns, std::net::Ipv4Addr::new(10, 99, 0, 7));
+    let lbs: Vec<Netns> = topo.lbs().into_iter().cloned().collect();
+    let mut daemons: Vec<SteerDaemon> = lbs.iter().map(SteerDaemon::new).collect();
+    let servers = Servers::new(&topo, &daemons[0].dir.join("servers"), &httpd);
+    let mut services = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", path = \"/\", interval = \"300ms\", fastinterval = \"100ms\", downinterval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\n",
+        addr::VIP
+    );
+    for (i, b) in topo.backends.iter().enumerate() {
+        services += &format!(
+            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n\n",
+            b.name,
+            b.addr,
+            addr::mac_str(addr::backend_host(i))
+        );
+    }
+    for (k, d) in daemons.iter_mut().enumerate() {
+        d.write_config(&format!(
+            "[cluster]\netcd = [\"{}\"]\nprefix = \"/steer-demo/\"\nhost = \"lb{k}\"\n\n{services}",
+            etcd.url()
+        ));
+        d.start();
+    }
+    for d in &daemons {
+        for b in ["b0", "b1", "b2"] {
+            wait_until(&format!("{b} healthy"), Duration::from_secs(10), || {
+                d.backend(b)["health"] == "up"
+            })?;
+        }
+    }
+    wait_until(
+        "each host to see the other",
+        Duration::from_secs(10),
+        || {
+            daemons.iter().all(|d| {
+                d.ok_json(&["status"])["cluster"]["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
+            })
+        },
+    )?;
+    say(&format!(
+        "daemons lb0 and lb1 running, XDP on each; service web = {}:80 (DSR), b0 b1 b2 (v1); etcd at {}",
+        addr::VIP,
+        etcd.url()
+    ));
+    let load = Load::start(&topo, 2);
+    let mut t = Instant::now();
+    let mut phases = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let pause = |secs: u64| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end && !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    load.next("spread", &mut t);
+    say("phase 1: traffic spread by the router over lb0 and lb1, by them over b0 b1 b2");
+    pause(2);
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("rollout", &mut t));
+        say("phase 2: steer-ctl rollout web on lb0 (each drain waits for the flows on both hosts)");
+        let exec = format!("sh {} {{backend}} v2", servers.script.display());
+        let r = daemons[0].ctl(&["--json", "rollout", "web", "--exec", &exec]);
+        for s in r.json()["backends"].as_array().into_iter().flatten() {
+            notes.push(format!(
+                "rollout {} (from lb0): drained on both hosts in {} ms, restarted in {} ms, healthy again in {} ms",
+                s["backend"].as_str().unwrap_or("?"),
+                s["drain_ms"],
+                s["exec_ms"],
+                s["healthy_ms"]
+            ));
+        }
+        if r.code != 0 {
+            notes.push(format!("rollout exited {}: {}", r.code, r.stdout.trim()));
+        }
+        pause(1);
+    }
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("lb0 lost", &mut t));
+        say("phase 3: lb0's link cut; the router moves its flows to lb1");
+        topo.lb.ip(&["link", "set", "eth0", "down"]);
+        pause(4);
+    }
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        phases.push(load.next("drain b1", &mut t));
+        say("phase 4: steer-ctl drain b1 --wait on lb1 (lb0 is gone), then ready b1");
+        let v = ctl(&daemons[1], &["drain", "b1", "--wait", "--timeout", "30s"])?;
+        notes.push(format!(
+            "drain b1 --wait on lb1: {} ms; hosts waited for {}, gone {}",
+            v["waited_ms"], v["hosts"], v["gone"]
+        ));
+        ctl(&daemons[1], &["ready", "b1"])?;
+        pause(1);
+    }
+    phases.push(load.next("", &mut t));
+    load.stop();
+    println!();
+    println!(
+        "web: DSR, {}:80 behind two LB hosts, 2 clients in a closed loop (one request per connection)",
+        addr::VIP
+    );
+    print_phases(&phases, &["b0", "b1", "b2"]);
+    println!();
+    for n in &notes {
+        println!("  {n}");
+    }
+    for p in &phases {
+        if let Some(e) = &p.first_error {
+            println!("  first failure in {}: {e}", p.name);
+        }
+    }
+    let failed: u64 = phases.iter().map(|p| p.failed).sum();
+    println!(
+        "  {failed} failed request(s) in all{}",
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    drop(daemons);
+    drop(servers);
+    drop(etcd);
+    Ok(0)
 }
 
 fn run() -> Result<i32, String> {
@@ -560,26 +736,7 @@ fn run() -> Result<i32, String> {
         "web: DSR, {}:80, 2 clients in a closed loop (one request per connection)",
         addr::VIP
     );
-    print!("{:<12} {:>8} {:>7}", "phase", "requests", "failed");
-    for n in names {
-        print!(" {n:>6}");
-    }
-    println!("  versions");
-    for p in phases.iter().filter(|p| !p.name.is_empty()) {
-        let total: u64 = p.served.values().sum::<u64>() + p.failed;
-        print!("{:<12} {:>8} {:>7}", p.name, total, p.failed);
-        for n in names {
-            let k = p.served.get(n).copied().unwrap_or(0);
-            let share = 100.0 * k as f64 / total.max(1) as f64;
-            if k == 0 {
-                print!(" {:>6}", "-");
-            } else {
-                print!(" {share:>5.0}%");
-            }
-        }
-        let versions: Vec<String> = p.versions.iter().map(|(v, k)| format!("{v}:{k}")).collect();
-        println!("  {}", versions.join(" "));
-    }
+    print_phases(&phases, &names);
     println!();
     for n in &notes {
         println!("  {n}");
