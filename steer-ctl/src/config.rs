@@ -456,6 +456,10 @@ pub struct DaemonCfg {
     /// NAT: host-wide source pool (IPv4 and IPv6 addresses, up to `NAT_POOL_MAX` of each)
     /// for NAT services that have no `snat` of their own.
     pub snat: Vec<IpAddr>,
+    /// Routing table where the daemon keeps a blackhole route per VIP while its service can
+    /// take new flows, for a BGP speaker (BIRD, GoBGP) to export: the host is announced only
+    /// while its datapath is attached and has somewhere to send new flows. Off when absent.
+    pub announce_table: Option<u32>,
 }
 
 impl Default for DaemonCfg {
@@ -471,6 +475,7 @@ impl Default for DaemonCfg {
             max_flows: steer_common::MAX_FLOWS,
             max_services: steer_common::MAX_SERVICES,
             snat: Vec::new(),
+            announce_table: None,
         }
     }
 }
@@ -908,6 +913,8 @@ impl DaemonCfg {
         diff!(socket, path);
         diff!(max_flows, u32::to_string);
         diff!(max_services, u32::to_string);
+        diff!(announce_table, |t: &Option<u32>| t
+            .map_or("none".into(), |t| t.to_string()));
         out
     }
 
@@ -948,6 +955,18 @@ impl DaemonCfg {
                     self.max_flows
                 ),
             );
+        }
+        if let Some(t) = self.announce_table {
+            // 0 is unspecified; 253-255 are the kernel's default, main and local tables.
+            if t == 0 || (253..=255).contains(&t) {
+                r.at(
+                    at.get("announce_table").span.clone(),
+                    format!(
+                        "daemon.announce_table must be a routing table of its own (not 0, 253 \
+                         default, 254 main or 255 local), found {t}"
+                    ),
+                );
+            }
         }
         if !(1..=MAX_SERVICES_LIMIT).contains(&self.max_services) {
             r.at(
@@ -1558,6 +1577,15 @@ role = "maintenance"
               list the interfaces clients' packets arrive on, such as interfaces = [\"eth0\"]"
             ]
         );
+    }
+
+    #[test]
+    fn the_announce_table_is_one_of_its_own() {
+        assert_eq!(
+            errors("[daemon]\ninterfaces = [\"eth0\"]\nannounce_table = 254\n"),
+            ["steer.toml:3:18: daemon.announce_table must be a routing table of its own (not 0, 253 default, 254 main or 255 local), found 254"]
+        );
+        assert!(errors("[daemon]\ninterfaces = [\"eth0\"]\nannounce_table = 250\n").is_empty());
     }
 
     #[test]

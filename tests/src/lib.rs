@@ -3,6 +3,7 @@
 //! `tests/tests/`, the demo and the benchmarks.
 
 pub mod aux;
+pub mod bird;
 pub mod cpu;
 pub mod daemon;
 pub mod etcd;

@@ -354,6 +354,12 @@ impl Topology {
     /// (`fib_multipath_use_neigh=1`, ARP timers of a few hundred ms) is skipped, so an LB host
     /// whose link is cut loses its flows to the others within about two seconds. IPv4.
     pub fn add_ecmp(&mut self, extra: usize) {
+        self.add_router(extra, true);
+    }
+
+    /// `add_ecmp`, with the router's multipath route only when `static_route` (without it, a
+    /// routing protocol is to install the routes to the VIPs).
+    pub fn add_router(&mut self, extra: usize, static_route: bool) {
         let id = self.id.clone();
         let router = self.node(&id, "r", 4, false);
         for k in 1..=extra {
@@ -397,7 +403,9 @@ impl Topology {
             route.extend(["nexthop".into(), "via".into(), addr::lb(k).to_string()]);
         }
         let route: Vec<&str> = route.iter().map(String::as_str).collect();
-        router.ip(&route);
+        if static_route {
+            router.ip(&route);
+        }
         // Frames the LB hosts forward from XDP must carry complete checksums, as from a NIC.
         router.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         for iface in ["all", "eth0"] {

@@ -542,3 +542,148 @@ fn drain_wait_on_one_host_waits_for_the_flows_on_every_host_and_reports_a_lost_o
         println!("drain --wait with host 1 lost: {v}");
     });
 }
+
+/// BIRD on an LB host: learns the routes steer keeps in table 250, exports them to the
+/// router by eBGP with itself as next hop.
+fn bird_lb(me: std::net::Ipv4Addr) -> String {
+    format!(
+        "router id {me};\n\
+         protocol device {{ }}\n\
+         protocol kernel announced {{\n  ipv4 {{ import all; export none; }};\n  kernel table 250;\n  learn;\n  scan time 1;\n}}\n\
+         protocol bgp upstream {{\n  local {me} as 65001;\n  neighbor {} as 65000;\n  ipv4 {{ import none; export where proto = \"announced\"; next hop self; }};\n}}\n",
+        addr::ROUTER
+    )
+}
+
+/// BIRD on the router: one eBGP session per LB host, equal routes merged into one multipath
+/// route in the kernel.
+fn bird_router(lbs: &[std::net::Ipv4Addr]) -> String {
+    let mut c = format!(
+        "router id {};\nprotocol device {{ }}\n\
+         protocol kernel {{\n  ipv4 {{ import none; export all; }};\n  merge paths on;\n}}\n",
+        addr::ROUTER
+    );
+    for (k, lb) in lbs.iter().enumerate() {
+        c += &format!(
+            "protocol bgp lb{k} {{\n  local {} as 65000;\n  neighbor {lb} as 65001;\n  ipv4 {{ import all; export none; }};\n}}\n",
+            addr::ROUTER
+        );
+    }
+    c
+}
+
+/// The router's route to the VIP, as `ip route show` prints it.
+fn router_route(topo: &Topology) -> String {
+    topo.router
+        .as_ref()
+        .unwrap()
+        .ip(&["route", "show", &format!("{}/32", addr::VIP)])
+}
+
+#[test]
+fn a_bgp_speaker_announces_every_host_and_a_detaching_one_leaves_without_a_failed_connection() {
+    if !steer_tests::privileged(
+        "a_bgp_speaker_announces_every_host_and_a_detaching_one_leaves_without_a_failed_connection",
+    ) {
+        return;
+    }
+    let mut topo = Topology::new(&TopologySpec {
+        backends: 3,
+        vips: vec![IpAddr::V4(addr::VIP)],
+        ipv6: false,
+    });
+    // No static route: BGP is to give the router its routes to the VIP.
+    topo.add_router(1, false);
+    for i in 0..topo.backends.len() {
+        topo.start_http(Path::new(HTTPD), i);
+    }
+    let services = config(&topo);
+    let mut daemons = Vec::new();
+    for ns in topo.lbs() {
+        let mut d = SteerDaemon::new(ns);
+        // Right after the [daemon] table: one of its keys.
+        d.write_config(&format!("announce_table = 250\n\n{services}"));
+        d.start();
+        daemons.push(d);
+    }
+    let lb_addrs = [addr::lb(0), addr::lb(1)];
+    let _birds: Vec<steer_tests::bird::Bird> = std::iter::once(steer_tests::bird::Bird::start(
+        topo.router.as_ref().unwrap(),
+        &bird_router(&lb_addrs),
+    ))
+    .chain(
+        topo.lbs()
+            .into_iter()
+            .zip(lb_addrs)
+            .map(|(ns, a)| steer_tests::bird::Bird::start(ns, &bird_lb(a))),
+    )
+    .collect();
+    wait_for("the router to learn the VIP from both hosts", T, || {
+        let r = router_route(&topo);
+        if r.contains(&format!("via {}", lb_addrs[0]))
+            && r.contains(&format!("via {}", lb_addrs[1]))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "route: {r:?}; lb0's table 250: {:?}",
+                topo.lb.ip(&["route", "show", "table", "250"])
+            ))
+        }
+    });
+
+    // New connections all along, while lb0 leaves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = topo.client.clone();
+    let s = stop.clone();
+    let load = std::thread::spawn(move || {
+        client.run(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match http::get(vip(), T) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    });
+    let r = daemons[0].ok_json(&["shutdown", "--detach"]);
+    assert_eq!(r["ok"], true, "{r}");
+    wait_for("the router to drop lb0's path", T, || {
+        let r = router_route(&topo);
+        if !r.contains(&format!("via {}", lb_addrs[0]))
+            && r.contains(&format!("via {}", lb_addrs[1]))
+        {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    assert_eq!(daemons[0].wait_exit(T), 0);
+    // Some traffic after lb0's datapath is gone, all through lb1.
+    let before = service(&daemons[1])["counters"]["new_flows"]
+        .as_u64()
+        .unwrap();
+    wait_for("new connections through lb1 after lb0 left", T, || {
+        let n = service(&daemons[1])["counters"]["new_flows"]
+            .as_u64()
+            .unwrap();
+        if n >= before + 50 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    println!(
+        "bgp: {ok} requests while lb0 was withdrawn and detached, {} failed",
+        failed.len()
+    );
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "connections failed while lb0 left: {failed:?}"
+    );
+}

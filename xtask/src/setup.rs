@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages the build, tests and demo use: LLVM 22 for bpf-linker, iproute2 and ethtool
-/// for the namespace topologies, wrk for load, etcd for the cluster tests and demo.
+/// for the namespace topologies, wrk for load, etcd and BIRD for the cluster tests and demo.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "wrk",
     "etcd-server",
+    "bird2",
 ];
 
 fn quiet(cmd: &str, args: &[&str]) -> Option<String> {

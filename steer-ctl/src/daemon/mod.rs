@@ -9,6 +9,7 @@
 //! On SIGTERM/SIGINT it exits leaving the XDP program and maps pinned: traffic goes on with
 //! the last state until the next daemon adopts them.
 
+mod announce;
 mod control;
 mod health;
 mod nat;
@@ -667,6 +668,36 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
     }
 }
 
+/// Keeps the announced VIPs those of the services that can take new flows here (checked every
+/// 200 ms: a backend's health or admin change shows within that).
+async fn keep_announced(daemon: Arc<Daemon>, announcer: Arc<Mutex<announce::Announcer>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last: Option<std::collections::BTreeSet<std::net::IpAddr>> = None;
+    loop {
+        tick.tick().await;
+        let want: std::collections::BTreeSet<std::net::IpAddr> = daemon
+            .core
+            .lock()
+            .expect("core lock")
+            .bal
+            .service_infos()
+            .into_iter()
+            .filter(|s| s.eligible > 0 || s.maintenance)
+            .map(|s| s.vip)
+            .collect();
+        if last.as_ref() == Some(&want) {
+            continue;
+        }
+        let a = announcer.clone();
+        let w = want.clone();
+        let ok = tokio::task::spawn_blocking(move || a.lock().expect("announcer").sync(&w))
+            .await
+            .unwrap_or(false);
+        last = ok.then_some(want);
+    }
+}
+
 /// Publishes this host's active flows per backend for the other hosts' `drain --wait`, every
 /// half second: from the latest flow scan, with the newest intent revision that a scan begun
 /// after holding it covers.
@@ -989,6 +1020,12 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
     if let Some(c) = cluster {
         tasks.spawn(publish_counts(daemon.clone(), c));
     }
+    let announcer = d
+        .announce_table
+        .map(|t| Arc::new(Mutex::new(announce::Announcer::new(t))));
+    if let Some(a) = &announcer {
+        tasks.spawn(keep_announced(daemon.clone(), a.clone()));
+    }
     {
         let reader = daemon.core.lock().expect("core lock").reader.clone();
         let dd = daemon.clone();
@@ -1097,6 +1134,12 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     if detach {
+        if let Some(a) = &announcer {
+            // The routers move the traffic away before the program goes.
+            a.lock().expect("announcer").withdraw_all();
+            info!(hold = ?announce::HOLD, "VIPs withdrawn; holding the datapath while the routers move away");
+            tokio::time::sleep(announce::HOLD).await;
+        }
         // The balancer's handles must close before the pins go, or the maps outlive us.
         drop(daemon);
         match datapath::unpin_all(&d.pin_dir) {

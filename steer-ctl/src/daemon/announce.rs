@@ -1,0 +1,133 @@
+//! Announcing the VIPs through an existing BGP speaker: while a service can take new flows on
+//! this host (its datapath attached, a backend eligible, or maintenance on), the daemon keeps
+//! a blackhole route for its VIP in `daemon.announce_table`, tagged with protocol 250; the
+//! speaker (BIRD's `kernel` protocol with `learn`, or GoBGP's zebra-less `table` import) exports
+//! what that table holds. The routes never carry traffic on this host: the table is not in its
+//! rules. `shutdown --detach` withdraws them and holds the datapath a moment, so the routers
+//! move the traffic before the program goes; a daemon that merely stops (or dies) leaves them,
+//! as its datapath goes on forwarding from the pinned link.
+
+use std::{collections::BTreeSet, net::IpAddr, process::Command, time::Duration};
+
+use tracing::{info, warn};
+
+/// The routes' protocol number (`ip route … proto 250`): what marks them as steer's.
+const PROTO: &str = "250";
+/// How long `shutdown --detach` waits after withdrawing before the datapath goes.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+pub struct Announcer {
+    table: String,
+    installed: BTreeSet<IpAddr>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn family(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "-4"
+    } else {
+        "-6"
+    }
+}
+
+fn prefix(a: &IpAddr) -> String {
+    match a {
+        IpAddr::V4(v) => format!("{v}/32"),
+        IpAddr::V6(v) => format!("{v}/128"),
+    }
+}
+
+impl Announcer {
+    /// Starts from an empty table (what a daemon before left is flushed, then announced again
+    /// as it stands).
+    pub fn new(table: u32) -> Announcer {
+        let a = Announcer {
+            table: table.to_string(),
+            installed: BTreeSet::new(),
+        };
+        a.flush();
+        a
+    }
+
+    fn flush(&self) {
+        for f in ["-4", "-6"] {
+            if let Err(e) = ip(&[f, "route", "flush", "table", &self.table, "proto", PROTO]) {
+                warn!(error = %e, "cannot flush the announced routes");
+            }
+        }
+    }
+
+    /// Announces exactly `want`; false when a route could not be changed (tried again at the
+    /// next call).
+    pub fn sync(&mut self, want: &BTreeSet<IpAddr>) -> bool {
+        let mut ok = true;
+        for a in want.difference(&self.installed.clone()) {
+            let p = prefix(a);
+            let args = [
+                family(a),
+                "route",
+                "replace",
+                "blackhole",
+                &p,
+                "table",
+                &self.table,
+                "proto",
+                PROTO,
+            ];
+            match ip(&args) {
+                Ok(()) => {
+                    info!(vip = %a, table = %self.table, "announced");
+                    self.installed.insert(*a);
+                }
+                Err(e) => {
+                    warn!(vip = %a, error = %e, "cannot announce");
+                    ok = false;
+                }
+            }
+        }
+        for a in self.installed.difference(want).copied().collect::<Vec<_>>() {
+            let p = prefix(&a);
+            let args = [
+                family(&a),
+                "route",
+                "del",
+                "blackhole",
+                &p,
+                "table",
+                &self.table,
+                "proto",
+                PROTO,
+            ];
+            match ip(&args) {
+                Ok(()) => info!(vip = %a, "withdrawn"),
+                Err(e) => {
+                    warn!(vip = %a, error = %e, "cannot withdraw");
+                    ok = false;
+                }
+            }
+            self.installed.remove(&a);
+        }
+        ok
+    }
+
+    /// Withdraws every VIP.
+    pub fn withdraw_all(&mut self) {
+        self.sync(&BTreeSet::new());
+        self.flush();
+    }
+}
