@@ -343,6 +343,9 @@ pub struct HostRecord {
     pub revision: i64,
     pub scan: u64,
     pub active: BTreeMap<String, u64>,
+    /// Backends its own checks find up.
+    #[serde(default)]
+    pub up: Vec<String>,
 }
 
 /// The cluster as this host sees it: its name, the revision of the intent it holds, the other

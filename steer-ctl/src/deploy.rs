@@ -620,7 +620,13 @@ pub fn ready(
         return Err(DeployError::UnknownTarget(target.into()));
     }
     let mut changed: Vec<(String, AdminState)> = Vec::new();
-    let result = wait_then_ready(ctl, env, target, opts, start, &before, &mut changed);
+    // In a cluster, every other host's checks must find them up too.
+    let peers: Vec<String> = st
+        .cluster
+        .as_ref()
+        .map(|c| c.peers.iter().map(|p| p.host.clone()).collect())
+        .unwrap_or_default();
+    let result = wait_then_ready(ctl, env, target, opts, start, &before, &peers, &mut changed);
     match result {
         Ok(r) => Ok(r),
         Err(e) => {
@@ -654,7 +660,9 @@ pub fn ready(
     }
 }
 
-/// `ready`'s wait; `changed` collects what it changed, for the caller to undo on failure.
+/// `ready`'s wait (here, and on every host of `peers` by the records they publish); `changed`
+/// collects what it changed, for the caller to undo on failure.
+#[allow(clippy::too_many_arguments)]
 fn wait_then_ready(
     ctl: &mut impl Control,
     env: &mut impl Env,
@@ -662,8 +670,10 @@ fn wait_then_ready(
     opts: ReadyOpts,
     start: Duration,
     before: &[(String, AdminState, u64)],
+    peers: &[String],
     changed: &mut Vec<(String, AdminState)>,
 ) -> Result<Readied, DeployError> {
+    let mut gone: Vec<String> = Vec::new();
     for (name, admin, _) in before.iter().filter(|b| b.1 == AdminState::Maint) {
         set(ctl, name, AdminState::Drain)?;
         changed.push((name.clone(), *admin));
@@ -687,7 +697,42 @@ fn wait_then_ready(
                 pending.push(b);
             }
         }
-        if pending.is_empty() {
+        // Other hosts: a record published since the command began that lists them up.
+        let waited_so_far = env.now() - start;
+        let mut peers_pending: Vec<String> = Vec::new();
+        for h in peers {
+            if gone.contains(h) {
+                continue;
+            }
+            let rec = st
+                .cluster
+                .as_ref()
+                .and_then(|c| c.peers.iter().find(|p| &p.host == h));
+            match rec {
+                None => {
+                    env.progress(&format!(
+                        "{target}: LB host {h} is gone (its record expired): not waited for"
+                    ));
+                    gone.push(h.clone());
+                }
+                Some(p)
+                    if Duration::from_millis(p.age_ms) < waited_so_far
+                        && before.iter().all(|(n, _, _)| p.up.contains(n)) => {}
+                Some(_) => peers_pending.push(h.clone()),
+            }
+        }
+        if pending.is_empty() && !peers_pending.is_empty() {
+            let line = format!(
+                "{target}: up here; waiting for the checks of {}",
+                peers_pending.join(", ")
+            );
+            if !said.iter().any(|(n, k)| n == "*peers" && *k == line) {
+                said.retain(|(n, _)| n != "*peers");
+                said.push(("*peers".into(), line.clone()));
+                env.progress(&line);
+            }
+        }
+        if pending.is_empty() && peers_pending.is_empty() {
             let r = set(ctl, target, AdminState::Ready)?;
             return Ok(Readied {
                 target: target.into(),
@@ -715,6 +760,15 @@ fn wait_then_ready(
                             .map_or(b.admin, |x| x.1),
                         restore_error: None,
                     })
+                    .chain(peers_pending.iter().flat_map(|h| {
+                        before.iter().map(move |(n, admin, _)| Unhealthy {
+                            name: format!("{n} (on LB host {h})"),
+                            health: crate::model::Health::Unknown,
+                            check: format!("not listed up in {h}'s published checks"),
+                            admin: *admin,
+                            restore_error: None,
+                        })
+                    }))
                     .collect(),
             });
         }

@@ -168,6 +168,9 @@ pub struct PeerStatus {
     pub age_ms: u64,
     /// Active flows per backend name.
     pub active: BTreeMap<String, u64>,
+    /// Backends its checks find up.
+    #[serde(default)]
+    pub up: Vec<String>,
 }
 
 /// The background scan of the connection table that counts active flows per backend.

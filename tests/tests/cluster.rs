@@ -687,3 +687,62 @@ fn a_bgp_speaker_announces_every_host_and_a_detaching_one_leaves_without_a_faile
         "connections failed while lb0 left: {failed:?}"
     );
 }
+
+#[test]
+fn ready_wait_healthy_on_one_host_waits_for_the_checks_of_every_host() {
+    if !steer_tests::privileged("ready_wait_healthy_on_one_host_waits_for_the_checks_of_every_host")
+    {
+        return;
+    }
+    let f = fleet_with(2, true);
+    wait_for("lb0 to see lb1's record", T, || {
+        peer_view(&f.daemons[0], "lb1", "b2").ok_or("no record yet".to_string())
+    });
+    f.daemons[0].ok_json(&["drain", "b2"]);
+    wait_admin(&f, "b2", "drain");
+    // Host 1 cannot reach b2 (its checks go through the kernel's routes; its XDP does not).
+    let b2 = format!("{}/32", f.topo.backends[2].addr);
+    let lb1 = &f.topo.more_lbs[0];
+    lb1.ip(&["route", "add", "blackhole", &b2]);
+    wait_for("b2 down in host 1's checks", T, || {
+        let b = f.daemons[1].backend("b2");
+        if b["health"] == "down" {
+            Ok(())
+        } else {
+            Err(b.to_string())
+        }
+    });
+    std::thread::scope(|sc| {
+        let d0 = &f.daemons[0];
+        let runs0 = d0.backend("b2")["checks_run"].as_u64().unwrap();
+        let waiting = sc.spawn(move || {
+            d0.ctl(&[
+                "--json",
+                "ready",
+                "b2",
+                "--wait-healthy",
+                "--timeout",
+                "60s",
+            ])
+        });
+        // Host 0's own checks pass again and again: alone, that would have readied b2.
+        wait_for("three more passing checks on host 0", T, || {
+            let b = d0.backend("b2");
+            let runs = b["checks_run"].as_u64().unwrap();
+            if b["health"] == "up" && runs >= runs0 + 3 {
+                Ok(())
+            } else {
+                Err(b.to_string())
+            }
+        });
+        assert!(
+            !waiting.is_finished(),
+            "ready --wait-healthy returned while host 1's checks found b2 down"
+        );
+        assert_eq!(admin(d0, "b2"), "drain");
+        lb1.ip(&["route", "del", "blackhole", &b2]);
+        let r = waiting.join().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+    });
+    wait_admin(&f, "b2", "ready");
+}

@@ -738,6 +738,12 @@ async fn publish_counts(daemon: Arc<Daemon>, cluster: crate::cluster::ClusterHan
                 .iter()
                 .filter_map(|b| Some((b.name.clone(), b.active_flows?)))
                 .collect(),
+            up: st
+                .backends
+                .iter()
+                .filter(|b| b.health == crate::model::Health::Up)
+                .map(|b| b.name.clone())
+                .collect(),
         };
         let c = cluster.clone();
         match tokio::task::spawn_blocking(move || c.publish(&record)).await {

@@ -310,6 +310,7 @@ impl Core {
                         scan: r.scan,
                         age_ms: age.as_millis() as u64,
                         active: r.active,
+                        up: r.up,
                     })
                     .collect(),
             }),
