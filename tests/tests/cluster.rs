@@ -632,6 +632,32 @@ fn a_bgp_speaker_announces_every_host_and_a_detaching_one_leaves_without_a_faile
         }
     });
 
+    // A daemon restarting takes its announcement over: never withdrawn, not even for a moment
+    // (which would flap the routers): `ip monitor` sees no route deleted in lb1 meanwhile.
+    let mut monitor = topo.more_lbs[0]
+        .command("ip")
+        .args(["monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    daemons[1].kill9();
+    daemons[1].start();
+    wait_for("lb1's daemon checking again", T, || {
+        let b = daemons[1].backend("b0");
+        if b["health"] == "up" {
+            Ok(())
+        } else {
+            Err(b.to_string())
+        }
+    });
+    let _ = monitor.kill();
+    let seen = monitor.wait_with_output().expect("ip monitor output");
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        !seen.contains("Deleted") || !seen.contains(&addr::VIP.to_string()),
+        "lb1's VIP was withdrawn while its daemon restarted: {seen}"
+    );
+
     // New connections all along, while lb0 leaves.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = topo.client.clone();

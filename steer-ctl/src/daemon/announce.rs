@@ -5,7 +5,8 @@
 //! what that table holds. The routes never carry traffic on this host: the table is not in its
 //! rules. `shutdown --detach` withdraws them and holds the datapath a moment, so the routers
 //! move the traffic before the program goes; a daemon that merely stops (or dies) leaves them,
-//! as its datapath goes on forwarding from the pinned link.
+//! as its datapath goes on forwarding from the pinned link, and the next daemon takes them
+//! over without withdrawing them.
 
 use std::{collections::BTreeSet, net::IpAddr, process::Command, time::Duration};
 
@@ -53,15 +54,32 @@ fn prefix(a: &IpAddr) -> String {
 }
 
 impl Announcer {
-    /// Starts from an empty table (what a daemon before left is flushed, then announced again
-    /// as it stands).
+    /// Takes over the routes a daemon before left (they stay announced: a restart does not
+    /// flap the routers); the first `sync` withdraws those no longer wanted.
     pub fn new(table: u32) -> Announcer {
-        let a = Announcer {
-            table: table.to_string(),
-            installed: BTreeSet::new(),
-        };
-        a.flush();
-        a
+        let table = table.to_string();
+        let mut installed = BTreeSet::new();
+        for f in ["-4", "-6"] {
+            let out = Command::new("ip")
+                .args([f, "route", "show", "table", &table, "proto", PROTO])
+                .output();
+            let Ok(out) = out else { continue };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "blackhole 10.0.0.10 proto 250 …"
+                let mut w = line.split_whitespace();
+                if w.next() != Some("blackhole") {
+                    continue;
+                }
+                if let Some(a) = w
+                    .next()
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse::<IpAddr>().ok())
+                {
+                    installed.insert(a);
+                }
+            }
+        }
+        Announcer { table, installed }
     }
 
     fn flush(&self) {
