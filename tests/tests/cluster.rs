@@ -31,12 +31,14 @@ fn config(topo: &Topology) -> String {
          check = {{ type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", downinterval = \"500ms\", timeout = \"500ms\", rise = 2, fall = 2 }}\n\n",
         addr::VIP
     );
+    // Two groups (every group takes new flows until a `switch`).
     for (i, b) in topo.backends.iter().enumerate() {
         s += &format!(
-            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n\n",
+            "[[service.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\ngroup = \"{}\"\n\n",
             b.name,
             b.addr,
-            addr::mac_str(addr::backend_host(i))
+            addr::mac_str(addr::backend_host(i)),
+            if i < 2 { "blue" } else { "green" }
         );
     }
     s
@@ -355,6 +357,27 @@ fn a_drain_on_one_host_drains_the_backend_on_every_host() {
         .map(|d| service(d)["table_digest"].to_string())
         .collect();
     assert_eq!(digests[0], digests[1], "the same table on both hosts again");
+    // A blue/green switch on one host switches every host.
+    f.daemons[0].ok_json(&["switch", "web", "green"]);
+    for d in &f.daemons {
+        wait_for("green active on both hosts", T, || {
+            let s = service(d);
+            if s["active_group"] == "green" && s["eligible"] == 1 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        });
+    }
+    let digests: Vec<String> = f
+        .daemons
+        .iter()
+        .map(|d| service(d)["table_digest"].to_string())
+        .collect();
+    assert_eq!(
+        digests[0], digests[1],
+        "the same table on both hosts after the switch"
+    );
 }
 
 #[test]
