@@ -45,12 +45,14 @@ fn config(topo: &Topology, groups: &[&str]) -> String {
     s
 }
 
-/// Waits until each backend has passed a check.
+/// Waits until each backend has passed a check and is up (the check's result shows in
+/// `status` a moment before the health it gives is applied: a `switch` in between was refused
+/// for "ready unknown" once).
 fn wait_checked(d: &SteerDaemon, backends: &[&str]) {
     for b in backends {
         wait_for(&format!("{b} up"), T, || {
             let v = d.backend(b);
-            if v["check"] == "ok" {
+            if v["check"] == "ok" && v["health"] == "up" {
                 Ok(())
             } else {
                 Err(v.to_string())
