@@ -64,11 +64,12 @@ pub mod map {
     /// programs of a daemon being replaced and of its successor, running side by side while
     /// the links are swapped, void each other's cached flows.
     pub const FLOW_EPOCHS: &str = "STEER_FEPOCH_V1";
-    /// Per CPU, backend id → `u32`: where the next NAT source port search starts. Datapath
+    /// Backend id → `u64`, shared by all CPUs: the NAT source port cursor, moved by an atomic
+    /// add per new flow (per-CPU cursors, V1, walked into each other's recent ports). Datapath
     /// only; pinned so that a restarted daemon's programs go on from where the ports were
     /// handed out (starting afresh would hand out ports of flows that ended seconds ago,
     /// which the backend may still hold in TIME_WAIT).
-    pub const NAT_CURSOR: &str = "STEER_NCUR_V1";
+    pub const NAT_CURSOR: &str = "STEER_NCUR_V2";
     /// Per CPU, one `u32`: the flow changes this CPU has stamped into `FLOW_EPOCHS`.
     /// Datapath only; pinned with the epochs.
     pub const CHANGE_SEQ: &str = "STEER_FSEQ_V1";
@@ -106,12 +107,13 @@ pub mod map {
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
     /// reused; their flows cannot be read by this version).
-    pub const RETIRED: [&str; 5] = [
+    pub const RETIRED: [&str; 6] = [
         "STEER_SVC_V1",
         "STEER_BE_V1",
         "STEER_FLOWS_V1",
         "STEER_TRANS_V1",
         "STEER_GSTAT_V1",
+        "STEER_NCUR_V1",
     ];
 }
 

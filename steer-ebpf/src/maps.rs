@@ -102,11 +102,12 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "STEER_ICMP_V1")]
 pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU and backend id: where the next NAT source port search starts (0: not yet). Ports
-/// go out in turn, so one comes back as late as the range allows. Datapath only; pinned
-/// (`steer_common::map::NAT_CURSOR`), so a restart goes on from there.
-#[map(name = "STEER_NCUR_V1")]
-pub static NAT_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+/// Per backend id, shared by all CPUs: the NAT source port cursor (0: not yet), moved by an
+/// atomic add per new flow, so ports go out in turn whichever CPU hands them out and one comes
+/// back as late as the range allows. Datapath only; pinned (`steer_common::map::NAT_CURSOR`),
+/// so a restart goes on from there.
+#[map(name = "STEER_NCUR_V2")]
+pub static NAT_CURSOR: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The pre-filter (`steer_common::map::FILTER`). Written by steer-ctl through mmap.
 #[map(name = "STEER_FILTER_V1")]

@@ -9,6 +9,8 @@
 //! missing (evicted) is written again from its partner, so they live and die together, and
 //! a source port that was given away meanwhile is never used by two flows.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
@@ -256,18 +258,24 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     if range == 0 {
         return 0;
     }
-    // Ports are handed out in turn from this CPU's cursor for the backend (from a random
-    // start the first time), so a port comes back as late as the range allows: the
+    // Ports are handed out in turn from the backend's cursor, shared by every CPU (from a
+    // random start the first time), so a port comes back as late as the range allows: the
     // backend may hold the old connection in TIME_WAIT for a minute (when it closed first),
     // and a new client's SYN on that 4-tuple is accepted only if its sequence number happens
     // to be higher than the old connection's. (At more new flows per second to one backend
     // than the range holds ports per minute, such collisions come back: more LB addresses in
-    // a pool, or a wider range, push that rate up.)
+    // a pool, or a wider range, push that rate up.) Per-CPU cursors walked into the ports
+    // another CPU had just handed out: seen as failed connections at 2,000 new flows/s.
     let cursor = NAT_CURSOR.get_ptr_mut(be_id);
-    // SAFETY: this CPU's slot.
-    let start = match cursor.map(|c| unsafe { *c }) {
-        Some(c) if c != 0 => c,
-        _ => random,
+    // SAFETY: a map value of this run. Read, then moved by an atomic add (BPF's add without
+    // fetch): two CPUs reading the same value at once start from the same port, and the
+    // second finds it taken and tries the next.
+    let (start, moved) = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
+        Some((c, n)) if n != 0 => {
+            unsafe { atomic_xadd::<u64, u64, { Relaxed }>(c, 1) };
+            (n as u32, true)
+        }
+        _ => (random, false),
     };
     let syn_ns = if pkt.is_syn() { now } else { 0 };
     // The reverse entry is the same whatever the port (the port is in its key).
@@ -307,10 +315,15 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     if taken == 0 {
         return 0;
     }
-    if let Some(c) = cursor {
-        // SAFETY: this CPU's slot. Next time, from the port after this one (plus `range`,
-        // which changes no port, so the cursor is never 0, "not started").
-        unsafe { *c = (u16::from_be(taken) as u32 - lo + 1) % range + range };
+    let next = (u16::from_be(taken) as u32 - lo + 1) % range;
+    if let Some(c) = cursor.filter(|_| !moved || next != start.wrapping_add(1) % range) {
+        // The first port handed out, or ports were skipped (still held): the cursor moves
+        // past the one taken (plus `range`, which changes no port, so it is never 0, "not
+        // started").
+        // A plain store: another CPU's add in between may be undone, which only costs a
+        // later flow a try on a port still held.
+        // SAFETY: a map value of this run.
+        unsafe { core::ptr::write_volatile(c, (next + range) as u64) };
     }
     Nat {
         port_be: taken,

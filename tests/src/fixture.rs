@@ -635,3 +635,36 @@ pub fn checksum_errors(frame: &[u8]) -> Vec<String> {
     }
     errs
 }
+
+/// Pins the calling thread to one CPU (restored by the guard's drop): `BPF_PROG_TEST_RUN` runs
+/// the program on the CPU of the thread that asks, so a fixture can act as two CPUs.
+pub struct OnCpu(libc::cpu_set_t);
+
+impl OnCpu {
+    pub fn pin(cpu: usize) -> OnCpu {
+        // SAFETY: plain libc calls on this thread's affinity with initialised sets.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old),
+                0
+            );
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+            OnCpu(old)
+        }
+    }
+}
+
+impl Drop for OnCpu {
+    fn drop(&mut self) {
+        // SAFETY: as in pin.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}

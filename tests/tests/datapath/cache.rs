@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use steer_common::{outcome, FlowKey};
 use steer_ctl::{AdminState, Balancer};
-use steer_tests::fixture::{run_frame, tcp4, Delta, Field};
+use steer_tests::fixture::{run_frame, tcp4, Delta, Field, OnCpu};
 
 use crate::common::{establish, fwd, passed, port_to, rst_frame, rst_row, tcp_key, CLIENT, VIP};
 
@@ -124,38 +124,6 @@ fn cached_flow_ends_then_starts_again() {
     );
     t.check(row);
     t.finish();
-}
-
-/// Pins the calling thread to one CPU (restored by the guard's drop).
-struct OnCpu(libc::cpu_set_t);
-
-impl OnCpu {
-    fn pin(cpu: usize) -> OnCpu {
-        // SAFETY: plain libc calls on this thread's affinity with initialised sets.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(
-                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old),
-                0
-            );
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                0,
-                "pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-            OnCpu(old)
-        }
-    }
-}
-
-impl Drop for OnCpu {
-    fn drop(&mut self) {
-        // SAFETY: as in pin.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
-    }
 }
 
 /// Another CPU ends a cached flow and a new connection reuses its 5-tuple for another backend:

@@ -29,6 +29,10 @@ fn ports() {
                 "a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended",
                 a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended,
             ),
+            (
+                "ports_go_out_in_turn_whichever_cpu_takes_the_flow",
+                ports_go_out_in_turn_whichever_cpu_takes_the_flow,
+            ),
         ],
     );
 }
@@ -263,4 +267,32 @@ fn a_single_port_pool_tcp_and_udp_and_reuse_after_the_flow_ended(n: &mut Nat) {
         outcome::DROP_NAT_EXHAUSTED,
         exhausted("oneudp", "oneudp-a"),
     ));
+}
+
+/// One backend's ports go out from one cursor whatever CPU takes the flow: flows alternating
+/// between two CPUs take consecutive ports. (With a cursor per CPU, each CPU walked from its
+/// own place into the ports the other had handed out seconds before — ports the backend may
+/// still hold in TIME_WAIT: connections failed at 2,000 new flows/s.)
+fn ports_go_out_in_turn_whichever_cpu_takes_the_flow(n: &mut Nat) {
+    let solo = vip(81);
+    let c: IpAddr = CLIENT.into();
+    let mut ports = Vec::new();
+    for (i, cport) in [46_100u16, 46_101, 46_102, 46_103].into_iter().enumerate() {
+        let _on = steer_tests::fixture::OnCpu::pin(i % 2);
+        let row = n.to_backend(
+            &format!("a SYN taken by CPU {}", i % 2),
+            "solo",
+            "solo-a",
+            from_client(c, cport, solo, syn(), &[]),
+            true,
+            None,
+        );
+        n.client(row);
+        ports.push(n.nat_of(&key(c, cport, solo, 80, TCP)).1);
+    }
+    let (lo, hi) = (20_000u16, 29_999u16);
+    for w in ports.windows(2) {
+        let next = if w[0] == hi { lo } else { w[0] + 1 };
+        assert_eq!(w[1], next, "ports in turn across CPUs: {ports:?}");
+    }
 }
