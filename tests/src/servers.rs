@@ -106,5 +106,6 @@ impl Drop for Servers {
                 }
             }
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -17,6 +17,7 @@ use steer_tests::{
     etcd::EtcdServer,
     http::{self, Conn},
     netns::{addr, wait_for, Topology, TopologySpec},
+    servers::Servers,
 };
 
 const HTTPD: &str = env!("CARGO_BIN_EXE_steer-httpd");
@@ -47,6 +48,8 @@ fn config(topo: &Topology) -> String {
 /// The LB hosts' daemons, etcd, then the namespaces (fields drop in this order).
 struct Fleet {
     daemons: Vec<SteerDaemon>,
+    /// With `scripted`: the backends' servers, restartable by a deploy's script.
+    servers: Option<Servers>,
     etcd: Option<EtcdServer>,
     topo: Topology,
 }
@@ -57,20 +60,35 @@ fn fleet(lbs: usize) -> Fleet {
     fleet_with(lbs, false)
 }
 
+/// `fleet_with`, the backends' servers started by a script a rollout can run.
+fn fleet_scripted(lbs: usize, shared: bool) -> Fleet {
+    fleet_of(lbs, shared, true)
+}
+
 /// etcd's host on the bridge.
 const ETCD_HOST: u8 = 7;
 
 /// `fleet`, and with `shared` an etcd server (host 7) holding the hosts' intent.
 fn fleet_with(lbs: usize, shared: bool) -> Fleet {
+    fleet_of(lbs, shared, false)
+}
+
+fn fleet_of(lbs: usize, shared: bool, scripted: bool) -> Fleet {
     let mut topo = Topology::new(&TopologySpec {
         backends: 3,
         vips: vec![IpAddr::V4(addr::VIP)],
         ipv6: false,
     });
     topo.add_ecmp(lbs - 1);
-    for i in 0..topo.backends.len() {
-        topo.start_http(Path::new(HTTPD), i);
-    }
+    let servers = if scripted {
+        let dir = std::env::temp_dir().join(format!("steer-cluster-servers-{}", topo.client.name));
+        Some(Servers::new(&topo, &dir, Path::new(HTTPD)))
+    } else {
+        for i in 0..topo.backends.len() {
+            topo.start_http(Path::new(HTTPD), i);
+        }
+        None
+    };
     let etcd = shared.then(|| {
         let ns = topo.add_host("etcd", ETCD_HOST);
         EtcdServer::start(&ns, std::net::Ipv4Addr::new(10, 99, 0, ETCD_HOST))
@@ -110,6 +128,7 @@ fn fleet_with(lbs: usize, shared: bool) -> Fleet {
     }
     Fleet {
         daemons,
+        servers,
         etcd,
         topo,
     }
@@ -794,4 +813,72 @@ fn ready_wait_healthy_on_one_host_waits_for_the_checks_of_every_host() {
         assert_eq!(r.code, 0, "{r:?}");
     });
     wait_admin(&f, "b2", "ready");
+}
+
+#[test]
+fn a_rollout_from_one_host_restarts_every_backend_with_no_failed_request_through_either() {
+    if !steer_tests::privileged(
+        "a_rollout_from_one_host_restarts_every_backend_with_no_failed_request_through_either",
+    ) {
+        return;
+    }
+    let f = fleet_scripted(2, true);
+    wait_for("lb0 to see lb1's record", T, || {
+        peer_view(&f.daemons[0], "lb1", "b0").ok_or("no record yet".to_string())
+    });
+    // New connections all along, spread by the router over both hosts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = f.topo.client.clone();
+    let s = stop.clone();
+    let load = std::thread::spawn(move || {
+        client.run(move || {
+            let mut served: BTreeMap<String, u64> = BTreeMap::new();
+            let mut failed = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match http::get(vip(), T) {
+                    Ok(r) => {
+                        *served
+                            .entry(format!("{} {}", r.backend, r.version))
+                            .or_default() += 1
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (served, failed)
+        })
+    });
+    let script = &f.servers.as_ref().unwrap().script;
+    let exec = format!("sh {} {{backend}} v2", script.display());
+    let r = f.daemons[0].ctl(&[
+        "--json",
+        "rollout",
+        "web",
+        "--exec",
+        &exec,
+        "--drain-timeout",
+        "20s",
+        "--healthy-timeout",
+        "20s",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = load.join().unwrap();
+    assert_eq!(r.code, 0, "rollout: {r:?}");
+    let summary = r.json();
+    assert!(
+        summary["backends"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|s| s["result"] == "ok")),
+        "{summary}"
+    );
+    println!("rollout across two hosts: served {served:?}");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(served.keys().any(|k| k.ends_with("v2")), "{served:?}");
+    // Every backend is back in rotation on both hosts.
+    for b in ["b0", "b1", "b2"] {
+        wait_admin(&f, b, "ready");
+    }
 }
