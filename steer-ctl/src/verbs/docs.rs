@@ -30,6 +30,15 @@ fn script(shell: clap_complete::Shell) -> String {
     }
 }
 
+pub fn man() -> Result<(), i32> {
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .map_err(|e| {
+            eprintln!("steer-ctl: {e}");
+            steer_ctl::exit::FAILURE
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,13 +77,4 @@ mod tests {
         let rollout = complete(&["steer-ctl", "rollout", "--"]);
         assert!(rollout.contains(&"--exec".to_string()), "{rollout:?}");
     }
-}
-
-pub fn man() -> Result<(), i32> {
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut std::io::stdout())
-        .map_err(|e| {
-            eprintln!("steer-ctl: {e}");
-            steer_ctl::exit::FAILURE
-        })
 }
