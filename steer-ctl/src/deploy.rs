@@ -414,6 +414,40 @@ pub fn drain(
     })
 }
 
+/// The records in `st` of the hosts of `hosts` not yet `gone`; a host whose record has expired
+/// (its daemon stopped, or the host was lost) is said once, added to `gone`, and no longer
+/// waited for.
+fn live_peers<'a>(
+    st: &'a Status,
+    hosts: &[String],
+    gone: &mut Vec<String>,
+    env: &mut impl Env,
+    label: &str,
+) -> Vec<&'a crate::proto::PeerStatus> {
+    let mut live = Vec::new();
+    for h in hosts
+        .iter()
+        .filter(|h| !gone.contains(h))
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        match st
+            .cluster
+            .as_ref()
+            .and_then(|c| c.peers.iter().find(|p| p.host == h))
+        {
+            Some(p) => live.push(p),
+            None => {
+                env.progress(&format!(
+                    "{label}: LB host {h} is gone (its record expired): not waited for"
+                ));
+                gone.push(h);
+            }
+        }
+    }
+    live
+}
+
 /// The other LB hosts a drain waits for, and the intent revision their counts must cover.
 struct Peers {
     revision: i64,
@@ -459,25 +493,12 @@ fn wait_drained(
         // Other hosts: fresh when their counts cover the drain; a host whose record died is
         // reported once and no longer waited for.
         let (mut peers_fresh, mut peer_sum) = (true, 0u64);
-        for h in peers.map(|p| p.hosts.as_slice()).unwrap_or(&[]) {
-            if gone.contains(h) {
-                continue;
-            }
-            let rec = st
-                .cluster
-                .as_ref()
-                .and_then(|c| c.peers.iter().find(|p| &p.host == h));
-            match rec {
-                None => {
-                    env.progress(&format!(
-                        "{label}: LB host {h} is gone (its record expired): not waited for"
-                    ));
-                    gone.push(h.clone());
-                }
-                Some(p) if p.revision >= peers.map_or(0, |p| p.revision) => {
-                    peer_sum += names.iter().filter_map(|n| p.active.get(n)).sum::<u64>();
-                }
-                Some(_) => peers_fresh = false,
+        let hosts = peers.map(|p| p.hosts.as_slice()).unwrap_or(&[]);
+        for p in live_peers(&st, hosts, &mut gone, env, label) {
+            if p.revision >= peers.map_or(0, |p| p.revision) {
+                peer_sum += names.iter().filter_map(|n| p.active.get(n)).sum::<u64>();
+            } else {
+                peers_fresh = false;
             }
         }
         let fresh = st.flow_scan.seq >= scan && peers_fresh;
@@ -699,28 +720,14 @@ fn wait_then_ready(
         }
         // Other hosts: a record published since the command began that lists them up.
         let waited_so_far = env.now() - start;
-        let mut peers_pending: Vec<String> = Vec::new();
-        for h in peers {
-            if gone.contains(h) {
-                continue;
-            }
-            let rec = st
-                .cluster
-                .as_ref()
-                .and_then(|c| c.peers.iter().find(|p| &p.host == h));
-            match rec {
-                None => {
-                    env.progress(&format!(
-                        "{target}: LB host {h} is gone (its record expired): not waited for"
-                    ));
-                    gone.push(h.clone());
-                }
-                Some(p)
-                    if Duration::from_millis(p.age_ms) < waited_so_far
-                        && before.iter().all(|(n, _, _)| p.up.contains(n)) => {}
-                Some(_) => peers_pending.push(h.clone()),
-            }
-        }
+        let peers_pending: Vec<String> = live_peers(&st, peers, &mut gone, env, target)
+            .into_iter()
+            .filter(|p| {
+                Duration::from_millis(p.age_ms) >= waited_so_far
+                    || !before.iter().all(|(n, _, _)| p.up.contains(n))
+            })
+            .map(|p| p.host.clone())
+            .collect();
         if pending.is_empty() && !peers_pending.is_empty() {
             let line = format!(
                 "{target}: up here; waiting for the checks of {}",
