@@ -218,4 +218,11 @@ pub enum ConfigVerb {
         #[arg(long, default_value = steer_ctl::config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print a steer.toml equivalent to an haproxy.cfg's frontends, listens and backends, and
+    /// list (with line numbers, on stderr) what could not be translated.
+    #[command(
+        name = "import-haproxy",
+        after_help = "Example:\n  steer-ctl config import-haproxy /etc/haproxy/haproxy.cfg > steer.toml"
+    )]
+    ImportHaproxy { file: PathBuf },
 }

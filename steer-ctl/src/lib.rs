@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod deploy;
 pub mod exit;
+pub mod haproxy;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -206,6 +206,7 @@ pub fn run(cli: Cli) -> i32 {
         ),
         Verb::Config { what } => match what {
             ConfigVerb::Check { config } => ops::config_check(&ctx, &config),
+            ConfigVerb::ImportHaproxy { file } => ops::import_haproxy(&ctx, &file),
         },
         Verb::Reload => ops::reload(&ctx),
         Verb::Shutdown { detach } => ops::shutdown(&ctx, detach),

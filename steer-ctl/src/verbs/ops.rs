@@ -93,3 +93,29 @@ pub fn shutdown(ctx: &Ctx, detach: bool) -> Result<(), i32> {
     );
     Ok(())
 }
+
+pub fn import_haproxy(ctx: &Ctx, path: &Path) -> Result<(), i32> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ctx.fail_msg(&format!("{}: {e}", path.display()), "config", exit::CONFIG))?;
+    match steer_ctl::haproxy::import(&text) {
+        Ok(imp) => {
+            let skipped: Vec<String> = imp
+                .skipped
+                .iter()
+                .map(|s| format!("{}:{s}", path.display()))
+                .collect();
+            if ctx.json {
+                out(
+                    json!({"ok": true, "toml": imp.toml, "skipped": imp.skipped.iter().map(|s| json!({"line": s.line, "message": s.message})).collect::<Vec<_>>()}),
+                );
+            } else {
+                out(imp.toml.trim_end());
+                for s in &skipped {
+                    err(format!("not translated: {s}"));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(ctx.fail_msg(&format!("{}: {e}", path.display()), "config", exit::CONFIG)),
+    }
+}
