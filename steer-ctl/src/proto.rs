@@ -144,6 +144,17 @@ pub struct Status {
     /// With `[cluster]`: this host and the others' published active flows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// The window the services' and backends' `rate` cover (the time since an earlier read of
+    /// the counters, at least a second when reads come that often); absent on the first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window_ms: Option<u64>,
+}
+
+/// Recent rates, over the status's `rate_window_ms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub packets_per_s: f64,
+    pub new_flows_per_s: f64,
 }
 
 /// The LB hosts sharing this one's intent (`[cluster]`).
@@ -280,6 +291,8 @@ pub struct ServiceStatus {
     pub table_digest: String,
     pub backends: Vec<String>,
     pub counters: Counters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -311,6 +324,26 @@ pub struct BackendStatus {
     /// Last check's latency in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<f64>,
+    /// Failed checks since the daemon started.
+    #[serde(default)]
+    pub check_failures: u64,
+    /// Checks that could not run from this host (no descriptors, no ports).
+    #[serde(default)]
+    pub checks_not_run: u64,
+    /// Health transitions since the daemon started.
+    #[serde(default)]
+    pub went_down: u64,
+    #[serde(default)]
+    pub went_up: u64,
+    /// Times passive health (NAT `observe`) marked the backend down.
+    #[serde(default)]
+    pub passive_downs: u64,
+    /// The last change of admin state or health ("admin ready → drain", "health up → down:
+    /// connect: refused", or "daemon started"), and how long ago: the time in the state.
+    #[serde(default)]
+    pub last_change: String,
+    #[serde(default)]
+    pub last_change_ms: u64,
     /// The weight in force.
     pub weight: u32,
     /// The config's weight (differs from `weight` when `steer-ctl weight` set another).
@@ -320,6 +353,8 @@ pub struct BackendStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_flows: Option<u64>,
     pub counters: Counters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -29,6 +29,11 @@ pub struct CheckState {
     pub runs: u64,
     /// Failed checks since the daemon started.
     pub failures: u64,
+    /// Checks that could not run from this host (no descriptors, no ports) since the daemon
+    /// started.
+    pub not_run: u64,
+    /// Times passive health marked the backend down since the daemon started.
+    pub passive_downs: u64,
     /// Why passive health marked the backend down, until checks bring it back.
     pub passive: Option<String>,
 }
@@ -118,6 +123,7 @@ pub fn apply_reports(core: &Shared, reports: Vec<Report>) {
     if let Err(e) = c.bal.commit() {
         error!(error = %e, "cannot publish health changes");
     }
+    c.note_changes("added");
 }
 
 /// Applies one check result (inside a batch).
@@ -145,8 +151,10 @@ fn apply_report(c: &mut super::Core, r: Report) {
     st.last = last.clone();
     st.latency = Some(r.latency);
     st.runs += 1;
-    if matches!(r.outcome, Outcome::Failed(_)) {
-        st.failures += 1;
+    match r.outcome {
+        Outcome::Failed(_) => st.failures += 1,
+        Outcome::Local(_) => st.not_run += 1,
+        Outcome::Ok => {}
     }
     let Some(health) = r.change else {
         return;
@@ -233,7 +241,9 @@ pub fn apply_passive(core: &Shared, downs: Vec<PassiveDown>) {
             continue;
         }
         warn!(service = %info.service, backend = %d.backend, old = info.health.as_str(), new = "down", reason = %reason, "health changed");
-        c.checks.entry(d.backend.clone()).or_default().passive = Some(reason);
+        let st = c.checks.entry(d.backend.clone()).or_default();
+        st.passive = Some(reason);
+        st.passive_downs += 1;
         if let Some(f) = c.forced.get(&d.backend) {
             f.mark_down();
         }
@@ -241,4 +251,5 @@ pub fn apply_passive(core: &Shared, downs: Vec<PassiveDown>) {
     if let Err(e) = c.bal.commit() {
         error!(error = %e, "cannot publish passive health changes");
     }
+    c.note_changes("added");
 }

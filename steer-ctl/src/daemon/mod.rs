@@ -12,6 +12,7 @@
 mod announce;
 mod control;
 mod health;
+mod history;
 mod nat;
 mod os;
 pub mod reconcile;
@@ -102,6 +103,8 @@ pub(crate) struct Core {
     watcher: Arc<nat::Watcher>,
     /// With `[cluster]`: the other hosts, and this one's published record.
     cluster: Option<crate::cluster::ClusterHandle>,
+    /// Each backend's last change, and recent rates (a lock of its own: status reads it).
+    history: Mutex<history::History>,
 }
 
 type Shared = Mutex<Core>;
@@ -293,6 +296,11 @@ impl Core {
         for n in &notes {
             warn!("{n}");
         }
+        self.note_changes(if reloading {
+            "added by a reload"
+        } else {
+            "added"
+        });
         match r {
             Ok(mut changes) => {
                 changes.extend(notes);
@@ -305,13 +313,29 @@ impl Core {
         }
     }
 
-    /// The backends whose passive health the watcher reads: those of NAT services with
-    /// `observe` on.
+    /// Notes every backend's admin state and health in its history (a backend first seen
+    /// starts its history with `first`).
+    fn note_changes(&self, first: &str) {
+        let infos = self.bal.backend_infos();
+        let checks = &self.checks;
+        self.history
+            .lock()
+            .expect("history lock")
+            .note(&infos, first, |name| {
+                let c = checks.get(name)?;
+                c.passive
+                    .clone()
+                    .or_else(|| (!c.last.is_empty()).then(|| c.last.clone()))
+            });
+    }
+
     /// Whether any service is NAT.
     fn has_nat(&self) -> bool {
         self.bal.service_infos().iter().any(|s| s.nat.is_some())
     }
 
+    /// The backends whose passive health the watcher reads: those of NAT services with
+    /// `observe` on.
     fn watched(&self) -> Vec<nat::Watched> {
         let limits: BTreeMap<String, u64> = self
             .bal
@@ -949,10 +973,12 @@ async fn start_locked(
         reader,
         watcher,
         cluster: None,
+        history: Mutex::new(history::History::default()),
     };
     let mut core = core;
     core.cluster = core.store.cluster();
     core.watcher.set(core.watched(), core.has_nat());
+    core.note_changes("daemon started");
     let daemon = Arc::new(Daemon {
         core: Mutex::new(core),
         counts: status::FlowCounts::new(capacity),

@@ -168,6 +168,13 @@ impl FlowCounts {
     }
 }
 
+fn rate(r: &super::history::Rate) -> proto::Rate {
+    proto::Rate {
+        packets_per_s: r.packets_per_s,
+        new_flows_per_s: r.new_flows_per_s,
+    }
+}
+
 /// One pass over the table: flows not ended, seen within their service's idle timeout, and
 /// pinned to the current holder of their backend id.
 fn count(
@@ -219,6 +226,8 @@ impl Core {
             .map(|s| s.name)
             .collect();
         let observed = self.bal.datapath().observed();
+        let (rates, window) = self.rates();
+        let history = self.history.lock().expect("history lock");
         let config_weights: BTreeMap<&String, u32> = self
             .cfg
             .backends()
@@ -231,6 +240,7 @@ impl Core {
                 .service_infos()
                 .into_iter()
                 .map(|s| ServiceStatus {
+                    rate: rates.get(&format!("service {}", s.name)).map(rate),
                     counters: self
                         .bal
                         .service_counters(&s.name)
@@ -262,7 +272,16 @@ impl Core {
                 .into_iter()
                 .map(|b| {
                     let chk = self.checks.get(&b.name).cloned().unwrap_or_default();
+                    let change = history.change(&b.name).unwrap_or_default();
                     BackendStatus {
+                        rate: rates.get(&format!("backend {}", b.name)).map(rate),
+                        check_failures: chk.failures,
+                        checks_not_run: chk.not_run,
+                        went_down: change.went_down,
+                        went_up: change.went_up,
+                        passive_downs: chk.passive_downs,
+                        last_change: change.what,
+                        last_change_ms: change.ago.as_millis() as u64,
                         counters: self
                             .bal
                             .backend_counters(&b.name)
@@ -314,7 +333,29 @@ impl Core {
                     })
                     .collect(),
             }),
+            rate_window_ms: window.map(|w| w.as_millis() as u64),
         }
+    }
+
+    /// Rates since an earlier read, keyed "service NAME" and "backend NAME".
+    fn rates(
+        &self,
+    ) -> (
+        BTreeMap<String, super::history::Rate>,
+        Option<std::time::Duration>,
+    ) {
+        let mut counts = BTreeMap::new();
+        for s in self.bal.service_infos() {
+            if let Ok(c) = self.bal.service_counters(&s.name) {
+                counts.insert(format!("service {}", s.name), (c.packets, c.new_flows));
+            }
+        }
+        for b in self.bal.backend_infos() {
+            if let Ok(c) = self.bal.backend_counters(&b.name) {
+                counts.insert(format!("backend {}", b.name), (c.packets, c.new_flows));
+            }
+        }
+        self.history.lock().expect("history lock").rates(counts)
     }
 
     /// What listing flows needs, taken under the lock; the listing itself runs outside it.

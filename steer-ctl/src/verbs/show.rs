@@ -88,6 +88,7 @@ fn services_table(services: &[ServiceStatus]) -> Table {
         ("ELIGIBLE", true),
         ("PACKETS", true),
         ("NEW FLOWS", true),
+        ("NEW/S", true),
         ("TABLE", false),
     ]);
     for v in services {
@@ -106,10 +107,33 @@ fn services_table(services: &[ServiceStatus]) -> Table {
             v.eligible.to_string(),
             v.counters.packets.to_string(),
             v.counters.new_flows.to_string(),
+            per_s(v.rate.map(|r| r.new_flows_per_s)),
             v.table_digest.get(..8).unwrap_or("-").to_string(),
         ]);
     }
     t
+}
+
+/// A rate as a table cell: "-" before there is one.
+fn per_s(r: Option<f64>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r < 10.0 && r.fract() != 0.0 => format!("{r:.1}"),
+        Some(r) => format!("{r:.0}"),
+    }
+}
+
+/// A duration in the two largest units that matter: "850ms", "42s", "3m04s", "2h05m",
+/// "3d04h" (HAProxy's `lastchg`, readable).
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 /// "3", or "3 (config 1)" when `steer-ctl weight` changed it.
@@ -130,9 +154,13 @@ fn backends_table(backends: &[BackendStatus]) -> Table {
         ("ROLE", false),
         ("ADMIN", false),
         ("HEALTH", false),
+        ("SINCE", true),
         ("WEIGHT", true),
         ("ACTIVE", true),
+        ("NEW/S", true),
         ("PACKETS", true),
+        ("FAILS", true),
+        ("DOWNS", true),
         ("CHECK", false),
     ]);
     for b in backends {
@@ -144,10 +172,15 @@ fn backends_table(backends: &[BackendStatus]) -> Table {
             b.role.to_string(),
             b.admin.to_string(),
             b.health.to_string(),
+            // Time in the state: since the last change of admin state or health.
+            age(b.last_change_ms),
             weight(b),
             // Unknown when the last flow scan failed or none has completed yet.
             b.active_flows.map_or("?".to_string(), |n| n.to_string()),
+            per_s(b.rate.map(|r| r.new_flows_per_s)),
             b.counters.packets.to_string(),
+            b.check_failures.to_string(),
+            b.went_down.to_string(),
             // Passive health's mark-down says more than the last check until checks bring
             // the backend back.
             b.passive.clone().unwrap_or_else(|| b.check.clone()),
@@ -275,6 +308,13 @@ mod tests {
             weight: w,
             config_weight: 1,
             active_flows: active,
+            last_change_ms: 185_000,
+            check_failures: 4,
+            went_down: 1,
+            rate: Some(steer_ctl::proto::Rate {
+                packets_per_s: 10.0,
+                new_flows_per_s: 2.5,
+            }),
             ..BackendStatus::default()
         };
         let lines = backends_table(&[
@@ -294,9 +334,9 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH         WEIGHT  ACTIVE  PACKETS  CHECK",
-                "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  3 (config 1)      12        0  not checked yet",
-                "b1                        web      -      10.0.0.1  pool  drain  unknown             1       ?        0  not checked yet",
+                "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH   SINCE        WEIGHT  ACTIVE  NEW/S  PACKETS  FAILS  DOWNS  CHECK",
+                "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  3m05s  3 (config 1)      12    2.5        0      4      1  not checked yet",
+                "b1                        web      -      10.0.0.1  pool  drain  unknown  3m05s             1       ?    2.5        0      4      1  not checked yet",
             ]
         );
     }
@@ -314,11 +354,25 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "SERVICE  ADDRESS       PROTO  MODE  MAINTENANCE  GROUP  ELIGIBLE  PACKETS  NEW FLOWS  TABLE",
-                "web      10.0.0.10:80  tcp    dsr   off          -             0        0          0  -",
-                "api      10.0.0.10:80  tcp    nat   off          -             0        0          0  -",
+                "SERVICE  ADDRESS       PROTO  MODE  MAINTENANCE  GROUP  ELIGIBLE  PACKETS  NEW FLOWS  NEW/S  TABLE",
+                "web      10.0.0.10:80  tcp    dsr   off          -             0        0          0      -  -",
+                "api      10.0.0.10:80  tcp    nat   off          -             0        0          0      -  -",
             ]
         );
+    }
+
+    #[test]
+    fn ages_read_in_two_units() {
+        let cases = [
+            (850, "850ms"),
+            (42_000, "42s"),
+            (184_000, "3m04s"),
+            (7_500_000, "2h05m"),
+            (273_600_000, "3d04h"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(age(ms), want);
+        }
     }
 
     #[test]
