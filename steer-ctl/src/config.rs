@@ -449,7 +449,9 @@ pub struct DaemonCfg {
     pub socket: PathBuf,
     /// Group allowed on the control socket besides root (socket mode 0660).
     pub socket_group: Option<String>,
-    /// Loopback address of the Prometheus endpoint; none when absent.
+    /// Address of the Prometheus endpoint and the stats page: loopback `127.0.0.1:9469` by
+    /// default, another address only when set explicitly, `"off"` for none.
+    #[serde(deserialize_with = "metrics_addr")]
     pub metrics: Option<std::net::SocketAddr>,
     pub max_flows: u32,
     pub max_services: u32,
@@ -462,6 +464,25 @@ pub struct DaemonCfg {
     pub announce_table: Option<u32>,
 }
 
+/// Where metrics and the stats page are served unless `[daemon] metrics` says otherwise.
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9469);
+
+/// `metrics = "ADDRESS:PORT"` or `metrics = "off"`.
+fn metrics_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an address and port (\"127.0.0.1:9469\", \"[::1]:9469\") or \"off\", found {s:?}"
+        ))
+    })
+}
+
 impl Default for DaemonCfg {
     fn default() -> Self {
         DaemonCfg {
@@ -471,7 +492,7 @@ impl Default for DaemonCfg {
             state_file: "/var/lib/steer/state.json".into(),
             socket: "/run/steer/steer.sock".into(),
             socket_group: None,
-            metrics: None,
+            metrics: Some(DEFAULT_METRICS),
             max_flows: steer_common::MAX_FLOWS,
             max_services: steer_common::MAX_SERVICES,
             snat: Vec::new(),
@@ -1006,12 +1027,10 @@ impl DaemonCfg {
             }
         }
         if let Some(m) = self.metrics {
-            if !m.ip().is_loopback() {
+            if m.port() == 0 {
                 r.at(
                     at.get("metrics").span.clone(),
-                    format!(
-                        "daemon.metrics must be a loopback address (127.0.0.1 or ::1), found {m}"
-                    ),
+                    format!("daemon.metrics needs a port (9469 is steer's), found {m}"),
                 );
             }
         }
@@ -1699,14 +1718,34 @@ role = "maintenance"
     }
 
     #[test]
-    fn metrics_only_on_loopback() {
-        let e = first_error("# metrics: loopback only\n[daemon]\nmetrics = \"0.0.0.0:9469\"\ninterfaces = [\"eth0\"]\n");
-        assert_eq!(e, "steer.toml:3:11: daemon.metrics must be a loopback address (127.0.0.1 or ::1), found 0.0.0.0:9469");
+    fn metrics_on_loopback_unless_set_explicitly() {
+        let daemon = |t: &str| {
+            parse(&format!("[daemon]\ninterfaces = [\"eth0\"]\n{t}"))
+                .unwrap()
+                .daemon
+                .metrics
+        };
+        assert_eq!(daemon(""), Some("127.0.0.1:9469".parse().unwrap()));
+        assert_eq!(
+            daemon("metrics = \"0.0.0.0:9469\"\n"),
+            Some("0.0.0.0:9469".parse().unwrap())
+        );
+        assert_eq!(daemon("metrics = \"off\"\n"), None);
+        let e = first_error("[daemon]\nmetrics = \"localhost\"\ninterfaces = [\"eth0\"]\n");
+        assert!(
+            e.starts_with("steer.toml:2:11: expected an address and port"),
+            "{e}"
+        );
+        let e = first_error("[daemon]\nmetrics = \"[::1]:0\"\ninterfaces = [\"eth0\"]\n");
+        assert_eq!(
+            e,
+            "steer.toml:2:11: daemon.metrics needs a port (9469 is steer's), found [::1]:0"
+        );
     }
 
     #[test]
     fn every_error_is_reported_in_the_order_of_the_text() {
-        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:9469\"\ninterfaces = [\"eth0\"]\n").unwrap_err();
+        let errs = parse("[[service]]\nname = \"w\"\nvip = \"10.0.0.1\"\nport = 80\nmaglev_size = 4\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.2\"\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.3\"\n[daemon]\nmetrics = \"10.0.0.1:0\"\ninterfaces = [\"eth0\"]\n").unwrap_err();
         let at: Vec<(usize, usize)> = errs.0.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(at, [(5, 15), (10, 8), (13, 11)], "{errs}");
     }

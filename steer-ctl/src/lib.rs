@@ -16,6 +16,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod stats;
 pub mod store;
 
 pub use balancer::{BackendSpec, Balancer, ServiceSpec};

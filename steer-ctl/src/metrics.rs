@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{balancer::Balancer, model::Mode, proto::Status};
+use crate::{model::Mode, proto::Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SvcLabels {
@@ -45,8 +45,47 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: String,
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BeResultLabels {
+    service: String,
+    backend: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BeToLabels {
+    service: String,
+    backend: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    /// FNV-1a of the embedded eBPF object: which datapath this binary loads.
+    datapath: String,
+}
+
+/// The embedded eBPF object's fingerprint, computed once.
+fn datapath_digest() -> &'static str {
+    static D: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    D.get_or_init(|| {
+        let h = crate::datapath::OBJECT
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("{h:016x}")
+    })
 }
 
 fn counter<
@@ -74,7 +113,7 @@ fn gauge<
 }
 
 /// The text exposition of one scrape.
-pub fn render(status: &Status, _bal: &Balancer) -> String {
+pub fn render(status: &Status) -> String {
     let mut reg = Registry::with_prefix("steer");
     let s_packets = counter::<SvcLabels>(&mut reg, "service_packets", "Packets to the service");
     let s_bytes = counter::<SvcLabels>(&mut reg, "service_bytes", "Bytes to the service");
@@ -171,11 +210,48 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         "backend_check_latency_seconds",
         "Duration of the last health check",
     );
-    let dp = counter::<ReasonLabels>(
+    let b_checks = counter::<BeResultLabels>(
+        &mut reg,
+        "backend_checks",
+        "Health checks run, by result (ok, failed; not_run: could not run from this host)",
+    );
+    let b_transitions = counter::<BeToLabels>(
+        &mut reg,
+        "backend_health_transitions",
+        "Health changes of the backend, by the health it went to",
+    );
+    let b_passive = counter::<BeLabels>(
+        &mut reg,
+        "backend_passive_downs",
+        "NAT passive health: times the backend was marked down for failed attempts",
+    );
+    let b_since = gauge::<BeLabels>(
+        &mut reg,
+        "backend_state_age_seconds",
+        "Time since the backend's last change of admin state or health",
+    );
+    let dp = counter::<OutcomeLabels>(
         &mut reg,
         "datapath_packets",
-        "Packets by datapath outcome or event",
+        "Packets seen by the datapath, by outcome: every packet is counted under exactly one",
     );
+    let ev = counter::<EventLabels>(
+        &mut reg,
+        "datapath_events",
+        "Datapath events (a packet may cause several, or none): redispatches, stale SYNs, flow misses, NAT and passive-health events",
+    );
+    let build = Family::<BuildLabels, Gauge>::default();
+    reg.register(
+        "build_info",
+        "1, labelled with the steer-ctl version and a fingerprint of the datapath it loads",
+        build.clone(),
+    );
+    build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            datapath: datapath_digest().into(),
+        })
+        .set(1);
 
     for s in &status.services {
         let l = SvcLabels {
@@ -232,6 +308,35 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
         if let Some(ms) = b.check_ms {
             b_lat.get_or_create(&l).set(ms / 1000.0);
         }
+        let ok = b
+            .checks_run
+            .saturating_sub(b.check_failures + b.checks_not_run);
+        for (result, n) in [
+            ("ok", ok),
+            ("failed", b.check_failures),
+            ("not_run", b.checks_not_run),
+        ] {
+            b_checks
+                .get_or_create(&BeResultLabels {
+                    service: b.service.clone(),
+                    backend: b.name.clone(),
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
+        for (to, n) in [("up", b.went_up), ("down", b.went_down)] {
+            b_transitions
+                .get_or_create(&BeToLabels {
+                    service: b.service.clone(),
+                    backend: b.name.clone(),
+                    to: to.into(),
+                })
+                .inc_by(n);
+        }
+        b_passive.get_or_create(&l).inc_by(b.passive_downs);
+        b_since
+            .get_or_create(&l)
+            .set(b.last_change_ms as f64 / 1000.0);
         for st in ["ready", "drain", "maint", "reject"] {
             b_admin
                 .get_or_create(&BeStateLabels {
@@ -266,11 +371,18 @@ pub fn render(status: &Status, _bal: &Balancer) -> String {
             capacity.get_or_create(&l).set(cap as f64);
         }
     }
-    for (reason, n) in &status.datapath {
-        dp.get_or_create(&ReasonLabels {
-            reason: reason.clone(),
-        })
-        .inc_by(*n);
+    for (name, n) in &status.datapath {
+        if steer_common::event::NAMES.contains(&name.as_str()) {
+            ev.get_or_create(&EventLabels {
+                event: name.clone(),
+            })
+            .inc_by(*n);
+        } else {
+            dp.get_or_create(&OutcomeLabels {
+                outcome: name.clone(),
+            })
+            .inc_by(*n);
+        }
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding to a String");
@@ -282,15 +394,28 @@ const MAX_CONNS: usize = 32;
 /// A connection gets this long for its request and the answer, whatever it does.
 const CONN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `GET /metrics` (any path) with `render()` on `addr`: one request per connection,
+/// One answer of the endpoint.
+pub struct Page {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// Content type of the exposition (`encode` writes OpenMetrics text).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `route(path)` on `addr` (`/metrics`, the stats page): one request per connection,
 /// at most `MAX_CONNS` at once, each closed after `CONN_TIMEOUT`.
 pub async fn serve(
     addr: SocketAddr,
-    render: impl Fn() -> String + Send + Sync + 'static,
+    route: impl Fn(&str) -> Page + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(address = %addr, "metrics endpoint listening");
-    let render = Arc::new(render);
+    tracing::info!(address = %addr, "metrics endpoint and stats page listening");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(address = %addr, "metrics and the stats page are served beyond this host: whoever reaches the address sees the services, backends and their states");
+    }
+    let route = Arc::new(route);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     let mut errors = 0u64;
     loop {
@@ -310,20 +435,38 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let render = render.clone();
+        let route = route.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |_req| {
-                let render = render.clone();
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let route = route.clone();
+                let path = req.uri().path().to_string();
+                let get = req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD;
                 async move {
-                    let body = tokio::task::spawn_blocking(move || render())
-                        .await
-                        .unwrap_or_default();
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    let page = if get {
+                        tokio::task::spawn_blocking(move || route(&path))
+                            .await
+                            .unwrap_or(Page {
+                                status: 500,
+                                content_type: "text/plain; charset=utf-8",
+                                body: "internal error\n".into(),
+                            })
+                    } else {
+                        Page {
+                            status: 405,
+                            content_type: "text/plain; charset=utf-8",
+                            body: "only GET\n".into(),
+                        }
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(page.body)));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(page.status)
+                        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
+                        hyper::header::HeaderValue::from_static(page.content_type),
+                    );
+                    resp.headers_mut().insert(
+                        hyper::header::CACHE_CONTROL,
+                        hyper::header::HeaderValue::from_static("no-store"),
                     );
                     Ok::<_, Infallible>(resp)
                 }
@@ -335,5 +478,84 @@ pub async fn serve(
             let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BackendStatus, Counters};
+
+    /// The value of the sample line that starts with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn outcomes_and_events_are_families_of_their_own() {
+        let mut status = Status::default();
+        let outcomes = [("tx_forward", 90), ("pass_not_service", 10), ("tx_rst", 5)];
+        for (n, v) in outcomes {
+            status.datapath.insert(n.into(), v);
+        }
+        status.datapath.insert("redispatch".into(), 3);
+        status.datapath.insert("stale_syn".into(), 2);
+        status.backends.push(BackendStatus {
+            name: "a".into(),
+            service: "web".into(),
+            checks_run: 10,
+            check_failures: 3,
+            checks_not_run: 1,
+            went_down: 1,
+            went_up: 2,
+            last_change_ms: 1500,
+            counters: Counters::default(),
+            ..BackendStatus::default()
+        });
+        let text = render(&status);
+        // Every packet under exactly one outcome: the family sums to the packets seen.
+        let sum: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("steer_datapath_packets_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(sum, 105.0, "{text}");
+        assert_eq!(
+            sample(&text, "steer_datapath_events_total{event=\"redispatch\"}"),
+            Some(3.0)
+        );
+        assert!(!text.contains("outcome=\"redispatch\""), "{text}");
+        assert!(text.contains("# TYPE steer_datapath_events counter"));
+        assert_eq!(
+            sample(
+                &text,
+                "steer_backend_checks_total{service=\"web\",backend=\"a\",result=\"ok\"}"
+            ),
+            Some(6.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "steer_backend_health_transitions_total{service=\"web\",backend=\"a\",to=\"down\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "steer_backend_state_age_seconds{service=\"web\",backend=\"a\"}"
+            ),
+            Some(1.5)
+        );
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("steer_build_info{"))
+            .expect("build_info");
+        assert!(
+            build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+                && build.ends_with(" 1"),
+            "{build}"
+        );
     }
 }

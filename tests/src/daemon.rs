@@ -52,6 +52,8 @@ pub struct SteerDaemon {
     pub prefix: Vec<String>,
     /// The XDP interfaces (`[daemon] interfaces`): `eth0` unless set before `write_config`.
     pub interfaces: Vec<String>,
+    /// Environment of the daemon's process, besides the test's.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -91,6 +93,7 @@ impl SteerDaemon {
             dir,
             prefix: Vec::new(),
             interfaces: vec!["eth0".into()],
+            env: Vec::new(),
             child: None,
         }
     }
@@ -152,7 +155,8 @@ impl SteerDaemon {
         c.arg(format!("--net=/run/netns/{}", self.ns.name))
             .args(&self.prefix)
             .arg(steer_ctl_bin())
-            .args(["daemon", "--config", self.config.to_str().unwrap()]);
+            .args(["daemon", "--config", self.config.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

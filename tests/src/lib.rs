@@ -4,6 +4,7 @@
 
 pub mod aux;
 pub mod bird;
+pub mod browser;
 pub mod cpu;
 pub mod daemon;
 pub mod etcd;

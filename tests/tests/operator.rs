@@ -89,3 +89,182 @@ fn status_tells_time_in_state_check_failures_and_rates() {
     assert_eq!(d.ok_json(&["show", "services"])["ok"], true);
     assert_eq!(d.ok_json(&["show", "flows"])["ok"], true);
 }
+
+/// The stats page as an operator sees it: served on the LB's own address (set explicitly),
+/// opened from another host in a real Chromium the size of a phone; a `drain` shows on the
+/// open page at its next refresh, without anyone reloading it.
+#[test]
+fn the_stats_page_shows_a_drain_at_its_next_refresh() {
+    if !steer_tests::privileged("the_stats_page_shows_a_drain_at_its_next_refresh") {
+        return;
+    }
+    use steer_tests::{browser::Browser, netns::addr};
+    let topo = lab(2);
+    let mut d = SteerDaemon::new(&topo.lb);
+    d.write_config(&web_config(&topo, &[0, 1], None));
+    // The listen address an operator sets to reach the page from elsewhere.
+    let cfg = std::fs::read_to_string(&d.config).unwrap().replace(
+        "metrics = \"127.0.0.1:9469\"",
+        &format!("metrics = \"{}:9469\"", addr::LB),
+    );
+    std::fs::write(&d.config, cfg).unwrap();
+    d.start();
+    wait_health(&d, "b0", "up");
+    wait_health(&d, "b1", "up");
+
+    let browser = Browser::start(&topo.client, 412, 915);
+    let url = format!("http://{}:9469/stats", addr::LB);
+    browser.open(&url);
+    let state = |b: &Browser, name: &str| -> Result<String, String> {
+        let v = b.eval(&format!(
+            "const r = document.getElementById('backend-{name}'); return r ? r.dataset.state : null;"
+        ))?;
+        v.as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("no row for {name} in the page"))
+    };
+    assert_eq!(state(&browser, "b0").as_deref(), Ok("up"));
+    assert_eq!(state(&browser, "b1").as_deref(), Ok("up"));
+    // Readable on a phone: nothing wider than the screen, the rows laid out as cards.
+    let width = browser
+        .eval("return [document.documentElement.scrollWidth, window.innerWidth]")
+        .unwrap();
+    assert_eq!(width[1], 412, "the emulated screen");
+    assert!(
+        width[0].as_u64().unwrap() <= 412,
+        "the page is wider than the screen: {width}"
+    );
+    let head = browser
+        .eval("return getComputedStyle(document.querySelector('thead')).display")
+        .unwrap();
+    assert_eq!(head, "none", "the table head gives way to labelled cards");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(shots.join("stats-page-ready.png"), browser.screenshot()).unwrap();
+
+    // The page refreshes itself: the drain shows without the test navigating.
+    let loads = browser.eval("return performance.timeOrigin").unwrap();
+    d.ok_json(&["drain", "b0"]);
+    let refresh = Duration::from_secs(steer_ctl::stats::REFRESH_S as u64);
+    let start = Instant::now();
+    wait_for(
+        "the open page to show b0 draining",
+        refresh * 2 + Duration::from_secs(5),
+        || match state(&browser, "b0") {
+            Ok(s) if s == "drain" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let took = start.elapsed();
+    assert_ne!(
+        browser.eval("return performance.timeOrigin").unwrap(),
+        loads,
+        "the page was loaded again by its own refresh"
+    );
+    let text = browser
+        .eval("return document.getElementById('backend-b0').innerText")
+        .unwrap();
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("draining") && text.contains("admin ready → drain"),
+        "{text}"
+    );
+    std::fs::write(shots.join("stats-page-drain.png"), browser.screenshot()).unwrap();
+    eprintln!(
+        "b0 shown draining {} ms after the drain (refresh every {} s); screenshots in {}",
+        took.as_millis(),
+        refresh.as_secs(),
+        shots.display()
+    );
+
+    // The same listener: metrics at /metrics, anything else 404.
+    let metrics = topo.client.run(move || {
+        ureq::get(&format!("http://{}:9469/metrics", addr::LB))
+            .call()
+            .map_err(|e| e.to_string())
+            .map(|r| r.into_string().unwrap())
+    });
+    assert!(metrics.unwrap().contains("steer_build_info{"));
+    let missing = topo.client.run(move || {
+        match ureq::get(&format!("http://{}:9469/nothing", addr::LB)).call() {
+            Err(ureq::Error::Status(code, _)) => code,
+            Ok(r) => r.status(),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    assert_eq!(missing, 404);
+}
+
+/// What systemd's `Type=notify` relies on: READY=1 once the datapath is attached and the
+/// socket answers, a status line, RELOADING=1 around a reload, and a refused reload that
+/// makes `steer-ctl reload` (the unit's ExecReload) exit non-zero with the running config
+/// kept.
+#[test]
+fn the_service_manager_is_told_ready_and_a_bad_reload_fails() {
+    if !steer_tests::privileged("the_service_manager_is_told_ready_and_a_bad_reload_fails") {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let topo = lab(1);
+    let mut d = SteerDaemon::new(&topo.lb);
+    let sock_path = d.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(T)).unwrap();
+    let next = || -> String {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification within the deadline");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    d.env
+        .push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
+    d.write_config(&web_config(&topo, &[0], None));
+    d.start();
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=1 services, 1 backends")),
+        "{ready}"
+    );
+    let pid = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .expect("MAINPID");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "steer-ctl"
+    );
+    // The socket answered before READY was sent: `start` waited for it, and READY came.
+    assert_eq!(d.ctl(&["status"]).code, 0);
+
+    // A broken config: the reload is refused, the verb fails, the running config stays.
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{good}\n[[service]]\nname = \n")).unwrap();
+    let r = d.ctl(&["reload"]);
+    assert_eq!(r.code, 78, "{r:?}");
+    assert!(r.stderr.contains("steer.toml:"), "says where: {r:?}");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let after = next();
+    assert!(
+        after.starts_with("READY=1\nSTATUS=reload refused"),
+        "{after}"
+    );
+    assert_eq!(d.ok_json(&["status"])["services"][0]["name"], "web");
+    let served = requests(&topo, 5);
+    assert_eq!(served.get("b0"), Some(&5), "{served:?}");
+
+    // The config repaired: the reload goes through and READY says so.
+    std::fs::write(&d.config, &good).unwrap();
+    assert_eq!(d.ctl(&["reload"]).code, 0);
+    assert!(next().starts_with("RELOADING=1"));
+    let after = next();
+    assert!(after.starts_with("READY=1\nSTATUS=1 services"), "{after}");
+}

@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "etcd-server",
     "bird2",
+    // The stats page's test opens it in a real headless browser.
+    "chromium",
+    "chromium-driver",
 ];
 
 fn quiet(cmd: &str, args: &[&str]) -> Option<String> {

@@ -313,6 +313,20 @@ impl Core {
         }
     }
 
+    /// One line for a service manager's status: what runs and how it stands.
+    fn status_line(&self) -> String {
+        let services = self.bal.service_infos();
+        let backends = self.bal.backend_infos();
+        let eligible: usize = services.iter().map(|s| s.eligible).sum();
+        let down = backends.iter().filter(|b| b.health == Health::Down).count();
+        format!(
+            "{} services, {} backends ({eligible} in tables, {down} down) on {}",
+            services.len(),
+            backends.len(),
+            self.cfg.daemon.interfaces.join(", ")
+        )
+    }
+
     /// Notes every backend's admin state and health in its history (a backend first seen
     /// starts its history with `first`).
     fn note_changes(&self, first: &str) {
@@ -987,14 +1001,39 @@ async fn start_locked(
 }
 
 fn spawn_metrics(set: &mut JoinSet<()>, daemon: &Arc<Daemon>, addr: SocketAddr) {
+    use crate::metrics::{Page, OPENMETRICS};
     let daemon = daemon.clone();
     set.spawn(async move {
-        let render = move || {
-            daemon.counts.want();
-            let c = daemon.core.lock().expect("core lock");
-            crate::metrics::render(&c.status(&daemon.counts), &c.bal)
+        let route = move |path: &str| {
+            let status = || {
+                daemon.counts.want();
+                let c = daemon.core.lock().expect("core lock");
+                let host = c.cluster.as_ref().map(|c| c.host().to_string());
+                (c.status(&daemon.counts), host)
+            };
+            match path {
+                "/metrics" => Page {
+                    status: 200,
+                    content_type: OPENMETRICS,
+                    body: crate::metrics::render(&status().0),
+                },
+                "/stats" | "/stats/" => {
+                    let (s, host) = status();
+                    let host = host.unwrap_or_else(os::hostname);
+                    Page {
+                        status: 200,
+                        content_type: "text/html; charset=utf-8",
+                        body: crate::stats::render(&s, &host),
+                    }
+                }
+                _ => Page {
+                    status: 404,
+                    content_type: "text/plain; charset=utf-8",
+                    body: "not found: metrics are at /metrics, the stats page at /stats\n".into(),
+                },
+            }
         };
-        if let Err(e) = crate::metrics::serve(addr, render).await {
+        if let Err(e) = crate::metrics::serve(addr, route).await {
             error!(address = %addr, error = %e, "metrics endpoint failed");
         }
     });
@@ -1081,6 +1120,13 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
         deferred_tx,
         group.clone(),
     ));
+    // The datapath is attached and the socket listens: a service manager may now start what
+    // depends on steer (and `systemctl start` returns).
+    os::notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS={}",
+        std::process::id(),
+        daemon.core.lock().expect("core lock").status_line()
+    ));
 
     let sig =
         |k| tokio::signal::unix::signal(k).map_err(|e| DaemonError::Socket(d.socket.clone(), e));
@@ -1130,7 +1176,16 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
             let _ =
                 tokio::task::spawn_blocking(move || health::apply_reports(&d.core, queued)).await;
         }
+        os::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::datapath::monotonic_ns() / 1000
+        ));
         let (resp, reloaded) = reload(&daemon).await;
+        let line = daemon.core.lock().expect("core lock").status_line();
+        os::notify(&match &resp.error {
+            None => format!("READY=1\nSTATUS={line}"),
+            Some(e) => format!("READY=1\nSTATUS=reload refused ({e}); {line}"),
+        });
         if let Some(r) = reloaded {
             checks.restart(&daemon.core).await;
             if let Some(m) = r.metrics {
@@ -1154,6 +1209,11 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
             let _ = tx.send(resp);
         }
     };
+    os::notify(if detach {
+        "STOPPING=1\nSTATUS=stopping; removing the datapath"
+    } else {
+        "STOPPING=1\nSTATUS=stopping; the datapath keeps forwarding with the last state"
+    });
     checks.stop();
     metrics.abort_all();
     while metrics.join_next().await.is_some() {}

@@ -719,6 +719,37 @@ pub fn send_bare_ack(k: &steer_common::FlowKey) -> std::io::Result<()> {
     Ok(())
 }
 
+/// This host's name, for the stats page.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+/// Tells the service manager (systemd's `Type=notify`) about the daemon: `READY=1`,
+/// `RELOADING=1`, `STOPPING=1`, `STATUS=…`, one assignment per line. A no-op without
+/// `$NOTIFY_SOCKET`; a failure is logged, never fatal (the daemon works without a manager).
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?path, error = %e, "cannot notify the service manager");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,10 @@
 //! (`{"ok": true, "backends": […]}`).
 
 use serde_json::{json, Value};
-use steer_ctl::proto::{BackendStatus, FlowScan, Request, ServiceStatus, Status};
+use steer_ctl::{
+    proto::{BackendStatus, FlowScan, Request, ServiceStatus, Status},
+    stats::{age, per_s},
+};
 
 use super::{out, Ctx};
 use crate::cli::ShowWhat;
@@ -112,28 +115,6 @@ fn services_table(services: &[ServiceStatus]) -> Table {
         ]);
     }
     t
-}
-
-/// A rate as a table cell: "-" before there is one.
-fn per_s(r: Option<f64>) -> String {
-    match r {
-        None => "-".into(),
-        Some(r) if r < 10.0 && r.fract() != 0.0 => format!("{r:.1}"),
-        Some(r) => format!("{r:.0}"),
-    }
-}
-
-/// A duration in the two largest units that matter: "850ms", "42s", "3m04s", "2h05m",
-/// "3d04h" (HAProxy's `lastchg`, readable).
-pub fn age(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => format!("{ms}ms"),
-        1..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
 }
 
 /// "3", or "3 (config 1)" when `steer-ctl weight` changed it.
