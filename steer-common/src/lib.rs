@@ -597,9 +597,14 @@ impl Attempt {
     /// `ATTEMPT_TTL_NS` at `now`.
     #[inline(always)]
     pub fn holds(&self, key: &FlowKey, now: u64) -> bool {
-        self.key.same(key)
-            && self.check
-                == hash::attempt_check(&self.key, self.backend, self.gen, self.last_seen_ns)
+        self.key.same(key) && self.live(now)
+    }
+
+    /// Whether the slot holds a whole attempt (of any 5-tuple) younger than
+    /// `ATTEMPT_TTL_NS` at `now`.
+    #[inline(always)]
+    pub fn live(&self, now: u64) -> bool {
+        self.check == hash::attempt_check(&self.key, self.backend, self.gen, self.last_seen_ns)
             && now.saturating_sub(self.last_seen_ns) < ATTEMPT_TTL_NS
     }
 }
@@ -777,7 +782,12 @@ pub mod event {
     pub const RECOVERED: u32 = super::outcome::COUNT + 11;
     /// NAT: an ICMP error about a translated flow was translated and forwarded.
     pub const ICMP_TRANSLATED: u32 = super::outcome::COUNT + 12;
-    pub const NAMES: [&str; 13] = [
+    /// A DSR SYN took the slot of another 5-tuple's connection attempt still in progress
+    /// (the attempts array is direct-mapped): that attempt lost its pin, and its handshake's
+    /// ACK takes the Maglev choice (the same backend while the pool is unchanged). The
+    /// attempts array's evictions.
+    pub const ATTEMPT_EVICTED: u32 = super::outcome::COUNT + 13;
+    pub const NAMES: [&str; 14] = [
         "flow_insert_failed",
         "redispatch",
         "idle_expired",
@@ -791,6 +801,7 @@ pub mod event {
         "passive_down",
         "recovered",
         "icmp_translated",
+        "attempt_evicted",
     ];
 }
 

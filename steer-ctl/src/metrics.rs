@@ -357,8 +357,29 @@ pub fn render(status: &Status) -> String {
         "flow_table_capacity",
         "Capacity of a connection table",
     );
+    let evictions = counter::<TableLabels>(
+        &mut reg,
+        "flow_table_evictions",
+        "Entries a new one displaced while still in use. Counted for the attempts table (a SYN taking the slot of another connection attempt in progress); the kernel does not count its LRU tables' evictions: see steer_flow_table_full",
+    );
+    let full = gauge::<TableLabels>(
+        &mut reg,
+        "flow_table_full",
+        "1 when the last scan found the established table (nearly) full of live connections: its LRU then evicts connections still in use",
+    );
+    if let Some(n) = status.datapath.get("attempt_evicted") {
+        evictions
+            .get_or_create(&TableLabels {
+                table: "attempts".into(),
+            })
+            .inc_by(*n);
+    }
     let f = &status.flow_scan;
     if f.seq > 0 && f.error.is_none() {
+        full.get_or_create(&TableLabels {
+            table: "established".into(),
+        })
+        .set((f.last_full_seq == f.seq) as u8 as f64);
         for (table, n, cap) in [
             ("established", f.established, f.capacity),
             ("transient", f.transient, f.transient_capacity),
@@ -501,6 +522,7 @@ mod tests {
         }
         status.datapath.insert("redispatch".into(), 3);
         status.datapath.insert("stale_syn".into(), 2);
+        status.datapath.insert("attempt_evicted".into(), 7);
         status.backends.push(BackendStatus {
             name: "a".into(),
             service: "web".into(),
@@ -526,6 +548,13 @@ mod tests {
             Some(3.0)
         );
         assert!(!text.contains("outcome=\"redispatch\""), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                "steer_flow_table_evictions_total{table=\"attempts\"}"
+            ),
+            Some(7.0)
+        );
         assert!(text.contains("# TYPE steer_datapath_events counter"));
         assert_eq!(
             sample(

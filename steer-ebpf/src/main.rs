@@ -313,6 +313,9 @@ fn steer_syn(
     }
     match select::choose_new::<false>(svc_id, svc, pkt)? {
         Some((be_id, be)) => {
+            if left.is_none() && attempt::held_by_other(slot, &pkt.key, now) {
+                stats::count_event(event::ATTEMPT_EVICTED);
+            }
             attempt::pin(slot, &pkt.key, be_id, be.gen, now);
             // An older connection on this 5-tuple may still be cached on some CPU (its
             // established entry evicted rather than forgotten): void it.

@@ -84,6 +84,47 @@ fn status_tells_time_in_state_check_failures_and_rates() {
     for col in ["GROUP", "SINCE", "NEW/S", "FAILS", "DOWNS"] {
         assert!(head.contains(col), "{head}");
     }
+    // The metrics say the same, each family on its own.
+    let m = d.scrape();
+    let value = |series: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    };
+    assert_eq!(
+        value("steer_backend_health_transitions_total{service=\"web\",backend=\"b1\",to=\"down\"}"),
+        1.0
+    );
+    assert!(
+        value("steer_backend_checks_total{service=\"web\",backend=\"b1\",result=\"failed\"}")
+            >= 2.0
+    );
+    assert!(
+        value("steer_backend_checks_total{service=\"web\",backend=\"b0\",result=\"ok\"}") >= 2.0
+    );
+    assert_eq!(
+        value("steer_flow_table_capacity{table=\"established\"}"),
+        65536.0
+    );
+    // Every packet under one outcome: forwarded ones at least as many as the backends counted.
+    let outcomes: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("steer_datapath_packets_total{outcome="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let forwarded: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("steer_backend_packets_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        forwarded > 0.0 && outcomes >= forwarded,
+        "{outcomes} {forwarded}"
+    );
+    assert!(m
+        .lines()
+        .any(|l| l.starts_with("steer_build_info{version=")));
+
     // `show` answers with `ok` like every verb.
     assert_eq!(d.ok_json(&["show", "backends"])["ok"], true);
     assert_eq!(d.ok_json(&["show", "services"])["ok"], true);

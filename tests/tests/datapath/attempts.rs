@@ -188,14 +188,15 @@ fn an_attempt_displaced_by_a_colliding_syn_takes_the_maglev_choice_its_syn_took(
         true,
     );
     t.check(row);
-    let row = fwd(
+    let mut row = fwd(
         &t.bal,
-        "another 5-tuple's SYN, in the same slot: it takes the slot",
+        "another 5-tuple's SYN, in the same slot: it takes the slot (an eviction, counted)",
         "web",
         &bq,
         tcp4(CLIENT, q, VIP, 80).syn().frame(),
         true,
     );
+    row.deltas.push(Delta::Outcome(event::ATTEMPT_EVICTED, 1));
     t.check(row);
     assert_eq!(flow_of(&t.bal, &tcp_key(q)).0, bq);
     assert!(t.bal.datapath().flow(&tcp_key(p)).unwrap().is_none());
