@@ -164,7 +164,7 @@ pub struct ClusterStatus {
     pub host: String,
     /// The etcd revision of the intent this host holds.
     pub revision: i64,
-    /// The other hosts whose records are alive (their daemons renew them every second; a
+    /// The other hosts whose records are alive (their daemons renew them every 500 ms; a
     /// record dies 5 s after its daemon stops).
     pub peers: Vec<PeerStatus>,
 }
