@@ -14,6 +14,7 @@ pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod openloop;
+pub mod relay;
 pub mod servers;
 
 /// Whether this process can load BPF programs and make namespaces. When it cannot: under

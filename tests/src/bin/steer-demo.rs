@@ -551,6 +551,17 @@ fn run() -> Result<i32, String> {
     }
     d.write_config(&cfg);
     d.start();
+    // The stats page, served in the LB namespace, reachable from this host's browser.
+    let stats = steer_tests::relay::Relay::start(
+        &topo.lb,
+        SocketAddr::from(([127, 0, 0, 1], d.metrics_port)),
+        &[9469, 9470, 9471, 0],
+    )
+    .map_err(|e| format!("relaying the stats page: {e}"))?;
+    say(&format!(
+        "stats page: http://{}/stats (open it in a browser while the demo runs; metrics at /metrics)",
+        stats.local
+    ));
     say(&format!(
         "steer-ctl daemon running; XDP on the LB's eth0; service web = {}:80 (DSR), blue b0 b1 b2 (v1); service api = {nat_vip}:80 (NAT), n0 n1 on the LB's subnet, n2 in {ROUTED_NET} behind a router",
         addr::VIP
