@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(e.exit_code(), exit::UNAVAILABLE);
         let r = request(
             Path::new("/nonexistent/steer.sock"),
-            &Request::Status,
+            &Request::Status {},
             Duration::from_secs(1),
         );
         assert!(matches!(r, Err(ClientError::Unreachable(..))), "{r:?}");

@@ -278,7 +278,7 @@ pub fn call(ctl: &mut impl Control, req: &Request) -> Result<Response, DeployErr
 
 /// The daemon's status.
 pub fn status(ctl: &mut impl Control) -> Result<Status, DeployError> {
-    call(ctl, &Request::Status)?
+    call(ctl, &Request::Status {})?
         .status
         .ok_or_else(|| ClientError::Protocol("a status reply without a status".into()).into())
 }
@@ -1416,7 +1416,7 @@ mod tests {
         fn handle(&mut self, req: &Request) -> Response {
             self.log.push((self.now, req.clone()));
             let r = match req {
-                Request::Status => Response {
+                Request::Status {} => Response {
                     status: Some(Status {
                         config: "/etc/steer/steer.toml".into(),
                         services: self.services.clone(),

@@ -14,8 +14,9 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verb", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Services, backends and counters.
-    Status,
+    /// Services, backends and counters. (Variants without fields are written `{}` so that
+    /// unknown fields are refused for them too: serde lets a unit variant ignore them.)
+    Status {},
     /// Flows in the connection table (up to `limit`).
     Flows { limit: usize },
     /// Sets the admin state of a backend, or of every backend of a group (`target`), in one
@@ -35,7 +36,7 @@ pub enum Request {
     Maintenance { service: String, on: bool },
     /// Re-reads the config file; refused (and nothing changed) if it is invalid or cannot be
     /// applied whole.
-    Reload,
+    Reload {},
     /// Stops the daemon; with `detach`, also removes the XDP program and the pinned maps.
     Shutdown { detach: bool },
 }
@@ -365,4 +366,25 @@ pub struct FlowInfo {
     pub backend: String,
     pub state: String,
     pub idle_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_refuse_unknown_fields_whatever_their_verb() {
+        for line in [r#"{"verb":"status"}"#, r#"{"verb":"reload"}"#] {
+            let r: Request = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
+        for line in [
+            r#"{"verb":"status","x":1}"#,
+            r#"{"verb":"reload","force":true}"#,
+            r#"{"verb":"admin","target":"a","state":"drain","x":1}"#,
+        ] {
+            let e = serde_json::from_str::<Request>(line).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{line}: {e}");
+        }
+    }
 }

@@ -142,7 +142,7 @@ async fn conn(
             ),
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
                 Err(e) => Response::error(ErrorKind::Malformed, format!("malformed request: {e}")),
-                Ok(req @ (Request::Reload | Request::Shutdown { .. })) => {
+                Ok(req @ (Request::Reload {} | Request::Shutdown { .. })) => {
                     let (tx, rx) = oneshot::channel();
                     if deferred.send(Deferred { req, reply: tx }).is_err() {
                         Response::error(ErrorKind::Internal, "the daemon is stopping")

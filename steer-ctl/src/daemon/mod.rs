@@ -136,6 +136,9 @@ fn settle_weights(cfg: &Config, intent: &mut Intent) -> Vec<String> {
             continue;
         };
         if intent.weight(n, b.weight).1 {
+            if w == b.weight {
+                continue;
+            }
             notes.push(format!(
                 "backend {n}: weight {w} set by `steer-ctl weight` stays in force over the config's {}",
                 b.weight
@@ -414,7 +417,7 @@ impl Daemon {
             )
         };
         match req {
-            Request::Status => {
+            Request::Status {} => {
                 self.counts.want();
                 let c = self.core.lock().expect("core lock");
                 Ok(Response {
@@ -531,7 +534,7 @@ impl Daemon {
                 info!(service = %service, maintenance = on, "maintenance changed");
                 Ok(Response::ok())
             }
-            Request::Reload | Request::Shutdown { .. } => {
+            Request::Reload {} | Request::Shutdown { .. } => {
                 Err(Refusal::new(ErrorKind::Internal, "handled by the run loop"))
             }
         }

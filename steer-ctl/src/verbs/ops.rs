@@ -68,7 +68,7 @@ pub fn config_check(ctx: &Ctx, path: &Path) -> Result<(), i32> {
 }
 
 pub fn reload(ctx: &Ctx) -> Result<(), i32> {
-    let r = ctx.call(&Request::Reload)?;
+    let r = ctx.call(&Request::Reload {})?;
     let msg = r.message.unwrap_or_else(|| "reloaded".into());
     let mut text = msg.clone();
     for c in &r.changes {

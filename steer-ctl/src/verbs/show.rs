@@ -12,7 +12,7 @@ use super::{out, Ctx};
 use crate::cli::ShowWhat;
 
 fn fetch(ctx: &Ctx) -> Result<Status, i32> {
-    ctx.call(&Request::Status)?.status.ok_or_else(|| {
+    ctx.call(&Request::Status {})?.status.ok_or_else(|| {
         ctx.fail_msg(
             "the daemon's answer is not understood: a status reply without a status",
             "protocol",

@@ -125,7 +125,7 @@ fn backends(dp: &Datapath, topo: &Topology) -> Vec<Be> {
 }
 
 fn status(socket: &Path) -> Status {
-    let r = client::request(socket, &Request::Status, TIMEOUT).expect("status");
+    let r = client::request(socket, &Request::Status {}, TIMEOUT).expect("status");
     match r.status {
         Some(s) => s,
         None => panic!("status without a body: {r:?}"),

@@ -284,7 +284,7 @@ fn steer_counters(lab: &Lab) -> BTreeMap<String, u64> {
     let Some(d) = &lab.steer else {
         return BTreeMap::new();
     };
-    client::request(&d.socket, &Request::Status, Duration::from_secs(5))
+    client::request(&d.socket, &Request::Status {}, Duration::from_secs(5))
         .ok()
         .and_then(|r| r.status)
         .map(|s| s.datapath)

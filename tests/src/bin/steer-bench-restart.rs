@@ -226,7 +226,7 @@ impl Lab {
 }
 
 fn steer_status(d: &SteerDaemon) -> Result<Status, String> {
-    let r = client::request(&d.socket, &Request::Status, Duration::from_secs(5))
+    let r = client::request(&d.socket, &Request::Status {}, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     r.status
         .ok_or_else(|| format!("status without a body: {:?}", r.error))
