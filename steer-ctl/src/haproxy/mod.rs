@@ -135,3 +135,5 @@ pub fn import(text: &str) -> Result<Import, ImportError> {
     })
 }
 
+#[cfg(test)]
+mod tests;
