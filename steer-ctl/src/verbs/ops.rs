@@ -95,27 +95,58 @@ pub fn shutdown(ctx: &Ctx, detach: bool) -> Result<(), i32> {
 }
 
 pub fn import_haproxy(ctx: &Ctx, path: &Path) -> Result<(), i32> {
+    use steer_ctl::haproxy::{import, ImportError, Note};
     let text = std::fs::read_to_string(path)
         .map_err(|e| ctx.fail_msg(&format!("{}: {e}", path.display()), "config", exit::CONFIG))?;
-    match steer_ctl::haproxy::import(&text) {
+    let notes = |list: &[Note]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|n| json!({"line": n.line, "message": n.message}))
+            .collect()
+    };
+    // `FILE:LINE: not translated: …` (or `note: …`), as compilers say where, in line order.
+    let say = |skipped: &[Note], notices: &[Note]| {
+        let mut all: Vec<(&Note, &str)> = skipped.iter().map(|n| (n, "not translated")).collect();
+        all.extend(notices.iter().map(|n| (n, "note")));
+        all.sort_by_key(|(n, _)| n.line);
+        for (n, what) in all {
+            err(format!(
+                "{}:{}: {what}: {}",
+                path.display(),
+                n.line,
+                n.message
+            ));
+        }
+    };
+    match import(&text) {
         Ok(imp) => {
-            let skipped: Vec<String> = imp
-                .skipped
-                .iter()
-                .map(|s| format!("{}:{s}", path.display()))
-                .collect();
             if ctx.json {
-                out(
-                    json!({"ok": true, "toml": imp.toml, "skipped": imp.skipped.iter().map(|s| json!({"line": s.line, "message": s.message})).collect::<Vec<_>>()}),
-                );
+                out(json!({
+                    "ok": true,
+                    "toml": imp.toml,
+                    "skipped": notes(&imp.skipped),
+                    "notices": notes(&imp.notices),
+                }));
             } else {
                 out(imp.toml.trim_end());
-                for s in &skipped {
-                    err(format!("not translated: {s}"));
-                }
+                say(&imp.skipped, &imp.notices);
             }
             Ok(())
         }
-        Err(e) => Err(ctx.fail_msg(&format!("{}: {e}", path.display()), "config", exit::CONFIG)),
+        Err(e) => {
+            let msg = format!("{}: {e}", path.display());
+            match &e {
+                ImportError::Nothing { skipped } if ctx.json => {
+                    out(
+                        json!({"ok": false, "error": msg, "kind": "config", "skipped": notes(skipped)}),
+                    );
+                    Err(exit::CONFIG)
+                }
+                ImportError::Nothing { skipped } => {
+                    say(skipped, &[]);
+                    Err(ctx.fail_msg(&msg, "config", exit::CONFIG))
+                }
+                _ => Err(ctx.fail_msg(&msg, "config", exit::CONFIG)),
+            }
+        }
     }
 }
