@@ -313,6 +313,119 @@ mod tests {
         false
     }
 
+    /// A directory of its own under the system's temp dir, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(what: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("steer-docs-{}-{what}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("temp dir");
+            Scratch(d)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// What fish offers for `line`, the completion script sourced (one candidate a line,
+    /// without its description).
+    fn fish_complete(line: &str) -> Vec<String> {
+        let dir = Scratch::new("fish");
+        let file = dir.0.join("steer-ctl.fish");
+        std::fs::write(&file, script(clap_complete::Shell::Fish)).expect("write");
+        let out = std::process::Command::new("fish")
+            .args(["--no-config", "-c"])
+            .arg(format!("source {}; complete -C '{line}'", file.display()))
+            .output()
+            .expect("fish");
+        assert!(out.status.success(), "fish: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn fish_completes_a_verbs_flags_and_the_verbs() {
+        if !have("fish", "fish_completes_a_verbs_flags_and_the_verbs") {
+            return;
+        }
+        let drain = fish_complete("steer-ctl drain --");
+        assert!(
+            drain.contains(&"--wait".to_string()) && drain.contains(&"--timeout".to_string()),
+            "steer-ctl drain --<TAB>: {drain:?}"
+        );
+        assert_eq!(fish_complete("steer-ctl dr"), ["drain"]);
+        let check = fish_complete("steer-ctl config check --");
+        assert!(check.contains(&"--config".to_string()), "{check:?}");
+    }
+
+    /// Drives an interactive zsh in a pseudo-terminal (zsh's zpty): the completion file in
+    /// `fpath`, `compinit`, `line` typed and TAB pressed. Every candidate that completion adds
+    /// is written to a file (through a `compadd` wrapper), then a marker once it is done.
+    const ZSH_DRIVER: &str = r#"
+zmodload zsh/zpty zsh/zselect
+dir=$1 out=$2 line=$3
+zpty z zsh -f -i
+zpty -w z "fpath=($dir \$fpath); autoload -Uz compinit; compinit -u -D; out=$out"
+zpty -w z 'compadd() {
+  if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
+  local -a m; builtin compadd -O m "$@"; print -rl -- $m >> $out; builtin compadd "$@"
+}
+capture() { _main_complete "$@"; print -- "<end>" >> $out }
+zle -C capture-complete complete-word capture; bindkey "^I" capture-complete'
+zpty -w z "print ready-\$((6*7))"
+while zpty -r z got; do [[ $got == *ready-42* ]] && break; done
+zpty -w -n z "$line"$'\t'
+for i in {1..400}; do [[ -e $out && $(<$out) == *'<end>'* ]] && break; zselect -t 5; done
+zpty -d z
+"#;
+
+    /// What zsh offers for `line`, `_steer-ctl` found in `fpath` by `compinit`.
+    fn zsh_complete(line: &str) -> Vec<String> {
+        let dir = Scratch::new("zsh");
+        std::fs::write(dir.0.join("_steer-ctl"), script(clap_complete::Shell::Zsh)).expect("write");
+        std::fs::write(dir.0.join("driver.zsh"), ZSH_DRIVER).expect("write");
+        let out_file = dir.0.join("out");
+        let out = std::process::Command::new("timeout")
+            .args(["30", "zsh", "-f"])
+            .arg(dir.0.join("driver.zsh"))
+            .arg(&dir.0)
+            .arg(&out_file)
+            .arg(line)
+            .output()
+            .expect("zsh");
+        assert!(out.status.success(), "zsh: {out:?}");
+        let got = std::fs::read_to_string(&out_file).unwrap_or_default();
+        assert!(
+            got.contains("<end>"),
+            "zsh completion did not finish: {got:?}"
+        );
+        got.lines()
+            .filter(|l| *l != "<end>")
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn zsh_completes_a_verbs_flags_and_the_verbs() {
+        if !have("zsh", "zsh_completes_a_verbs_flags_and_the_verbs") {
+            return;
+        }
+        let drain = zsh_complete("steer-ctl drain --");
+        assert!(
+            drain.contains(&"--wait".to_string()) && drain.contains(&"--timeout".to_string()),
+            "steer-ctl drain --<TAB>: {drain:?}"
+        );
+        assert_eq!(zsh_complete("steer-ctl dr"), ["drain"]);
+        let check = zsh_complete("steer-ctl config check --");
+        assert!(check.contains(&"--config".to_string()), "{check:?}");
+    }
+
     /// The page as `man` would show it (groff, 200 columns, no overstriking); panics on any
     /// warning (`-ww`).
     fn render(page: &str) -> String {
