@@ -188,9 +188,26 @@ pub enum Verb {
         after_help = "Example:\n  steer-ctl completions bash > /etc/bash_completion.d/steer-ctl"
     )]
     Completions { shell: clap_complete::Shell },
-    /// Print the manual page (roff).
-    #[command(after_help = "Example:\n  steer-ctl man | man -l -")]
-    Man,
+    /// Print a manual page (roff): steer-ctl(8), every verb with its flags, or steer.toml(5),
+    /// the config file.
+    #[command(
+        after_help = "Examples:\n  steer-ctl man | man -l -\n  steer-ctl man steer.toml | man -l -"
+    )]
+    Man {
+        #[arg(value_enum, default_value = "steer-ctl")]
+        page: ManPage,
+    },
+}
+
+/// The manual pages `steer-ctl man` prints (the Debian package installs both).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ManPage {
+    /// steer-ctl(8): the command and every verb.
+    #[value(name = "steer-ctl")]
+    SteerCtl,
+    /// steer.toml(5): every section and key of the config file.
+    #[value(name = "steer.toml")]
+    SteerToml,
 }
 
 impl Verb {

@@ -1,5 +1,5 @@
 //! Idempotent set-up of a fresh machine (Debian 12, root): Debian packages, the pinned nightly
-//! with rust-src that builds the eBPF object, bpf-linker, and a mounted bpffs. Each step checks
+//! with rust-src that builds the eBPF object, bpf-linker, cargo-deb, and a mounted bpffs. Each step checks
 //! first and installs only what is missing, printing one line per thing it installed; with
 //! everything present it takes well under 2 seconds. See ../shared/PLATFORM.md for why each
 //! piece is pinned as it is.
@@ -11,10 +11,14 @@ use anyhow::{bail, Context as _, Result};
 /// Keep in step with `steer-ctl/build.rs` and `tests/build.rs`.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds with stable 1.95 (its rust-version is 1.85).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages the build, tests and demo use: LLVM 22 for bpf-linker, iproute2 and ethtool
-/// for the namespace topologies, wrk for load, etcd and BIRD for the cluster tests and demo.
+/// for the namespace topologies, wrk for load, etcd and BIRD for the cluster tests and demo;
+/// dpkg-dev for cargo-deb (`dpkg-shlibdeps` finds the package's dependencies), and groff, zsh
+/// and fish for the tests of the man pages and shell completions.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -23,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "etcd-server",
     "bird2",
+    "dpkg-dev",
+    "groff-base",
+    "zsh",
+    "fish",
     // The stats page's test opens it in a real headless browser.
     "chromium",
     "chromium-driver",
@@ -65,6 +73,7 @@ pub fn run() -> Result<()> {
     apt()?;
     toolchain()?;
     bpf_linker()?;
+    cargo_deb()?;
     bpffs()?;
     Ok(())
 }
@@ -178,6 +187,33 @@ fn bpf_linker() -> Result<()> {
             .env_remove("RUSTC_WRAPPER"),
     )?;
     println!("setup: installed bpf-linker {BPF_LINKER_VERSION} (cargo install)");
+    Ok(())
+}
+
+/// cargo-deb, which `cargo xtask package` (and so `cargo xtask test`) builds the .deb with.
+fn cargo_deb() -> Result<()> {
+    let version = quiet("cargo-deb", &["--version"]).unwrap_or_default();
+    if version.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    let hint = format!("cargo install cargo-deb --version {CARGO_DEB_VERSION} --locked");
+    println!("setup: building cargo-deb {CARGO_DEB_VERSION} (a few minutes)");
+    must(
+        "installing cargo-deb",
+        &hint,
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deb",
+                "--version",
+                CARGO_DEB_VERSION,
+                "--locked",
+                "--quiet",
+            ])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WRAPPER"),
+    )?;
+    println!("setup: installed cargo-deb {CARGO_DEB_VERSION} (cargo install)");
     Ok(())
 }
 

@@ -211,7 +211,7 @@ pub fn run(cli: Cli) -> i32 {
         Verb::Reload => ops::reload(&ctx),
         Verb::Shutdown { detach } => ops::shutdown(&ctx, detach),
         Verb::Completions { shell } => docs::completions(shell),
-        Verb::Man => docs::man(),
+        Verb::Man { page } => docs::man(page),
     };
     match r {
         Ok(()) => exit::OK,
