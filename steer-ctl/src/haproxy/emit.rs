@@ -68,21 +68,16 @@ fn service(t: &mut String, s: &Service) {
         comment(
             t,
             if matches!(s.observe, Observe::On { .. }) {
-                "Full NAT: passive health (observe) needs the servers' replies, and servers as \
-                 behind haproxy need no change."
+                "Full NAT: servers as behind haproxy need no change, and passive health (observe) \
+                 needs their replies."
             } else {
-                "Full NAT: a server listens on another port than the VIP's, and servers as \
-                 behind haproxy need no change."
+                "Full NAT: servers as behind haproxy need no change. mode = \"dsr\" forwards \
+                 faster once each server holds the VIP on a loopback with arp_ignore=1 and \
+                 listens on the VIP's port."
             },
         );
         t.push_str("mode = \"nat\"\n");
     } else {
-        comment(
-            t,
-            "The servers listen on the VIP's port: direct server return, where each server holds \
-             the VIP on a loopback with arp_ignore=1 (TODO, or set mode = \"nat\" for servers \
-             left as they were behind haproxy).",
-        );
         t.push_str("mode = \"dsr\"\n");
     }
     match &s.observe {

@@ -128,7 +128,7 @@ fn a_server_doubled_as_its_own_backup_keeps_the_status_port_check_and_drops_the_
     let s = svc(&c, "www");
     assert_eq!(*s.vip.get_ref(), ip("10.1.0.10"));
     assert_eq!(s.port, 8080);
-    assert_eq!(s.mode, Mode::Dsr, "servers on the VIP's port");
+    assert_eq!(s.mode, Mode::Nat, "servers as they were behind haproxy");
     assert_eq!(
         names(s),
         ["app1", "app2"],
@@ -179,7 +179,7 @@ fn a_maintenance_site_becomes_the_maintenance_backend() {
     assert_eq!(c.services.len(), 1, "the TLS bind is not translated");
     let s = svc(&c, "portal");
     assert_eq!((*s.vip.get_ref(), s.port), (ip("10.2.0.10"), 80));
-    assert_eq!(s.mode, Mode::Dsr);
+    assert_eq!(s.mode, Mode::Nat);
     assert_eq!(names(s), ["p1", "p2", "sorry"]);
     let sorry = be(s, "sorry");
     assert_eq!(sorry.role(), Role::Maintenance);
@@ -310,7 +310,7 @@ listen db
     let s = svc(&c, "db");
     assert_eq!(
         (*s.vip.get_ref(), s.port, s.mode),
-        (ip("10.4.0.10"), 5432, Mode::Dsr)
+        (ip("10.4.0.10"), 5432, Mode::Nat)
     );
     assert_eq!(names(s), ["w1", "w2", "w3"]);
     assert_eq!(be(s, "w1").weight, 30);

@@ -724,7 +724,10 @@ impl<'a> Tr<'a> {
             .unwrap_or_else(|| (none_check(), Vec::new()));
 
         let observe = self.observe(&picked, &checks, &name);
-        let nat = picked.iter().any(|c| c.port != port) || matches!(observe, Observe::On { .. });
+        // haproxy is a proxy: its servers answer it, hold no VIP and need no sysctl. Full NAT
+        // is the mode that keeps them as they are; DSR (faster) needs each server changed, so
+        // the output only suggests it.
+        let nat = true;
         let observe = match observe {
             Observe::Unset if nat && svc_check.0.kind != CheckKind::None => Observe::Off,
             o => o,
