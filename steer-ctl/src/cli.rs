@@ -16,7 +16,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 pub struct Cli {
     /// The daemon's control socket [default: /run/steer/steer.sock]. With `daemon`, it must
     /// be the config's `[daemon] socket`.
-    #[arg(long, global = true, env = "STEER_SOCKET")]
+    #[arg(long, global = true, env = "STEER_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Machine-readable output: one JSON object with `ok` on stdout (not for `daemon`).
     #[arg(long, global = true)]
@@ -51,8 +51,11 @@ pub enum Verb {
         after_help = "Example:\n  steer-ctl daemon --config /etc/steer/steer.toml --log-format json"
     )]
     Daemon {
+        /// The config file (see steer.toml(5)).
         #[arg(long, default_value = steer_ctl::config::DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Log lines on stderr as text, or as one JSON object each (for journald or a
+        /// collector); the level is set by STEER_LOG (e.g. `info`, `steer_ctl=debug`).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -64,6 +67,8 @@ pub enum Verb {
         after_help = "Example:\n  steer-ctl show backends\n  steer-ctl show flows --limit 20"
     )]
     Show {
+        /// `services`, `backends` (HAProxy's show stat: state, time in it, weight, active
+        /// flows, new flows/s, check failures, downs, last check) or `flows`.
         #[arg(value_enum)]
         what: ShowWhat,
         /// Most flows to list.
@@ -121,12 +126,15 @@ pub enum Verb {
     Weight {
         /// A backend, or a group.
         target: String,
+        /// The Maglev weight: a backend gets new flows in proportion to it; 0 takes it out.
         weight: u32,
     },
     /// Send every new flow of a service to its maintenance backend, or stop.
     #[command(after_help = "Example:\n  steer-ctl maintenance web on")]
     Maintenance {
+        /// The service (other services on the host are untouched).
         service: String,
+        /// `on`: new flows go to the maintenance backend; `off`: back to the pool.
         #[arg(value_enum)]
         state: OnOff,
     },
@@ -136,10 +144,12 @@ pub enum Verb {
         after_help = "Example:\n  steer-ctl switch web green && steer-ctl drain blue --wait"
     )]
     Switch {
+        /// The service.
         service: String,
         /// The group to switch to; omit with --all to make every group eligible again.
         #[arg(required_unless_present = "all")]
         group: Option<String>,
+        /// Make every group eligible again (undo a switch).
         #[arg(long, conflicts_with = "group")]
         all: bool,
         /// Switch even when the group has no eligible backend (new flows then get the
@@ -153,6 +163,7 @@ pub enum Verb {
         after_help = "Example:\n  steer-ctl rollout web --exec 'ssh {address} systemctl restart app'"
     )]
     Rollout {
+        /// The service whose backends are restarted.
         service: String,
         /// Command run by `sh -c` per backend; {backend} and {address} are replaced.
         #[arg(long)]
@@ -160,15 +171,17 @@ pub enum Verb {
         /// Backends at a time (never so many that the service has no eligible backend left).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// How long each backend's flows may take to end once drained.
         #[arg(long, value_parser = duration, default_value = "5m")]
         drain_timeout: Duration,
+        /// How long each backend may take to pass its checks again after the command.
         #[arg(long, value_parser = duration, default_value = "2m")]
         healthy_timeout: Duration,
         /// Go on with the next backends after a failure (the failed one stays drained).
         #[arg(long)]
         continue_on_error: bool,
     },
-    /// Validate a config file without a daemon.
+    /// Work on config files without a daemon: check one, or import an haproxy.cfg.
     Config {
         #[command(subcommand)]
         what: ConfigVerb,
@@ -180,6 +193,8 @@ pub enum Verb {
     /// XDP program and the pinned maps.
     #[command(after_help = "Example:\n  steer-ctl shutdown --detach")]
     Shutdown {
+        /// Also withdraw the VIPs' announcement (then hold 2 s), detach the XDP program and
+        /// remove the pinned maps: forwarding stops.
         #[arg(long)]
         detach: bool,
     },

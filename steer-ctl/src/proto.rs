@@ -318,6 +318,13 @@ pub struct BackendStatus {
     pub group: Option<String>,
     pub admin: AdminState,
     pub health: Health,
+    /// What the backend does now, from its admin state, health, role and its service's
+    /// state: `up` (takes new flows), `draining`, `maint`, `rejecting`, `down`, `unchecked`
+    /// (no check result yet), `standby` (healthy and ready but takes no new flows: another
+    /// group is switched to, the service is in maintenance, or a fallback or maintenance
+    /// backend not in use), `weight 0`, `serving` (a fallback or maintenance backend in use).
+    #[serde(default)]
+    pub state: String,
     /// Why the last check failed, or "ok"; "not checked yet"; "no checks".
     pub check: String,
     /// Checks run since the daemon started.

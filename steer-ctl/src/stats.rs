@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{AdminState, Health, Role},
+    model::Role,
     proto::{BackendStatus, ServiceStatus, Status},
 };
 
@@ -50,17 +50,18 @@ pub fn per_s(r: Option<f64>) -> String {
     }
 }
 
-/// The state a row is coloured by, and its one-word label: what an operator must see first.
-/// Admin states an operator set win over health (a drained backend that is also down is
-/// first of all drained); a ready backend is as healthy as its checks say.
+/// The class a row is coloured by, and its one-word label, from the daemon's `state`.
 pub fn row_state(b: &BackendStatus) -> (&'static str, &'static str) {
-    match (b.admin, b.health) {
-        (AdminState::Reject, _) => ("reject", "rejecting"),
-        (AdminState::Maint, _) => ("maint", "in maintenance"),
-        (AdminState::Drain, _) => ("drain", "draining"),
-        (AdminState::Ready, Health::Down) => ("down", "down"),
-        (AdminState::Ready, Health::Unknown) => ("unknown", "not checked yet"),
-        (AdminState::Ready, Health::Up) => ("up", "up"),
+    match b.state.as_str() {
+        "up" => ("up", "up"),
+        "serving" => ("up", "serving"),
+        "draining" => ("drain", "draining"),
+        "maint" => ("maint", "in maintenance"),
+        "rejecting" => ("reject", "rejecting"),
+        "down" => ("down", "down"),
+        "standby" => ("standby", "standby"),
+        "weight 0" => ("standby", "weight 0"),
+        _ => ("unknown", "not checked yet"),
     }
 }
 
@@ -83,6 +84,7 @@ tr.maint td:first-child { border-left: 6px solid #5b7bd5; } tr.maint { backgroun
 tr.down td:first-child { border-left: 6px solid #d23b3b; }  tr.down { background: #fde8e8; }
 tr.reject td:first-child { border-left: 6px solid #8e2fbf; } tr.reject { background: #f5e8fc; }
 tr.unknown td:first-child { border-left: 6px solid #9aa2ae; } tr.unknown { background: #f1f2f4; }
+tr.standby td:first-child { border-left: 6px solid #3a9aa6; } tr.standby { background: #e9f6f7; }
 .state { font-weight: 600; }
 .why { color: #555d6b; font-size: 0.8rem; white-space: normal; }
 .legend span { display: inline-block; margin-right: 0.6rem; font-size: 0.8rem; }
@@ -267,6 +269,7 @@ pub fn render(status: &Status, host: &str) -> String {
          <span><i style=\"background:#5b7bd5\"></i>maintenance</span>\
          <span><i style=\"background:#d23b3b\"></i>down</span>\
          <span><i style=\"background:#8e2fbf\"></i>rejecting</span>\
+         <span><i style=\"background:#3a9aa6\"></i>standby (takes no new flows)</span>\
          <span><i style=\"background:#9aa2ae\"></i>not checked yet</span></p>",
     );
     for s in &status.services {
@@ -289,12 +292,11 @@ pub fn render(status: &Status, host: &str) -> String {
 mod tests {
     use super::*;
 
-    fn backend(name: &str, admin: AdminState, health: Health) -> BackendStatus {
+    fn backend(name: &str, state: &str) -> BackendStatus {
         BackendStatus {
             name: name.into(),
             service: "web".into(),
-            admin,
-            health,
+            state: state.into(),
             check: "ok".into(),
             weight: 1,
             config_weight: 1,
@@ -304,17 +306,20 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_coloured_by_what_matters_first() {
+    fn rows_are_coloured_by_what_the_backend_does() {
         let cases = [
-            (AdminState::Ready, Health::Up, "up"),
-            (AdminState::Ready, Health::Down, "down"),
-            (AdminState::Ready, Health::Unknown, "unknown"),
-            (AdminState::Drain, Health::Down, "drain"),
-            (AdminState::Maint, Health::Up, "maint"),
-            (AdminState::Reject, Health::Up, "reject"),
+            ("up", "up"),
+            ("serving", "up"),
+            ("down", "down"),
+            ("unchecked", "unknown"),
+            ("draining", "drain"),
+            ("maint", "maint"),
+            ("rejecting", "reject"),
+            ("standby", "standby"),
+            ("weight 0", "standby"),
         ];
-        for (a, h, want) in cases {
-            assert_eq!(row_state(&backend("a", a, h)).0, want, "{a} {h:?}");
+        for (state, want) in cases {
+            assert_eq!(row_state(&backend("a", state)).0, want, "{state}");
         }
     }
 
@@ -331,10 +336,10 @@ mod tests {
                 ..ServiceStatus::default()
             }],
             backends: vec![
-                backend("web-a", AdminState::Ready, Health::Up),
+                backend("web-a", "up"),
                 BackendStatus {
                     check: "http: status 503 <b>".into(),
-                    ..backend("web-b", AdminState::Drain, Health::Down)
+                    ..backend("web-b", "draining")
                 },
             ],
             ..Status::default()

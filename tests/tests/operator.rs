@@ -245,17 +245,35 @@ fn the_service_manager_is_told_ready_and_a_bad_reload_fails() {
         return;
     }
     use std::os::unix::net::UnixDatagram;
-    let topo = lab(1);
+    let mut topo = lab(1);
     let mut d = SteerDaemon::new(&topo.lb);
     let sock_path = d.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
     sock.set_read_timeout(Some(T)).unwrap();
+    // The next notification that is not a bare status update (those come whenever the
+    // status line changes: a check result may land between any two steps).
     let next = || -> String {
         let mut buf = [0u8; 4096];
-        let n = sock
-            .recv(&mut buf)
-            .expect("a notification within the deadline");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .expect("a notification within the deadline");
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !m.starts_with("STATUS=") {
+                return m;
+            }
+        }
+    };
+    let status_until = |want: &str| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no status {want:?} within the deadline: {e}"));
+            if String::from_utf8_lossy(&buf[..n]) == want {
+                return;
+            }
+        }
     };
     d.env
         .push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
@@ -294,10 +312,9 @@ fn the_service_manager_is_told_ready_and_a_bad_reload_fails() {
         "{reloading}"
     );
     let after = next();
-    assert!(
-        after.starts_with("READY=1\nSTATUS=reload refused"),
-        "{after}"
-    );
+    assert!(after.starts_with("READY=1\nSTATUS=1 services"), "{after}");
+    assert!(after.contains("; last reload refused: "), "{after}");
+    assert_eq!(after.lines().count(), 2, "one line per assignment: {after}");
     assert_eq!(d.ok_json(&["status"])["services"][0]["name"], "web");
     let served = requests(&topo, 5);
     assert_eq!(served.get("b0"), Some(&5), "{served:?}");
@@ -308,4 +325,51 @@ fn the_service_manager_is_told_ready_and_a_bad_reload_fails() {
     assert!(next().starts_with("RELOADING=1"));
     let after = next();
     assert!(after.starts_with("READY=1\nSTATUS=1 services"), "{after}");
+    assert!(
+        !after.contains("refused"),
+        "a good reload clears the note: {after}"
+    );
+
+    // The status line follows the daemon: the server stopped, the line says it is down.
+    topo.stop_http(0);
+    wait_health(&d, "b0", "down");
+    status_until("STATUS=1 services, 1 backends (0 in tables, 1 down) on eth0");
+}
+
+/// `state` says what a backend does, not only its admin state and health: a healthy ready
+/// backend of the group not switched to, or of a service in maintenance, takes no new flow.
+#[test]
+fn state_tells_standby_backends_from_serving_ones() {
+    if !steer_tests::privileged("state_tells_standby_backends_from_serving_ones") {
+        return;
+    }
+    let topo = lab(3);
+    let cfg = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         check = {{ type = \"http\", path = \"/\", interval = \"500ms\", fastinterval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }}\n\n{}{}{}",
+        steer_tests::netns::addr::VIP,
+        backend_toml(&topo, 0, "b0", "group = \"blue\""),
+        backend_toml(&topo, 1, "b1", "group = \"green\""),
+        backend_toml(&topo, 2, "sorry", "role = \"maintenance\""),
+    );
+    let d = started(&topo, &cfg);
+    for b in ["b0", "b1", "sorry"] {
+        wait_health(&d, b, "up");
+    }
+    let states = |d: &SteerDaemon| -> Vec<String> {
+        ["b0", "b1", "sorry"]
+            .iter()
+            .map(|b| d.backend(b)["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(states(&d), ["up", "up", "standby"]);
+    d.ok_json(&["switch", "web", "green"]);
+    assert_eq!(states(&d), ["standby", "up", "standby"]);
+    let served = requests(&topo, 10);
+    assert_eq!(served.get("b1"), Some(&10), "{served:?}");
+    d.ok_json(&["maintenance", "web", "on"]);
+    assert_eq!(states(&d), ["standby", "standby", "serving"]);
+    d.ok_json(&["maintenance", "web", "off"]);
+    d.ok_json(&["drain", "b1"]);
+    assert_eq!(states(&d), ["standby", "draining", "standby"]);
 }

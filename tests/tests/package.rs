@@ -163,6 +163,8 @@ const FILES: &[&str] = &[
     "/usr/share/zsh/vendor-completions/_steer-ctl",
     "/usr/share/fish/vendor_completions.d/steer-ctl.fish",
     "/usr/share/doc/steer/copyright",
+    "/usr/share/doc/steer/examples/steer.toml",
+    "/usr/share/doc/steer/PROTOCOL.md",
 ];
 
 const CONFIG: &str = "/etc/steer/steer.toml";
@@ -244,6 +246,8 @@ fn deb_package_installs_in_a_clean_root_works_and_goes_away_cleanly() {
     let check = root.ok(&format!("steer-ctl config check --config {CONFIG}"));
     assert!(check.contains("ok (0 services"), "{check}");
     root.ok("steer-ctl config check");
+    // The commented reference the README points to is shipped, and valid.
+    root.ok("steer-ctl config check --config /usr/share/doc/steer/examples/steer.toml");
 
     // The unit as systemd reads it: every command exists, the man pages it names too.
     let verify = root.sh("systemd-analyze verify /usr/lib/systemd/system/steer.service");

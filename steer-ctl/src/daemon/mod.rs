@@ -182,6 +182,37 @@ impl From<Refusal> for Response {
 pub(crate) struct Daemon {
     core: Shared,
     counts: Arc<status::FlowCounts>,
+    /// Why the last reload was refused, until one succeeds (for the service manager's status).
+    refused_reload: Mutex<Option<String>>,
+}
+
+impl Daemon {
+    /// The service manager's status line: what runs and how it stands, and a refused reload.
+    fn status_line(&self) -> String {
+        let line = self.core.lock().expect("core lock").status_line();
+        let line = match &*self.refused_reload.lock().expect("reload note") {
+            Some(e) => format!("{line}; last reload refused: {e}"),
+            None => line,
+        };
+        // One line: a newline would end the assignment (config errors span lines).
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Keeps the service manager's status line (`systemctl status`) as the daemon stands: sent
+/// when it changes, looked at every second. Runs only under a service manager.
+async fn keep_status(daemon: Arc<Daemon>) {
+    let mut sent = daemon.status_line();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let line = daemon.status_line();
+        if line != sent {
+            os::notify(&format!("STATUS={line}"));
+            sent = line;
+        }
+    }
 }
 
 fn xdp_mode(m: XdpModeCfg) -> XdpMode {
@@ -999,6 +1030,7 @@ async fn start_locked(
     let daemon = Arc::new(Daemon {
         core: Mutex::new(core),
         counts: status::FlowCounts::new(capacity),
+        refused_reload: Mutex::new(None),
     });
     Ok((daemon, listener))
 }
@@ -1128,8 +1160,11 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
     os::notify(&format!(
         "READY=1\nMAINPID={}\nSTATUS={}",
         std::process::id(),
-        daemon.core.lock().expect("core lock").status_line()
+        daemon.status_line()
     ));
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        tasks.spawn(keep_status(daemon.clone()));
+    }
 
     let sig =
         |k| tokio::signal::unix::signal(k).map_err(|e| DaemonError::Socket(d.socket.clone(), e));
@@ -1184,11 +1219,8 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
             crate::datapath::monotonic_ns() / 1000
         ));
         let (resp, reloaded) = reload(&daemon).await;
-        let line = daemon.core.lock().expect("core lock").status_line();
-        os::notify(&match &resp.error {
-            None => format!("READY=1\nSTATUS={line}"),
-            Some(e) => format!("READY=1\nSTATUS=reload refused ({e}); {line}"),
-        });
+        *daemon.refused_reload.lock().expect("reload note") = resp.error.clone();
+        os::notify(&format!("READY=1\nSTATUS={}", daemon.status_line()));
         if let Some(r) = reloaded {
             checks.restart(&daemon.core).await;
             if let Some(m) = r.metrics {

@@ -168,6 +168,40 @@ impl FlowCounts {
     }
 }
 
+/// What a backend does now (`BackendStatus::state`).
+fn state(
+    b: &crate::balancer::BackendInfo,
+    svc: Option<&crate::balancer::ServiceInfo>,
+) -> &'static str {
+    use crate::model::{AdminState, Health, Role};
+    match (b.admin, b.health) {
+        (AdminState::Reject, _) => "rejecting",
+        (AdminState::Maint, _) => "maint",
+        (AdminState::Drain, _) => "draining",
+        (AdminState::Ready, Health::Down) => "down",
+        (AdminState::Ready, Health::Unknown) => "unchecked",
+        (AdminState::Ready, Health::Up) => {
+            let Some(svc) = svc else { return "up" };
+            match b.role {
+                Role::Pool if svc.maintenance => "standby",
+                Role::Pool
+                    if svc
+                        .active_group
+                        .as_ref()
+                        .is_some_and(|g| b.group.as_ref() != Some(g)) =>
+                {
+                    "standby"
+                }
+                Role::Pool if b.weight == 0 => "weight 0",
+                Role::Pool => "up",
+                Role::Fallback if !svc.maintenance && svc.eligible == 0 => "serving",
+                Role::Maintenance if svc.maintenance => "serving",
+                Role::Fallback | Role::Maintenance => "standby",
+            }
+        }
+    }
+}
+
 fn rate(r: &super::history::Rate) -> proto::Rate {
     proto::Rate {
         packets_per_s: r.packets_per_s,
@@ -227,6 +261,12 @@ impl Core {
             .collect();
         let observed = self.bal.datapath().observed();
         let (rates, window) = self.rates();
+        let services: BTreeMap<String, crate::balancer::ServiceInfo> = self
+            .bal
+            .service_infos()
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
         let history = self.history.lock().expect("history lock");
         let config_weights: BTreeMap<&String, u32> = self
             .cfg
@@ -274,6 +314,7 @@ impl Core {
                     let chk = self.checks.get(&b.name).cloned().unwrap_or_default();
                     let change = history.change(&b.name).unwrap_or_default();
                     BackendStatus {
+                        state: state(&b, services.get(&b.service)).into(),
                         rate: rates.get(&format!("backend {}", b.name)).map(rate),
                         check_failures: chk.failures,
                         checks_not_run: chk.not_run,

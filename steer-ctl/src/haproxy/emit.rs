@@ -60,6 +60,12 @@ fn service(t: &mut String, s: &Service) {
             t,
             "TODO: a placeholder (the haproxy.cfg gives no address): the VIP clients connect to.",
         );
+    } else if s.vip.is_loopback() {
+        comment(
+            t,
+            "TODO: a loopback address (haproxy listened on this host only): clients' packets \
+             never reach the datapath for it; the VIP clients connect to.",
+        );
     }
     let _ = writeln!(t, "vip = {}", q(&s.vip.to_string()));
     let _ = writeln!(t, "port = {}", s.port);

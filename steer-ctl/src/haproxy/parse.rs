@@ -453,7 +453,10 @@ fn global(w: &[String]) -> &'static str {
             "steer-ctl logs through tracing (STEER_LOG) and counts traffic in its metrics"
         }
         "maxconn" | "maxconnrate" | "maxsessrate" | "maxpipes" => "steer does not cap connections",
-        "stats" => "steer-ctl status, show and the Prometheus endpoint (daemon.metrics) instead",
+        "stats" => {
+            "the daemon's stats page (/stats) and metrics (/metrics) on daemon.metrics, and \
+             `steer-ctl show backends`, instead"
+        }
         "daemon" | "master-worker" | "pidfile" | "user" | "group" | "uid" | "gid" | "chroot" => {
             "the steer-ctl daemon runs as a service (systemd), with its own [daemon] settings"
         }
@@ -1333,7 +1336,8 @@ pub fn reason(w: &[String]) -> &'static str {
              first one cannot take it"
         }
         "stats" | "monitor-uri" | "monitor" | "monitor-net" => {
-            "haproxy's status page: `steer-ctl status`, `show` and the Prometheus endpoint"
+            "haproxy's status page: the daemon's own at /stats (and /metrics) on daemon.metrics, \
+             and `steer-ctl show backends`"
         }
         "description" | "id" | "enabled" | "guid" => "no meaning for steer",
         "source" => "the source of connections to servers: in mode nat, the service's snat",

@@ -153,6 +153,41 @@ fn a_server_doubled_as_its_own_backup_keeps_the_status_port_check_and_drops_the_
     assert!(imp.toml.contains("# backend app, server app1 (line 3)."));
 }
 
+/// Two server processes on one host (ports 7000 and 7001), each also a `backup` of itself:
+/// steer's backends are addresses, so the second and its backup are listed with why, and a
+/// backup is matched to the server on its own port.
+const ONE_HOST_TWO_PORTS: &str = r"
+frontend www
+    bind 10.1.1.10:80
+    default_backend app
+backend app
+    server a 10.1.1.11:7000 check port 7100
+    server b 10.1.1.11:7001 check port 7101
+    server a-bk 10.1.1.11:7000 check backup
+    server b-bk 10.1.1.11:7001 check backup
+";
+
+#[test]
+fn servers_sharing_an_address_on_other_ports_are_listed_with_the_right_twin() {
+    let (imp, c) = import_ok(ONE_HOST_TWO_PORTS);
+    let s = svc(&c, "www");
+    assert_eq!(names(s), ["a"]);
+    assert_eq!(skipped_lines(&imp), [6, 7, 8]);
+    assert!(
+        skipped(&imp, 6)
+            .contains("the address 10.1.1.11 of server a (line 5), on port 7001 instead of 7000"),
+        "{}",
+        skipped(&imp, 6)
+    );
+    assert!(skipped(&imp, 7).contains("backup of server a (line 5)"));
+    // b-bk is b's twin, not a's: b is not a backend, so it is told apart by its port.
+    assert!(
+        skipped(&imp, 8).contains("on port 7001 instead of 7000"),
+        "{}",
+        skipped(&imp, 8)
+    );
+}
+
 /// A site whose maintenance page is a backend of backup servers only, chosen when the
 /// application's servers are all down.
 const MAINTENANCE: &str = r"

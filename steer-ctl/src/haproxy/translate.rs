@@ -855,8 +855,20 @@ impl<'a> Tr<'a> {
                 return None;
             }
         };
-        if let Some(o) = picked.iter().find(|c| c.address == address) {
-            let msg = if role == Role::Fallback && o.role == Role::Pool {
+        let same = picked
+            .iter()
+            .find(|c| c.address == address && c.port == sport)
+            .or_else(|| picked.iter().find(|c| c.address == address));
+        if let Some(o) = same {
+            let msg = if o.port != sport {
+                format!(
+                    "server {name}: the address {address} of server {} (line {}), on port {sport} \
+                     instead of {}: the backends of a steer service are different addresses (it \
+                     adopts and drains them by address); give this server an address of its own, \
+                     or make it a service of its own",
+                    o.server.name, o.server.line, o.port
+                )
+            } else if role == Role::Fallback && o.role == Role::Pool {
                 format!(
                     "server {name}: a backup of server {} (line {}) on the same address {address}: \
                      the same server, checked on another port so that failing a check on purpose \

@@ -185,6 +185,11 @@ const DESCRIPTION: &[&str] = &[
      traffic goes on with the last state, and the next daemon adopts it without losing a flow.",
     "Every verb takes --json: one JSON object with an ok field on standard output. A verb that \
      takes a backend also takes a group (every backend with that group label, in one change).",
+    "The daemon serves, on daemon.metrics (127.0.0.1:9469 unless set), Prometheus metrics at \
+     /metrics and a stats page at /stats: one row per backend with its state, time in it, last \
+     check, weight, group, active flows, new flows/s, check failures and passive-health \
+     events, refreshing itself. Under systemd (Type=notify) it reports ready once the datapath \
+     is attached and the socket listens, and keeps a status line.",
 ];
 
 const EXIT_STATUS: &[(&str, &str)] = &[
@@ -199,6 +204,10 @@ const EXIT_STATUS: &[(&str, &str)] = &[
         "No daemon answers on the control socket, or it is busy.",
     ),
     ("75", "Waited past --timeout."),
+    (
+        "130",
+        "Interrupted (SIGINT, SIGTERM) during a wait or a rollout; what was left is printed.",
+    ),
     (
         "77",
         "Not allowed on the control socket: not root, and not a member of daemon.socket_group.",

@@ -135,6 +135,7 @@ fn backends_table(backends: &[BackendStatus]) -> Table {
         ("ROLE", false),
         ("ADMIN", false),
         ("HEALTH", false),
+        ("STATE", false),
         ("SINCE", true),
         ("WEIGHT", true),
         ("ACTIVE", true),
@@ -153,6 +154,8 @@ fn backends_table(backends: &[BackendStatus]) -> Table {
             b.role.to_string(),
             b.admin.to_string(),
             b.health.to_string(),
+            // What it does now (a healthy ready backend of a group not switched to: standby).
+            b.state.clone(),
             // Time in the state: since the last change of admin state or health.
             age(b.last_change_ms),
             weight(b),
@@ -285,6 +288,7 @@ mod tests {
             group: group.map(String::from),
             admin: AdminState::Drain,
             health: Health::Unknown,
+            state: "draining".into(),
             check: "not checked yet".into(),
             weight: w,
             config_weight: 1,
@@ -315,9 +319,9 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH   SINCE        WEIGHT  ACTIVE  NEW/S  PACKETS  FAILS  DOWNS  CHECK",
-                "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  3m05s  3 (config 1)      12    2.5        0      4      1  not checked yet",
-                "b1                        web      -      10.0.0.1  pool  drain  unknown  3m05s             1       ?    2.5        0      4      1  not checked yet",
+                "BACKEND                   SERVICE  GROUP  ADDRESS   ROLE  ADMIN  HEALTH   STATE     SINCE        WEIGHT  ACTIVE  NEW/S  PACKETS  FAILS  DOWNS  CHECK",
+                "a-very-long-backend-name  web      blue   10.0.0.1  pool  drain  unknown  draining  3m05s  3 (config 1)      12    2.5        0      4      1  not checked yet",
+                "b1                        web      -      10.0.0.1  pool  drain  unknown  draining  3m05s             1       ?    2.5        0      4      1  not checked yet",
             ]
         );
     }
