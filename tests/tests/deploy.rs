@@ -280,6 +280,9 @@ fn switch_moves_new_flows_to_the_other_group_and_the_old_one_drains() {
     let mut d = SteerDaemon::new(&topo.lb);
     d.write_config(&config(&topo, &["blue", "blue", "green", "green"]));
     d.start();
+    // A switch to a group none of whose backends is up yet is refused (CI once switched
+    // before the first checks had run).
+    wait_checked(&d, &["b0", "b1", "b2", "b3"]);
     let to = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
     d.ok_json(&["switch", "web", "blue"]);
     let blue_conns = topo.client.run(move || {
