@@ -51,13 +51,13 @@ pub fn find(slot: u32, key: &FlowKey, now: u64) -> Option<(u32, u16)> {
 }
 
 /// Whether `slot` holds another 5-tuple's attempt still in progress (its SYN would evict
-/// it).
+/// it). Read after `find` looked at the same slot: its line is in the cache (the mark array's
+/// would not be).
 #[inline(always)]
 pub fn held_by_other(slot: u32, key: &FlowKey, now: u64) -> bool {
-    marked(slot)
-        && ATTEMPTS
-            .get(slot)
-            .is_some_and(|a| !a.key.same(key) && a.live(now))
+    ATTEMPTS
+        .get(slot)
+        .is_some_and(|a| a.live(now) && !a.key.same(key))
 }
 
 /// Pins an attempt of `key` to `backend` (a first SYN, a redispatched one, or a retry, which
