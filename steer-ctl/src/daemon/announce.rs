@@ -54,6 +54,22 @@ fn prefix(a: &IpAddr) -> String {
 }
 
 impl Announcer {
+    /// `ip route VERB blackhole VIP table T proto 250`: this daemon's route for `vip`.
+    fn route(&self, verb: &str, vip: &IpAddr) -> Result<(), String> {
+        let p = prefix(vip);
+        ip(&[
+            family(vip),
+            "route",
+            verb,
+            "blackhole",
+            &p,
+            "table",
+            &self.table,
+            "proto",
+            PROTO,
+        ])
+    }
+
     /// Takes over the routes a daemon before left (they stay announced: a restart does not
     /// flap the routers); the first `sync` withdraws those no longer wanted.
     pub fn new(table: u32) -> Announcer {
@@ -95,19 +111,7 @@ impl Announcer {
     pub fn sync(&mut self, want: &BTreeSet<IpAddr>) -> bool {
         let mut ok = true;
         for a in want.difference(&self.installed.clone()) {
-            let p = prefix(a);
-            let args = [
-                family(a),
-                "route",
-                "replace",
-                "blackhole",
-                &p,
-                "table",
-                &self.table,
-                "proto",
-                PROTO,
-            ];
-            match ip(&args) {
+            match self.route("replace", a) {
                 Ok(()) => {
                     info!(vip = %a, table = %self.table, "announced");
                     self.installed.insert(*a);
@@ -119,19 +123,7 @@ impl Announcer {
             }
         }
         for a in self.installed.difference(want).copied().collect::<Vec<_>>() {
-            let p = prefix(&a);
-            let args = [
-                family(&a),
-                "route",
-                "del",
-                "blackhole",
-                &p,
-                "table",
-                &self.table,
-                "proto",
-                PROTO,
-            ];
-            match ip(&args) {
+            match self.route("del", &a) {
                 Ok(()) => info!(vip = %a, "withdrawn"),
                 Err(e) => {
                     warn!(vip = %a, error = %e, "cannot withdraw");

@@ -260,7 +260,6 @@ impl Core {
             .map(|s| s.name)
             .collect();
         let observed = self.bal.datapath().observed();
-        let (rates, window) = self.rates();
         let services: BTreeMap<String, crate::balancer::ServiceInfo> = self
             .bal
             .service_infos()
@@ -273,14 +272,14 @@ impl Core {
             .backends()
             .map(|(_, b)| (b.name.get_ref(), b.weight))
             .collect();
-        proto::Status {
+        let mut st = proto::Status {
             config: self.cfg.path.display().to_string(),
             services: self
                 .bal
                 .service_infos()
                 .into_iter()
                 .map(|s| ServiceStatus {
-                    rate: rates.get(&format!("service {}", s.name)).map(rate),
+                    rate: None,
                     counters: self
                         .bal
                         .service_counters(&s.name)
@@ -315,7 +314,7 @@ impl Core {
                     let change = history.change(&b.name).unwrap_or_default();
                     BackendStatus {
                         state: state(&b, services.get(&b.service)).into(),
-                        rate: rates.get(&format!("backend {}", b.name)).map(rate),
+                        rate: None,
                         check_failures: chk.failures,
                         checks_not_run: chk.not_run,
                         went_down: change.went_down,
@@ -374,29 +373,36 @@ impl Core {
                     })
                     .collect(),
             }),
-            rate_window_ms: window.map(|w| w.as_millis() as u64),
-        }
+            rate_window_ms: None,
+        };
+        drop(history);
+        self.fill_rates(&mut st);
+        st
     }
 
-    /// Rates since an earlier read, keyed "service NAME" and "backend NAME".
-    fn rates(
-        &self,
-    ) -> (
-        BTreeMap<String, super::history::Rate>,
-        Option<std::time::Duration>,
-    ) {
-        let mut counts = BTreeMap::new();
-        for s in self.bal.service_infos() {
-            if let Ok(c) = self.bal.service_counters(&s.name) {
-                counts.insert(format!("service {}", s.name), (c.packets, c.new_flows));
-            }
+    /// Rates since an earlier read, from the counters the status just read (each per-CPU
+    /// block is read once).
+    fn fill_rates(&self, st: &mut proto::Status) {
+        let key = |kind: &str, name: &str| format!("{kind} {name}");
+        let counts = st
+            .services
+            .iter()
+            .map(|s| (key("service", &s.name), &s.counters))
+            .chain(
+                st.backends
+                    .iter()
+                    .map(|b| (key("backend", &b.name), &b.counters)),
+            )
+            .map(|(k, c)| (k, (c.packets, c.new_flows)))
+            .collect();
+        let (rates, window) = self.history.lock().expect("history lock").rates(counts);
+        for s in &mut st.services {
+            s.rate = rates.get(&key("service", &s.name)).map(rate);
         }
-        for b in self.bal.backend_infos() {
-            if let Ok(c) = self.bal.backend_counters(&b.name) {
-                counts.insert(format!("backend {}", b.name), (c.packets, c.new_flows));
-            }
+        for b in &mut st.backends {
+            b.rate = rates.get(&key("backend", &b.name)).map(rate);
         }
-        self.history.lock().expect("history lock").rates(counts)
+        st.rate_window_ms = window.map(|w| w.as_millis() as u64);
     }
 
     /// What listing flows needs, taken under the lock; the listing itself runs outside it.

@@ -325,6 +325,22 @@ fn print_phases(phases: &[Phase], names: &[&str]) {
     }
 }
 
+/// One line per backend of a `rollout --json`'s report, and its exit if it failed.
+fn rollout_notes(r: &steer_tests::daemon::Ran, from: &str, drained: &str, notes: &mut Vec<String>) {
+    for s in r.json()["backends"].as_array().into_iter().flatten() {
+        notes.push(format!(
+            "rollout {}{from}: {drained} in {} ms, restarted in {} ms, healthy again in {} ms",
+            s["backend"].as_str().unwrap_or("?"),
+            s["drain_ms"],
+            s["exec_ms"],
+            s["healthy_ms"]
+        ));
+    }
+    if r.code != 0 {
+        notes.push(format!("rollout exited {}: {}", r.code, r.stdout.trim()));
+    }
+}
+
 fn say(msg: &str) {
     println!("steer demo: {msg}");
 }
@@ -439,18 +455,7 @@ fn run_cluster() -> Result<i32, String> {
         say("phase 2: steer-ctl rollout web on lb0 (each drain waits for the flows on both hosts)");
         let exec = format!("sh {} {{backend}} v2", servers.script.display());
         let r = daemons[0].ctl(&["--json", "rollout", "web", "--exec", &exec]);
-        for s in r.json()["backends"].as_array().into_iter().flatten() {
-            notes.push(format!(
-                "rollout {} (from lb0): drained on both hosts in {} ms, restarted in {} ms, healthy again in {} ms",
-                s["backend"].as_str().unwrap_or("?"),
-                s["drain_ms"],
-                s["exec_ms"],
-                s["healthy_ms"]
-            ));
-        }
-        if r.code != 0 {
-            notes.push(format!("rollout exited {}: {}", r.code, r.stdout.trim()));
-        }
+        rollout_notes(&r, " (from lb0)", "drained on both hosts", &mut notes);
         pause(1);
     }
     if !INTERRUPTED.load(Ordering::SeqCst) {
@@ -619,19 +624,7 @@ fn run() -> Result<i32, String> {
         say("phase 2: steer-ctl rollout web (drain --wait, restart as v2, ready --wait-healthy)");
         let exec = format!("sh {} {{backend}} v2", servers.script.display());
         let r = d.ctl(&["--json", "rollout", "web", "--exec", &exec]);
-        let summary = r.json();
-        for s in summary["backends"].as_array().into_iter().flatten() {
-            notes.push(format!(
-                "rollout {}: drained in {} ms, restarted in {} ms, healthy again in {} ms",
-                s["backend"].as_str().unwrap_or("?"),
-                s["drain_ms"],
-                s["exec_ms"],
-                s["healthy_ms"]
-            ));
-        }
-        if r.code != 0 {
-            notes.push(format!("rollout exited {}: {}", r.code, r.stdout.trim()));
-        }
+        rollout_notes(&r, "", "drained", &mut notes);
         pause(1);
     }
 
