@@ -1,7 +1,10 @@
 //! The pre-filter: one array lookup tells most packets for no service (and no NAT flow) to
 //! pass, before the services map's hash lookup. Written by steer-ctl (`map::FILTER`).
 
-use steer_common::{hash::filter_bit, FlowKey};
+use steer_common::{
+    hash::{filter_bit, nat_filter_bit},
+    FlowKey,
+};
 
 use crate::maps::FILTER;
 
@@ -24,4 +27,11 @@ pub fn maybe_service(key: &FlowKey) -> bool {
 #[inline(always)]
 pub fn maybe_nat_reply(key: &FlowKey) -> bool {
     bit(filter_bit(&key.dst, 0, 0))
+}
+
+/// False when no NAT service has the packet's destination address, port and protocol (so its
+/// flow is in no NAT cache).
+#[inline(always)]
+pub fn maybe_nat_service(key: &FlowKey) -> bool {
+    bit(nat_filter_bit(&key.dst, key.dport_be, key.proto))
 }
