@@ -98,26 +98,27 @@ fn finish(r: Result<Verdict, Stop>) -> u32 {
 #[inline(always)]
 fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
-    // Read before anything the caches hold is (its epoch voids them after a change).
+    let for_service = NAT || filter::maybe_service(&pkt.key);
+    // Read before anything the caches hold is: their epoch voids them after a change.
     let host = cache::host();
     let nat_host = host.flags & global_flags::NAT != 0;
     if !NAT {
-        // Established NAT flows, both ways, are rewritten and sent from this CPU's copy as
-        // `steer_nat` or `steer_reply` would send them.
-        if !filter::maybe_service(&pkt.key) {
-            // On a NAT host, a backend's reply comes to an address NAT flows leave from.
-            let reply = nat_host && filter::maybe_nat_reply(&pkt.key);
-            if reply && natcache::may_hold(&pkt) {
-                if let Some(v) = natcache::serve(ctx, &pkt, cache::hash(&pkt.key), host.epoch) {
-                    return v;
-                }
-            }
-            return not_service(ctx, &pkt, nat_host, reply);
-        }
-        if nat_host && natcache::may_hold(&pkt) && filter::maybe_nat_service(&pkt.key) {
+        // On a NAT host, an established NAT flow's packets (to a NAT service, or a backend's
+        // replies to an address NAT flows leave from) are rewritten and sent from this CPU's
+        // copy as `steer_nat` or `steer_reply` would send them.
+        let flagged = nat_host
+            && if for_service {
+                filter::maybe_nat_service(&pkt.key)
+            } else {
+                filter::maybe_nat_reply(&pkt.key)
+            };
+        if flagged && natcache::may_hold(&pkt) {
             if let Some(v) = natcache::serve(ctx, &pkt, cache::hash(&pkt.key), host.epoch) {
                 return v;
             }
+        }
+        if !for_service {
+            return not_service(ctx, &pkt, nat_host, flagged);
         }
     }
     // One hash places the 5-tuple in the flow caches, the flow epochs and the attempts.

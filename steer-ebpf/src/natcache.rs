@@ -57,7 +57,7 @@ use steer_common::{
 
 use crate::{
     cache,
-    csum::Delta,
+    csum::{self, Delta},
     maps::NAT_CACHE,
     parse::{ptr_at_mut, Packet},
     select, stats, Stop, Verdict,
@@ -176,7 +176,7 @@ fn apply(ctx: &XdpContext, pkt: &Packet, e: &NatCached) -> Option<()> {
             *(l4 as *mut u16) = e.sport_be;
             *(l4.add(2) as *mut u16) = e.dport_be;
             let c = l4.add(16) as *mut u16;
-            *c = Delta::from_sum(e.l4_sum as u64).apply(*c);
+            *c = csum::apply_folded(*c, e.l4_sum);
         }
     } else {
         let l4 = ptr_at_mut::<[u8; 8]>(ctx, pkt.l4_off)? as *mut u8;
@@ -190,7 +190,7 @@ fn apply(ctx: &XdpContext, pkt: &Packet, e: &NatCached) -> Option<()> {
             // As `nat::rewrite`: IPv4 UDP without a checksum keeps none; a computed 0 is sent
             // as 0xffff.
             if !(v4 && old == 0) {
-                let new = Delta::from_sum(e.l4_sum as u64).apply(old);
+                let new = csum::apply_folded(old, e.l4_sum);
                 *c = if new == 0 { 0xffff } else { new };
             }
         }
@@ -222,7 +222,7 @@ unsafe fn write_l2_l3(eth: *mut u32, ip: *mut u8, ip_words: usize, v4: bool, e: 
         }
         if v4 {
             let c = ip.add(10) as *mut u16;
-            *c = Delta::from_sum(e.ip_sum as u64).apply(*c);
+            *c = csum::apply_folded(*c, e.ip_sum);
         }
     }
 }
