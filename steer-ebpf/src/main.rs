@@ -98,7 +98,11 @@ fn finish(r: Result<Verdict, Stop>) -> u32 {
 #[inline(always)]
 fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
-    let for_service = NAT || filter::maybe_service(&pkt.key);
+    let (for_service, nat_service) = if NAT {
+        (true, false)
+    } else {
+        filter::maybe_service_nat(&pkt.key)
+    };
     // Read before anything the caches hold is: their epoch voids them after a change.
     let host = cache::host();
     let nat_host = host.flags & global_flags::NAT != 0;
@@ -108,7 +112,7 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         // copy as `steer_nat` or `steer_reply` would send them.
         let flagged = nat_host
             && if for_service {
-                filter::maybe_nat_service(&pkt.key)
+                nat_service
             } else {
                 filter::maybe_nat_reply(&pkt.key)
             };

@@ -396,13 +396,17 @@ pub fn forward(
     } else if stopped != 0 {
         return Ok(fib::unpack(stopped));
     }
-    natcache::rewritten(ctx, pkt);
+    if fill {
+        natcache::rewritten(ctx, pkt);
+    }
     // Sent from here rather than from the call: the FIB request's stack and the call's are
     // never on the stack at once.
     let src = source(svc_id, be, nat.addr).ok_or(Stop::Drop(outcome::DROP_NAT_CONFLICT))?;
     let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false).fill(fill);
     let verdict = fib::unpack(fib::send(ctx, &src, &be.addr, route));
-    natcache::commit(pkt);
+    if fill {
+        natcache::commit(pkt);
+    }
     Ok(verdict)
 }
 

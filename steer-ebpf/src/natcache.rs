@@ -390,8 +390,9 @@ pub fn next_hop(ctx: &XdpContext, l3_off: usize, dmac: &[u8; 6], smac: &[u8; 6],
 }
 
 /// Puts the fill begun for `pkt` into its slot once every part is in (the packet was sent).
-/// Called after every NAT send: a fill is complete only in the run that began it (the FIB's
-/// part is added only for the caller that began it), and is committed or left incomplete.
+/// Harmless after any NAT send: a fill is complete only in the run that began it (the FIB's
+/// part is added only for a caller that began one), and is then committed or left
+/// incomplete, never completed by a later run.
 #[inline(always)]
 pub fn commit(pkt: &Packet) {
     let Some(s) = stage() else {
