@@ -83,6 +83,14 @@ pub fn filter_bit(addr: &[u8; 16], port_be: u16, proto: u8) -> u32 {
     x.wrapping_mul(FIB32) >> (32 - crate::FILTER_BITS_LOG2)
 }
 
+/// Second bit of the pre-filter for a NAT service's address, port and protocol: a packet whose
+/// bit is set is looked for in the NAT flow cache before the DSR one. The neighbour of its
+/// service's bit, so that one word read tells both.
+#[inline(always)]
+pub fn nat_filter_bit(addr: &[u8; 16], port_be: u16, proto: u8) -> u32 {
+    filter_bit(addr, port_be, proto) ^ 1
+}
+
 /// Hash of a 5-tuple for the flow cache and the flow epochs: folds and one multiply, a
 /// fraction of `flow_hash`'s cost (the cache's whole point is to be cheap; a collision only
 /// costs a miss). Slot: the top `FLOW_CACHE_LOG2` bits; epoch bucket: the top

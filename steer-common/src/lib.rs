@@ -80,6 +80,10 @@ pub mod map {
     /// `ATTEMPT_MARK_LINES` × 64 bytes: one byte per slot of `ATTEMPTS`, set while the slot
     /// may hold an attempt. Datapath only; pinned with the attempts.
     pub const ATTEMPT_MARKS: &str = "STEER_AMARK_V1";
+    /// Per CPU, `(1 << NAT_CACHE_LOG2) + 1` × `NatCached`: the NAT flow cache (both
+    /// directions of established NAT flows, by `hash::cache_hash` of the 5-tuple as it
+    /// arrives), then one entry where a fill is put together. Datapath only, not pinned.
+    pub const NAT_CACHE: &str = "STEER_NCACHE_V1";
 
     pub const ALL: [&str; 21] = [
         SERVICES,
@@ -171,6 +175,10 @@ pub const FLOW_CACHE_LOG2: u32 = 14;
 /// needs); a stamp voids the cached flows of its bucket, 1/4,096 of them, which then take the
 /// full path once.
 pub const FLOW_EPOCH_LOG2: u32 = 12;
+/// Entries of the NAT flow cache, per CPU (`1 << NAT_CACHE_LOG2`, 128 bytes each: 2 MiB): each
+/// direction of an established NAT flow takes one, by `hash::cache_hash` of its 5-tuple as it
+/// arrives. Element `1 << NAT_CACHE_LOG2` is where a fill is put together.
+pub const NAT_CACHE_LOG2: u32 = 14;
 
 /// Slots of the attempts table (`1 << ATTEMPTS_LOG2`, 64 bytes each: 4 MiB). A slot holds one
 /// connection attempt from its SYN to its handshake's ACK (a round trip); a newer attempt
@@ -574,6 +582,63 @@ pub struct CachedFlow {
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 72);
 
+/// `NatCached::other` bit: the entry translates a backend's reply (back to the client); clear,
+/// a client's packet (to the backend).
+pub const NAT_CACHED_REPLY: u16 = 1 << 15;
+
+/// One entry of the NAT flow cache: one direction of an established NAT flow as this CPU last
+/// sent it through the full path — the 5-tuple as it arrives, the rewrite (addresses, ports,
+/// checksum deltas), the FIB's answer (MACs, egress interface) and what makes it still good.
+/// Element of the per-CPU `STEER_NCACHE_V1` (datapath only; readable for tests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatCached {
+    /// The packet's 5-tuple as it arrives: the client's (to the VIP), or the backend's reply
+    /// (to an LB address and source port).
+    pub key: FlowKey,
+    /// Source and destination addresses and ports the packet leaves with.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// The frame's first 12 bytes out: the next hop's MAC, then the egress interface's (both
+    /// from the FIB).
+    pub macs: [u8; 12],
+    /// The rewrite's incremental checksum changes (RFC 1624), folded to 16 bits: the IPv4
+    /// header's (addresses), and the TCP or UDP checksum's (addresses and ports).
+    pub ip_sum: u16,
+    pub l4_sum: u16,
+    /// The interface the packets came in by when filled (the FIB's answer depends on it), and
+    /// the one the FIB sent them out of (the same: `XDP_TX`; another: `XDP_REDIRECT`).
+    pub ifindex_in: u32,
+    pub ifindex_out: u32,
+    /// `Globals::epoch` when filled (moved by steer-ctl after a change of a service, a
+    /// backend's addresses, a pool, or a next hop).
+    pub cfg_epoch: u32,
+    /// The flow epoch of this 5-tuple's bucket, and of the other direction's 5-tuple's
+    /// bucket (`other & !NAT_CACHED_REPLY`), when filled.
+    pub epoch: u32,
+    pub other_epoch: u32,
+    pub other: u16,
+    /// The flow's service and backend ids (both below 65,536) and the backend's generation.
+    pub svc: u16,
+    pub backend: u16,
+    pub gen: u16,
+    /// The IP length (header and payload) of the packet that filled it: the FIB checked the
+    /// route's MTU for that length, so only packets no longer are sent from the entry.
+    pub max_len: u16,
+    /// Fills of this 5-tuple in a row in this slot (wrapping; for tests and the bench: how
+    /// often the full path ran).
+    pub fills: u16,
+    /// When filled, in jiffies (low 32 bits: an entry left unfilled for 2^32 jiffies, 49
+    /// days at HZ=1000, would read as fresh again only if none of its epochs moved).
+    pub filled_jiffies: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatCached>() == 128);
+const _: () = assert!(core::mem::offset_of!(NatCached, macs) % 4 == 0);
+const _: () = assert!((1u32 << FLOW_EPOCH_LOG2) <= NAT_CACHED_REPLY as u32);
+const _: () = assert!(MAX_BACKENDS <= 1 << 16);
+
 /// A DSR connection attempt: a flow that has seen only SYNs, pinned to the backend its SYN
 /// went to. Element of `STEER_ATTEMPT_V1`. Written by several CPUs without a lock (a slot is
 /// shared by every 5-tuple that hashes to it), so `check` seals the rest: a reader that finds
@@ -837,6 +902,7 @@ mod pod {
     unsafe impl aya::Pod for Observed {}
     unsafe impl aya::Pod for NeighWant {}
     unsafe impl aya::Pod for CachedFlow {}
+    unsafe impl aya::Pod for NatCached {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for Handoff {}
 }

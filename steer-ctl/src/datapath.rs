@@ -20,10 +20,12 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use steer_common::{
-    flow_flags, hash::filter_bit, maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend,
-    CachedFlow, Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service,
-    ServiceKey, ATTEMPTS_LOG2, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE,
-    MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS, PROGRAM,
+    flow_flags,
+    hash::{filter_bit, nat_filter_bit},
+    maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend, CachedFlow, Counters, Flow,
+    FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2,
+    FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -496,6 +498,8 @@ pub struct Datapath {
     filter: Mapped<u64>,
     /// The flow cache (per CPU), read by tests.
     flow_cache: PerCpuArray<MapData, CachedFlow>,
+    /// The NAT flow cache (per CPU), read by tests and the bench.
+    nat_cache: PerCpuArray<MapData, steer_common::NatCached>,
     /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
     /// What `globals` holds: the flags, and the epoch of the flow cache.
@@ -631,6 +635,10 @@ impl Datapath {
             map::FLOW_CACHE,
             PerCpuArray::try_from(take(&mut ebpf, map::FLOW_CACHE)?),
         )?;
+        let nat_cache = typed(
+            map::NAT_CACHE,
+            PerCpuArray::try_from(take(&mut ebpf, map::NAT_CACHE)?),
+        )?;
         let Map::Array(attempts) = take(&mut ebpf, map::ATTEMPTS)? else {
             return Err(DatapathError::MissingMap(map::ATTEMPTS));
         };
@@ -656,6 +664,7 @@ impl Datapath {
             globals,
             filter,
             flow_cache,
+            nat_cache,
             attempts,
             flags,
             epoch,
@@ -670,7 +679,8 @@ impl Datapath {
     /// bit missing would pass a service's packets to the kernel.
     fn seed_filter(&mut self) -> Result<()> {
         for key in self.service_keys()? {
-            self.filter_service(&key);
+            let nat = self.service(&key)?.is_some_and(|s| s.mode == MODE_NAT);
+            self.filter_service(&key, nat);
         }
         for id in 0..MAX_BACKENDS {
             let be = self.backend(id)?;
@@ -687,9 +697,15 @@ impl Datapath {
         Ok(())
     }
 
-    fn filter_service(&self, key: &ServiceKey) {
+    /// A service's bit; a NAT service's second bit too (its packets are looked for in the NAT
+    /// flow cache).
+    fn filter_service(&self, key: &ServiceKey, nat: bool) {
         self.filter
             .set_bit(filter_bit(&key.addr, key.port_be, key.proto));
+        if nat {
+            self.filter
+                .set_bit(nat_filter_bit(&key.addr, key.port_be, key.proto));
+        }
     }
 
     /// An address NAT flows may leave from: backends' replies come to it.
@@ -704,6 +720,20 @@ impl Datapath {
     pub fn cached(&self, key: &FlowKey) -> Result<Vec<(usize, CachedFlow)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::FLOW_CACHE_LOG2);
         let per_cpu = typed(map::FLOW_CACHE, self.flow_cache.get(&slot, 0))?;
+        Ok(per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key == *key)
+            .map(|(cpu, c)| (cpu, *c))
+            .collect())
+    }
+
+    /// The CPUs whose NAT flow cache holds an entry for packets of 5-tuple `key` (a client's
+    /// or a backend's reply), with the entry (tests and the bench: whether packets may have
+    /// been sent from the cache, and how often the full path filled it).
+    pub fn nat_cached(&self, key: &FlowKey) -> Result<Vec<(usize, steer_common::NatCached)>> {
+        let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::NAT_CACHE_LOG2);
+        let per_cpu = typed(map::NAT_CACHE, self.nat_cache.get(&slot, 0))?;
         Ok(per_cpu
             .iter()
             .enumerate()
@@ -734,7 +764,9 @@ impl Datapath {
         for a in pool.addrs.iter().take(pool.count as usize) {
             self.filter_nat_source(a);
         }
-        typed(map::POOLS, self.pools.set(id, pool, 0))
+        typed(map::POOLS, self.pools.set(id, pool, 0))?;
+        // Cached NAT flows hold their pool address.
+        self.bump_epoch()
     }
 
     /// The NAT source pool of service `id`.
@@ -753,6 +785,13 @@ impl Datapath {
         typed(map::GLOBALS, self.globals.set(0, g, 0))?;
         self.flags = g.flags;
         Ok(())
+    }
+
+    /// Voids every CPU's flow caches, DSR and NAT: after a change of what they hold copies
+    /// of that is not a flow's own (steer-ctl's entries; a next hop, whose change the kernel
+    /// tells the daemon of).
+    pub fn void_caches(&mut self) -> Result<()> {
+        self.bump_epoch()
     }
 
     /// Voids every CPU's flow cache (a service entry changed: the cached flows' service may be
@@ -794,25 +833,33 @@ impl Datapath {
             .map_err(DatapathError::FlowIter)
     }
 
-    /// Writes a reverse translation (tests: a source port taken by another flow).
+    /// Writes a reverse translation (tests: a source port taken by another flow). As the
+    /// datapath's own writes do, it voids cached copies of the flows concerned (here: all).
     pub fn put_nat_reverse(&mut self, key: &FlowKey, rev: &NatRev) -> Result<()> {
-        typed(map::NAT, self.nat.insert(key, rev, 0))
+        typed(map::NAT, self.nat.insert(key, rev, 0))?;
+        self.bump_epoch()
     }
 
-    /// Removes a reverse translation, if there is one (tests: an evicted reverse half).
+    /// Removes a reverse translation, if there is one (tests: an evicted reverse half, as a
+    /// flow whose packets were sent from a cache sees it at its next refresh: every cache is
+    /// voided).
     pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
         match self.nat.remove(key) {
-            Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(source) => Err(DatapathError::Map {
-                name: map::NAT,
-                source,
-            }),
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {}
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    name: map::NAT,
+                    source,
+                })
+            }
         }
+        self.bump_epoch()
     }
 
     /// Removes a flow's entry from both tables, if it has one (tests: an evicted forward
-    /// half).
+    /// half, as a flow whose packets were sent from a cache sees it at its next refresh:
+    /// every cache is voided).
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
         for (name, m) in [
             (map::FLOWS, &mut self.flows),
@@ -824,7 +871,7 @@ impl Datapath {
                 Err(source) => return Err(DatapathError::Map { name, source }),
             }
         }
-        Ok(())
+        self.bump_epoch()
     }
 
     /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -921,7 +968,7 @@ impl Datapath {
     pub fn put_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
         self.check_service_id(svc.id)?;
         // The filter's bit first: the service's packets must never meet a clear one.
-        self.filter_service(key);
+        self.filter_service(key, svc.mode == MODE_NAT);
         typed(map::SERVICES, self.services.insert(key, svc, 0))?;
         self.bump_epoch()
     }
@@ -956,7 +1003,14 @@ impl Datapath {
 
     pub fn put_backend(&mut self, id: u32, be: &Backend) -> Result<()> {
         self.filter_nat_source(&be.snat);
-        typed(map::BACKENDS, self.backends.set(id, be, 0))
+        let old = self.backend(id)?;
+        typed(map::BACKENDS, self.backends.set(id, be, 0))?;
+        // Cached NAT flows hold the backend's address and port and the LB's address facing
+        // it (its admin state and generation they read live).
+        if (old.addr, old.port_be, old.snat) != (be.addr, be.port_be, be.snat) {
+            self.bump_epoch()?;
+        }
+        Ok(())
     }
 
     pub fn backend(&self, id: u32) -> Result<Backend> {

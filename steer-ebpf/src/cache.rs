@@ -50,12 +50,42 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// For the programs that never use the cache (NAT).
+    /// For a packet that is never served from a cache nor fills one.
     pub const NONE: Probe = Probe {
         hash: 0,
         flow_epoch: 0,
         cfg_epoch: 0,
     };
+
+    /// The flow epoch of the 5-tuple's bucket, as read.
+    #[inline(always)]
+    pub fn flow_epoch(&self) -> u32 {
+        self.flow_epoch
+    }
+
+    /// The host epoch, as read.
+    #[inline(always)]
+    pub fn cfg_epoch(&self) -> u32 {
+        self.cfg_epoch
+    }
+}
+
+/// `Globals` as a packet's processing starts: its flags and epoch, read once.
+#[derive(Clone, Copy)]
+pub struct Host {
+    pub flags: u32,
+    pub epoch: u32,
+}
+
+/// Reads the host-wide settings (one array lookup).
+#[inline(always)]
+pub fn host() -> Host {
+    GLOBALS
+        .get(0)
+        .map_or(Host { flags: 0, epoch: 0 }, |g| Host {
+            flags: g.flags,
+            epoch: g.epoch,
+        })
 }
 
 #[inline(always)]
@@ -68,14 +98,10 @@ fn bucket(hash: u32) -> u32 {
     hash >> (32 - FLOW_EPOCH_LOG2)
 }
 
+/// The flow epoch of bucket `b` now.
 #[inline(always)]
-fn flow_epoch(hash: u32) -> u32 {
-    FLOW_EPOCHS.get(bucket(hash)).copied().unwrap_or(0)
-}
-
-#[inline(always)]
-fn cfg_epoch() -> u32 {
-    GLOBALS.get(0).map_or(0, |g| g.epoch)
+pub fn bucket_epoch(b: u32) -> u32 {
+    FLOW_EPOCHS.get(b).copied().unwrap_or(0)
 }
 
 /// Whether `pkt` may be served from the cache or fill it: no SYN, FIN or RST (those change
@@ -91,13 +117,14 @@ pub fn hash(key: &FlowKey) -> u32 {
     cache_hash(key)
 }
 
-/// Reads the epochs for a 5-tuple of `hash` (before its service and flow are looked up).
+/// Reads the epochs for a 5-tuple of `hash` (before its service and flow are looked up;
+/// `cfg_epoch` was read before too, by `host`).
 #[inline(always)]
-pub fn probe(hash: u32) -> Probe {
+pub fn probe(hash: u32, cfg_epoch: u32) -> Probe {
     Probe {
         hash,
-        flow_epoch: flow_epoch(hash),
-        cfg_epoch: cfg_epoch(),
+        flow_epoch: bucket_epoch(bucket(hash)),
+        cfg_epoch,
     }
 }
 

@@ -59,6 +59,17 @@ impl Delta {
     }
 }
 
+/// The checksum field `old` (as it sits in the packet) after changes whose sum is `sum`,
+/// folded to 16 bits (`Delta`'s, folded once for all): `Delta::apply` with two folds instead
+/// of four (the sum of two 16-bit values has at most one carry).
+#[inline(always)]
+pub fn apply_folded(old: u16, sum: u16) -> u16 {
+    let mut s = (!old) as u32 + sum as u32;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// Replaces the first `n` words (1 for IPv4, 4 for IPv6) of the address at `at` (in the
 /// packet) with `new`'s, one word at a time — few registers live (BPF keeps four across a
 /// call; more spill to the stack) — adding each change to `d`. Plain word loads and stores,

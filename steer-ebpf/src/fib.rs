@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use steer_common::{hash::mix32, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
 
-use crate::{maps::NEIGH, parse::ptr_at_mut, Stop, Verdict};
+use crate::{maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -23,9 +23,12 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 }
 
 /// What `send` needs besides the addresses, packed into one argument (BPF calls take at most
-/// five): family, protocol, offset of the IP header, and which direction (for the outcome).
+/// five): family, protocol, offset of the IP header, which direction (for the outcome), and
+/// whether a NAT cache fill takes the answer.
 #[derive(Clone, Copy)]
 pub struct Route(u64);
+
+const FILL: u64 = 1 << 33;
 
 impl Route {
     #[inline(always)]
@@ -36,6 +39,13 @@ impl Route {
                 | (l3_off as u64 & 0xffff) << 16
                 | (reply as u64) << 32,
         )
+    }
+
+    /// `fill`: the answer goes into the NAT cache fill begun for the packet
+    /// (`natcache::next_hop`).
+    #[inline(always)]
+    pub fn fill(self, fill: bool) -> Route {
+        Route(self.0 | if fill { FILL } else { 0 })
     }
 }
 
@@ -150,7 +160,11 @@ fn try_send(
     } else {
         (outcome::TX_FORWARD, outcome::REDIRECT_FORWARD)
     };
+    let fill = route.0 & FILL != 0;
     if p.ifindex == ingress {
+        if fill {
+            natcache::next_hop(ctx, l3_off, &p.dmac, &p.smac, p.ifindex);
+        }
         return Ok((xdp_action::XDP_TX, tx));
     }
     // SAFETY: helper without preconditions; returns XDP_REDIRECT, or XDP_ABORTED on a bad
@@ -158,6 +172,9 @@ fn try_send(
     let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
     if action != xdp_action::XDP_REDIRECT {
         return Err(Stop::Drop(outcome::DROP_NO_ROUTE));
+    }
+    if fill {
+        natcache::next_hop(ctx, l3_off, &p.dmac, &p.smac, p.ifindex);
     }
     Ok((action, redirect))
 }

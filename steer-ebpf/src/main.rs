@@ -22,6 +22,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod nat;
+mod natcache;
 mod observe;
 mod parse;
 mod rst;
@@ -30,8 +31,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
-    event, flow_flags, handoff, outcome, prog, svc_flags, Backend, Flow, Service, BACKEND_NONE,
-    MODE_NAT,
+    event, flow_flags, global_flags, handoff, outcome, prog, svc_flags, Backend, Flow, Service,
+    BACKEND_NONE, MODE_NAT,
 };
 
 use crate::{nat::Nat, parse::Packet};
@@ -97,16 +98,44 @@ fn finish(r: Result<Verdict, Stop>) -> u32 {
 #[inline(always)]
 fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
-    if !NAT && !filter::maybe_service(&pkt.key) {
-        return not_service(ctx, &pkt);
-    }
-    // DSR: one hash places the 5-tuple in the flow cache, the flow epochs and the attempts.
-    let hash = if NAT { 0 } else { cache::hash(&pkt.key) };
-    let probe = if NAT || !cache::may_hold(&pkt) {
-        // (A SYN, FIN or RST is never served from the cache, nor fills it.)
-        cache::Probe::NONE
+    let (for_service, nat_service) = if NAT {
+        (true, false)
     } else {
-        let probe = cache::probe(hash);
+        filter::maybe_service_nat(&pkt.key)
+    };
+    // Read before anything the caches hold is: their epoch voids them after a change.
+    let host = cache::host();
+    let nat_host = host.flags & global_flags::NAT != 0;
+    if !NAT {
+        // On a NAT host, an established NAT flow's packets (to a NAT service, or a backend's
+        // replies to an address NAT flows leave from) are rewritten and sent from this CPU's
+        // copy as `steer_nat` or `steer_reply` would send them.
+        let flagged = nat_host
+            && if for_service {
+                nat_service
+            } else {
+                filter::maybe_nat_reply(&pkt.key)
+            };
+        if flagged && natcache::may_hold(&pkt) {
+            if let Some(v) = natcache::serve(ctx, &pkt, cache::hash(&pkt.key), host.epoch) {
+                return v;
+            }
+        }
+        if !for_service {
+            return not_service(ctx, &pkt, nat_host, flagged);
+        }
+    }
+    // One hash places the 5-tuple in the flow caches, the flow epochs and the attempts.
+    let hash = cache::hash(&pkt.key);
+    let probe = if !cache::may_hold(&pkt) {
+        // (A SYN, FIN or RST is never served from a cache, nor fills one.)
+        cache::Probe::NONE
+    } else if NAT {
+        // The NAT cache's fill (`natcache::begin`) reads what the flow epoch was before the
+        // flow's entry is read.
+        cache::probe(hash, host.epoch)
+    } else {
+        let probe = cache::probe(hash, host.epoch);
         if let Some((svc_id, be_id, be)) = cache::lookup(&pkt, probe) {
             // An established DSR flow this CPU saw lately (the connection table's entry was
             // refreshed then): counted and forwarded as the full path would.
@@ -120,7 +149,10 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let now = flow::now();
     let (svc_id, svc) = match select::lookup_service(&pkt) {
         Ok(s) => s,
-        Err(_) if !NAT => return not_service(ctx, &pkt),
+        Err(_) if !NAT => {
+            let reply = nat_host && filter::maybe_nat_reply(&pkt.key);
+            return not_service(ctx, &pkt, nat_host, reply);
+        }
         Err(e) => return Err(e),
     };
     if !NAT && svc.mode == MODE_NAT {
@@ -154,11 +186,17 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     steer_new::<NAT>(ctx, &pkt, svc_id, svc, None, handoff::NONE, len, now)
 }
 
-/// A packet for no service: on a host with NAT services, a backend's reply (to an address NAT
-/// flows leave from) or an ICMP error goes to `steer_reply`; anything else is passed.
+/// A packet for no service: on a host with NAT services (`nat_host`), a backend's reply (to
+/// an address NAT flows leave from: `reply`, by the pre-filter) or an ICMP error goes to
+/// `steer_reply`; anything else is passed.
 #[inline(always)]
-fn not_service(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Stop> {
-    if nat::enabled() && (pkt.is_icmp() || filter::maybe_nat_reply(&pkt.key)) {
+fn not_service(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    nat_host: bool,
+    reply: bool,
+) -> Result<Verdict, Stop> {
+    if nat_host && (pkt.is_icmp() || reply) {
         chain::tail_call(ctx, prog::REPLY);
     }
     Err(Stop::Pass(outcome::PASS_NOT_SERVICE))
@@ -253,14 +291,24 @@ fn steer_established<const NAT: bool>(
     }
     match select::flow_backend(flow.backend, flow.gen) {
         Some((be_id, be)) if be.keeps_flows() => {
+            let mut fill = false;
             if flow::touch_flow(f, pkt, now) {
                 stats::count_ended(svc_id, Some(be_id));
                 flow::retire(pkt, f);
             } else if !NAT && flow.flags & flow_flags::ENDED == 0 && !Nat::of(&flow).is_nat() {
                 cache::fill(pkt, probe, svc_id, flow.backend, flow.gen);
+            } else if NAT
+                && flow.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0
+                && Nat::of(&flow).is_nat()
+                && natcache::may_hold(pkt)
+            {
+                // An open NAT flow's packet: its way out is put together as it is sent, for
+                // this CPU's NAT cache.
+                natcache::begin(pkt, probe, svc_id, be_id, flow.gen);
+                fill = true;
             }
             stats::count_backend(be_id, len);
-            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
+            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now, fill)
         }
         // Rejected or removed (rule 4): the rest of the flow is reset.
         rejected => reset_flow(ctx, pkt, svc_id, rejected.map(|(id, _)| id), f, true, now),
@@ -432,7 +480,7 @@ fn steer_transient<const NAT: bool>(
                 stats::count_ended(svc_id, Some(be_id));
             }
             stats::count_backend(be_id, len);
-            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now)
+            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now, false)
         }
         rejected => {
             if pkt.is_syn() {
@@ -482,8 +530,9 @@ fn reset_flow(
 }
 
 /// Sends a packet of a known flow to its backend the way the flow started: translated if it
-/// is a NAT flow, by MAC otherwise.
+/// is a NAT flow (`fill`: a NAT cache fill was begun for it), by MAC otherwise.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn send<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
@@ -492,10 +541,11 @@ fn send<const NAT: bool>(
     be: &Backend,
     flow: &Flow,
     now: u64,
+    fill: bool,
 ) -> Result<Verdict, Stop> {
     let nat = Nat::of(flow);
     if NAT && nat.is_nat() {
-        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now);
+        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now, fill);
     }
     forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
 }
@@ -596,7 +646,7 @@ fn steer_to<const NAT: bool>(
     }
     stats::count_backend(be_id, len);
     if NAT && nat.is_nat() {
-        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now);
+        return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now, false);
     }
     forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))
 }

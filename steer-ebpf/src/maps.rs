@@ -10,7 +10,7 @@ use steer_common::{
     maglev_chunks, nat_capacity, prog, transient_capacity, Attempt, Backend, Counters, Flow,
     FlowKey, Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
     ATTEMPTS_LOG2, ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
-    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS,
+    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NAT_CACHE_LOG2, NEIGH_SLOTS,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -118,6 +118,13 @@ pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAP
 #[map(name = "STEER_FCACHE_V1")]
 pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
     PerCpuArray::with_max_entries(1 << FLOW_CACHE_LOG2, 0);
+
+/// The NAT flow cache (`crate::natcache`), per CPU, both directions of established NAT
+/// flows; its last element is where a fill is put together. Datapath only; not pinned (a new
+/// program starts with an empty cache).
+#[map(name = "STEER_NCACHE_V1")]
+pub static NAT_CACHE: PerCpuArray<steer_common::NatCached> =
+    PerCpuArray::with_max_entries((1 << NAT_CACHE_LOG2) + 1, 0);
 
 /// The flow epochs (`crate::cache`): one counter per bucket of 5-tuples, moved on every CPU's
 /// change of a flow's entry. Datapath only; pinned (`steer_common::map::FLOW_EPOCHS`).

@@ -17,16 +17,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    event, flow_flags, global_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey, NatRev,
-    Service, ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES, NAT_REUSE_NS,
-    PROTO_TCP, PROTO_UDP,
+    event, flow_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey, NatRev, Service,
+    ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES, NAT_REUSE_NS, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
+    cache,
     csum::{swap_addr, Delta},
     fib, flow,
-    maps::{GLOBALS, NAT, NAT_CURSOR, POOLS},
-    observe,
+    maps::{NAT, NAT_CURSOR, POOLS},
+    natcache, observe,
     parse::{ptr_at_mut, Packet},
     rst, select, stats, Stop, Verdict,
 };
@@ -78,15 +79,6 @@ impl Nat {
 #[inline(always)]
 fn ids(svc_id: u32, be_id: u32, nat: Nat) -> u64 {
     (svc_id as u64 & 0xffff) | (be_id as u64 & 0xffff) << 16 | (nat.pack() as u64) << 32
-}
-
-/// Whether this host has NAT services: only then are packets that are not for a service
-/// looked up as replies.
-#[inline(always)]
-pub fn enabled() -> bool {
-    GLOBALS
-        .get(0)
-        .is_some_and(|g| g.flags & global_flags::NAT != 0)
 }
 
 #[inline(always)]
@@ -175,11 +167,12 @@ fn reverse_of(
     }
 }
 
-/// Records a packet of a NAT flow on its reverse half: when it passed (to the second), and
-/// whether it ends the flow — a RST either way, or the second side's FIN (a half-closed flow
-/// goes on: its port is not free while one side may still send).
+/// Records a packet of a NAT flow on its reverse half `r` (of reply 5-tuple `key`): when it
+/// passed (to the second), and whether it ends the flow — a RST either way, or the second
+/// side's FIN (a half-closed flow goes on: its port is not free while one side may still
+/// send). A change of its flags voids the flow's cached copies.
 #[inline(always)]
-fn touch_reverse(r: *mut NatRev, pkt: &Packet, from_client: bool, now: u64) {
+fn touch_reverse(r: *mut NatRev, key: &FlowKey, pkt: &Packet, from_client: bool, now: u64) {
     // SAFETY: a pointer from a lookup of the caller, valid for this run; plain stores (two
     // CPUs racing write the same times; a lost flag bit delays a port's reuse, no more).
     unsafe {
@@ -201,6 +194,7 @@ fn touch_reverse(r: *mut NatRev, pkt: &Packet, from_client: bool, now: u64) {
             (*r).ended_ns = now;
         }
     }
+    cache::invalidate(key);
 }
 
 /// Whether reverse entry `r` stands for the client's flow `pkt` on backend `be_id`.
@@ -315,6 +309,9 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     if taken == 0 {
         return 0;
     }
+    // The port's reverse half is new (or replaces an ended flow's, or one evicted while its
+    // flow was cached somewhere): cached copies of the flows it stood for are void.
+    cache::invalidate(&key);
     let next = (u16::from_be(taken) as u32 - lo + 1) % range;
     if let Some(c) = cursor.filter(|_| !moved || next != start.wrapping_add(1) % range) {
         // The first port handed out, or ports were skipped (still held): the cursor moves
@@ -372,13 +369,16 @@ pub fn release(pkt: &Packet, svc_id: u32, old: &Flow) {
         .is_some_and(|r| is_ours(unsafe { &*r }, pkt, old.backend, old.gen));
     if ours {
         let _ = NAT.remove(&key);
+        cache::invalidate(&key);
     }
 }
 
 /// Sends a packet of the client's flow to its backend, translated: the flow's reverse entry
 /// is checked first (written again if it was evicted; a port given to another flow meanwhile
-/// drops the packet rather than deliver it into that flow).
+/// drops the packet rather than deliver it into that flow). `fill`: a NAT cache fill was begun
+/// for the packet (`natcache::begin`); each step adds its part, and it is kept if it was sent.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
@@ -387,6 +387,7 @@ pub fn forward(
     be: &Backend,
     nat: Nat,
     now: u64,
+    fill: bool,
 ) -> Result<Verdict, Stop> {
     let ids = ids(svc_id, be_id, nat);
     let stopped = forward_call(ctx, pkt, ids, be, now);
@@ -395,11 +396,18 @@ pub fn forward(
     } else if stopped != 0 {
         return Ok(fib::unpack(stopped));
     }
+    if fill {
+        natcache::rewritten(ctx, pkt);
+    }
     // Sent from here rather than from the call: the FIB request's stack and the call's are
     // never on the stack at once.
     let src = source(svc_id, be, nat.addr).ok_or(Stop::Drop(outcome::DROP_NAT_CONFLICT))?;
-    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false);
-    Ok(fib::unpack(fib::send(ctx, &src, &be.addr, route)))
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, false).fill(fill);
+    let verdict = fib::unpack(fib::send(ctx, &src, &be.addr, route));
+    if fill {
+        natcache::commit(pkt);
+    }
+    Ok(verdict)
 }
 
 /// `forward_call`'s answer when the packet is translated but the flow's reverse half is
@@ -417,17 +425,27 @@ fn forward_call(ctx: &XdpContext, pkt: &Packet, ids: u64, be: &Backend, now: u64
         return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
     };
     let key = reply_key(pkt, be, &src, nat.port_be);
+    // Read before the reverse half is: a change of it after this voids a cached copy.
+    natcache::other(pkt, &key);
     let mut heal = 0;
+    let mut open = false;
     match NAT.get_ptr_mut(&key) {
         Some(r) => {
             // SAFETY: pointer from the lookup, valid for this run.
-            if !is_ours(unsafe { &*r }, pkt, be_id, be.gen) {
+            let rev = unsafe { &*r };
+            if !is_ours(rev, pkt, be_id, be.gen) {
                 stats::count_event(event::NAT_CONFLICT);
                 return fib::pack(Err(Stop::Drop(outcome::DROP_NAT_CONFLICT)));
             }
-            touch_reverse(r, pkt, true, now);
+            open = rev.ended_ns == 0
+                && rev.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0;
+            touch_reverse(r, &key, pkt, true, now);
         }
         None => heal = HEAL,
+    }
+    if open {
+        // (For a fill begun for this packet.)
+        natcache::other_open(pkt, None);
     }
     match rewrite(ctx, pkt, &src, &be.addr, nat.port_be, be.port_be) {
         Ok(()) => heal,
@@ -450,6 +468,7 @@ fn heal_reverse(pkt: &Packet, ids: u64, be: &Backend, now: u64) {
         select::lookup_service(pkt).map_or(0, |(_, s)| s.idle_timeout_s as u64 * 1_000_000_000);
     let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0, idle_ns, now);
     if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
+        cache::invalidate(&key);
         stats::count_event(event::NAT_HEALED);
     }
 }
@@ -498,12 +517,22 @@ pub fn attempt_failed(pkt: &Packet, svc_id: u32, svc: &Service, flow: &Flow, now
 /// for a service.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Verdict, Stop> {
+    if natcache::may_hold(pkt) {
+        // A NAT cache fill for the reply, should it belong to an open flow: the epochs read
+        // before the reverse half is (and the host's, before the FIB is asked).
+        let hash = cache::hash(&pkt.key);
+        natcache::begin(pkt, cache::probe(hash, cache::host().epoch), 0, 0, 0);
+    }
     let v = reply_call(ctx, pkt, now);
     if v != REPLY_READY {
         return Ok(fib::unpack(v));
     }
-    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, true);
-    Ok(fib::unpack(fib::send_packet(ctx, route)))
+    natcache::rewritten(ctx, pkt);
+    let route = fib::Route::new(pkt.key.family, pkt.key.proto, pkt.l3_off, true)
+        .fill(natcache::may_hold(pkt));
+    let verdict = fib::unpack(fib::send_packet(ctx, route));
+    natcache::commit(pkt);
+    Ok(verdict)
 }
 
 /// `reply_call`'s answer when the reply is translated and ready to send (never a packed
@@ -545,7 +574,28 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
         family: pkt.key.family,
         _pad: [0; 2],
     };
-    let f = flow::lookup_flow(&client).or_else(|| flow::lookup_transient(&client));
+    // Read before the forward half is: a change of it after this voids a cached copy.
+    natcache::other(pkt, &client);
+    let f = match flow::lookup_flow(&client) {
+        Some(f) => {
+            // SAFETY: pointer from the lookup, valid for this run.
+            let fl = unsafe { &*f };
+            if fl.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0
+                && rev.ended_ns == 0
+                && rev.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0
+                && fl.backend == rev.backend
+                && fl.gen == rev.gen
+                && fl.nat_port_be == pkt.key.dport_be
+                && fl.nat_addr == rev.nat_addr
+            {
+                // An established, open flow, both halves each other's: for a NAT cache fill
+                // begun for this reply (sent only if its backend keeps flows).
+                natcache::other_open(pkt, Some((rev.svc as u32, rev.backend, rev.gen)));
+            }
+            Some(f)
+        }
+        None => flow::lookup_transient(&client),
+    };
     let attempt = match f {
         Some(f) => {
             // SAFETY: pointer from the lookup, valid for this run.
@@ -578,7 +628,7 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
         stats::count_rst(rev.svc as u32, None);
         return Ok(Some((verdict, outcome::TX_RST)));
     };
-    touch_reverse(r, pkt, false, now);
+    touch_reverse(r, &pkt.key, pkt, false, now);
     if pkt.is_tcp() {
         if attempt && pkt.is_syn_ack() {
             if rev.flags & nat_flags::SYN_ACK == 0 {
@@ -623,6 +673,7 @@ fn heal_flow(client: &FlowKey, rev: &NatRev, port_be: u16, now: u64) {
         _pad: 0,
     };
     if flow::insert_transient(client, &f) {
+        cache::invalidate(client);
         stats::count_event(event::NAT_HEALED);
     }
 }

@@ -10,7 +10,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use aya::maps::{Array, Map, MapData};
 use common::*;
-use steer_common::{map, Backend, NeighWant, Observed, FAMILY_V4, MAX_BACKENDS};
+use steer_common::{map, Backend, Globals, NeighWant, Observed, FAMILY_V4, MAX_BACKENDS};
 use steer_tests::{
     daemon::SteerDaemon,
     netns::{addr, wait_for, Topology},
@@ -232,6 +232,64 @@ fn a_next_hop_the_datapath_misses_is_resolved() {
             }
         },
     );
+}
+
+/// The NAT flow cache holds the FIB's answers: the daemon voids every cache (moves the host
+/// epoch) when the kernel says a next hop may have changed — a neighbour's new MAC, a route —
+/// and not when a neighbour's MAC is told again unchanged.
+#[test]
+fn a_next_hop_change_voids_the_flow_caches() {
+    if !steer_tests::privileged("a_next_hop_change_voids_the_flow_caches") {
+        return;
+    }
+    let topo = lab(1);
+    let d = started(&topo, &nat_config(&topo, &[0], ""));
+    wait_health(&d, "b0", "up");
+    let globals: Array<MapData, Globals> =
+        Array::try_from(Map::Array(pinned(&d.pin_dir, map::GLOBALS))).expect("globals map");
+    let epoch = || globals.get(&0, 0).expect("globals").epoch;
+    // A next hop of the LB's link no one uses (so nothing else changes it meanwhile).
+    let neigh = |mac: &str| {
+        topo.lb.ip(&[
+            "neigh",
+            "replace",
+            "10.99.0.199",
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+    };
+    let moves = |what: &str, before: u32| {
+        wait_for(what, Duration::from_secs(3), || {
+            let now = epoch();
+            if now != before {
+                Ok(now)
+            } else {
+                Err(format!("epoch still {now}"))
+            }
+        })
+    };
+    let e0 = epoch();
+    neigh("02:77:00:00:00:01");
+    let e1 = moves("a new neighbour moves the epoch", e0);
+    neigh("02:77:00:00:00:02");
+    let e2 = moves("a neighbour's new MAC moves the epoch", e1);
+    neigh("02:77:00:00:00:02");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(epoch(), e2, "the same MAC told again moves nothing");
+    topo.lb.ip(&[
+        "route",
+        "add",
+        "198.18.0.0/24",
+        "via",
+        "10.99.0.199",
+        "dev",
+        "eth0",
+    ]);
+    moves("a route moves the epoch", e2);
 }
 
 #[test]

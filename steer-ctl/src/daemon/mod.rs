@@ -14,6 +14,7 @@ mod control;
 mod health;
 mod history;
 mod nat;
+mod nexthop;
 mod os;
 pub mod reconcile;
 mod status;
@@ -1092,6 +1093,8 @@ async fn serve(cfg: Config) -> Result<i32, DaemonError> {
         let watcher = daemon.core.lock().expect("core lock").watcher.clone();
         tasks.spawn(watcher.run(passive_tx));
     }
+    // Cached NAT flows hold the FIB's answers: voided when the kernel changes a next hop.
+    tasks.spawn(nexthop::run(daemon.clone()));
     let stored = daemon.core.lock().expect("core lock").store.watch();
     if let Some(mut rx) = stored {
         // Intent other hosts stored: applied as it comes (the latest of a burst).

@@ -419,6 +419,154 @@ fn rtattrs(msg: &[u8], fixed: usize) -> Vec<(u16, &[u8])> {
     out
 }
 
+// Notifications of changes that may change a `bpf_fib_lookup` answer (linux/rtnetlink.h).
+const RTM_DELNEIGH: u16 = 29;
+/// `ndm_state` values `bpf_fib_lookup` takes a neighbour's MAC in (`NUD_VALID`): permanent,
+/// noarp, reachable, probe, stale, delay.
+const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
+/// Groups beyond the first 32 bits of `nl_groups`, joined one by one (`NETLINK_ADD_MEMBERSHIP`):
+/// IPv6 rules, IPv4 and IPv6 forwarding settings (netconf), nexthop objects.
+const EXTRA_GROUPS: [u32; 4] = [
+    libc::RTNLGRP_IPV6_RULE,
+    libc::RTNLGRP_IPV4_NETCONF,
+    libc::RTNLGRP_IPV6_NETCONF,
+    libc::RTNLGRP_NEXTHOP,
+];
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+
+/// A change the kernel announced that may change where `bpf_fib_lookup` sends a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetChange {
+    /// A neighbour entry: its interface and address, and its link-layer address while the
+    /// FIB would use it (`None`: no longer valid, or deleted).
+    Neighbour {
+        ifindex: u32,
+        addr: IpAddr,
+        lladdr: Option<Vec<u8>>,
+    },
+    /// A route, rule, nexthop, address, link or forwarding setting changed, or notifications
+    /// were lost (the socket's buffer overran).
+    Other,
+}
+
+/// A non-blocking rtnetlink socket subscribed to the notifications that may change a FIB
+/// lookup's answer: neighbours, links, addresses, routes and rules of both families, nexthop
+/// objects, forwarding settings.
+pub fn net_changes_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_nl is valid; its fields are set below.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = (libc::RTMGRP_LINK
+        | libc::RTMGRP_NEIGH
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV4_RULE
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_IPV6_ROUTE) as u32;
+    // SAFETY: binding our socket to a sockaddr_nl of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for group in EXTRA_GROUPS {
+        // SAFETY: a c_uint option of the size given. A kernel without the group refuses it:
+        // what it cannot announce, it cannot change.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                (&group as *const u32).cast(),
+                std::mem::size_of::<u32>() as u32,
+            );
+        }
+    }
+    Ok(fd)
+}
+
+/// Reads every notification waiting on `fd` (a `net_changes_socket`): `Ok(changes)` once it
+/// would block; an overrun buffer (ENOBUFS) reads as `NetChange::Other`.
+pub fn read_net_changes(fd: &OwnedFd) -> std::io::Result<Vec<NetChange>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(out),
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOBUFS) => {
+                    out.push(NetChange::Other);
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        out.extend(parse_net_changes(&buf[..n as usize]));
+    }
+}
+
+/// The changes one datagram of rtnetlink notifications announces.
+pub fn parse_net_changes(mut msgs: &[u8]) -> Vec<NetChange> {
+    let mut out = Vec::new();
+    while msgs.len() >= 16 {
+        let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
+        if len < 16 || len > msgs.len() {
+            break;
+        }
+        let msg = &msgs[..len];
+        match kind {
+            NLMSG_DONE | NLMSG_ERROR => {}
+            RTM_NEWNEIGH | RTM_DELNEIGH if len >= 28 => {
+                let ifindex = u32::from_ne_bytes(msg[20..24].try_into().expect("4 bytes"));
+                let state = u16::from_ne_bytes(msg[24..26].try_into().expect("2 bytes"));
+                let attrs = rtattrs(msg, 12);
+                let addr = attrs
+                    .iter()
+                    .find(|(k, _)| *k == NDA_DST)
+                    .and_then(|(_, v)| ip_of(v));
+                let lladdr = attrs
+                    .iter()
+                    .find(|(k, _)| *k == NDA_LLADDR)
+                    .map(|(_, v)| v.to_vec());
+                // (A neighbour without an address is a bridge's FDB entry: no FIB answer.)
+                if let Some(addr) = addr {
+                    out.push(NetChange::Neighbour {
+                        ifindex,
+                        addr,
+                        lladdr: lladdr.filter(|_| kind == RTM_NEWNEIGH && state & NUD_VALID != 0),
+                    });
+                }
+            }
+            _ => out.push(NetChange::Other),
+        }
+        msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+    }
+    out
+}
+
 fn ip_of(v: &[u8]) -> Option<IpAddr> {
     match v.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(v).expect("4"))),
