@@ -84,8 +84,15 @@ pub mod map {
     /// directions of established NAT flows, by `hash::cache_hash` of the 5-tuple as it
     /// arrives), then one entry where a fill is put together. Datapath only, not pinned.
     pub const NAT_CACHE: &str = "STEER_NCACHE_V1";
+    /// `PRESENCE_LINES` × 64 bytes (mmapable): the established table's presence filter. Line
+    /// 0 holds the round bytes (`presence`); then one byte per `presence::slot` of
+    /// `hash::cache_hash`, the round in which a flow of that slot was last known to be in the
+    /// established table. A SYN whose byte is outside the current window has no entry there,
+    /// and skips that table's lookup. Written by the datapath (inserts) and by steer-ctl
+    /// (rounds, from its scans); pinned with the established table it describes.
+    pub const PRESENCE: &str = "STEER_PRES_V1";
 
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -107,6 +114,7 @@ pub mod map {
         CHANGE_SEQ,
         ATTEMPTS,
         ATTEMPT_MARKS,
+        PRESENCE,
     ];
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
@@ -190,6 +198,46 @@ pub const ATTEMPT_MARK_LINES: u32 = 1 << (ATTEMPTS_LOG2 - 6);
 /// How long an attempt stands (since its last SYN): longer than a SYN's retransmissions
 /// (Linux gives up after about 127 s) and a SYN-ACK's (about 63 s).
 pub const ATTEMPT_TTL_NS: u64 = 130_000_000_000;
+
+/// The established table's presence filter (`map::PRESENCE`).
+///
+/// Each slot's byte is a round number; line 0 holds the current round (`STAMP`), the last
+/// round whose scan completed (`DONE`) and whether any has (`VALID`). The datapath writes the
+/// current round into a flow's slot before it inserts the flow into the established table;
+/// steer-ctl runs rounds: it moves `STAMP` on, waits for every program that read the old one to
+/// finish (`GRACE_MS`), writes the new round into the slot of every flow the established table
+/// holds, then sets `DONE` to it. So every flow in the table has a byte in the window
+/// `DONE..=STAMP` (wrapping): a byte outside it means "not in the table" for certain, and a
+/// byte inside means "perhaps" (another flow of the slot, or one since evicted). Until a round
+/// has completed (`VALID` 0: a new map beside a table adopted from an older version) every
+/// SYN looks the table up.
+pub mod presence {
+    /// Slots: `1 << LOG2` bytes (16 MiB); with the default million flows, about 1 slot in 16
+    /// is in the window after a round, so 1 SYN in 16 still looks the table up.
+    pub const LOG2: u32 = 24;
+    /// Byte offsets in line 0.
+    pub const STAMP: usize = 0;
+    pub const DONE: usize = 1;
+    pub const VALID: usize = 2;
+    /// How long steer-ctl waits after moving `STAMP` before it scans: a program run is
+    /// microseconds, so any that read the round before is long over.
+    pub const GRACE_MS: u64 = 10;
+
+    /// The line (after line 0) and byte of a flow's slot, by `hash::cache_hash`.
+    #[inline(always)]
+    pub fn slot(hash: u32) -> (u32, usize) {
+        let s = hash >> (32 - LOG2);
+        (1 + (s >> 6), (s & 63) as usize)
+    }
+
+    /// Whether a slot's byte `b` is in the window of rounds `done..=stamp`.
+    #[inline(always)]
+    pub fn in_window(b: u8, stamp: u8, done: u8) -> bool {
+        b.wrapping_sub(done) <= stamp.wrapping_sub(done)
+    }
+}
+/// Lines of `map::PRESENCE`: line 0, then the slots.
+pub const PRESENCE_LINES: u32 = 1 + (1 << (presence::LOG2 - 6));
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     ptr::NonNull,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
 };
@@ -25,7 +25,7 @@ use steer_common::{
     maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend, CachedFlow, Counters, Flow,
     FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2,
     FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PROGRAM,
+    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -436,6 +436,90 @@ impl Mapped<u64> {
     }
 }
 
+/// The established table's presence filter (`map::PRESENCE`, see `steer_common::presence`),
+/// mmapped. Its rounds are run one at a time (`round`).
+pub struct Presence {
+    lines: Mapped<[u8; 64]>,
+    round: std::sync::Mutex<()>,
+}
+
+impl Presence {
+    fn byte(&self, line: u32, i: usize) -> &AtomicU8 {
+        assert!((line as usize) < self.lines.len() && i < 64);
+        // SAFETY: in range of the mapping (checked); bytes need no alignment; the datapath
+        // only stores whole bytes.
+        unsafe {
+            AtomicU8::from_ptr(
+                self.lines
+                    .base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(line as usize * 64 + i),
+            )
+        }
+    }
+
+    /// `(stamp, done, valid)` of line 0.
+    pub fn rounds(&self) -> (u8, u8, bool) {
+        use steer_common::presence::{DONE, STAMP, VALID};
+        (
+            self.byte(0, STAMP).load(Ordering::Acquire),
+            self.byte(0, DONE).load(Ordering::Acquire),
+            self.byte(0, VALID).load(Ordering::Acquire) != 0,
+        )
+    }
+
+    /// Whether the established table may hold `key`, as a SYN's check reads it.
+    pub fn may_hold(&self, key: &FlowKey) -> bool {
+        let (stamp, done, valid) = self.rounds();
+        let (line, i) = steer_common::presence::slot(steer_common::hash::cache_hash(key));
+        !valid
+            || steer_common::presence::in_window(
+                self.byte(line, i).load(Ordering::Relaxed),
+                stamp,
+                done,
+            )
+    }
+
+    /// The share of slots whose byte is in the window: the share of SYNs (of 5-tuples not in
+    /// the table) that still look the established table up.
+    pub fn share_in_window(&self) -> f64 {
+        let (stamp, done, valid) = self.rounds();
+        if !valid {
+            return 1.0;
+        }
+        let slots = (self.lines.len() - 1) * 64;
+        let mut n = 0usize;
+        for line in 1..self.lines.len() as u32 {
+            for i in 0..64 {
+                let b = self.byte(line, i).load(Ordering::Relaxed);
+                n += steer_common::presence::in_window(b, stamp, done) as usize;
+            }
+        }
+        n as f64 / slots as f64
+    }
+
+    /// Runs one round: moves the stamp on, waits out the programs that read the old one,
+    /// calls `scan` with a marker to call on every flow of the established table, and (if
+    /// `scan` read the whole table: `Ok`) records the round as done. A round that fails
+    /// leaves the window wider, never wrong.
+    pub fn round<T>(&self, scan: impl FnOnce(&dyn Fn(&FlowKey)) -> Result<T>) -> Result<T> {
+        use steer_common::presence::{slot, DONE, GRACE_MS, STAMP, VALID};
+        let _one = self.round.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = self.byte(0, STAMP).load(Ordering::Acquire).wrapping_add(1);
+        self.byte(0, STAMP).store(stamp, Ordering::Release);
+        std::thread::sleep(std::time::Duration::from_millis(GRACE_MS));
+        let mark = |k: &FlowKey| {
+            let (line, i) = slot(steer_common::hash::cache_hash(k));
+            self.byte(line, i).store(stamp, Ordering::Relaxed);
+        };
+        let out = scan(&mark)?;
+        self.byte(0, DONE).store(stamp, Ordering::Release);
+        self.byte(0, VALID).store(1, Ordering::Release);
+        Ok(out)
+    }
+}
+
 impl Mapped<NeighWant> {
     /// Slot `i`, or `None` while the datapath is writing it (its `seq` moved during the read;
     /// the next poll reads it again).
@@ -502,6 +586,8 @@ pub struct Datapath {
     nat_cache: PerCpuArray<MapData, steer_common::NatCached>,
     /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
+    /// The established table's presence filter, mmapped: rounds run by flow scans.
+    presence: Arc<Presence>,
     /// What `globals` holds: the flags, and the epoch of the flow cache.
     flags: u32,
     epoch: u32,
@@ -643,6 +729,13 @@ impl Datapath {
             return Err(DatapathError::MissingMap(map::ATTEMPTS));
         };
         let attempts = Arc::new(Mapped::new(attempts, map::ATTEMPTS, 1 << ATTEMPTS_LOG2)?);
+        let Map::Array(presence) = take(&mut ebpf, map::PRESENCE)? else {
+            return Err(DatapathError::MissingMap(map::PRESENCE));
+        };
+        let presence = Arc::new(Presence {
+            lines: Mapped::new(presence, map::PRESENCE, PRESENCE_LINES)?,
+            round: std::sync::Mutex::new(()),
+        });
         // Adopted settings (a pinned map) keep their flags and epoch.
         let Globals { flags, epoch } = typed(map::GLOBALS, globals.get(&0, 0))?;
         let mut dp = Datapath {
@@ -666,6 +759,7 @@ impl Datapath {
             flow_cache,
             nat_cache,
             attempts,
+            presence,
             flags,
             epoch,
             max_flows: opts.max_flows,
@@ -1171,6 +1265,7 @@ pub struct FlowReader {
     established: std::os::fd::OwnedFd,
     transient: std::os::fd::OwnedFd,
     attempts: Arc<Mapped<Attempt>>,
+    presence: Arc<Presence>,
 }
 
 /// How many entries each table holds, as one pass over them read.
@@ -1233,6 +1328,11 @@ fn attempt_flow(a: &Attempt) -> Flow {
 }
 
 impl FlowReader {
+    /// The established table's presence filter.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
     /// Calls `f` on every flow of both tables and on every DSR connection attempt, fetching
     /// the tables in batches of 4,096 (one syscall each). Returns how many each held. The
     /// attempts and the transient table are read first: a flow promoted while the scan runs is
@@ -1243,12 +1343,32 @@ impl FlowReader {
     }
 
     /// `for_each_flow`, telling `f` whether each flow is in the established table.
-    pub fn for_each_flow_in(&self, mut f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
+    pub fn for_each_flow_in(&self, f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
+        self.pass(false, f)
+    }
+
+    /// `for_each_flow_in`, running a round of the presence filter over the established
+    /// table's pass (the daemon's scans do, so the filter follows the table's evictions).
+    pub fn census(&self, f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
+        self.pass(true, f)
+    }
+
+    fn pass(&self, round: bool, mut f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
         let attempts = self
             .attempts
             .for_each(monotonic_ns(), |k, v| f(false, k, v));
         let transient = for_each_flow(self.transient.as_raw_fd(), |k, v| f(false, k, v))?;
-        let established = for_each_flow(self.established.as_raw_fd(), |k, v| f(true, k, v))?;
+        let fd = self.established.as_raw_fd();
+        let established = if round {
+            self.presence.round(|mark| {
+                for_each_flow(fd, |k, v| {
+                    mark(k);
+                    f(true, k, v)
+                })
+            })?
+        } else {
+            for_each_flow(fd, |k, v| f(true, k, v))?
+        };
         Ok(Occupancy {
             established,
             transient,
@@ -1346,6 +1466,7 @@ impl Datapath {
             established: dup(&self.flows)?,
             transient: dup(&self.transient)?,
             attempts: self.attempts.clone(),
+            presence: self.presence.clone(),
         })
     }
 

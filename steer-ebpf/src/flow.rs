@@ -10,7 +10,7 @@ use crate::{
     maps::{FLOWS, TRANSIENT},
     nat::Nat,
     parse::{Packet, TCP_FIN, TCP_RST},
-    stats,
+    presence, stats,
 };
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds (a few ms of resolution, a fraction of the cost of
@@ -89,6 +89,7 @@ pub fn establish(pkt: &Packet, backend: u32, gen: u16, now: u64) -> bool {
         nat_addr: 0,
         _pad: 0,
     };
+    presence::mark(cache::hash(&pkt.key));
     if FLOWS.insert(&pkt.key, &f, 0).is_err() {
         stats::count_event(event::FLOW_INSERT_FAILED);
         return false;
@@ -140,6 +141,7 @@ pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) {
         last_seen_ns: now,
         ..f
     };
+    presence::mark(cache::hash(&pkt.key));
     if FLOWS.insert(&pkt.key, &est, 0).is_err() {
         // Stays half-open: the next packet tries again; its Maglev choice is the same.
         stats::count_event(event::FLOW_INSERT_FAILED);

@@ -25,6 +25,7 @@ mod nat;
 mod natcache;
 mod observe;
 mod parse;
+mod presence;
 mod rst;
 mod select;
 mod stats;
@@ -173,7 +174,14 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
             }
         }
     }
-    if let Some(f) = flow::lookup_flow(&pkt.key) {
+    // A SYN whose 5-tuple the presence filter rules out skips the established table (a
+    // miss there is the costliest part of a new flow on a full table).
+    let established = if pkt.is_syn() && !presence::may_be_established(hash) {
+        None
+    } else {
+        flow::lookup_flow(&pkt.key)
+    };
+    if let Some(f) = established {
         return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
@@ -326,7 +334,12 @@ fn steer_syn(
     len: u64,
     now: u64,
 ) -> Result<Verdict, Stop> {
-    if let Some(f) = flow::lookup_flow(&pkt.key) {
+    let established = if presence::may_be_established(hash) {
+        flow::lookup_flow(&pkt.key)
+    } else {
+        None
+    };
+    if let Some(f) = established {
         // An established flow's 5-tuple: not a retry; the old connection ended without the
         // LB seeing it (reset by the backend in DSR). Its end is counted, so that new minus
         // ended stays the backend's open flows, and the SYN takes a fresh choice (rule 5).

@@ -221,8 +221,9 @@ fn count(
     // holds their backend id: an LRU table is full in the steady state, but it evicts live
     // connections only when these fill it.
     let mut live_established = 0u64;
+    // The pass is also a round of the established table's presence filter.
     let n = reader
-        .for_each_flow_in(|established, _, f| {
+        .census(|established, _, f| {
             let Some((gen, idle)) = inputs.get(&f.backend) else {
                 return;
             };

@@ -46,6 +46,12 @@ pub fn setup() -> Balancer {
         ..Options::default()
     })
     .expect("load the datapath");
+    // The established table's presence filter made valid, as a daemon's first scan does: every
+    // row then runs with SYNs checked against it.
+    dp.flow_reader()
+        .expect("a flow reader")
+        .census(|_, _, _| {})
+        .expect("a round of the presence filter");
     let mut bal = Balancer::new(dp);
     bal.add_service(ServiceSpec::tcp("web", VIP.into(), 80))
         .unwrap();

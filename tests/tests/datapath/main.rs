@@ -27,6 +27,7 @@ mod new_flows;
 mod no_backend;
 mod options;
 mod parse;
+mod presence;
 mod redispatch;
 mod tables;
 mod udp;
