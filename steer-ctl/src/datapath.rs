@@ -621,6 +621,18 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
 }
 
+/// The CPUs (by index) whose per-CPU value `holds` says is the one looked for, with it.
+fn cpus_holding<'a, T: Copy + 'a>(
+    per_cpu: impl Iterator<Item = &'a T>,
+    holds: impl Fn(&T) -> bool,
+) -> Vec<(usize, T)> {
+    per_cpu
+        .enumerate()
+        .filter(|(_, c)| holds(c))
+        .map(|(cpu, c)| (cpu, *c))
+        .collect()
+}
+
 /// Whether a map operation failed because the key is not there (a delete reports ENOENT).
 fn not_found(e: &MapError) -> bool {
     match e {
@@ -814,12 +826,7 @@ impl Datapath {
     pub fn cached(&self, key: &FlowKey) -> Result<Vec<(usize, CachedFlow)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::FLOW_CACHE_LOG2);
         let per_cpu = typed(map::FLOW_CACHE, self.flow_cache.get(&slot, 0))?;
-        Ok(per_cpu
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.key == *key)
-            .map(|(cpu, c)| (cpu, *c))
-            .collect())
+        Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
     }
 
     /// The CPUs whose NAT flow cache holds an entry for packets of 5-tuple `key` (a client's
@@ -828,12 +835,7 @@ impl Datapath {
     pub fn nat_cached(&self, key: &FlowKey) -> Result<Vec<(usize, steer_common::NatCached)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::NAT_CACHE_LOG2);
         let per_cpu = typed(map::NAT_CACHE, self.nat_cache.get(&slot, 0))?;
-        Ok(per_cpu
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.key == *key)
-            .map(|(cpu, c)| (cpu, *c))
-            .collect())
+        Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
     }
 
     /// Whether the pre-filter lets a packet to `key`'s service through (for tests).
