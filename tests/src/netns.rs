@@ -42,6 +42,33 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A MAC address as `ip` writes it (`02:99:00:00:00:07`).
+pub fn mac_string(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// `ip [-n NS] neigh replace ADDR lladdr MAC dev DEV nud permanent`: a neighbour entry that no
+/// ARP or NDP exchange changes (in namespace `ns`, or this process's own).
+pub fn set_neighbour(ns: Option<&Netns>, dev: &str, addr: &str, mac: [u8; 6]) {
+    let mac = mac_string(mac);
+    let mut v = vec!["ip"];
+    if let Some(ns) = ns {
+        v.extend_from_slice(&["-n", &ns.name]);
+    }
+    v.extend_from_slice(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+    sh(&v);
+}
+
 /// A network namespace, by name (`/run/netns/NAME`).
 #[derive(Clone, Debug)]
 pub struct Netns {
@@ -61,6 +88,11 @@ impl Netns {
         let mut v = vec!["ip", "-n", &self.name];
         v.extend_from_slice(args);
         sh(&v)
+    }
+
+    /// A permanent neighbour entry on `dev` (`set_neighbour`).
+    pub fn neighbour(&self, dev: &str, addr: &str, mac: [u8; 6]) {
+        set_neighbour(Some(self), dev, addr, mac);
     }
 
     /// Runs a command inside the namespace (`ip netns exec`, which also gives it this
@@ -159,11 +191,7 @@ pub mod addr {
     }
 
     pub fn mac_str(host: u8) -> String {
-        let m = mac(host);
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        super::mac_string(mac(host))
     }
 
     pub fn vip(i: usize) -> IpAddr {
@@ -269,30 +297,9 @@ impl Topology {
             }
             // Backends know the client's MAC, as the client knows the LB's: the client sends
             // nothing a test did not ask for (tests count its packets).
-            let client_mac = addr::mac_str(2);
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &addr::CLIENT.to_string(),
-                "lladdr",
-                &client_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
+            ns.neighbour("eth0", &addr::CLIENT.to_string(), addr::mac(2));
             if spec.ipv6 {
-                ns.ip(&[
-                    "neigh",
-                    "replace",
-                    &addr::CLIENT6.to_string(),
-                    "lladdr",
-                    &client_mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ]);
+                ns.neighbour("eth0", &addr::CLIENT6.to_string(), addr::mac(2));
             }
             // Hold the VIP without answering ARP for it or using it as an ARP source.
             for iface in ["all", "eth0"] {
@@ -311,35 +318,15 @@ impl Topology {
         // The client reaches the VIPs through the LB; its checksums are complete (as from a
         // real NIC), because XDP_TX forwards the frame as it is.
         // The LB's MAC is fixed, so the client never needs to ask for it.
-        let lb_mac = addr::mac_str(3);
         t.client
             .ip(&["route", "add", "10.99.1.0/24", "via", &addr::LB.to_string()]);
-        t.client.ip(&[
-            "neigh",
-            "replace",
-            &addr::LB.to_string(),
-            "lladdr",
-            &lb_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        t.client
+            .neighbour("eth0", &addr::LB.to_string(), addr::mac(3));
         if spec.ipv6 {
             let lb6 = addr::LB6.to_string();
             t.client
                 .ip(&["-6", "route", "add", "fd00:99:1::/64", "via", &lb6]);
-            t.client.ip(&[
-                "neigh",
-                "replace",
-                &lb6,
-                "lladdr",
-                &lb_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
+            t.client.neighbour("eth0", &lb6, addr::mac(3));
         }
         t.client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         // Native XDP_TX on a veth is delivered promptly only to a peer with an XDP program.
@@ -419,17 +406,8 @@ impl Topology {
             "via",
             &addr::ROUTER.to_string(),
         ]);
-        self.client.ip(&[
-            "neigh",
-            "replace",
-            &addr::ROUTER.to_string(),
-            "lladdr",
-            &addr::mac_str(4),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        self.client
+            .neighbour("eth0", &addr::ROUTER.to_string(), addr::mac(4));
         self.router = Some(router);
     }
 

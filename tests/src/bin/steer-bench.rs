@@ -43,7 +43,7 @@ use steer_ctl::{
 };
 use steer_tests::{
     fixture::{tcp4, udp4, XDP_PASS, XDP_TX},
-    netns::sh,
+    netns::{mac_string, set_neighbour, sh},
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -92,10 +92,6 @@ fn nat_backend(i: u8) -> Ipv4Addr {
 
 fn nat_backend_mac(i: u8) -> [u8; 6] {
     [0x02, 0xbe, 0, 0, 1, i + 1]
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// An `xdp_md` for `ctx_in`: the frame is `len` bytes (no metadata) and arrived on `ifindex`.
@@ -202,7 +198,7 @@ fn nat_network() -> u32 {
         "add",
         LB_IF,
         "address",
-        &mac_str(LB_MAC),
+        &mac_string(LB_MAC),
         "type",
         "veth",
         "peer",
@@ -225,19 +221,7 @@ fn nat_network() -> u32 {
         "dev",
         LB_IF,
     ]);
-    let neigh = |addr: Ipv4Addr, mac: [u8; 6]| {
-        ip(&[
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            LB_IF,
-            "nud",
-            "permanent",
-        ])
-    };
+    let neigh = |addr: Ipv4Addr, mac: [u8; 6]| set_neighbour(None, LB_IF, &addr.to_string(), mac);
     neigh(ROUTER, ROUTER_MAC);
     for i in 0..NAT_BACKENDS {
         neigh(nat_backend(i), nat_backend_mac(i));

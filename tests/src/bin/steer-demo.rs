@@ -173,18 +173,7 @@ impl NatNodes {
         // very first reply finds no neighbour (`drop_no_neigh`), the daemon resolves it, and
         // that connection waits for a retransmission (1 s).
         let client = addr::CLIENT.to_string();
-        let mac = addr::mac_str(2);
-        topo.lb.ip(&[
-            "neigh",
-            "replace",
-            &client,
-            "lladdr",
-            &mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        topo.lb.neighbour("eth0", &client, addr::mac(2));
         t
     }
 

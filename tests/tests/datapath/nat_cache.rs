@@ -75,24 +75,10 @@ fn fills(n: &Nat, k: &FlowKey) -> Option<u16> {
         .map(|(_, e)| e.fills)
 }
 
-fn mac_str(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// Gives neighbour `addr` on `dev` the MAC `mac` in the lab (as a gratuitous ARP would): the
 /// FIB answers with it from now on; no one tells the datapath.
 fn move_neighbour(n: &Nat, dev: &str, addr: IpAddr, mac: [u8; 6]) {
-    n.lab.ns.ip(&[
-        "neigh",
-        "replace",
-        &addr.to_string(),
-        "lladdr",
-        &mac_str(mac),
-        "dev",
-        dev,
-        "nud",
-        "permanent",
-    ]);
+    n.lab.ns.neighbour(dev, &addr.to_string(), mac);
 }
 
 /// A MAC no lab host has.

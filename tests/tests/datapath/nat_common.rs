@@ -27,7 +27,7 @@ use steer_tests::{
         checksum_errors, Delta, Expect, Field, Frame, Row, Table, TcpFlags, CLIENT_MAC, LB_MAC,
         XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
-    netns::{enter, sh, Netns, NS_PREFIX},
+    netns::{enter, mac_string, sh, Netns, NS_PREFIX},
 };
 
 pub use crate::common::{key, CLIENT, CLIENT6, VIP, VIP6};
@@ -77,13 +77,6 @@ pub fn be6(i: u16) -> IpAddr {
     Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i).into()
 }
 
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The NAT fixtures' network namespace, entered by the test's thread (test runs and the FIB
 /// lookups they make use the calling thread's namespace), deleted on drop — also when the
 /// test fails.
@@ -130,7 +123,7 @@ impl Lab {
                 "add",
                 dev,
                 "address",
-                &mac_str(mac),
+                &mac_string(mac),
                 "type",
                 "veth",
                 "peer",
@@ -159,17 +152,7 @@ impl Lab {
             ns.sysctl(k, "1");
         }
         let neigh = |addr: String, mac: [u8; 6], dev: &str| {
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                &mac_str(mac),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            ns.neighbour(dev, &addr, mac);
         };
         neigh(CLIENT.to_string(), CLIENT_MAC, "cli0");
         neigh(CLIENT6.to_string(), CLIENT_MAC, "cli0");
@@ -213,17 +196,7 @@ impl Lab {
 
     /// Adds a permanent neighbour entry on `be0`.
     pub fn add_neighbour(&self, addr: IpAddr, mac: [u8; 6]) {
-        self.ns.ip(&[
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            "be0",
-            "nud",
-            "permanent",
-        ]);
+        self.ns.neighbour("be0", &addr.to_string(), mac);
     }
 
     /// Where the FIB sends a packet to `dst` that came in by `ingress`: destination and source
