@@ -204,9 +204,10 @@ pub const ATTEMPT_TTL_NS: u64 = 130_000_000_000;
 /// Each slot's byte is a round number; line 0 holds the current round (`STAMP`), the last
 /// round whose scan completed (`DONE`) and whether any has (`VALID`). The datapath writes the
 /// current round into a flow's slot before it inserts the flow into the established table;
-/// steer-ctl runs rounds: it moves `STAMP` on, waits for every program that read the old one to
-/// finish (`GRACE_MS`), writes the new round into the slot of every flow the established table
-/// holds, then sets `DONE` to it. So every flow in the table has a byte in the window
+/// steer-ctl runs rounds: it moves `STAMP` on (when it opens the map, and as soon as a round is
+/// done), and once every program that read the old one has finished (`GRACE_MS` later) a flow
+/// scan writes the new round into the slot of every flow the established table holds, then
+/// sets `DONE` to it. So every flow in the table has a byte in the window
 /// `DONE..=STAMP` (wrapping): a byte outside it means "not in the table" for certain, and a
 /// byte inside means "perhaps" (another flow of the slot, or one since evicted). Until a round
 /// has completed (`VALID` 0: a new map beside a table adopted from an older version) every
@@ -219,8 +220,9 @@ pub mod presence {
     pub const STAMP: usize = 0;
     pub const DONE: usize = 1;
     pub const VALID: usize = 2;
-    /// How long steer-ctl waits after moving `STAMP` before it scans: a program run is
-    /// microseconds, so any that read the round before is long over.
+    /// How long after moving `STAMP` steer-ctl may mark flows with it: a program run is
+    /// microseconds, so any that read the round before is long over. A daemon's scan that
+    /// comes sooner is a plain pass (no round); tests and the bench wait.
     pub const GRACE_MS: u64 = 10;
 
     /// The line (after line 0) and byte of a flow's slot, by `hash::cache_hash`.

@@ -437,13 +437,33 @@ impl Mapped<u64> {
 }
 
 /// The established table's presence filter (`map::PRESENCE`, see `steer_common::presence`),
-/// mmapped. Its rounds are run one at a time (`round`).
+/// mmapped. Its rounds are run one at a time. The stamp is moved on for the next round as soon
+/// as one is done (and when the map is opened), so the grace a round needs has usually passed
+/// by the next scan, which then marks without waiting.
 pub struct Presence {
     lines: Mapped<[u8; 64]>,
-    round: std::sync::Mutex<()>,
+    /// When this process last moved the stamp on (the round it opened is not done yet).
+    armed: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Presence {
+    fn new(lines: Mapped<[u8; 64]>) -> Presence {
+        let p = Presence {
+            lines,
+            armed: std::sync::Mutex::new(std::time::Instant::now()),
+        };
+        *p.armed.lock().expect("fresh lock") = p.arm();
+        p
+    }
+
+    /// Moves the stamp on: programs from now on mark flows with the next round's number.
+    fn arm(&self) -> std::time::Instant {
+        use steer_common::presence::STAMP;
+        let stamp = self.byte(0, STAMP).load(Ordering::Acquire).wrapping_add(1);
+        self.byte(0, STAMP).store(stamp, Ordering::Release);
+        std::time::Instant::now()
+    }
+
     fn byte(&self, line: u32, i: usize) -> &AtomicU8 {
         assert!((line as usize) < self.lines.len() && i < 64);
         // SAFETY: in range of the mapping (checked); bytes need no alignment; the datapath
@@ -499,23 +519,41 @@ impl Presence {
         n as f64 / slots as f64
     }
 
-    /// Runs one round: moves the stamp on, waits out the programs that read the old one,
-    /// calls `scan` with a marker to call on every flow of the established table, and (if
-    /// `scan` read the whole table: `Ok`) records the round as done. A round that fails
-    /// leaves the window wider, never wrong.
+    /// Runs one round, waiting if the stamp was moved on less than `GRACE_MS` ago: calls
+    /// `scan` with a marker to call on every flow of the established table, and (if `scan`
+    /// read the whole table: `Ok`) records the round as done and opens the next. A round that
+    /// fails leaves the window as it was.
     pub fn round<T>(&self, scan: impl FnOnce(&dyn Fn(&FlowKey)) -> Result<T>) -> Result<T> {
+        self.pass(true, |mark| {
+            scan(mark.expect("a round waits for its grace"))
+        })
+    }
+
+    /// `scan` as a round (with a marker) if its grace has passed, else (`wait` false) as a
+    /// plain pass (no marker): a flow scan never waits for the filter.
+    fn pass<T>(
+        &self,
+        wait: bool,
+        scan: impl FnOnce(Option<&dyn Fn(&FlowKey)>) -> Result<T>,
+    ) -> Result<T> {
         use steer_common::presence::{slot, DONE, GRACE_MS, STAMP, VALID};
-        let _one = self.round.lock().unwrap_or_else(|e| e.into_inner());
-        let stamp = self.byte(0, STAMP).load(Ordering::Acquire).wrapping_add(1);
-        self.byte(0, STAMP).store(stamp, Ordering::Release);
-        std::thread::sleep(std::time::Duration::from_millis(GRACE_MS));
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let left = std::time::Duration::from_millis(GRACE_MS).saturating_sub(armed.elapsed());
+        if !left.is_zero() {
+            if !wait {
+                return scan(None);
+            }
+            std::thread::sleep(left);
+        }
+        let stamp = self.byte(0, STAMP).load(Ordering::Acquire);
         let mark = |k: &FlowKey| {
             let (line, i) = slot(steer_common::hash::cache_hash(k));
             self.byte(line, i).store(stamp, Ordering::Relaxed);
         };
-        let out = scan(&mark)?;
+        let out = scan(Some(&mark))?;
         self.byte(0, DONE).store(stamp, Ordering::Release);
         self.byte(0, VALID).store(1, Ordering::Release);
+        *armed = self.arm();
         Ok(out)
     }
 }
@@ -744,10 +782,11 @@ impl Datapath {
         let Map::Array(presence) = take(&mut ebpf, map::PRESENCE)? else {
             return Err(DatapathError::MissingMap(map::PRESENCE));
         };
-        let presence = Arc::new(Presence {
-            lines: Mapped::new(presence, map::PRESENCE, PRESENCE_LINES)?,
-            round: std::sync::Mutex::new(()),
-        });
+        let presence = Arc::new(Presence::new(Mapped::new(
+            presence,
+            map::PRESENCE,
+            PRESENCE_LINES,
+        )?));
         // Adopted settings (a pinned map) keep their flags and epoch.
         let Globals { flags, epoch } = typed(map::GLOBALS, globals.get(&0, 0))?;
         let mut dp = Datapath {
@@ -1349,10 +1388,19 @@ impl FlowReader {
         self.pass(false, f)
     }
 
-    /// `for_each_flow_in`, running a round of the presence filter over the established
-    /// table's pass (the daemon's scans do, so the filter follows the table's evictions).
+    /// `for_each_flow_in`, the established table's pass being a round of the presence filter
+    /// when its grace has passed (the daemon's scans: the filter follows the table's
+    /// evictions, and a scan never waits for it).
     pub fn census(&self, f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
         self.pass(true, f)
+    }
+
+    /// A round of the presence filter over the established table, waiting for its grace if
+    /// need be (tests and the bench, after they fill the table).
+    pub fn presence_round(&self) -> Result<u64> {
+        let fd = self.established.as_raw_fd();
+        self.presence
+            .round(|mark| for_each_flow(fd, |k, _| mark(k)))
     }
 
     fn pass(&self, round: bool, mut f: impl FnMut(bool, &FlowKey, &Flow)) -> Result<Occupancy> {
@@ -1362,9 +1410,11 @@ impl FlowReader {
         let transient = for_each_flow(self.transient.as_raw_fd(), |k, v| f(false, k, v))?;
         let fd = self.established.as_raw_fd();
         let established = if round {
-            self.presence.round(|mark| {
+            self.presence.pass(false, |mark| {
                 for_each_flow(fd, |k, v| {
-                    mark(k);
+                    if let Some(mark) = mark {
+                        mark(k);
+                    }
                     f(true, k, v)
                 })
             })?

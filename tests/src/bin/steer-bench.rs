@@ -339,7 +339,7 @@ fn prefill(bal: &Balancer, vip: Ipv4Addr) -> (u32, u32) {
     // round of the established table's presence filter over what the table now holds.
     let reader = dp.flow_reader().expect("a flow reader");
     reader
-        .census(|_, _, _| {})
+        .presence_round()
         .expect("a round of the presence filter");
     println!(
         "presence filter: {:.1} % of slots in the window after a round",

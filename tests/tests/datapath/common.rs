@@ -50,7 +50,7 @@ pub fn setup() -> Balancer {
     // row then runs with SYNs checked against it.
     dp.flow_reader()
         .expect("a flow reader")
-        .census(|_, _, _| {})
+        .presence_round()
         .expect("a round of the presence filter");
     let mut bal = Balancer::new(dp);
     bal.add_service(ServiceSpec::tcp("web", VIP.into(), 80))

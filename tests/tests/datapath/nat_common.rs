@@ -269,7 +269,7 @@ pub fn setup() -> Balancer {
     // row then runs with SYNs checked against it.
     dp.flow_reader()
         .expect("a flow reader")
-        .census(|_, _, _| {})
+        .presence_round()
         .expect("a round of the presence filter");
     let mut bal = Balancer::new(dp);
     let nat = |spec: ServiceSpec, f: &dyn Fn(&mut NatSpec)| {

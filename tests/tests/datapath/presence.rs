@@ -30,8 +30,7 @@ fn reader(t: &Table) -> FlowReader {
 }
 
 fn round(r: &FlowReader) {
-    r.census(|_, _, _| {})
-        .expect("a round of the presence filter");
+    r.presence_round().expect("a round of the presence filter");
 }
 
 #[test]
@@ -74,6 +73,8 @@ fn a_flow_established_while_a_round_scans_is_seen_though_the_scan_missed_it() {
     let r = reader(&t);
     let old = port_to(&t.bal, "web-a", 41_500);
     establish(&mut t, "web-a", old);
+    // Marked by a round of its own: its byte is that round's, the next round's is newer.
+    round(&r);
     let p = port_to(&t.bal, "web-b", 42_000);
     // The scan marks nothing (as if the flow's bucket had been read before its insert): the
     // datapath's own mark, taken with the round's new number, must carry it. And while the
@@ -109,8 +110,8 @@ fn a_round_that_fails_leaves_every_flow_visible() {
     let p = port_to(&t.bal, "web-c", 43_000);
     establish(&mut t, "web-c", p);
     let before = r.presence().rounds();
-    // A scan that fails half-way (the table unreadable): the round moved the stamp on but is
-    // not done; the window widens, and the flow, marked with an older round, stays in it.
+    // A scan that fails half-way (the table unreadable): the round is not done, the window
+    // stays as it was (the next round opened, not closed), and the flow stays in it.
     let failed = r.presence().round(|_mark| -> Result<(), DatapathError> {
         Err(DatapathError::FlowIter(std::io::Error::from_raw_os_error(
             libc::EIO,
@@ -118,8 +119,11 @@ fn a_round_that_fails_leaves_every_flow_visible() {
     });
     assert!(failed.is_err());
     let after = r.presence().rounds();
-    assert_eq!(after.1, before.1, "a failed round is not done");
-    assert_ne!(after.0, before.0, "its stamp moved on");
+    assert_eq!(after, before, "a failed round changes nothing");
+    assert_ne!(
+        after.0, after.1,
+        "the round it was stays open, to run again"
+    );
     stale_syn_is_seen(&mut t, "a SYN on a flow after a failed round", "web-c", p);
     // The next flow, established after the failed round, and both after a good one.
     let q = port_to(&t.bal, "web-c", 43_500);
@@ -145,11 +149,17 @@ fn flows_that_left_the_table_leave_the_window_and_new_tuples_skip_the_lookup() {
     let p = port_to(&t.bal, "web-a", 44_000);
     establish(&mut t, "web-a", p);
     let gone: FlowKey = tcp_key(p);
-    // Evicted (as the LRU would): still in the window until a round's scan no longer finds it.
+    // Evicted (as the LRU would): still in the window until the round after the one open when
+    // it was inserted is done (its byte is that open round's number).
     t.bal.datapath_mut().remove_flow(&gone).unwrap();
     assert!(
         r.presence().may_hold(&gone),
         "until a round, a removed flow may be there"
+    );
+    round(&r);
+    assert!(
+        r.presence().may_hold(&gone),
+        "the round it was marked for is done: still in the window"
     );
     round(&r);
     assert!(
