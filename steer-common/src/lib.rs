@@ -84,12 +84,13 @@ pub mod map {
     /// directions of established NAT flows, by `hash::cache_hash` of the 5-tuple as it
     /// arrives), then one entry where a fill is put together. Datapath only, not pinned.
     pub const NAT_CACHE: &str = "STEER_NCACHE_V1";
-    /// `PRESENCE_WORDS` × `u64` (mmapable): the established table's presence filter
-    /// (`presence`): two bitmaps by `hash::cache_hash`, one read by SYNs. A SYN whose bit is
-    /// clear has no entry there, and skips that table's lookup. Written by the datapath
-    /// (inserts) and by steer-ctl (rounds, from its scans); pinned with the established table
-    /// it describes. (V1, a byte of round number per slot in 16 MiB, cost a SYN 60 ns more.)
-    pub const PRESENCE: &str = "STEER_PRES_V2";
+    /// `PRESENCE_LINES` × 64 bytes (mmapable): the established table's presence filter. Line
+    /// 0 holds the round bytes (`presence`); then one byte per `presence::slot` of
+    /// `hash::cache_hash`, the round in which a flow of that slot was last known to be in the
+    /// established table. A SYN whose byte is outside the current window has no entry there,
+    /// and skips that table's lookup. Written by the datapath (inserts) and by steer-ctl
+    /// (rounds, from its scans); pinned with the established table it describes.
+    pub const PRESENCE: &str = "STEER_PRES_V1";
 
     pub const ALL: [&str; 22] = [
         SERVICES,
@@ -118,14 +119,13 @@ pub mod map {
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
     /// reused; their flows cannot be read by this version).
-    pub const RETIRED: [&str; 7] = [
+    pub const RETIRED: [&str; 6] = [
         "STEER_SVC_V1",
         "STEER_BE_V1",
         "STEER_FLOWS_V1",
         "STEER_TRANS_V1",
         "STEER_GSTAT_V1",
         "STEER_NCUR_V1",
-        "STEER_PRES_V1",
     ];
 }
 
@@ -201,46 +201,45 @@ pub const ATTEMPT_TTL_NS: u64 = 130_000_000_000;
 
 /// The established table's presence filter (`map::PRESENCE`).
 ///
-/// Two bitmaps of one bit per slot of `hash::cache_hash`, and word 0 saying which one SYNs read
-/// (`ACTIVE`) and whether one has been built (`VALID`). The datapath sets a flow's bit in both
-/// just before it inserts the flow into the established table (an atomic OR each). steer-ctl
-/// rebuilds the other bitmap in rounds: it clears it (at least `GRACE_MS` after it was last
-/// read), waits `GRACE_MS` so that every insert whose bit the clear may have undone is in the
-/// table, sets the bit of every flow a scan of the table finds, then makes it the one SYNs
-/// read. So every flow in the table has its bit set in the bitmap SYNs read: a clear bit means
-/// "not in the table" for certain, a set one "perhaps" (another flow of the slot, or one
-/// evicted since the bitmap was built). Until a first round completes (`VALID` clear: a new
-/// map beside a table adopted from an older version) every SYN looks the table up.
+/// Each slot's byte is a round number; line 0 holds the current round (`STAMP`), the last
+/// round whose scan completed (`DONE`) and whether any has (`VALID`). The datapath writes the
+/// current round into a flow's slot before it inserts the flow into the established table;
+/// steer-ctl runs rounds: it moves `STAMP` on (when it opens the map, and as soon as a round is
+/// done), and once every program that read the old one has finished (`GRACE_MS` later) a flow
+/// scan writes the new round into the slot of every flow the established table holds, then
+/// sets `DONE` to it. So every flow in the table has a byte in the window
+/// `DONE..=STAMP` (wrapping): a byte outside it means "not in the table" for certain, and a
+/// byte inside means "perhaps" (another flow of the slot, or one since evicted). Until a round
+/// has completed (`VALID` 0: a new map beside a table adopted from an older version) every
+/// SYN looks the table up.
 pub mod presence {
-    /// Slots per bitmap: `1 << LOG2` bits (2 MiB); with the default million flows about 1 bit
-    /// in 16 is set after a round, so 1 SYN in 16 still looks the table up.
+    /// Slots: `1 << LOG2` bytes (16 MiB); with the default million flows, about 1 slot in 16
+    /// is in the window after a round, so 1 SYN in 16 still looks the table up.
     pub const LOG2: u32 = 24;
-    /// 64-bit words per bitmap.
-    pub const WORDS: u32 = 1 << (LOG2 - 6);
-    /// Word 0: the bitmap SYNs read (0 or 1), and whether one was built.
-    pub const ACTIVE: u64 = 1;
-    pub const VALID: u64 = 1 << 8;
-    /// How long steer-ctl leaves between a bitmap's last read and its clear, and between its
-    /// clear and its scan: a program run is microseconds, so any that read or wrote it before
-    /// is long over. A daemon's scan that comes sooner is a plain pass; tests and the bench
-    /// wait.
+    /// Byte offsets in line 0.
+    pub const STAMP: usize = 0;
+    pub const DONE: usize = 1;
+    pub const VALID: usize = 2;
+    /// How long after moving `STAMP` steer-ctl may mark flows with it: a program run is
+    /// microseconds, so any that read the round before is long over. A daemon's scan that
+    /// comes sooner is a plain pass (no round); tests and the bench wait.
     pub const GRACE_MS: u64 = 10;
 
-    /// The word (within a bitmap) and bit of a flow's slot, by `hash::cache_hash`.
+    /// The line (after line 0) and byte of a flow's slot, by `hash::cache_hash`.
     #[inline(always)]
-    pub fn slot(hash: u32) -> (u32, u32) {
+    pub fn slot(hash: u32) -> (u32, usize) {
         let s = hash >> (32 - LOG2);
-        (s >> 6, s & 63)
+        (1 + (s >> 6), (s & 63) as usize)
     }
 
-    /// The map element of word `w` of bitmap `which` (after word 0).
+    /// Whether a slot's byte `b` is in the window of rounds `done..=stamp`.
     #[inline(always)]
-    pub fn element(which: u32, w: u32) -> u32 {
-        1 + (which & 1) * WORDS + w
+    pub fn in_window(b: u8, stamp: u8, done: u8) -> bool {
+        b.wrapping_sub(done) <= stamp.wrapping_sub(done)
     }
 }
-/// Words of `map::PRESENCE`: word 0, then the two bitmaps.
-pub const PRESENCE_WORDS: u32 = 1 + 2 * presence::WORDS;
+/// Lines of `map::PRESENCE`: line 0, then the slots.
+pub const PRESENCE_LINES: u32 = 1 + (1 << (presence::LOG2 - 6));
 
 /// Default capacity of the services map.
 pub const MAX_SERVICES: u32 = 64;

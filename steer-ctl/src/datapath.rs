@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     ptr::NonNull,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
 };
@@ -25,7 +25,7 @@ use steer_common::{
     maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend, CachedFlow, Counters, Flow,
     FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2,
     FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_WORDS, PROGRAM,
+    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -437,118 +437,123 @@ impl Mapped<u64> {
 }
 
 /// The established table's presence filter (`map::PRESENCE`, see `steer_common::presence`),
-/// mmapped. Its rounds run one at a time, each over two flow scans at least `GRACE_MS` apart
-/// (the first clears the bitmap SYNs do not read, the next sets its bits and makes SYNs read
-/// it), so a daemon's scan never waits for the filter.
+/// mmapped. Its rounds are run one at a time. The stamp is moved on for the next round as soon
+/// as one is done (and when the map is opened), so the grace a round needs has usually passed
+/// by the next scan, which then marks without waiting.
 pub struct Presence {
-    words: Mapped<u64>,
-    phase: std::sync::Mutex<Phase>,
-}
-
-/// Where a round of the presence filter stands.
-#[derive(Clone, Copy)]
-enum Phase {
-    /// SYNs were switched to a bitmap at this moment (or the map was opened: an earlier process
-    /// may have just switched): the other one may be read until `GRACE_MS` after it.
-    Switched(std::time::Instant),
-    /// The bitmap SYNs do not read was cleared at this moment: it may be marked from
-    /// `GRACE_MS` after it (inserts the clear undid are then in the table).
-    Cleared(std::time::Instant),
+    lines: Mapped<[u8; 64]>,
+    /// When this process last moved the stamp on (the round it opened is not done yet).
+    armed: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Presence {
-    fn new(words: Mapped<u64>) -> Presence {
-        Presence {
-            words,
-            phase: std::sync::Mutex::new(Phase::Switched(std::time::Instant::now())),
+    fn new(lines: Mapped<[u8; 64]>) -> Presence {
+        let p = Presence {
+            lines,
+            armed: std::sync::Mutex::new(std::time::Instant::now()),
+        };
+        *p.armed.lock().expect("fresh lock") = p.arm();
+        p
+    }
+
+    /// Moves the stamp on: programs from now on mark flows with the next round's number.
+    fn arm(&self) -> std::time::Instant {
+        use steer_common::presence::STAMP;
+        let stamp = self.byte(0, STAMP).load(Ordering::Acquire).wrapping_add(1);
+        self.byte(0, STAMP).store(stamp, Ordering::Release);
+        std::time::Instant::now()
+    }
+
+    fn byte(&self, line: u32, i: usize) -> &AtomicU8 {
+        assert!((line as usize) < self.lines.len() && i < 64);
+        // SAFETY: in range of the mapping (checked); bytes need no alignment; the datapath
+        // only stores whole bytes.
+        unsafe {
+            AtomicU8::from_ptr(
+                self.lines
+                    .base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(line as usize * 64 + i),
+            )
         }
     }
 
-    fn word(&self, i: u32) -> &AtomicU64 {
-        self.words.word64(i as usize, 0)
-    }
-
-    /// The bitmap SYNs read (0 or 1), and whether one was built.
-    pub fn state(&self) -> (u32, bool) {
-        use steer_common::presence::{ACTIVE, VALID};
-        let meta = self.word(0).load(Ordering::Acquire);
-        ((meta & ACTIVE) as u32, meta & VALID != 0)
+    /// `(stamp, done, valid)` of line 0.
+    pub fn rounds(&self) -> (u8, u8, bool) {
+        use steer_common::presence::{DONE, STAMP, VALID};
+        (
+            self.byte(0, STAMP).load(Ordering::Acquire),
+            self.byte(0, DONE).load(Ordering::Acquire),
+            self.byte(0, VALID).load(Ordering::Acquire) != 0,
+        )
     }
 
     /// Whether the established table may hold `key`, as a SYN's check reads it.
     pub fn may_hold(&self, key: &FlowKey) -> bool {
-        use steer_common::presence::{element, slot};
-        let (active, valid) = self.state();
-        let (w, bit) = slot(steer_common::hash::cache_hash(key));
-        !valid || self.word(element(active, w)).load(Ordering::Relaxed) >> bit & 1 != 0
+        let (stamp, done, valid) = self.rounds();
+        let (line, i) = steer_common::presence::slot(steer_common::hash::cache_hash(key));
+        !valid
+            || steer_common::presence::in_window(
+                self.byte(line, i).load(Ordering::Relaxed),
+                stamp,
+                done,
+            )
     }
 
-    /// The share of bits set in the bitmap SYNs read: the share of SYNs (of 5-tuples not in
+    /// The share of slots whose byte is in the window: the share of SYNs (of 5-tuples not in
     /// the table) that still look the established table up.
-    pub fn share_set(&self) -> f64 {
-        use steer_common::presence::{element, WORDS};
-        let (active, valid) = self.state();
+    pub fn share_in_window(&self) -> f64 {
+        let (stamp, done, valid) = self.rounds();
         if !valid {
             return 1.0;
         }
-        let set: u64 = (0..WORDS)
-            .map(|w| {
-                self.word(element(active, w))
-                    .load(Ordering::Relaxed)
-                    .count_ones() as u64
-            })
-            .sum();
-        set as f64 / (WORDS as f64 * 64.0)
+        let slots = (self.lines.len() - 1) * 64;
+        let mut n = 0usize;
+        for line in 1..self.lines.len() as u32 {
+            for i in 0..64 {
+                let b = self.byte(line, i).load(Ordering::Relaxed);
+                n += steer_common::presence::in_window(b, stamp, done) as usize;
+            }
+        }
+        n as f64 / slots as f64
     }
 
-    /// Runs one round, waiting for its graces: calls `scan` with a marker to call on every
-    /// flow of the established table, and (if `scan` read the whole table: `Ok`) makes SYNs
-    /// read the bitmap it marked. A round that fails changes nothing SYNs read; the next
-    /// marks again.
+    /// Runs one round, waiting if the stamp was moved on less than `GRACE_MS` ago: calls
+    /// `scan` with a marker to call on every flow of the established table, and (if `scan`
+    /// read the whole table: `Ok`) records the round as done and opens the next. A round that
+    /// fails leaves the window as it was.
     pub fn round<T>(&self, scan: impl FnOnce(&dyn Fn(&FlowKey)) -> Result<T>) -> Result<T> {
         self.pass(true, |mark| {
-            scan(mark.expect("a round waits for its graces"))
+            scan(mark.expect("a round waits for its grace"))
         })
     }
 
-    /// `scan` as the marking step of a round (with a marker) when the round has come that far,
-    /// else (`wait` false) as a plain pass (no marker), having taken any step that is due.
+    /// `scan` as a round (with a marker) if its grace has passed, else (`wait` false) as a
+    /// plain pass (no marker): a flow scan never waits for the filter.
     fn pass<T>(
         &self,
         wait: bool,
         scan: impl FnOnce(Option<&dyn Fn(&FlowKey)>) -> Result<T>,
     ) -> Result<T> {
-        use steer_common::presence::{element, slot, GRACE_MS, VALID, WORDS};
-        let grace = std::time::Duration::from_millis(GRACE_MS);
-        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let other = 1 - self.state().0;
-        loop {
-            let (Phase::Switched(at) | Phase::Cleared(at)) = *phase;
-            let left = grace.saturating_sub(at.elapsed());
-            if !left.is_zero() {
-                if !wait {
-                    return scan(None);
-                }
-                std::thread::sleep(left);
+        use steer_common::presence::{slot, DONE, GRACE_MS, STAMP, VALID};
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let left = std::time::Duration::from_millis(GRACE_MS).saturating_sub(armed.elapsed());
+        if !left.is_zero() {
+            if !wait {
+                return scan(None);
             }
-            match *phase {
-                Phase::Switched(_) => {
-                    for w in 0..WORDS {
-                        self.word(element(other, w)).store(0, Ordering::Relaxed);
-                    }
-                    *phase = Phase::Cleared(std::time::Instant::now());
-                }
-                Phase::Cleared(_) => break,
-            }
+            std::thread::sleep(left);
         }
+        let stamp = self.byte(0, STAMP).load(Ordering::Acquire);
         let mark = |k: &FlowKey| {
-            let (w, bit) = slot(steer_common::hash::cache_hash(k));
-            self.word(element(other, w))
-                .fetch_or(1 << bit, Ordering::Relaxed);
+            let (line, i) = slot(steer_common::hash::cache_hash(k));
+            self.byte(line, i).store(stamp, Ordering::Relaxed);
         };
         let out = scan(Some(&mark))?;
-        self.word(0).store(VALID | other as u64, Ordering::Release);
-        *phase = Phase::Switched(std::time::Instant::now());
+        self.byte(0, DONE).store(stamp, Ordering::Release);
+        self.byte(0, VALID).store(1, Ordering::Release);
+        *armed = self.arm();
         Ok(out)
     }
 }
@@ -780,7 +785,7 @@ impl Datapath {
         let presence = Arc::new(Presence::new(Mapped::new(
             presence,
             map::PRESENCE,
-            PRESENCE_WORDS,
+            PRESENCE_LINES,
         )?));
         // Adopted settings (a pinned map) keep their flags and epoch.
         let Globals { flags, epoch } = typed(map::GLOBALS, globals.get(&0, 0))?;

@@ -11,7 +11,7 @@ use steer_common::{
     FlowKey, Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
     ATTEMPTS_LOG2, ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
     GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NAT_CACHE_LOG2, NEIGH_SLOTS,
-    PRESENCE_WORDS,
+    PRESENCE_LINES,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -52,11 +52,11 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 /// receiving all the flows could hold only 1/N of them) and was no faster here.
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
-/// The established table's presence filter (`steer_common::presence`): two bitmaps, one read
-/// by SYNs. Written by the datapath (both bits, before each insert into `FLOWS`) and by
-/// steer-ctl's rounds through mmap; pinned.
-#[map(name = "STEER_PRES_V2")]
-pub static PRESENCE: Array<u64> = Array::with_max_entries(PRESENCE_WORDS, BPF_F_MMAPABLE);
+/// The established table's presence filter (`steer_common::presence`): a byte per slot, the
+/// round in which a flow of the slot was last known to be in `FLOWS`. Written by the datapath
+/// before each insert into `FLOWS`, and by steer-ctl's rounds through mmap; pinned.
+#[map(name = "STEER_PRES_V1")]
+pub static PRESENCE: Array<[u8; 64]> = Array::with_max_entries(PRESENCE_LINES, BPF_F_MMAPABLE);
 
 /// The transient table: flows that have seen only SYNs (half-open) and flows that have ended,
 /// until their last packets pass. Kept apart so that a SYN flood or a churn of short

@@ -290,14 +290,12 @@ fn drain_wait_returns_when_the_flows_end_and_times_out_with_75() {
         }
     });
     // The scans drain --wait asked for ran rounds of the established table's presence filter:
-    // it is in use, and its rounds go on (a scan never waits for one).
-    let (first, valid) = presence_state(&d);
-    assert!(valid, "the daemon's scans made the presence filter valid");
-    wait_for("another presence round done", T, || {
-        match presence_state(&d) {
-            (active, _) if active != first => Ok(()),
-            r => Err(format!("{r:?}")),
-        }
+    // it is in use, and its rounds move on (a scan never waits for one).
+    let first = presence_rounds(&d);
+    assert!(first.2, "the daemon's scans made the presence filter valid: {first:?}");
+    wait_for("another presence round done", T, || match presence_rounds(&d) {
+        r if r.1 != first.1 => Ok(()),
+        r => Err(format!("{r:?}")),
     });
     // The connections keep working while drain waits; then the client closes them.
     let b0_conns = topo.client.run(move || {
@@ -474,14 +472,13 @@ fn reload_under_load_and_a_broken_config_is_refused() {
     );
 }
 
-/// The bitmap SYNs read and whether one was built, from the pinned presence filter
-/// (`steer_common::presence`).
-fn presence_state(d: &SteerDaemon) -> (u64, bool) {
+/// `(stamp, done, valid)` of the pinned presence filter (`steer_common::presence`).
+fn presence_rounds(d: &SteerDaemon) -> (u8, u8, bool) {
     use aya::maps::{Array, Map, MapData};
-    use steer_common::presence::{ACTIVE, VALID};
+    use steer_common::presence::{DONE, STAMP, VALID};
     let m = MapData::from_pin(d.pin_dir.join(steer_common::map::PRESENCE))
         .expect("pinned presence filter");
-    let a: Array<MapData, u64> = Array::try_from(Map::Array(m)).expect("an array");
-    let meta = a.get(&0, 0).expect("word 0");
-    (meta & ACTIVE, meta & VALID != 0)
+    let a: Array<MapData, [u8; 64]> = Array::try_from(Map::Array(m)).expect("an array");
+    let l = a.get(&0, 0).expect("line 0");
+    (l[STAMP], l[DONE], l[VALID] != 0)
 }

@@ -342,8 +342,8 @@ fn prefill(bal: &Balancer, vip: Ipv4Addr) -> (u32, u32) {
         .presence_round()
         .expect("a round of the presence filter");
     println!(
-        "presence filter: {:.1} % of bits set after a round",
-        reader.presence().share_set() * 100.0
+        "presence filter: {:.1} % of slots in the window after a round",
+        reader.presence().share_in_window() * 100.0
     );
     (flows_cap, transient_cap)
 }

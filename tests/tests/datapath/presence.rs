@@ -34,26 +34,29 @@ fn round(r: &FlowReader) {
 }
 
 #[test]
-fn flows_stay_visible_to_syns_through_rounds() {
-    let Some(mut t) = table("presence::flows_stay_visible_to_syns_through_rounds") else {
+fn flows_stay_visible_to_syns_through_rounds_and_their_wrap() {
+    let Some(mut t) = table("presence::flows_stay_visible_to_syns_through_rounds_and_their_wrap")
+    else {
         return;
     };
     let r = reader(&t);
-    assert!(r.presence().state().1, "set-up made the filter valid");
+    assert!(r.presence().rounds().2, "set-up made the filter valid");
     let p = port_to(&t.bal, "web-a", 41_000);
     establish(&mut t, "web-a", p);
     assert!(r.presence().may_hold(&tcp_key(p)));
-    // Each round clears the bitmap SYNs do not read and switches them to it: the flow is
-    // marked anew by every round's scan and never missing from the one they read.
-    for i in 0..20 {
-        let before = r.presence().state().0;
+    // 300 rounds: the one-byte round numbers wrap past 255 and 0; the flow is marked anew by
+    // every round's scan and never falls out of the window.
+    for _ in 0..300 {
         round(&r);
-        assert_ne!(r.presence().state().0, before, "round {i} switched bitmaps");
-        assert!(r.presence().may_hold(&tcp_key(p)), "after round {i}");
+        assert!(
+            r.presence().may_hold(&tcp_key(p)),
+            "after round {:?}",
+            r.presence().rounds()
+        );
     }
     stale_syn_is_seen(
         &mut t,
-        "a SYN on an established flow after 20 rounds",
+        "a SYN on an established flow after 300 rounds",
         "web-a",
         p,
     );
@@ -70,12 +73,12 @@ fn a_flow_established_while_a_round_scans_is_seen_though_the_scan_missed_it() {
     let r = reader(&t);
     let old = port_to(&t.bal, "web-a", 41_500);
     establish(&mut t, "web-a", old);
-    // Marked by a round of its own too (the bitmap the next round builds is cleared first).
+    // Marked by a round of its own: its byte is that round's, the next round's is newer.
     round(&r);
     let p = port_to(&t.bal, "web-b", 42_000);
     // The scan marks nothing (as if the flow's bucket had been read before its insert): the
-    // bits the datapath set in both bitmaps must carry it. And while the round runs (the
-    // other bitmap cleared, not yet marked), a flow the scan has not reached yet is seen.
+    // datapath's own mark, taken with the round's new number, must carry it. And while the
+    // round runs, a flow the scan has not reached yet (marked in an earlier round) is seen.
     r.presence()
         .round(|_mark| {
             establish(&mut t, "web-b", p);
@@ -106,17 +109,21 @@ fn a_round_that_fails_leaves_every_flow_visible() {
     let r = reader(&t);
     let p = port_to(&t.bal, "web-c", 43_000);
     establish(&mut t, "web-c", p);
-    let before = r.presence().state();
-    // A scan that fails half-way (the table unreadable): SYNs go on reading the bitmap they
-    // read, which holds the flow; the round marks again at its next scan.
+    let before = r.presence().rounds();
+    // A scan that fails half-way (the table unreadable): the round is not done, the window
+    // stays as it was (the next round opened, not closed), and the flow stays in it.
     let failed = r.presence().round(|_mark| -> Result<(), DatapathError> {
         Err(DatapathError::FlowIter(std::io::Error::from_raw_os_error(
             libc::EIO,
         )))
     });
     assert!(failed.is_err());
-    let after = r.presence().state();
-    assert_eq!(after, before, "a failed round switches nothing");
+    let after = r.presence().rounds();
+    assert_eq!(after, before, "a failed round changes nothing");
+    assert_ne!(
+        after.0, after.1,
+        "the round it was stays open, to run again"
+    );
     stale_syn_is_seen(&mut t, "a SYN on a flow after a failed round", "web-c", p);
     // The next flow, established after the failed round, and both after a good one.
     let q = port_to(&t.bal, "web-c", 43_500);
@@ -132,9 +139,9 @@ fn a_round_that_fails_leaves_every_flow_visible() {
 }
 
 #[test]
-fn flows_that_left_the_table_leave_the_filter_and_new_tuples_skip_the_lookup() {
+fn flows_that_left_the_table_leave_the_window_and_new_tuples_skip_the_lookup() {
     let Some(mut t) = table(
-        "presence::flows_that_left_the_table_leave_the_filter_and_new_tuples_skip_the_lookup",
+        "presence::flows_that_left_the_table_leave_the_window_and_new_tuples_skip_the_lookup",
     ) else {
         return;
     };
@@ -142,8 +149,8 @@ fn flows_that_left_the_table_leave_the_filter_and_new_tuples_skip_the_lookup() {
     let p = port_to(&t.bal, "web-a", 44_000);
     establish(&mut t, "web-a", p);
     let gone: FlowKey = tcp_key(p);
-    // Evicted (as the LRU would): its bit stays set until a round rebuilds the bitmap from
-    // what the table holds.
+    // Evicted (as the LRU would): still in the window until the round after the one open when
+    // it was inserted is done (its byte is that open round's number).
     t.bal.datapath_mut().remove_flow(&gone).unwrap();
     assert!(
         r.presence().may_hold(&gone),
@@ -151,10 +158,15 @@ fn flows_that_left_the_table_leave_the_filter_and_new_tuples_skip_the_lookup() {
     );
     round(&r);
     assert!(
-        !r.presence().may_hold(&gone),
-        "a round later, its bit is clear: SYNs skip the table"
+        r.presence().may_hold(&gone),
+        "the round it was marked for is done: still in the window"
     );
-    // Nearly every 5-tuple never seen has a clear bit: the set-up's flows are few.
+    round(&r);
+    assert!(
+        !r.presence().may_hold(&gone),
+        "a round later, its slot is outside the window: SYNs skip the table"
+    );
+    // Nearly every 5-tuple never seen is outside the window: the set-up's flows are few.
     let unseen = (50_000..51_000)
         .filter(|&port| !r.presence().may_hold(&tcp_key(port)))
         .count();
