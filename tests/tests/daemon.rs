@@ -292,10 +292,15 @@ fn drain_wait_returns_when_the_flows_end_and_times_out_with_75() {
     // The scans drain --wait asked for ran rounds of the established table's presence filter:
     // it is in use, and its rounds move on (a scan never waits for one).
     let first = presence_rounds(&d);
-    assert!(first.2, "the daemon's scans made the presence filter valid: {first:?}");
-    wait_for("another presence round done", T, || match presence_rounds(&d) {
-        r if r.1 != first.1 => Ok(()),
-        r => Err(format!("{r:?}")),
+    assert!(
+        first.2,
+        "the daemon's scans made the presence filter valid: {first:?}"
+    );
+    wait_for("another presence round done", T, || {
+        match presence_rounds(&d) {
+            r if r.1 != first.1 => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
     });
     // The connections keep working while drain waits; then the client closes them.
     let b0_conns = topo.client.run(move || {
