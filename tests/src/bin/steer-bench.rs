@@ -549,7 +549,8 @@ fn main() {
 
     // Profiling aid: `STEER_BENCH_ONLY=established perf record -a -- steer-bench` runs that path
     // alone, long enough to sample.
-    // `STEER_BENCH_ONLY=syn` times new SYNs alone (5 rounds). `STEER_BENCH_ONLY=quick` prints
+    // `STEER_BENCH_ONLY=syn` times new SYNs alone (5 rounds), `nat_syn` NAT's (after the NAT
+    // datapath's set-up, below). `STEER_BENCH_ONLY=quick` prints
     // the floor, established and pass medians of 9 rounds (a
     // quick look while trying a change).
     match std::env::var("STEER_BENCH_ONLY").as_deref() {
@@ -668,6 +669,16 @@ fn main() {
         .expect("NAT datapath fd")
         .try_clone()
         .expect("dup fd");
+
+    if std::env::var("STEER_BENCH_ONLY").as_deref() == Ok("nat_syn") {
+        for _ in 0..5 {
+            set_target(&mut aux, &nat_fd, &nat_syn_tpl, true);
+            let (ns, _) = wrapped(&mut aux, XDP_TX, "NAT new SYN", Some(lb_if));
+            println!("NAT new SYN {ns:.1} ns");
+            clear_nat(&mut nat_rev, &reply_key);
+        }
+        return;
+    }
 
     let mut r: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut push = |k: &'static str, v: f64| r.entry(k).or_default().push(v);
