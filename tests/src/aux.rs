@@ -44,6 +44,45 @@ pub fn attach_pass(iface: &str) -> Ebpf {
     ebpf
 }
 
+/// Who `nat_floor` translates between: the VIP, the LB's own address and MAC, the one client,
+/// and the backends (address, MAC).
+pub struct NatFloor {
+    pub vip: Ipv4Addr,
+    pub lb: (Ipv4Addr, [u8; 6]),
+    pub client: (Ipv4Addr, [u8; 6]),
+    pub backends: Vec<(Ipv4Addr, [u8; 6])>,
+}
+
+/// Attaches `nat_floor` to `iface` (in the calling thread's namespace), natively. Stays attached
+/// while the handle lives.
+pub fn attach_nat_floor(iface: &str, f: &NatFloor) -> Ebpf {
+    assert!(
+        (1..=8).contains(&f.backends.len()),
+        "nat_floor takes 1 to 8 backends, not {}",
+        f.backends.len()
+    );
+    let mut cfg = [0u8; 128];
+    cfg[0..4].copy_from_slice(&f.vip.octets());
+    cfg[4..8].copy_from_slice(&f.lb.0.octets());
+    cfg[8..12].copy_from_slice(&f.client.0.octets());
+    cfg[12] = f.backends.len() as u8;
+    cfg[16..22].copy_from_slice(&f.lb.1);
+    cfg[22..28].copy_from_slice(&f.client.1);
+    for (i, (a, m)) in f.backends.iter().enumerate() {
+        cfg[32 + 10 * i..36 + 10 * i].copy_from_slice(&a.octets());
+        cfg[36 + 10 * i..42 + 10 * i].copy_from_slice(m);
+    }
+    let mut ebpf = load();
+    let mut map: Array<_, [u8; 128]> = ebpf
+        .map_mut("NAT_FLOOR")
+        .expect("the test object has NAT_FLOOR")
+        .try_into()
+        .expect("NAT_FLOOR is an array");
+    map.set(0, cfg, 0).expect("write NAT_FLOOR");
+    attach(&mut ebpf, "nat_floor", iface);
+    ebpf
+}
+
 /// Attaches `fwd_floor` to `iface` (in the calling thread's namespace), natively: TCP to `vip`
 /// leaves from `own_mac` to the backend a hash of its source port picks. Stays attached while the handle lives.
 pub fn attach_fwd_floor(

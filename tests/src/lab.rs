@@ -29,6 +29,9 @@ pub enum Balancer {
     Direct,
     /// `fwd_floor` on the LB: XDP DSR with no state at all.
     XdpFloor,
+    /// `nat_floor` on the LB: XDP NAT with no state at all (addresses rewritten both ways for
+    /// the one client; backends unmodified).
+    XdpNatFloor,
     /// The LB's kernel forwarding the VIP to the backends by an ECMP route (hashing the
     /// 5-tuple), no conntrack: the kernel's least DSR; backends hold the VIP.
     KernelFloor,
@@ -52,6 +55,7 @@ impl Balancer {
         match self {
             Balancer::Direct => "direct",
             Balancer::XdpFloor => "xdp-floor",
+            Balancer::XdpNatFloor => "xdp-nat-floor",
             Balancer::KernelFloor => "kernel-floor",
             Balancer::Steer => "steer",
             Balancer::SteerNat => "steer-nat",
@@ -78,7 +82,7 @@ impl Balancer {
     pub fn sends_from_xdp(self) -> bool {
         matches!(
             self,
-            Balancer::XdpFloor | Balancer::Steer | Balancer::SteerNat
+            Balancer::XdpFloor | Balancer::XdpNatFloor | Balancer::Steer | Balancer::SteerNat
         )
     }
 
@@ -198,6 +202,15 @@ impl Lab {
                         .lb
                         .run(move || aux::attach_fwd_floor("eth0", addr::VIP, own, &macs)),
                 );
+            }
+            Balancer::XdpNatFloor => {
+                let f = aux::NatFloor {
+                    vip: addr::VIP,
+                    lb: (addr::LB, addr::mac(3)),
+                    client: (addr::CLIENT, addr::mac(2)),
+                    backends: lab.topo.backends.iter().map(|b| (b.addr, b.mac)).collect(),
+                };
+                lab.floor = Some(lab.topo.lb.run(move || aux::attach_nat_floor("eth0", &f)));
             }
             Balancer::KernelFloor => lab.start_ecmp(),
             Balancer::Steer | Balancer::SteerNat => lab.start_steer(setup)?,

@@ -10,7 +10,8 @@
 //! `bench_floor` and `bench_wrap`: the floor of `cargo xtask bench datapath` and the wrapper that
 //! lets it time paths which rewrite their packet; `bench_floor_words`, a stricter floor.
 //!
-//! `fwd_floor`: the floor of `cargo xtask bench cost`, a DSR forwarder without any state.
+//! `fwd_floor` and `nat_floor`: the floors of `cargo xtask bench cost`, a DSR forwarder and a
+//! NAT forwarder (one client) without any state.
 //!
 //! `swap_slow_reader` (module `swap`): a packet of steer that takes a millisecond between reading
 //! the service entry and reading the rest, for the swap test.
@@ -118,6 +119,84 @@ pub fn fwd_floor(ctx: XdpContext) -> u32 {
         for k in 0..6 {
             *p.add(k) = cfg[16 + 6 * i + k];
             *p.add(6 + k) = cfg[8 + k];
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+/// `nat_floor`'s settings, written by the bench: bytes 0..4 the VIP, 4..8 the LB's address, 8..12
+/// the client's address (each as it sits in a packet), byte 12 the number of backends (1 to
+/// 8), 16..22 the LB's MAC, 22..28 the client's MAC, then backend `i`'s address at `32 + 10 i`
+/// and its MAC at `36 + 10 i`.
+#[map(name = "NAT_FLOOR")]
+static NAT_FLOOR: Array<[u8; 128]> = Array::with_max_entries(1, 0);
+
+/// One's-complement sum of the 16-bit halves of `w`, folded to 16 bits, plus `acc`.
+#[inline(always)]
+fn csum_add(acc: u32, w: u32) -> u32 {
+    acc + (w >> 16) + (w & 0xffff)
+}
+
+/// The least an XDP balancer in NAT mode does, for one client: a TCP/IPv4 frame to the VIP (no
+/// IP options) leaves for the backend a hash of its source port picks, from the LB's address;
+/// a frame from port 80 to the LB's address (a backend's reply) leaves for the client, from
+/// the VIP. Addresses and MACs rewritten, both checksums updated incrementally; ports kept.
+/// No flow table, no source ports, no health, no counters: what a NAT connection costs beyond
+/// this is the balancer's own work.
+#[xdp]
+pub fn nat_floor(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    // Ethernet (14), IPv4 without options (20), TCP up to its checksum (18).
+    if start + 52 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(cfg) = NAT_FLOOR.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let p = start as *mut u8;
+    // SAFETY: the 52 bytes read or written are in the packet (checked above); the JIT loads
+    // and stores unaligned words.
+    unsafe {
+        if *p.add(12) != 0x08 || *p.add(13) != 0 || *p.add(14) != 0x45 || *p.add(23) != 6 {
+            return xdp_action::XDP_PASS;
+        }
+        let word =
+            |b: &[u8; 128], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let src = *(p.add(26) as *const u32);
+        let dst = *(p.add(30) as *const u32);
+        let (new_src, new_dst, mac_at) = if dst == word(cfg, 0) {
+            let n = cfg[12] as u32;
+            if n == 0 || n > 8 {
+                return xdp_action::XDP_PASS;
+            }
+            // As `fwd_floor`: a 16-bit hash of the source port, times n, over 65536.
+            let port = u16::from_be_bytes([*p.add(34), *p.add(35)]) as u32;
+            let i = ((((port * 0x9e37) & 0xffff) * n) >> 16) as usize & 7;
+            (word(cfg, 4), word(cfg, 32 + 10 * i), 36 + 10 * i)
+        } else if dst == word(cfg, 4) && *p.add(34) == 0 && *p.add(35) == 80 {
+            (word(cfg, 0), word(cfg, 8), 22)
+        } else {
+            return xdp_action::XDP_PASS;
+        };
+        // RFC 1624: HC' = ~(~HC + ~m + m'), for both addresses; the TCP checksum covers them
+        // through its pseudo-header, so the same difference applies to both.
+        let mut d = 0u32;
+        d = csum_add(d, !src);
+        d = csum_add(d, !dst);
+        d = csum_add(d, new_src);
+        d = csum_add(d, new_dst);
+        for off in [24usize, 50] {
+            let c = p.add(off) as *mut u16;
+            let mut x = csum_add(d, !(*c) as u32 & 0xffff);
+            x = (x & 0xffff) + (x >> 16);
+            x = (x & 0xffff) + (x >> 16);
+            *c = !(x as u16);
+        }
+        *(p.add(26) as *mut u32) = new_src;
+        *(p.add(30) as *mut u32) = new_dst;
+        for k in 0..6 {
+            *p.add(k) = cfg[mac_at + k];
+            *p.add(6 + k) = cfg[16 + k];
         }
     }
     xdp_action::XDP_TX

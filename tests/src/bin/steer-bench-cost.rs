@@ -28,7 +28,7 @@
 //! `OUT_DIR/cost.json`, with every slice's figure.
 //!
 //! Usage: `steer-bench-cost [OUT_DIR] [--rate N] [--seconds S] [--slice S] [--warmup S]
-//! [--rounds N] [--systems direct,xdp-floor,kernel-floor,steer,steer-nat,nftables,nft-dnat,haproxy]`
+//! [--rounds N] [--systems direct,xdp-floor,xdp-nat-floor,kernel-floor,steer,steer-nat,nftables,nft-dnat,haproxy]`
 
 use std::{
     collections::BTreeMap,
@@ -48,9 +48,10 @@ use steer_tests::{
 };
 
 /// Every system this bench knows, in the table's order; `direct` must run for any cost.
-const ALL: [Balancer; 8] = [
+const ALL: [Balancer; 9] = [
     Balancer::Direct,
     Balancer::XdpFloor,
+    Balancer::XdpNatFloor,
     Balancer::KernelFloor,
     Balancer::Steer,
     Balancer::SteerNat,
@@ -77,6 +78,9 @@ fn path(b: Balancer) -> &'static str {
         Balancer::XdpFloor => {
             "client -> bridge -> LB eth0 (XDP: set backend MAC by source port, XDP_TX) -> bridge -> backend; replies backend -> bridge -> client"
         }
+        Balancer::XdpNatFloor => {
+            "client -> bridge -> LB eth0 (XDP: rewrite addresses to a backend picked by source port, XDP_TX) -> bridge -> backend; replies the same way back through the LB's XDP"
+        }
         Balancer::KernelFloor => {
             "client -> bridge -> LB kernel (route to the VIP: ECMP over the backends, 5-tuple hash; no conntrack) -> bridge -> backend; replies backend -> bridge -> client"
         }
@@ -100,10 +104,11 @@ fn path(b: Balancer) -> &'static str {
 }
 
 /// What runs without `--systems`: all but plain `nftables` (DNAT with replies routed back
-/// through the LB) and `kernel-floor`, which keeps the run within about four minutes.
-const DEFAULT: [Balancer; 6] = [
+/// through the LB) and `kernel-floor`, which keeps the run within about five minutes.
+const DEFAULT: [Balancer; 7] = [
     Balancer::Direct,
     Balancer::XdpFloor,
+    Balancer::XdpNatFloor,
     Balancer::Steer,
     Balancer::SteerNat,
     Balancer::NftDnat,
@@ -976,11 +981,14 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         );
     }
     println!();
-    // A balancer over the floor of its path, round by round: its own work beyond the lab's hop.
-    // Only steer DSR has a floor on the same path (one way through the LB); the NAT systems'
-    // replies come back through the LB as well.
+    // A balancer over the floor of its path, round by round: its own work beyond the lab's hop
+    // (one way through the LB for DSR, both ways for NAT).
     let mut over_floor = serde_json::Map::new();
-    for (sys, floor) in [(Balancer::Steer, Balancer::XdpFloor)] {
+    for (sys, floor) in [
+        (Balancer::Steer, Balancer::XdpFloor),
+        (Balancer::SteerNat, Balancer::XdpNatFloor),
+        (Balancer::NftDnat, Balancer::XdpNatFloor),
+    ] {
         let find = |b: Balancer| entries.iter().find(|e| e.system == b);
         let (Some(a), Some(f)) = (find(sys), find(floor)) else {
             continue;
@@ -1063,7 +1071,9 @@ const NOTES: [&str; 3] = [
      a switch would not). xdp-floor is that hop plus the least XDP forwarding, kernel-floor the \
      same through the kernel's forwarding (an ECMP route, no conntrack); both are DSR, one way through the LB as steer \
      DSR is, so steer minus xdp-floor is steer's own work. The NAT systems (steer-nat, nft-dnat, nftables) and HAProxy \
-     bring the replies back through the LB too: their costs carry the hop both ways. \
+     bring the replies back through the LB too: their costs carry the hop both ways; xdp-nat-floor is that (the least \
+     XDP NAT: addresses rewritten both ways for the one client, no state), so steer-nat minus xdp-nat-floor is \
+     steer NAT's own work. \
      The LB's switch-side veth runs an XDP_PASS program only for the XDP systems (veth delivers XDP_TX frames only to a \
      peer with one): a lab cost that steer and xdp-floor pay and the kernel-path systems do not.",
     "CPU: busy = CPUs x wall - idle - iowait from /proc/stat, i.e. user+nice+system+irq+softirq+steal, read from the idle \
