@@ -44,6 +44,10 @@ pub mod map {
     /// `NEIGH_SLOTS` × `NeighWant` (mmapable): next hops the datapath found no neighbour entry
     /// for. Written by the datapath, read (and resolved) by steer-ctl.
     pub const NEIGH: &str = "STEER_NEIGH_V1";
+    /// Ring buffer of `Note`s (`NOTES_BYTES`): the datapath tells steer-ctl that `OBSERVED`
+    /// or `NEIGH` has news, so the daemon sleeps until then instead of polling them. Not
+    /// pinned: each program set writes its own, read by the daemon that loaded it.
+    pub const NOTES: &str = "STEER_NOTE_V1";
     /// One `Globals`: host-wide datapath settings. Written by steer-ctl.
     pub const GLOBALS: &str = "STEER_CFG_V1";
     /// The datapath's programs after the entry one, by `prog` index, for tail calls. Written
@@ -593,6 +597,30 @@ pub struct NeighWant {
     pub seq: u64,
 }
 const _: () = assert!(core::mem::size_of::<NeighWant>() == 32);
+
+/// Bytes of the `map::NOTES` ring: 256 notes (8 bytes and an 8-byte header each) between
+/// two reads, where a read follows each wake-up; a note that finds it full is dropped, and the
+/// daemon's slow poll (once a second) reads the maps it would have announced.
+pub const NOTES_BYTES: u32 = 4096;
+
+/// A note from the datapath to steer-ctl (`map::NOTES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Note {
+    /// `note::*`.
+    pub kind: u32,
+    /// `note::PASSIVE`: the backend id; `note::NEIGH`: the slot of `map::NEIGH`.
+    pub id: u32,
+}
+const _: () = assert!(core::mem::size_of::<Note>() == 8);
+
+/// `Note::kind`.
+pub mod note {
+    /// A backend's consecutive failures reached its service's `error_limit` (once per climb).
+    pub const PASSIVE: u32 = 1;
+    /// A slot of `map::NEIGH` was given a next hop it did not hold.
+    pub const NEIGH: u32 = 2;
+}
 
 /// `Globals::flags` bits.
 pub mod global_flags {

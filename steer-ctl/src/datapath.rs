@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -614,6 +614,8 @@ pub struct Datapath {
     observed: Arc<Mapped<Observed>>,
     /// Next hops the datapath wants resolved (mmapped; polled by the daemon).
     neigh: Arc<Mapped<NeighWant>>,
+    /// The datapath's notes (`map::NOTES`), until the daemon's watcher takes them.
+    notes: Option<RingBuf<MapData>>,
     /// Host-wide settings, one element.
     globals: Array<MapData, Globals>,
     /// The pre-filter (`map::FILTER`), mmapped: bits are set with atomic ORs.
@@ -763,6 +765,7 @@ impl Datapath {
             return Err(DatapathError::MissingMap(map::NEIGH));
         };
         let neigh = Arc::new(Mapped::new(neigh, map::NEIGH, NEIGH_SLOTS)?);
+        let notes = typed(map::NOTES, RingBuf::try_from(take(&mut ebpf, map::NOTES)?))?;
         let Map::Array(filter) = take(&mut ebpf, map::FILTER)? else {
             return Err(DatapathError::MissingMap(map::FILTER));
         };
@@ -805,6 +808,7 @@ impl Datapath {
             pools,
             observed,
             neigh,
+            notes: Some(notes),
             globals,
             filter,
             flow_cache,
@@ -886,6 +890,12 @@ impl Datapath {
     /// Passive health per backend id, shared with the daemon's poller.
     pub fn observed(&self) -> Arc<Mapped<Observed>> {
         self.observed.clone()
+    }
+
+    /// The datapath's notes (`steer_common::Note`), for the one reader that waits on them;
+    /// `None` once taken.
+    pub fn take_notes(&mut self) -> Option<RingBuf<MapData>> {
+        self.notes.take()
     }
 
     /// Next hops the datapath wants resolved, shared with the daemon's poller.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use steer_common::{hash::mix32, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
+use steer_common::{hash::mix32, note, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
 
 use crate::{maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
 
@@ -180,8 +180,9 @@ fn try_send(
 }
 
 /// Writes down a next hop the FIB found no neighbour for (`p` holds it after the lookup),
-/// in the slot of its address's hash; steer-ctl polls the slots and has the kernel resolve
-/// it, so the next packet (a client's retransmission) goes through.
+/// in the slot of its address's hash, with a note to steer-ctl when the slot held another
+/// (a next hop asked for again is found by the daemon's slow poll); steer-ctl has the kernel
+/// resolve it, so the next packet (a client's retransmission) goes through.
 #[inline(always)]
 fn want_neighbour(p: &FibParams, family: u8) {
     let mut addr = [0u32; 4];
@@ -197,15 +198,20 @@ fn want_neighbour(p: &FibParams, family: u8) {
     if let Some(w) = NEIGH.get_ptr_mut(slot) {
         // SAFETY: a map value that lives for this run; steer-ctl reads it whole after `seq`
         // changes, so a torn write is at worst one wasted resolution.
-        unsafe {
-            let seq = (*w).seq;
+        let new = unsafe {
+            let old = *w;
+            // SAFETY: same size, plain integers.
+            let addr = core::mem::transmute::<[u32; 4], [u8; 16]>(addr);
             *w = NeighWant {
-                // SAFETY: same size, plain integers.
-                addr: core::mem::transmute::<[u32; 4], [u8; 16]>(addr),
+                addr,
                 ifindex: p.ifindex,
                 family: family as u32,
-                seq: seq + 1,
+                seq: old.seq + 1,
             };
+            old.addr != addr || old.ifindex != p.ifindex || old.seq == 0
+        };
+        if new {
+            crate::note::send(note::NEIGH, slot);
         }
     }
 }

@@ -23,6 +23,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod natcache;
+mod note;
 mod observe;
 mod parse;
 mod presence;

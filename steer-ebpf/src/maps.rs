@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use steer_common::{
     maglev_chunks, nat_capacity, prog, transient_capacity, Attempt, Backend, Counters, Flow,
     FlowKey, Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
     ATTEMPTS_LOG2, ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
     GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NAT_CACHE_LOG2, NEIGH_SLOTS,
-    PRESENCE_LINES,
+    NOTES_BYTES, PRESENCE_LINES,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -90,6 +90,11 @@ pub static OBSERVED: Array<Observed> = Array::with_max_entries(MAX_BACKENDS, BPF
 /// mmapped and polled by steer-ctl.
 #[map(name = "STEER_NEIGH_V1")]
 pub static NEIGH: Array<NeighWant> = Array::with_max_entries(NEIGH_SLOTS, BPF_F_MMAPABLE);
+
+/// Notes to steer-ctl (`steer_common::Note`): `OBSERVED` or `NEIGH` has news. Written by the
+/// datapath, read by the daemon, which sleeps until one comes (`crate::note`).
+#[map(name = "STEER_NOTE_V1")]
+pub static NOTES: RingBuf = RingBuf::with_byte_size(NOTES_BYTES, 0);
 
 /// Host-wide settings (one element). Written by steer-ctl.
 #[map(name = "STEER_CFG_V1")]

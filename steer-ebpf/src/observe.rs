@@ -1,11 +1,12 @@
 //! Passive health of NAT backends (`observe`): the datapath sees their answers, so it counts
 //! connection attempts they refuse (a RST answering a SYN) or leave unanswered, and after a
-//! service's `error_limit` consecutive failures stops giving them new flows. steer-ctl polls
-//! the counts, marks the backend down and lets its active checks bring it back.
+//! service's `error_limit` consecutive failures stops giving them new flows. The failure that
+//! reaches the limit sends a note (`crate::note`); steer-ctl then reads the counts, marks the
+//! backend down and lets its active checks bring it back.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 
-use steer_common::{event, svc_flags, Service};
+use steer_common::{event, note, svc_flags, Service};
 
 use crate::{maps::OBSERVED, stats};
 
@@ -40,6 +41,7 @@ pub fn failed(svc: &Service, id: u32, now: u64) {
         unsafe { (*o).last_fail_ns = now };
         if fails == svc.error_limit as u64 {
             stats::count_event(event::PASSIVE_DOWN);
+            crate::note::send(note::PASSIVE, id);
         }
     }
 }

@@ -1009,7 +1009,11 @@ async fn start_locked(
         "steer daemon ready"
     );
     let capacity = bal.datapath().flow_capacity();
-    let watcher = nat::Watcher::new(bal.datapath().observed(), bal.datapath().neigh_wants());
+    let watcher = nat::Watcher::new(
+        bal.datapath().observed(),
+        bal.datapath().neigh_wants(),
+        bal.datapath_mut().take_notes(),
+    );
     let core = Core {
         cfg,
         intent,

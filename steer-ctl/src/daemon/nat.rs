@@ -1,10 +1,11 @@
-//! NAT's daemon side: what the datapath asks of the host and cannot do itself. Every 5 ms the
-//! watcher reads two maps the datapath writes (both mmapped, so a poll is memory reads, no
-//! syscall): passive health (`STEER_OBS_V1`), whose backends at their service's `error_limit`
-//! are reported to the run loop to be marked down, and the next hops the datapath found no
-//! neighbour for (`STEER_NEIGH_V1`), which the kernel is asked to resolve. Also: forwarding on
-//! the XDP interfaces (`bpf_fib_lookup` needs it) and next hops resolved ahead of the first
-//! packet.
+//! NAT's daemon side: what the datapath asks of the host and cannot do itself. The watcher
+//! reads two maps the datapath writes (both mmapped, so a read is memory reads, no syscall):
+//! passive health (`STEER_OBS_V1`), whose backends at their service's `error_limit` are
+//! reported to the run loop to be marked down, and the next hops the datapath found no
+//! neighbour for (`STEER_NEIGH_V1`), which the kernel is asked to resolve. It reads them when
+//! the datapath sends a note (`STEER_NOTE_V1`, a ring buffer it sleeps on), and once a second
+//! in case a note was lost (the ring full). Also: forwarding on the XDP interfaces
+//! (`bpf_fib_lookup` needs it) and next hops resolved ahead of the first packet.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -13,8 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use steer_common::{NeighWant, Observed, FAMILY_V4, FAMILY_V6, NEIGH_SLOTS};
-use tokio::sync::mpsc;
+use aya::maps::{MapData, RingBuf};
+use steer_common::{note, NeighWant, Note, Observed, FAMILY_V4, FAMILY_V6, NEIGH_SLOTS};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use super::{health::PassiveDown, os};
@@ -24,8 +26,11 @@ use crate::{
     model::Mode,
 };
 
-/// How often the maps are read.
+/// How often the maps are read when the datapath's notes cannot be waited on.
 pub const POLL: Duration = Duration::from_millis(5);
+/// How often they are read anyway while waiting on notes (a note that found the ring full
+/// was lost).
+pub const SLOW_POLL: Duration = Duration::from_secs(1);
 /// A next hop is probed at most this often (the kernel's own ARP retries run meanwhile).
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -42,6 +47,8 @@ pub struct Watched {
 pub struct Watcher {
     observed: Arc<Mapped<Observed>>,
     neigh: Arc<Mapped<NeighWant>>,
+    /// The datapath's notes, until `run` takes them.
+    notes: Mutex<Option<RingBuf<MapData>>>,
     list: Mutex<Arc<Vec<Watched>>>,
     /// Whether any service is NAT: only NAT flows write `observed` and `neigh`, so without one
     /// the poller sleeps (200 wake-ups a second cost an idle DSR host CPU for nothing).
@@ -52,10 +59,15 @@ pub struct Watcher {
 static PROBE_LOG: os::Throttle = os::Throttle::new(Duration::from_secs(60));
 
 impl Watcher {
-    pub fn new(observed: Arc<Mapped<Observed>>, neigh: Arc<Mapped<NeighWant>>) -> Arc<Self> {
+    pub fn new(
+        observed: Arc<Mapped<Observed>>,
+        neigh: Arc<Mapped<NeighWant>>,
+        notes: Option<RingBuf<MapData>>,
+    ) -> Arc<Self> {
         Arc::new(Watcher {
             observed,
             neigh,
+            notes: Mutex::new(notes),
             list: Mutex::new(Arc::new(Vec::new())),
             nat: std::sync::atomic::AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -71,9 +83,23 @@ impl Watcher {
         }
     }
 
-    /// Polls until the task is aborted. Each backend at its limit is reported once, until its
-    /// count falls below the limit again (checks reset it before it is eligible again).
+    /// Reads the maps at each note (or every `POLL` without the notes), until the task is
+    /// aborted. Each backend at its limit is reported once, until its count falls below the
+    /// limit again (checks reset it before it is eligible again) or a note says it climbed to
+    /// the limit anew.
     pub async fn run(self: Arc<Self>, tx: mpsc::UnboundedSender<PassiveDown>) {
+        let notes = self.notes.lock().expect("notes").take();
+        // SAFETY: the ring buffer owns its map's file descriptor, open while it lives, and
+        // always answers that one.
+        let mut notes = notes.and_then(|r| match unsafe {
+            AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE)
+        } {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(error = %e, "cannot wait on the datapath's notes: reading its maps every 5 ms");
+                None
+            }
+        });
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut reported: BTreeSet<u32> = BTreeSet::new();
@@ -86,7 +112,22 @@ impl Watcher {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             }
-            tick.tick().await;
+            match notes.as_mut() {
+                Some(fd) => {
+                    if let Ok(Ok(mut ready)) =
+                        tokio::time::timeout(SLOW_POLL, fd.readable_mut()).await
+                    {
+                        take_notes(ready.get_inner_mut(), &mut reported);
+                        ready.clear_ready();
+                        // A note committed between the read and the clear woke nobody: read
+                        // again (a later one finds the ring read up to it, and wakes).
+                        take_notes(ready.get_inner_mut(), &mut reported);
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
             let list = self.list.lock().expect("watch list").clone();
             for (id, name, fails) in self.over_limit(&list, &mut reported) {
                 debug!(backend = %name, id, fails, "passive health: at the error limit");
@@ -154,6 +195,23 @@ impl Watcher {
             out.push((addr, w.ifindex));
         }
         out
+    }
+}
+
+/// Reads every note in the ring. A backend noted at its limit climbed there anew: it is to be
+/// reported again, whatever was reported before.
+fn take_notes(ring: &mut RingBuf<MapData>, reported: &mut BTreeSet<u32>) {
+    while let Some(item) = ring.next() {
+        let Ok(bytes) = <[u8; std::mem::size_of::<Note>()]>::try_from(&item[..]) else {
+            continue;
+        };
+        let n = Note {
+            kind: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            id: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        };
+        if n.kind == note::PASSIVE {
+            reported.remove(&n.id);
+        }
     }
 }
 
