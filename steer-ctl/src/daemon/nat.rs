@@ -84,9 +84,10 @@ impl Watcher {
     }
 
     /// Reads the maps at each note (or every `POLL` without the notes), until the task is
-    /// aborted. Each backend at its limit is reported once, until its count falls below the
-    /// limit again (checks reset it before it is eligible again) or a note says it climbed to
-    /// the limit anew.
+    /// aborted. Each backend at its limit is reported once per climb: again once its count
+    /// has fallen below the limit (checks reset it before it is eligible again), or when its
+    /// last failure is another than the one reported (the count was reset and climbed back
+    /// between two reads), or a note says it climbed to the limit anew.
     pub async fn run(self: Arc<Self>, tx: mpsc::UnboundedSender<PassiveDown>) {
         let notes = self.notes.lock().expect("notes").take();
         // SAFETY: the ring buffer owns its map's file descriptor, open while it lives, and
@@ -102,7 +103,8 @@ impl Watcher {
         });
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut reported: BTreeSet<u32> = BTreeSet::new();
+        // Backend id → the time of the last failure when it was reported.
+        let mut reported: BTreeMap<u32, u64> = BTreeMap::new();
         let mut seqs = vec![0u64; NEIGH_SLOTS as usize];
         let mut probed: HashMap<(IpAddr, u32), Instant> = HashMap::new();
         loop {
@@ -150,11 +152,12 @@ impl Watcher {
         }
     }
 
-    /// Watched backends at or over their limit and not yet reported: (id, name, fails).
+    /// Watched backends at or over their limit and not reported on this climb: (id, name,
+    /// fails).
     fn over_limit(
         &self,
         list: &[Watched],
-        reported: &mut BTreeSet<u32>,
+        reported: &mut BTreeMap<u32, u64>,
     ) -> Vec<(u32, String, u64)> {
         let mut out = Vec::new();
         let mut watched = BTreeSet::new();
@@ -163,16 +166,16 @@ impl Watcher {
                 continue;
             }
             watched.insert(w.id);
-            let fails = self.observed.fails(w.id);
-            if fails >= w.limit {
-                if reported.insert(w.id) {
-                    out.push((w.id, w.name.clone(), fails));
+            let o = self.observed.get(w.id);
+            if o.fails >= w.limit {
+                if reported.insert(w.id, o.last_fail_ns) != Some(o.last_fail_ns) {
+                    out.push((w.id, w.name.clone(), o.fails));
                 }
             } else {
                 reported.remove(&w.id);
             }
         }
-        reported.retain(|id| watched.contains(id));
+        reported.retain(|id, _| watched.contains(id));
         out
     }
 
@@ -200,7 +203,7 @@ impl Watcher {
 
 /// Reads every note in the ring. A backend noted at its limit climbed there anew: it is to be
 /// reported again, whatever was reported before.
-fn take_notes(ring: &mut RingBuf<MapData>, reported: &mut BTreeSet<u32>) {
+fn take_notes(ring: &mut RingBuf<MapData>, reported: &mut BTreeMap<u32, u64>) {
     while let Some(item) = ring.next() {
         let Ok(bytes) = <[u8; std::mem::size_of::<Note>()]>::try_from(&item[..]) else {
             continue;
