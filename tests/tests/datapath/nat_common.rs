@@ -562,6 +562,15 @@ impl Nat {
         }
     }
 
+    /// The datapath's notes to the daemon (`steer_common::Note`), taken once.
+    pub fn notes(&mut self) -> aya::maps::RingBuf<aya::maps::MapData> {
+        self.t
+            .bal
+            .datapath_mut()
+            .take_notes()
+            .expect("the notes were not taken before")
+    }
+
     /// Consecutive failures passive health counts for backend `be`.
     pub fn fails(&self, be: &str) -> u64 {
         self.bal()

@@ -7,7 +7,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use steer_common::{event, flow_flags, outcome};
+use steer_common::{event, flow_flags, note, outcome};
 use steer_tests::fixture::{Delta, Field};
 
 use crate::nat_common::*;
@@ -188,6 +188,7 @@ fn unanswered_syns_and_the_error_limit(n: &mut Nat) {
         None,
     );
     n.client(row);
+    let mut notes = n.notes();
     let mut q = pending;
     for i in 1..=2u64 {
         q = n.port_to("quick", c, "quick-b", q + 1);
@@ -208,6 +209,21 @@ fn unanswered_syns_and_the_error_limit(n: &mut Nat) {
             vec![Delta::Outcome(event::PASSIVE_DOWN, (i == 2) as u64)],
         ));
         assert_eq!(n.fails("quick-b"), i);
+        // The refusal that reaches the limit, and only it, tells the daemon (which sleeps
+        // until then).
+        let mut sent = Vec::new();
+        while let Some(item) = notes.next() {
+            sent.push(item.to_vec());
+        }
+        let id = n.bal().backend_id("quick-b").unwrap();
+        let want: Vec<Vec<u8>> = if i == 2 {
+            let mut b = note::PASSIVE.to_ne_bytes().to_vec();
+            b.extend_from_slice(&id.to_ne_bytes());
+            vec![b]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(sent, want, "notes after refusal {i} of quick-b");
     }
     let fresh = n.port_to("quick", c, "quick-b", q + 1);
     let mut row = n.to_one_of(
