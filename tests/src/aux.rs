@@ -72,14 +72,21 @@ pub fn attach_nat_floor(iface: &str, f: &NatFloor) -> Ebpf {
         cfg[32 + 10 * i..36 + 10 * i].copy_from_slice(&a.octets());
         cfg[36 + 10 * i..42 + 10 * i].copy_from_slice(m);
     }
+    attach_configured("nat_floor", "NAT_FLOOR", cfg, iface)
+}
+
+/// Loads the test object, writes `cfg` into the one element of array `map`, and attaches
+/// program `name` to `iface`.
+fn attach_configured<const N: usize>(name: &str, map: &str, cfg: [u8; N], iface: &str) -> Ebpf {
     let mut ebpf = load();
-    let mut map: Array<_, [u8; 128]> = ebpf
-        .map_mut("NAT_FLOOR")
-        .expect("the test object has NAT_FLOOR")
+    let mut m: Array<_, [u8; N]> = ebpf
+        .map_mut(map)
+        .unwrap_or_else(|| panic!("the test object has {map}"))
         .try_into()
-        .expect("NAT_FLOOR is an array");
-    map.set(0, cfg, 0).expect("write NAT_FLOOR");
-    attach(&mut ebpf, "nat_floor", iface);
+        .unwrap_or_else(|e| panic!("{map} is an array of {N} bytes: {e}"));
+    m.set(0, cfg, 0)
+        .unwrap_or_else(|e| panic!("write {map}: {e}"));
+    attach(&mut ebpf, name, iface);
     ebpf
 }
 
@@ -103,13 +110,5 @@ pub fn attach_fwd_floor(
     for (i, m) in backends.iter().enumerate() {
         cfg[16 + 6 * i..22 + 6 * i].copy_from_slice(m);
     }
-    let mut ebpf = load();
-    let mut map: Array<_, [u8; 64]> = ebpf
-        .map_mut("FWD_FLOOR")
-        .expect("the test object has FWD_FLOOR")
-        .try_into()
-        .expect("FWD_FLOOR is an array");
-    map.set(0, cfg, 0).expect("write FWD_FLOOR");
-    attach(&mut ebpf, "fwd_floor", iface);
-    ebpf
+    attach_configured("fwd_floor", "FWD_FLOOR", cfg, iface)
 }
