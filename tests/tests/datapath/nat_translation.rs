@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use steer_common::{outcome, FAMILY_V4, NEIGH_SLOTS};
+use steer_common::{note, outcome, FAMILY_V4, NEIGH_SLOTS};
 use steer_tests::fixture::{tcp4, tcp6, udp4, udp6, Delta, Frame};
 
 use crate::nat_common::*;
@@ -254,6 +254,15 @@ fn next_hops_come_from_the_fib(n: &mut Nat) {
 
 fn a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through(n: &mut Nat) {
     let lost = vip(70);
+    let mut notes = n.notes();
+    let mut sent = move || {
+        let mut v = Vec::new();
+        while let Some(item) = notes.next() {
+            v.push(item.to_vec());
+        }
+        v
+    };
+    sent();
     n.client(dropped(
         "a SYN to a backend with no neighbour entry is dropped",
         from_client(CLIENT.into(), 42_000, lost, syn(), &[]),
@@ -270,6 +279,20 @@ fn a_missing_neighbour_is_asked_for_and_the_retransmission_goes_through(n: &mut 
         (n.lab.be, FAMILY_V4 as u32),
         "wanted on the backends' interface"
     );
+    // The daemon, asleep until told, is told once: the slot's next hop is new.
+    let slot = (0..NEIGH_SLOTS)
+        .find(|i| wants.get(*i as usize) == Some(want))
+        .expect("the want's slot");
+    let mut told = note::NEIGH.to_ne_bytes().to_vec();
+    told.extend_from_slice(&slot.to_ne_bytes());
+    assert_eq!(sent(), vec![told], "notes after the first SYN");
+    n.client(dropped(
+        "another SYN to it before it is resolved is dropped too, without telling again",
+        from_client(CLIENT.into(), 42_002, lost, syn(), &[]),
+        outcome::DROP_NO_NEIGH,
+        vec![],
+    ));
+    assert_eq!(sent(), Vec::<Vec<u8>>::new(), "notes after the second SYN");
     let (_, port) = n.nat_of(&key(CLIENT.into(), 42_000, lost, 80, TCP));
     n.lab.add_neighbour(NO_NEIGH.into(), mac4(50));
     let row = n.to_backend(
