@@ -383,6 +383,21 @@ impl<T> Mapped<T> {
             )
         }
     }
+
+    /// The byte at `offset` of element `i`.
+    fn byte(&self, i: usize, offset: usize) -> &AtomicU8 {
+        assert!(i < self.len && offset < std::mem::size_of::<T>());
+        // SAFETY: in range of the mapping (checked); bytes need no alignment; the kernel's
+        // side only stores whole bytes there.
+        unsafe {
+            AtomicU8::from_ptr(
+                self.base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(i * std::mem::size_of::<T>() + offset),
+            )
+        }
+    }
 }
 
 impl<T> Drop for Mapped<T> {
@@ -465,18 +480,7 @@ impl Presence {
     }
 
     fn byte(&self, line: u32, i: usize) -> &AtomicU8 {
-        assert!((line as usize) < self.lines.len() && i < 64);
-        // SAFETY: in range of the mapping (checked); bytes need no alignment; the datapath
-        // only stores whole bytes.
-        unsafe {
-            AtomicU8::from_ptr(
-                self.lines
-                    .base
-                    .as_ptr()
-                    .cast::<u8>()
-                    .add(line as usize * 64 + i),
-            )
-        }
+        self.lines.byte(line as usize, i)
     }
 
     /// `(stamp, done, valid)` of line 0.

@@ -205,13 +205,12 @@ impl Watcher {
 /// reported again, whatever was reported before.
 fn take_notes(ring: &mut RingBuf<MapData>, reported: &mut BTreeMap<u32, u64>) {
     while let Some(item) = ring.next() {
-        let Ok(bytes) = <[u8; std::mem::size_of::<Note>()]>::try_from(&item[..]) else {
+        if item.len() != std::mem::size_of::<Note>() {
             continue;
-        };
-        let n = Note {
-            kind: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-            id: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-        };
+        }
+        // SAFETY: a whole `Note` (checked), plain integers; the ring's bytes need not be
+        // aligned for it.
+        let n: Note = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         if n.kind == note::PASSIVE {
             reported.remove(&n.id);
         }
