@@ -133,7 +133,7 @@ pub fn insert_transient(key: &FlowKey, f: &Flow) -> bool {
 /// A half-open flow's handshake completed: it moves to the established table (with what this
 /// packet says), and leaves the transient one.
 #[inline(always)]
-pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) {
+pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) -> bool {
     // SAFETY: a pointer into the transient table from lookup_transient, valid for this run.
     let f = unsafe { *flow };
     let est = Flow {
@@ -146,9 +146,10 @@ pub fn promote(pkt: &Packet, flow: *mut Flow, now: u64) {
         // Stays half-open: the next packet tries again; its Maglev choice is the same.
         stats::count_event(event::FLOW_INSERT_FAILED);
         touch_flow(flow, pkt, now);
-        return;
+        return false;
     }
     let _ = TRANSIENT.remove(&pkt.key);
+    true
 }
 
 /// An established flow ended (its first FIN or RST): it moves to the transient table for its

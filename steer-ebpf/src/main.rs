@@ -195,7 +195,7 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
-        return steer_transient::<NAT>(ctx, &pkt, svc_id, svc, f, len, now);
+        return steer_transient::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
     if pkt.is_tcp() && !pkt.is_syn() {
         // Mid-connection with no entry: LB restarted, another LB host, or evicted (rule 2).
@@ -442,9 +442,11 @@ fn steer_attempt(
 /// A packet of a flow in the transient table: a connection attempt (SYN only) or a flow that
 /// has ended (rules 4, 5).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn steer_transient<const NAT: bool>(
     ctx: &XdpContext,
     pkt: &Packet,
+    probe: cache::Probe,
     svc_id: u32,
     svc: &Service,
     f: *mut Flow,
@@ -496,14 +498,25 @@ fn steer_transient<const NAT: bool>(
                 chain::new_flow(ctx, handoff::TRANSIENT, be_id, len);
                 return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
             }
+            let mut fill = false;
             if half_open && !pkt.is_syn() && !pkt.ends_flow() {
-                // The handshake completed: established from now on.
-                flow::promote(pkt, f, now);
+                // The handshake completed: established from now on. A NAT flow's way out is
+                // put together as this ACK is sent, so that the request after it (in a short
+                // connection, most of what the client sends) is served from this CPU's NAT
+                // cache. (`probe` was read before the transient entry was; the promotion
+                // moves no flow epoch.)
+                fill = flow::promote(pkt, f, now)
+                    && NAT
+                    && Nat::of(&flow).is_nat()
+                    && natcache::may_hold(pkt);
+                if fill {
+                    natcache::begin(pkt, probe, svc_id, be_id, flow.gen);
+                }
             } else if flow::touch_flow(f, pkt, now) {
                 stats::count_ended(svc_id, Some(be_id));
             }
             stats::count_backend(be_id, len);
-            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now, false)
+            send::<NAT>(ctx, pkt, svc_id, be_id, be, &flow, now, fill)
         }
         rejected => {
             if pkt.is_syn() {
