@@ -270,6 +270,66 @@ struct Slice {
     samples: Vec<Sample>,
     /// How many the rate asked for in that span.
     expected: f64,
+    /// Run time and runs of the XDP programs on the LB's interfaces over the span (kernel BPF
+    /// statistics), when the lab has any.
+    xdp: Option<XdpTime>,
+}
+
+/// What the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`, held for the whole run) say
+/// of a lab's balancer programs: the XDP programs attached to the LB namespace's interfaces.
+/// A tail call runs inside its caller's run, so steer's entry program carries all of its
+/// programs' time. The switch-side `XDP_PASS` program (`p-lb`) is not counted: it is the lab's
+/// hop, not the balancer.
+#[derive(Clone, Copy, Default)]
+struct XdpTime {
+    time: Duration,
+    runs: u64,
+}
+
+impl XdpTime {
+    /// The sums for the programs attached in `lab`'s LB namespace now; `None` when it has none.
+    fn now(lab: &Lab) -> Option<XdpTime> {
+        let links: Value = serde_json::from_str(&lab.topo.lb.ip(&["-j", "link", "show"])).ok()?;
+        let mut ids = Vec::new();
+        prog_ids(&links, false, &mut ids);
+        if ids.is_empty() {
+            return None;
+        }
+        let mut t = XdpTime::default();
+        for info in aya::programs::loaded_programs().flatten() {
+            if ids.contains(&info.id()) {
+                t.time += info.run_time();
+                t.runs += info.run_count();
+            }
+        }
+        Some(t)
+    }
+
+    fn since(self, a: XdpTime) -> XdpTime {
+        XdpTime {
+            time: self.time.saturating_sub(a.time),
+            runs: self.runs.saturating_sub(a.runs),
+        }
+    }
+}
+
+/// The program ids in `ip -j link show`'s output (`"xdp": {"prog": {"id": N}}`, or a list of
+/// attached programs with a `prog` each).
+fn prog_ids(v: &Value, in_prog: bool, out: &mut Vec<u32>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if in_prog && k == "id" {
+                    if let Some(id) = x.as_u64() {
+                        out.push(id as u32);
+                    }
+                }
+                prog_ids(x, k == "prog", out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| prog_ids(x, in_prog, out)),
+        _ => {}
+    }
 }
 
 impl Slice {
@@ -302,11 +362,14 @@ fn run_slice(lab: &Lab, o: &Opts, ours: &[u64]) -> Option<Slice> {
     if !sleep_until(&load, RAMP) {
         return None;
     }
-    // The scans of /proc stay outside the span whose CPU is measured.
+    // The scans of /proc (and of the programs' statistics) stay outside the span whose CPU is
+    // measured.
     let (p0, oa) = (netns_cpu(ours), Others::now(ours));
+    let x0 = XdpTime::now(lab);
     let (a, t0) = (CpuTimes::now(), load.elapsed());
     let carried_on = sleep_until(&load, t0 + o.slice);
     let (b, t1) = (CpuTimes::now(), load.elapsed());
+    let x1 = XdpTime::now(lab);
     let (p1, ob) = (netns_cpu(ours), Others::now(ours));
     let samples = load.stop();
     carried_on.then(|| Slice {
@@ -322,6 +385,7 @@ fn run_slice(lab: &Lab, o: &Opts, ours: &[u64]) -> Option<Slice> {
             .filter(|s| s.at >= t0 && s.at < t1)
             .collect(),
         expected: o.rate * (t1 - t0).as_secs_f64(),
+        xdp: x1.zip(x0).map(|(b, a)| b.since(a)),
     })
 }
 
@@ -379,6 +443,8 @@ struct Window {
     per_slice: Vec<f64>,
     /// CPU time of this system's own balancer processes during its slices.
     balancer: Duration,
+    /// Its XDP programs' run time and runs over the measured spans (`XdpTime`).
+    xdp: Option<XdpTime>,
     /// Why there is no figure (the run broke).
     error: Option<String>,
 }
@@ -418,6 +484,28 @@ impl Window {
         self.others += s.others.own;
         self.background += background;
         self.balancer += own_balancer;
+        if let Some(x) = s.xdp {
+            let t = self.xdp.get_or_insert_default();
+            t.time += x.time;
+            t.runs += x.runs;
+        }
+    }
+
+    /// µs of the balancer's XDP programs per completed connection.
+    fn xdp_us_per_conn(&self) -> Option<f64> {
+        let x = self.xdp.filter(|_| self.ok > 0)?;
+        Some(x.time.as_secs_f64() * 1e6 / self.ok as f64)
+    }
+
+    /// ns a run of the balancer's XDP programs (a packet), and runs per completed connection.
+    fn xdp_ns_per_run(&self) -> Option<f64> {
+        let x = self.xdp.filter(|x| x.runs > 0)?;
+        Some(x.time.as_secs_f64() * 1e9 / x.runs as f64)
+    }
+
+    fn xdp_runs_per_conn(&self) -> Option<f64> {
+        let x = self.xdp.filter(|_| self.ok > 0)?;
+        Some(x.runs as f64 / self.ok as f64)
     }
 
     fn quantile(v: &[Duration], q: f64) -> Option<Duration> {
@@ -522,7 +610,7 @@ impl Window {
             return format!("error: {}", first_line(e));
         }
         format!(
-            "{} of {} ok, p99 {:.1} ms, lag p99 {:.1} ms; busy {:.3} s of {:.1} ({:.0} %; taken off: others {:.2} s, other labs {:.2} s): {:.1} µs/conn (ticks: {:.1}){}",
+            "{} of {} ok, p99 {:.1} ms, lag p99 {:.1} ms; busy {:.3} s of {:.1} ({:.0} %; taken off: others {:.2} s, other labs {:.2} s): {:.1} µs/conn (ticks: {:.1}){}{}",
             self.ok,
             self.scheduled,
             ms(self.p99()),
@@ -534,6 +622,13 @@ impl Window {
             self.background.as_secs_f64(),
             self.us_per_conn().unwrap_or(f64::NAN),
             self.ticks_us_per_conn().unwrap_or(f64::NAN),
+            match (self.xdp_us_per_conn(), self.xdp_ns_per_run()) {
+                (Some(c), Some(r)) => format!(
+                    "; XDP {c:.1} µs/conn ({r:.0} ns a packet, {:.1} a connection)",
+                    self.xdp_runs_per_conn().unwrap_or(f64::NAN)
+                ),
+                _ => String::new(),
+            },
             self.problem()
                 .map_or(String::new(), |p| format!("; DOES NOT COUNT: {p}"))
         )
@@ -631,6 +726,12 @@ fn main() {
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
+    // The kernel counts BPF programs' run time while this is held (closed at exit, however
+    // the bench ends). It costs each run two clock reads (tens of ns a packet): a cost only the
+    // XDP systems carry, so it counts against them, never for them.
+    let _bpf_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| eprintln!("steer-bench-cost: no BPF run-time statistics ({e}): no xdp column"))
+        .ok();
     let started = Instant::now();
     eprintln!(
         "{} systems x {} rounds x {} slices of {:?} at {} connections/s: about {:.0} s of load",
@@ -883,12 +984,13 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         cpus
     );
     println!(
-        "{:<12} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  note",
+        "{:<12} {:>6} {:>20} {:>20} {:>6} {:>5} {:>18} {:>14} {:>5} {:>6} {:>6}  note",
         "system",
         "rounds",
         "µs/conn med (range)",
         "cost µs/conn (range)",
         "idle",
+        "xdp",
         "× nft-dnat (range)",
         "target",
         "busy%",
@@ -941,8 +1043,26 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
             notes.push(format!("steer's drops over the run: {d}"));
         }
         let idle = e.idle_us(o.rate);
+        let xdp = Spread::of(
+            &valid
+                .iter()
+                .filter_map(|w| w.xdp_us_per_conn())
+                .collect::<Vec<_>>(),
+        );
+        let xdp_run = median(
+            &valid
+                .iter()
+                .filter_map(|w| w.xdp_ns_per_run())
+                .collect::<Vec<_>>(),
+        );
+        let xdp_runs = median(
+            &valid
+                .iter()
+                .filter_map(|w| w.xdp_runs_per_conn())
+                .collect::<Vec<_>>(),
+        );
         println!(
-            "{:<12} {:>6} {:>20} {:>20} {:>6} {:>18} {:>14} {:>5} {:>6} {:>6}  {}",
+            "{:<12} {:>6} {:>20} {:>20} {:>6} {:>5} {:>18} {:>14} {:>5} {:>6} {:>6}  {}",
             e.system.key(),
             format!("{}/{}", valid.len(), e.windows.len()),
             Spread::cell(us, 1),
@@ -952,6 +1072,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
                 Spread::cell(cost, 1)
             },
             idle.map_or("-".into(), |x| format!("{x:.1}")),
+            xdp.map_or("-".into(), |x| format!("{:.1}", x.median)),
             ratio_cell,
             target_cell,
             busy.map_or("-".into(), |b| format!("{b:.0}")),
@@ -969,6 +1090,9 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
                 "us_per_conn": Spread::json(us),
                 "cost_us_per_conn": Spread::json(cost),
                 "idle_us_per_conn": idle.map(round2),
+                "xdp_us_per_conn": Spread::json(xdp),
+                "xdp_ns_per_run": xdp_run.map(round2),
+                "xdp_runs_per_conn": xdp_runs.map(round2),
                 "balancer_idle_cpu_s": round2(e.idle_cpu.as_secs_f64()),
                 "balancer_idle_over_s": round2(e.idle_wall.as_secs_f64()),
                 "cost_ratio_to_nft_dnat": ratio.map(round2),
@@ -1025,6 +1149,7 @@ fn report(o: &Opts, entries: &[Entry], took: Duration) {
         );
     }
     println!("cost = µs/conn − direct's µs/conn in the same round; idle = the part of it that the balancer's processes spend while nothing is sent through it");
+    println!("xdp = µs per connection in the XDP programs on the LB's interfaces (the kernel's BPF run-time statistics over the measured slices; tail calls included; a part of the cost measured directly, without the busy figure's slice-to-slice noise; the JSON has ns a packet and packets a connection)");
     println!("paths (every system has its own namespaces: client, LB and 3 backends on one bridge in a switch namespace, veth links):");
     for e in entries {
         println!("  {:<12} {}", e.system.key(), path(e.system));
@@ -1122,6 +1247,9 @@ fn window_json(w: &Window, costs: &[(usize, f64)]) -> Value {
         "us_per_conn_by_slice": w.per_slice,
         "ticks_us_per_conn": w.ticks_us_per_conn().map(round2),
         "cost_us_per_conn": costs.iter().find(|(r, _)| *r == w.round).map(|(_, c)| round2(*c)),
+        "xdp_us_per_conn": w.xdp_us_per_conn().map(round2),
+        "xdp_ns_per_run": w.xdp_ns_per_run().map(round2),
+        "xdp_runs_per_conn": w.xdp_runs_per_conn().map(round2),
     })
 }
 
