@@ -180,7 +180,7 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         let slot = attempt::slot(hash);
         if attempt::marked(slot) {
             if let Some(a) = attempt::find(slot, &pkt.key, now) {
-                return steer_attempt(ctx, &pkt, slot, svc_id, a, len, now);
+                return steer_attempt(ctx, &pkt, probe, slot, svc_id, a, len, now);
             }
         }
     }
@@ -406,9 +406,11 @@ fn steer_syn(
 /// from now on), or the attempt's end (the client's RST; a RST from steer when its backend
 /// was rejected or removed) (rules 4, 5).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn steer_attempt(
     ctx: &XdpContext,
     pkt: &Packet,
+    probe: cache::Probe,
     slot: u32,
     svc_id: u32,
     (b, gen): (u32, u16),
@@ -423,6 +425,10 @@ fn steer_attempt(
                 attempt::clear(slot, &pkt.key);
             } else if flow::establish(pkt, be_id, gen, now) {
                 attempt::clear(slot, &pkt.key);
+                // Cached from the handshake's ACK on, so that the request after it (in a short
+                // connection, most of what the client sends) is served from this CPU's cache.
+                // (`probe` was read before the attempt was; establishing moves no flow epoch.)
+                cache::fill(pkt, probe, svc_id, b, gen);
             }
             stats::count_backend(be_id, len);
             forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD))

@@ -246,3 +246,70 @@ fn cached_flow_keeps_its_table_entry_fresh() {
     }
     t.finish();
 }
+
+/// The handshake's ACK, which establishes the flow, fills this CPU's cache: the request after
+/// it (in a short connection, most of what the client sends) is served from there, the same
+/// bytes and counters as the full path's. Seen by the table's `last_seen`: a packet served
+/// from the cache leaves it as the ACK wrote it, the full path would move it.
+#[test]
+fn the_handshakes_ack_fills_the_cache() {
+    let Some(mut t) = crate::common::table("cache::the_handshakes_ack_fills_the_cache") else {
+        return;
+    };
+    let _on = OnCpu::pin(0);
+    // A try is conclusive when the clock moved between the ACK and the request (the table's
+    // clock is coarse) and the cache's refresh period (50 jiffies: at least 50 ms) did not
+    // pass; a loaded machine may need a few.
+    let mut conclusive = false;
+    for k in 0..20 {
+        let pa = port_to(&t.bal, "web-a", 42_000 + 20 * k);
+        establish(&mut t, "web-a", pa);
+        let acked = Instant::now();
+        assert_eq!(
+            cached(&t.bal, &tcp_key(pa)),
+            vec![0],
+            "the handshake's ACK filled CPU 0's cache"
+        );
+        let at_ack = t
+            .bal
+            .datapath()
+            .flow(&tcp_key(pa))
+            .unwrap()
+            .unwrap()
+            .last_seen_ns;
+        // (Time passing is what is measured here: the coarse clock ticks every 4 ms at HZ=250.)
+        std::thread::sleep(Duration::from_millis(12));
+        let row = fwd(
+            &t.bal,
+            "the request after the handshake: sent from the cache, as the full path sends it",
+            "web",
+            "web-a",
+            tcp4(CLIENT, pa, VIP, 80).ack(1).data(b"GET /").frame(),
+            false,
+        );
+        t.check(row);
+        let took = acked.elapsed();
+        let after = t
+            .bal
+            .datapath()
+            .flow(&tcp_key(pa))
+            .unwrap()
+            .unwrap()
+            .last_seen_ns;
+        if took < Duration::from_millis(40) {
+            assert_eq!(
+                after,
+                at_ack,
+                "the request took the full path (last_seen moved {} µs after {took:?})",
+                (after - at_ack) / 1000
+            );
+            conclusive = true;
+            break;
+        }
+    }
+    assert!(
+        conclusive,
+        "20 tries, each slower than the cache's refresh period"
+    );
+    t.finish();
+}
