@@ -88,6 +88,9 @@ pub mod map {
     /// directions of established NAT flows, by `hash::cache_hash` of the 5-tuple as it
     /// arrives), then one entry where a fill is put together. Datapath only, not pinned.
     pub const NAT_CACHE: &str = "STEER_NCACHE_V1";
+    /// Per CPU, `HOP_SLOTS` × `CachedHop`: the FIB's answers for translated packets, by
+    /// source, destination and ingress interface. Datapath only, not pinned.
+    pub const HOPS: &str = "STEER_HOP_V1";
     /// `PRESENCE_LINES` × 64 bytes (mmapable): the established table's presence filter. Line
     /// 0 holds the round bytes (`presence`); then one byte per `presence::slot` of
     /// `hash::cache_hash`, the round in which a flow of that slot was last known to be in the
@@ -191,6 +194,10 @@ pub const FLOW_EPOCH_LOG2: u32 = 12;
 /// direction of an established NAT flow takes one, by `hash::cache_hash` of its 5-tuple as it
 /// arrives. Element `1 << NAT_CACHE_LOG2` is where a fill is put together.
 pub const NAT_CACHE_LOG2: u32 = 14;
+/// Entries of the next-hop cache, per CPU (64 bytes each: 16 KiB), direct-mapped by a hash of
+/// a translated packet's addresses and ingress interface. A NAT host sends to few next hops
+/// (its backends, and its clients' routers): a small array stays in the CPU's caches.
+pub const HOP_SLOTS: u32 = 256;
 
 /// Slots of the attempts table (`1 << ATTEMPTS_LOG2`, 64 bytes each: 4 MiB). A slot holds one
 /// connection attempt from its SYN to its handshake's ACK (a round trip); a newer attempt
@@ -714,6 +721,33 @@ pub struct NatCached {
 }
 const _: () = assert!(core::mem::size_of::<NatCached>() == 128);
 const _: () = assert!(core::mem::offset_of!(NatCached, macs) % 4 == 0);
+
+/// Element of the per-CPU `STEER_HOP_V1`: the FIB's answer for a translated packet from `src`
+/// to `dst` that came in by `ifindex_in` (datapath only; readable for tests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedHop {
+    /// The packet's addresses as it leaves (an IPv4 address in the first word, the rest 0).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// The interface the packet came in by (the FIB's answer depends on it), and the one the
+    /// FIB sends it out of; 0: the slot is empty.
+    pub ifindex_in: u32,
+    pub ifindex_out: u32,
+    /// `Globals::epoch` read before the FIB was asked: steer-ctl moves it when a next hop may
+    /// have changed, which voids the entry.
+    pub cfg_epoch: u32,
+    /// When the FIB answered, in jiffies (low 32 bits).
+    pub filled_jiffies: u32,
+    /// The frame's first 12 bytes out: the next hop's MAC, then the egress interface's.
+    pub macs: [u8; 12],
+    /// The IP length the FIB checked the route's MTU for: longer packets ask again.
+    pub max_len: u16,
+    /// The L4 protocol (policy routing may choose by it).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<CachedHop>() == 64);
 const _: () = assert!((1u32 << FLOW_EPOCH_LOG2) <= NAT_CACHED_REPLY as u32);
 const _: () = assert!(MAX_BACKENDS <= 1 << 16);
 
@@ -981,6 +1015,7 @@ mod pod {
     unsafe impl aya::Pod for NeighWant {}
     unsafe impl aya::Pod for CachedFlow {}
     unsafe impl aya::Pod for NatCached {}
+    unsafe impl aya::Pod for CachedHop {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for Handoff {}
 }

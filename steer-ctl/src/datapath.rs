@@ -628,6 +628,7 @@ pub struct Datapath {
     flow_cache: PerCpuArray<MapData, CachedFlow>,
     /// The NAT flow cache (per CPU), read by tests and the bench.
     nat_cache: PerCpuArray<MapData, steer_common::NatCached>,
+    hops: PerCpuArray<MapData, steer_common::CachedHop>,
     /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
     /// The established table's presence filter, mmapped: rounds run by flow scans.
@@ -782,6 +783,10 @@ impl Datapath {
             map::NAT_CACHE,
             PerCpuArray::try_from(take(&mut ebpf, map::NAT_CACHE)?),
         )?;
+        let hops = typed(
+            map::HOPS,
+            PerCpuArray::try_from(take(&mut ebpf, map::HOPS)?),
+        )?;
         let Map::Array(attempts) = take(&mut ebpf, map::ATTEMPTS)? else {
             return Err(DatapathError::MissingMap(map::ATTEMPTS));
         };
@@ -817,6 +822,7 @@ impl Datapath {
             filter,
             flow_cache,
             nat_cache,
+            hops,
             attempts,
             presence,
             flags,
@@ -941,6 +947,16 @@ impl Datapath {
     /// tells the daemon of).
     pub fn void_caches(&mut self) -> Result<()> {
         self.bump_epoch()
+    }
+
+    /// Empties every CPU's next-hop cache and nothing else (tests: a next hop changed behind
+    /// the caches' back, as if the answers had aged out, while the NAT flow cache's copies
+    /// still hold the old one). Not atomic against a running datapath: for tests only.
+    pub fn forget_next_hops(&mut self) -> Result<()> {
+        for slot in 0..steer_common::HOP_SLOTS {
+            Self::zero(map::HOPS, &mut self.hops, slot)?;
+        }
+        Ok(())
     }
 
     /// Voids every CPU's flow cache (a service entry changed: the cached flows' service may be
@@ -1192,7 +1208,11 @@ impl Datapath {
         Ok(total)
     }
 
-    fn zero(name: &'static str, m: &mut PerCpuArray<MapData, Counters>, id: u32) -> Result<()> {
+    fn zero<T: aya::Pod + Default>(
+        name: &'static str,
+        m: &mut PerCpuArray<MapData, T>,
+        id: u32,
+    ) -> Result<()> {
         let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             name,
             source: MapError::SyscallError(aya::sys::SyscallError {
@@ -1200,13 +1220,12 @@ impl Datapath {
                 io_error: e,
             }),
         })?;
-        let zeros =
-            aya::maps::PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|source| {
-                DatapathError::Map {
-                    name,
-                    source: MapError::from(source),
-                }
-            })?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); n]).map_err(|source| {
+            DatapathError::Map {
+                name,
+                source: MapError::from(source),
+            }
+        })?;
         typed(name, m.set(id, zeros, 0))
     }
 

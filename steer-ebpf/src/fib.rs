@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use steer_common::{hash::mix32, note, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
 
-use crate::{maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
+use crate::{cache, hop, maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -153,15 +153,28 @@ fn try_send(
     let family = route.0 as u8;
     let proto = (route.0 >> 8) as u8;
     let l3_off = ((route.0 >> 16) & 0xffff) as usize;
-    let reply = (route.0 >> 32) & 1 != 0;
+    let ingress = ctx.ingress_ifindex() as u32;
+    let ask = hop::Ask {
+        src,
+        dst,
+        ingress,
+        proto,
+        len: (ctx.data_end() - ctx.data()).saturating_sub(l3_off) as u16,
+    };
+    let slot = ask.slot();
+    // Read before the FIB is asked: a change after its answer voids the answer.
+    let epoch = cache::host().epoch;
+    if let Some(h) = hop::find(slot, &ask, epoch) {
+        let (dmac, smac) = hop::macs(h);
+        return out(ctx, route, dmac, smac, h.ifindex_out, h.filled_jiffies);
+    }
     let mut req = core::mem::MaybeUninit::<Request>::uninit();
     zero(req.as_mut_ptr());
     // SAFETY: zeroed just above; all zeroes is a valid request.
     let p = unsafe { &mut (*req.as_mut_ptr()).0 };
-    let ingress = ctx.ingress_ifindex() as u32;
     p.l4_protocol = proto;
     p.ifindex = ingress;
-    p.__bindgen_anon_1.tot_len = (ctx.data_end() - ctx.data()).saturating_sub(l3_off) as u16;
+    p.__bindgen_anon_1.tot_len = ask.len;
     if family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = words(src)[0];
@@ -189,31 +202,48 @@ fn try_send(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Stop::Drop(outcome::DROP_TOO_BIG)),
         _ => return Err(Stop::Drop(outcome::DROP_NO_ROUTE)),
     }
+    hop::keep(slot, &ask, epoch, &p.dmac, &p.smac, p.ifindex);
+    out(ctx, route, &p.dmac, &p.smac, p.ifindex, natcache::NOW)
+}
+
+/// Sends a translated packet out as the FIB said (`since`: when it said so, for a NAT cache
+/// fill that takes the answer; `natcache::NOW` for an answer just given).
+#[inline(always)]
+fn out(
+    ctx: &XdpContext,
+    route: Route,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    ifindex: u32,
+    since: u32,
+) -> Result<Verdict, Stop> {
+    let l3_off = ((route.0 >> 16) & 0xffff) as usize;
+    let reply = (route.0 >> 32) & 1 != 0;
     let eth = ptr_at_mut::<[u8; 12]>(ctx, 0).ok_or(Stop::Pass(outcome::PASS_MALFORMED))?;
     // SAFETY: ptr_at_mut checked that the 12 bytes are in the packet.
     let macs = unsafe { &mut *eth };
-    macs[0..6].copy_from_slice(&p.dmac);
-    macs[6..12].copy_from_slice(&p.smac);
+    macs[0..6].copy_from_slice(dmac);
+    macs[6..12].copy_from_slice(smac);
     let (tx, redirect) = if reply {
         (outcome::TX_REPLY, outcome::REDIRECT_REPLY)
     } else {
         (outcome::TX_FORWARD, outcome::REDIRECT_FORWARD)
     };
     let fill = route.0 & FILL != 0;
-    if p.ifindex == ingress {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         if fill {
-            natcache::next_hop(ctx, l3_off, &p.dmac, &p.smac, p.ifindex);
+            natcache::next_hop(ctx, l3_off, dmac, smac, ifindex, since);
         }
         return Ok((xdp_action::XDP_TX, tx));
     }
     // SAFETY: helper without preconditions; returns XDP_REDIRECT, or XDP_ABORTED on a bad
     // index (never: the FIB gave it).
-    let action = unsafe { bpf_redirect(p.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     if action != xdp_action::XDP_REDIRECT {
         return Err(Stop::Drop(outcome::DROP_NO_ROUTE));
     }
     if fill {
-        natcache::next_hop(ctx, l3_off, &p.dmac, &p.smac, p.ifindex);
+        natcache::next_hop(ctx, l3_off, dmac, smac, ifindex, since);
     }
     Ok((action, redirect))
 }

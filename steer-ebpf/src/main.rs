@@ -19,6 +19,7 @@ mod fib;
 mod filter;
 mod flow;
 mod forward;
+mod hop;
 mod icmp;
 mod maps;
 mod nat;

@@ -138,6 +138,12 @@ pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
 pub static NAT_CACHE: PerCpuArray<steer_common::NatCached> =
     PerCpuArray::with_max_entries((1 << NAT_CACHE_LOG2) + 1, 0);
 
+/// The next-hop cache (`crate::hop`), per CPU: the FIB's answers for translated packets.
+/// Datapath only; not pinned (a new program starts with an empty cache).
+#[map(name = "STEER_HOP_V1")]
+pub static HOPS: PerCpuArray<steer_common::CachedHop> =
+    PerCpuArray::with_max_entries(steer_common::HOP_SLOTS, 0);
+
 /// The flow epochs (`crate::cache`): one counter per bucket of 5-tuples, moved on every CPU's
 /// change of a flow's entry. Datapath only; pinned (`steer_common::map::FLOW_EPOCHS`).
 #[map(name = "STEER_FEPOCH_V1")]

@@ -41,9 +41,11 @@
 //! the same MAC) changes no answer (`bpf_fib_lookup` takes any valid state) and moves nothing.
 //! The fill reads the epoch before it asks the FIB, so a change after the answer voids it. Were
 //! the daemon gone (fail static) or a notification lost, the refresh bounds a stale answer to
-//! 50 jiffies. A skipped lookup changes nothing in the kernel: `bpf_fib_lookup` neither
-//! confirms nor marks a neighbour used, so reachability is kept up by the kernel's own traffic
-//! and probes, as before.
+//! 50 jiffies. The answer a fill takes may come from the next-hop cache (`crate::hop`), kept
+//! under the same rules; the entry is then dated by when the FIB gave it, so the bound holds
+//! from the answer, not from the fill. A skipped lookup changes nothing in the kernel:
+//! `bpf_fib_lookup` neither confirms nor marks a neighbour used, so reachability is kept up by
+//! the kernel's own traffic and probes, as before.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -371,9 +373,18 @@ pub fn rewritten(ctx: &XdpContext, pkt: &Packet) {
 
 /// The FIB's answer for the fill being put together: the frame's MACs out and the egress
 /// interface; with the interface the frame came in by and its IP length (at `l3_off`), for
-/// which the route's MTU was checked.
+/// which the route's MTU was checked. `since`: when the FIB gave it (in jiffies: an answer
+/// from the next-hop cache, `crate::hop`), or `NOW`. (A jiffies count of exactly `NOW`, once
+/// in 2^32, dates the entry from its fill instead: 50 jiffies late at most, that once.)
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, l3_off: usize, dmac: &[u8; 6], smac: &[u8; 6], ifindex_out: u32) {
+pub fn next_hop(
+    ctx: &XdpContext,
+    l3_off: usize,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    ifindex_out: u32,
+    since: u32,
+) {
     let Some(s) = stage() else {
         return;
     };
@@ -386,8 +397,16 @@ pub fn next_hop(ctx: &XdpContext, l3_off: usize, dmac: &[u8; 6], smac: &[u8; 6],
     s.ifindex_in = ctx.ingress_ifindex() as u32;
     s.ifindex_out = ifindex_out;
     s.max_len = (ctx.data_end() - ctx.data()).saturating_sub(l3_off) as u16;
+    // An answer from the next-hop cache is as old as it is: the entry is dated by the older
+    // of the two, so the FIB's answer is never used past its refresh period.
+    if since != NOW && (since.wrapping_sub(s.filled_jiffies) as i32) < 0 {
+        s.filled_jiffies = since;
+    }
     s.fills |= staged::NEXT_HOP;
 }
+
+/// `next_hop`'s `since` for an answer the FIB has just given.
+pub const NOW: u32 = u32::MAX;
 
 /// Puts the fill begun for `pkt` into its slot once every part is in (the packet was sent).
 /// Harmless after any NAT send: a fill is complete only in the run that began it (the FIB's

@@ -60,6 +60,10 @@ fn nat_cache() {
                 "a_change_of_the_service_voids_it",
                 a_change_of_the_service_voids_it,
             ),
+            (
+                "a_next_hop_is_kept_until_voided_or_refreshed",
+                a_next_hop_is_kept_until_voided_or_refreshed,
+            ),
         ],
     );
 }
@@ -422,10 +426,12 @@ fn a_fin_or_rst_on_another_cpu_voids_both_ways(n: &mut Nat) {
             both_ways(n, ("web", "web-b"), (c, p), port, 3);
             port
         };
-        // Both next hops move behind the cache's back: what the full path sends from now on
-        // goes to the new MACs, a cached copy to the old ones.
+        // Both next hops move behind the caches' back, and the next-hop cache forgets its
+        // answers (as when they age out) while the NAT cache keeps its copies: what the full
+        // path sends from now on goes to the new MACs, a cached copy to the old ones.
         move_neighbour(n, "be0", be4(2), MOVED);
         move_neighbour(n, "cli0", c, MOVED);
+        n.t.bal.datapath_mut().forget_next_hops().unwrap();
         {
             let _cpu = OnCpu::pin(1);
             match i {
@@ -685,4 +691,69 @@ fn a_change_of_the_service_voids_it(n: &mut Nat) {
         "the service removed, its cached flow's packets are for no service",
         from_client(c, p, solo, ack(1), b"GET /"),
     ));
+}
+
+/// A new connection's SYN to `be` whose next hop's MAC is `dmac`.
+fn syn_via(n: &Nat, desc: &str, (svc, be): (&str, &str), frame: Frame, dmac: [u8; 6]) -> Row {
+    let mut row = n.to_backend(desc, svc, be, frame, true, None);
+    let (dst, dport) = n.be_addr(be);
+    let (srcs, lo, hi) = n.sources(svc, be);
+    row.output = xlate(
+        dmac,
+        BE_SIDE_MAC,
+        Side::Source(srcs, lo, hi, None),
+        dst,
+        dport,
+    );
+    row
+}
+
+/// The FIB's answer for a next hop is kept per CPU (`hop.rs`) under the NAT cache's rules:
+/// a new connection to the same backend is sent with it, without asking the FIB, until the
+/// host epoch moves (steer-ctl's answer to the kernel's notice of a neighbour change) or 50
+/// jiffies pass.
+fn a_next_hop_is_kept_until_voided_or_refreshed(n: &mut Nat) {
+    let _cpu = OnCpu::pin(0);
+    let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
+    n.t.bal.datapath_mut().void_caches().unwrap();
+    let p1 = n.port_to("web", c, "web-a", 50_800);
+    n.establish("web", "web-a", c, p1);
+    move_neighbour(n, "be0", be4(1), MOVED);
+    let p2 = n.port_to("web", c, "web-a", 50_820);
+    let row = n.to_backend(
+        "the backend's MAC changed, nobody told: a new connection's SYN goes to the next hop \
+         the FIB gave the first one",
+        "web",
+        "web-a",
+        from_client(c, p2, vip, syn(), &[]),
+        true,
+        None,
+    );
+    n.client(row);
+    n.t.bal.datapath_mut().void_caches().unwrap();
+    let p3 = n.port_to("web", c, "web-a", 50_840);
+    let row = syn_via(
+        n,
+        "once the caches are voided (the daemon's answer to the kernel's notice), the FIB's new \
+         answer",
+        ("web", "web-a"),
+        from_client(c, p3, vip, syn(), &[]),
+        MOVED,
+    );
+    n.client(row);
+    move_neighbour(n, "be0", be4(1), mac4(1));
+    // Without a notice, the answer's refresh period (50 jiffies: 200 ms at HZ=250, 500 ms at
+    // HZ=100) bounds how long the moved MAC is used.
+    std::thread::sleep(Duration::from_millis(600));
+    let p4 = n.port_to("web", c, "web-a", 50_860);
+    let row = n.to_backend(
+        "the MAC changed back, nobody told: after the refresh period, the FIB is asked again",
+        "web",
+        "web-a",
+        from_client(c, p4, vip, syn(), &[]),
+        true,
+        None,
+    );
+    n.client(row);
+    n.t.bal.datapath_mut().void_caches().unwrap();
 }
