@@ -966,7 +966,11 @@ pub mod event {
     /// ACK takes the Maglev choice (the same backend while the pool is unchanged). The
     /// attempts array's evictions.
     pub const ATTEMPT_EVICTED: u32 = super::outcome::COUNT + 13;
-    pub const NAMES: [&str; 14] = [
+    /// NAT: a note to steer-ctl (`STEER_NOTE_V1`: a backend's failures at its limit, a next
+    /// hop to resolve) found the ring full and was dropped; the daemon learns the news from its
+    /// once-a-second read of the maps instead, up to a second late.
+    pub const NOTES_LOST: u32 = super::outcome::COUNT + 14;
+    pub const NAMES: [&str; 15] = [
         "flow_insert_failed",
         "redispatch",
         "idle_expired",
@@ -981,6 +985,7 @@ pub mod event {
         "recovered",
         "icmp_translated",
         "attempt_evicted",
+        "notes_lost",
     ];
 }
 

@@ -7,8 +7,8 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use steer_common::{event, flow_flags, note, outcome};
-use steer_tests::fixture::{Delta, Field};
+use steer_common::{event, flow_flags, note, outcome, NOTES_BYTES};
+use steer_tests::fixture::{run_frame_on, Delta, Field, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 use crate::nat_common::*;
 
@@ -30,6 +30,10 @@ fn recovery() {
             (
                 "with_observe_and_recover_off_nothing_is_hidden_or_counted",
                 with_observe_and_recover_off_nothing_is_hidden_or_counted,
+            ),
+            (
+                "a_note_the_full_ring_cannot_take_is_counted",
+                a_note_the_full_ring_cannot_take_is_counted,
             ),
         ],
     );
@@ -313,4 +317,54 @@ fn with_observe_and_recover_off_nothing_is_hidden_or_counted(n: &mut Nat) {
     ]);
     n.client(row);
     assert_eq!(n.fails("strict-a"), 0, "no failure counted");
+}
+
+/// quick-b climbs to its error limit (2 refusals) and is reset, as the daemon's checks would
+/// reset it: one note to the daemon. Returns the next client port to try.
+fn climb(n: &mut Nat, from: u16) -> u16 {
+    let (c, quick): (IpAddr, IpAddr) = (CLIENT.into(), vip(82));
+    let mut q = from;
+    for i in 1..=2u64 {
+        q = n.port_to("quick", c, "quick-b", q + 1);
+        let syn = from_client(c, q, quick, syn(), &[]).bytes;
+        let ran = run_frame_on(&mut n.t.bal, &syn, Some(n.lab.cli));
+        assert!(
+            matches!(ran.action, XDP_TX | XDP_REDIRECT),
+            "a SYN to quick-b is sent, not {}",
+            ran.action
+        );
+        let (_, port) = n.nat_of(&key(c, q, quick, 80, TCP));
+        let refusal = n.backend_seg("quick-b", SNAT.into(), port, rst_ack(1001), &[]);
+        let ran = run_frame_on(&mut n.t.bal, &refusal.bytes, Some(n.lab.be));
+        // Hidden (dropped) while Maglev's repicks find another backend for the flow, shown
+        // otherwise: counted as a refusal either way.
+        assert_ne!(ran.action, XDP_PASS, "quick-b's refusal {i} is seen as one");
+        assert_eq!(n.fails("quick-b"), i, "quick-b's failures");
+    }
+    n.bal().reset_observed("quick-b").unwrap();
+    q
+}
+
+/// A note the datapath cannot put in the notes ring (4 KiB: 256 notes, full while the daemon
+/// does not read it) is dropped and counted (`notes_lost`): the daemon's once-a-second read of
+/// the maps catches up. Nothing reads the ring here; each climb of quick-b to its error limit
+/// sends one note.
+fn a_note_the_full_ring_cannot_take_is_counted(n: &mut Nat) {
+    let lost = |n: &Nat| n.bal().datapath().outcomes().unwrap()[event::NOTES_LOST as usize];
+    let before = lost(n);
+    let records = NOTES_BYTES as u64 / 16;
+    let mut q = 56_000;
+    for _ in 0..records + 8 {
+        q = climb(n, q);
+    }
+    let after = lost(n);
+    assert!(
+        after - before >= 8,
+        "{} climbs of one note each into a ring of {records}: {} counted lost",
+        records + 8,
+        after - before
+    );
+    // Still full: the next climb's note is lost too, and counted once.
+    climb(n, q);
+    assert_eq!(lost(n), after + 1, "the next note, lost");
 }
