@@ -31,6 +31,15 @@ fn cache_it(t: &mut steer_tests::fixture::Table, be: &str, port: u16) {
     );
 }
 
+/// The connection table's `last_seen_ns` of the `web` flow from `port`.
+fn last_seen(bal: &Balancer, port: u16) -> u64 {
+    bal.datapath()
+        .flow(&tcp_key(port))
+        .unwrap()
+        .expect("the flow is in the table")
+        .last_seen_ns
+}
+
 fn cached(bal: &Balancer, k: &FlowKey) -> Vec<usize> {
     bal.datapath()
         .cached(k)
@@ -206,13 +215,7 @@ fn cached_flow_keeps_its_table_entry_fresh() {
     let _on = OnCpu::pin(0);
     establish(&mut t, "web-a", pa);
     cache_it(&mut t, "web-a", pa);
-    let first = t
-        .bal
-        .datapath()
-        .flow(&tcp_key(pa))
-        .unwrap()
-        .unwrap()
-        .last_seen_ns;
+    let first = last_seen(&t.bal, pa);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut sent = 0;
     loop {
@@ -222,13 +225,7 @@ fn cached_flow_keeps_its_table_entry_fresh() {
         );
         assert_eq!(r.action, steer_tests::fixture::XDP_TX);
         sent += 1;
-        let now = t
-            .bal
-            .datapath()
-            .flow(&tcp_key(pa))
-            .unwrap()
-            .unwrap()
-            .last_seen_ns;
+        let now = last_seen(&t.bal, pa);
         if now > first {
             // Refreshed no sooner than the cache's refresh period (50 jiffies: 50 ms at HZ=1000).
             assert!(
@@ -270,13 +267,7 @@ fn the_handshakes_ack_fills_the_cache() {
             vec![0],
             "the handshake's ACK filled CPU 0's cache"
         );
-        let at_ack = t
-            .bal
-            .datapath()
-            .flow(&tcp_key(pa))
-            .unwrap()
-            .unwrap()
-            .last_seen_ns;
+        let at_ack = last_seen(&t.bal, pa);
         // (Time passing is what is measured here: the coarse clock ticks every 4 ms at HZ=250.)
         std::thread::sleep(Duration::from_millis(12));
         let row = fwd(
@@ -289,13 +280,7 @@ fn the_handshakes_ack_fills_the_cache() {
         );
         t.check(row);
         let took = acked.elapsed();
-        let after = t
-            .bal
-            .datapath()
-            .flow(&tcp_key(pa))
-            .unwrap()
-            .unwrap()
-            .last_seen_ns;
+        let after = last_seen(&t.bal, pa);
         if took < Duration::from_millis(40) {
             assert_eq!(
                 after,
