@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use steer_common::{hash::mix32, note, outcome, NeighWant, FAMILY_V4, NEIGH_SLOTS};
 
-use crate::{cache, hop, maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
+use crate::{addr::words, cache, hop, maps::NEIGH, natcache, parse::ptr_at_mut, Stop, Verdict};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -39,12 +39,6 @@ struct Request(FibParams);
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Addr([u32; 4]);
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: same size, plain integers.
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
-}
 
 /// What `send` needs besides the addresses, packed into one argument (BPF calls take at most
 /// five): family, protocol, offset of the IP header, which direction (for the outcome), and
@@ -202,12 +196,12 @@ fn try_send(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Stop::Drop(outcome::DROP_TOO_BIG)),
         _ => return Err(Stop::Drop(outcome::DROP_NO_ROUTE)),
     }
-    hop::keep(slot, &ask, epoch, &p.dmac, &p.smac, p.ifindex);
-    out(ctx, route, &p.dmac, &p.smac, p.ifindex, natcache::NOW)
+    let since = hop::keep(slot, &ask, epoch, &p.dmac, &p.smac, p.ifindex);
+    out(ctx, route, &p.dmac, &p.smac, p.ifindex, since)
 }
 
 /// Sends a translated packet out as the FIB said (`since`: when it said so, for a NAT cache
-/// fill that takes the answer; `natcache::NOW` for an answer just given).
+/// fill that takes the answer).
 #[inline(always)]
 fn out(
     ctx: &XdpContext,

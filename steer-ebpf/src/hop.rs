@@ -18,7 +18,11 @@
 use aya_ebpf::helpers::bpf_jiffies64;
 use steer_common::{hash::mix32, CachedHop, HOP_SLOTS};
 
-use crate::{cache::REFRESH_JIFFIES, maps::HOPS};
+use crate::{
+    addr::{is, words},
+    cache::REFRESH_JIFFIES,
+    maps::HOPS,
+};
 
 /// What a translated packet asks the FIB, as a key.
 pub struct Ask<'a> {
@@ -31,17 +35,6 @@ pub struct Ask<'a> {
 }
 
 #[inline(always)]
-fn word(a: &[u8; 16], i: usize) -> u32 {
-    // SAFETY: i < 4, inside the 16 bytes; an unaligned word load (the JIT does them).
-    unsafe { core::ptr::read_unaligned((a.as_ptr() as *const u32).add(i)) }
-}
-
-#[inline(always)]
-fn same(w: &[u32; 4], a: &[u8; 16]) -> bool {
-    (w[0] ^ word(a, 0)) | (w[1] ^ word(a, 1)) | (w[2] ^ word(a, 2)) | (w[3] ^ word(a, 3)) == 0
-}
-
-#[inline(always)]
 fn jiffies() -> u32 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_jiffies64() as u32 }
@@ -50,10 +43,8 @@ fn jiffies() -> u32 {
 impl Ask<'_> {
     #[inline(always)]
     pub fn slot(&self) -> u32 {
-        let (s, d) = (self.src, self.dst);
-        mix32(word(s, 0) ^ word(s, 3) ^ word(d, 0) ^ word(d, 1) ^ word(d, 2) ^ word(d, 3))
-            .wrapping_add(self.ingress)
-            % HOP_SLOTS
+        let (s, d) = (words(self.src), words(self.dst));
+        mix32(s[0] ^ s[3] ^ d[0] ^ d[1] ^ d[2] ^ d[3]).wrapping_add(self.ingress) % HOP_SLOTS
     }
 }
 
@@ -66,8 +57,8 @@ pub fn find(slot: u32, ask: &Ask, epoch: u32) -> Option<&'static CachedHop> {
         || h.cfg_epoch != epoch
         || h.proto != ask.proto
         || ask.len > h.max_len
-        || !same(&h.src, ask.src)
-        || !same(&h.dst, ask.dst)
+        || !is(&h.src, ask.src)
+        || !is(&h.dst, ask.dst)
         || jiffies().wrapping_sub(h.filled_jiffies) >= REFRESH_JIFFIES as u32
     {
         return None;
@@ -76,26 +67,27 @@ pub fn find(slot: u32, ask: &Ask, epoch: u32) -> Option<&'static CachedHop> {
 }
 
 /// Keeps the FIB's answer for `ask` (asked after `epoch` was read) in this CPU's `slot`.
+/// Returns when the answer was given, in jiffies.
 #[inline(always)]
-pub fn keep(slot: u32, ask: &Ask, epoch: u32, dmac: &[u8; 6], smac: &[u8; 6], out: u32) {
+pub fn keep(slot: u32, ask: &Ask, epoch: u32, dmac: &[u8; 6], smac: &[u8; 6], out: u32) -> u32 {
+    let now = jiffies();
     let Some(h) = HOPS.get_ptr_mut(slot) else {
-        return;
+        return now;
     };
     // SAFETY: this CPU's slot; nothing else writes it while this program runs here. Field by
     // field: the callers' stacks have no 64 bytes to spare for a literal.
     let h = unsafe { &mut *h };
-    for i in 0..4 {
-        h.src[i] = word(ask.src, i);
-        h.dst[i] = word(ask.dst, i);
-    }
+    h.src = words(ask.src);
+    h.dst = words(ask.dst);
     h.ifindex_in = ask.ingress;
     h.ifindex_out = out;
     h.cfg_epoch = epoch;
-    h.filled_jiffies = jiffies();
+    h.filled_jiffies = now;
     h.macs[..6].copy_from_slice(dmac);
     h.macs[6..].copy_from_slice(smac);
     h.max_len = ask.len;
     h.proto = ask.proto;
+    now
 }
 
 /// The next hop's MAC and the egress interface's, from an entry.

@@ -19,6 +19,7 @@ use aya_ebpf::programs::XdpContext;
 use steer_common::{event, outcome, FlowKey, ServiceKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{
+    addr::same,
     csum::{swap_addr, Delta},
     fib, flow,
     maps::ICMP_PLAN,
@@ -244,14 +245,6 @@ fn plan_to_backend(plan: &mut Plan) -> bool {
     plan.src = lb;
     plan.dst = be.addr;
     true
-}
-
-/// Address equality in word compares (BPF has no memcmp).
-#[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let (a, b) = (a.as_ptr() as *const u32, b.as_ptr() as *const u32);
-    // SAFETY: four words of each 16-byte address.
-    unsafe { (0..4).all(|i| *a.add(i) == *b.add(i)) }
 }
 
 /// The 5-tuple of the quoted packet (its IP header at `q`, ports `l4` bytes after).

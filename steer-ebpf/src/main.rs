@@ -11,6 +11,7 @@
 #![feature(core_intrinsics)]
 #![no_main]
 
+mod addr;
 mod attempt;
 mod cache;
 mod chain;

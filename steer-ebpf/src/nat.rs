@@ -23,6 +23,7 @@ use steer_common::{
 };
 
 use crate::{
+    addr::same,
     cache,
     csum::{swap_addr, Delta},
     fib, flow,
@@ -79,19 +80,6 @@ impl Nat {
 #[inline(always)]
 fn ids(svc_id: u32, be_id: u32, nat: Nat) -> u64 {
     (svc_id as u64 & 0xffff) | (be_id as u64 & 0xffff) << 16 | (nat.pack() as u64) << 32
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: same size, plain integers.
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
-}
-
-/// Address equality in four word compares (BPF has no memcmp).
-#[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let (a, b) = (words(a), words(b));
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
 /// The LB address a flow of service `svc_id` to `be` leaves from.

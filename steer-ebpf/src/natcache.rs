@@ -58,6 +58,7 @@ use steer_common::{
 };
 
 use crate::{
+    addr::words,
     cache,
     csum::{self, Delta},
     maps::NAT_CACHE,
@@ -246,12 +247,6 @@ fn fold(sum: u64) -> u16 {
     s as u16
 }
 
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: same size, plain integers.
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
-}
-
 /// Begins a fill for `pkt`, a packet of an established NAT flow on its full path: `p` holds
 /// the epochs read before its half was looked up (and the host epoch before its service
 /// was, and before the FIB is asked); `svc`, `backend`, `gen` what the half said (for a
@@ -373,9 +368,8 @@ pub fn rewritten(ctx: &XdpContext, pkt: &Packet) {
 
 /// The FIB's answer for the fill being put together: the frame's MACs out and the egress
 /// interface; with the interface the frame came in by and its IP length (at `l3_off`), for
-/// which the route's MTU was checked. `since`: when the FIB gave it (in jiffies: an answer
-/// from the next-hop cache, `crate::hop`), or `NOW`. (A jiffies count of exactly `NOW`, once
-/// in 2^32, dates the entry from its fill instead: 50 jiffies late at most, that once.)
+/// which the route's MTU was checked. `since`: when the FIB gave it, in jiffies (earlier
+/// than the fill for an answer from the next-hop cache, `crate::hop`).
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
@@ -399,14 +393,11 @@ pub fn next_hop(
     s.max_len = (ctx.data_end() - ctx.data()).saturating_sub(l3_off) as u16;
     // An answer from the next-hop cache is as old as it is: the entry is dated by the older
     // of the two, so the FIB's answer is never used past its refresh period.
-    if since != NOW && (since.wrapping_sub(s.filled_jiffies) as i32) < 0 {
+    if (since.wrapping_sub(s.filled_jiffies) as i32) < 0 {
         s.filled_jiffies = since;
     }
     s.fills |= staged::NEXT_HOP;
 }
-
-/// `next_hop`'s `since` for an answer the FIB has just given.
-pub const NOW: u32 = u32::MAX;
 
 /// Puts the fill begun for `pkt` into its slot once every part is in (the packet was sent).
 /// Harmless after any NAT send: a fill is complete only in the run that began it (the FIB's

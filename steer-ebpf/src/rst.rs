@@ -13,6 +13,7 @@ use aya_ebpf::{
 use steer_common::{outcome, FAMILY_V4, PROTO_TCP};
 
 use crate::{
+    addr::words,
     csum,
     parse::{ptr_at_mut, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Stop,
@@ -73,12 +74,6 @@ impl Out<ETH_ADDRS_LEN> {
             *(self.0.add(10) as *mut u16) = d1;
         }
     }
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    // SAFETY: same size, plain integers.
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
 }
 
 /// Sum of the 16-bit words of a network-order u32.
