@@ -77,10 +77,10 @@ pub mod map {
     /// Per CPU, one `u32`: the flow changes this CPU has stamped into `FLOW_EPOCHS`.
     /// Datapath only; pinned with the epochs.
     pub const CHANGE_SEQ: &str = "STEER_FSEQ_V1";
-    /// `1 << ATTEMPTS_LOG2` × `Attempt` (mmapable): connection attempts (flows that have
+    /// `1 << ATTEMPTS_LOG2` × `Attempt` (mmapable): DSR connection attempts (flows that have
     /// seen only SYNs), direct-mapped by `hash::cache_hash`. Written by the datapath, read by
     /// steer-ctl (active flows); pinned, so a restart keeps the attempts in flight.
-    pub const ATTEMPTS: &str = "STEER_ATTEMPT_V2";
+    pub const ATTEMPTS: &str = "STEER_ATTEMPT_V1";
     /// `ATTEMPT_MARK_LINES` × 64 bytes: one byte per slot of `ATTEMPTS`, set while the slot
     /// may hold an attempt. Datapath only; pinned with the attempts.
     pub const ATTEMPT_MARKS: &str = "STEER_AMARK_V1";
@@ -174,8 +174,6 @@ pub mod handoff {
     pub const NONE: u32 = 0;
     pub const ESTABLISHED: u32 = 1;
     pub const TRANSIENT: u32 = 2;
-    /// The flow is a NAT attempt in `map::ATTEMPTS`.
-    pub const ATTEMPT: u32 = 3;
 }
 
 /// Size of the pre-filter (`map::FILTER`): `1 << FILTER_BITS_LOG2` bits in `FILTER_WORDS`
@@ -512,9 +510,6 @@ pub mod flow_flags {
     /// NAT: the backend refused this attempt (or left it unanswered) and another backend could
     /// take it: the client's next SYN is steered elsewhere.
     pub const REFUSED: u16 = 1 << 3;
-    /// NAT, an attempt in the attempts array: its backend answered with a SYN-ACK, so the
-    /// client's ACK is on its way and the attempt is not replaced by another 5-tuple's SYN.
-    pub const ANSWERED: u16 = 1 << 4;
 }
 
 /// `Flow::nat_addr` when the flow leaves from its backend's `snat` address.
@@ -756,91 +751,25 @@ const _: () = assert!(core::mem::size_of::<CachedHop>() == 64);
 const _: () = assert!((1u32 << FLOW_EPOCH_LOG2) <= NAT_CACHED_REPLY as u32);
 const _: () = assert!(MAX_BACKENDS <= 1 << 16);
 
-/// A connection attempt: a flow that has seen only SYNs, pinned to the backend its SYN went
-/// to (and, for a NAT flow, to the source it was given). Element of `STEER_ATTEMPT_V2`.
-/// Written by several CPUs without a lock (a slot is shared by every 5-tuple that hashes to
-/// it), so `check` seals the rest: a reader that finds it does not match (a write torn by
-/// another) treats the slot as empty.
+/// A DSR connection attempt: a flow that has seen only SYNs, pinned to the backend its SYN
+/// went to. Element of `STEER_ATTEMPT_V1`. Written by several CPUs without a lock (a slot is
+/// shared by every 5-tuple that hashes to it), so `check` seals the rest: a reader that finds
+/// it does not match (a write torn by another) treats the slot as empty.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
     pub key: FlowKey,
-    /// A backend id (`< MAX_BACKENDS`).
-    pub backend: u16,
+    pub backend: u32,
     pub gen: u16,
-    /// NAT: the flow's source port (network order); 0 for a DSR flow.
-    pub nat_port_be: u16,
-    /// NAT: `Flow::nat_addr` of the flow.
-    pub nat_addr: u16,
+    pub _pad: u16,
     /// `bpf_ktime_get_coarse_ns()` of its last SYN.
     pub last_seen_ns: u64,
-    /// Low 48 bits (`ATTEMPT_SEAL`): `hash::attempt_check` of the fields above, 0 when empty.
-    /// High 16 bits: `flow_flags` set on the attempt after its SYN (`REFUSED`, `ANSWERED`), by
-    /// an atomic OR, outside the seal.
+    /// `hash::attempt_check` of the fields above; 0: empty.
     pub check: u64,
 }
 const _: () = assert!(core::mem::size_of::<Attempt>() == 64);
 
-/// The seal's bits of `Attempt::check`; the rest are flags.
-pub const ATTEMPT_SEAL: u64 = (1 << 48) - 1;
-
 impl Attempt {
-    /// A whole attempt of `key` on `backend` (sealed).
-    #[inline(always)]
-    pub fn new(
-        key: &FlowKey,
-        backend: u32,
-        gen: u16,
-        nat_port_be: u16,
-        nat_addr: u16,
-        now: u64,
-    ) -> Attempt {
-        let mut a = Attempt {
-            key: *key,
-            backend: backend as u16,
-            gen,
-            nat_port_be,
-            nat_addr,
-            last_seen_ns: now,
-            check: 0,
-        };
-        a.check = hash::attempt_check(key, a.head(), now);
-        a
-    }
-
-    /// Backend, generation and NAT source as one word (`pin_word`; with the key and the
-    /// time, what the seal covers).
-    #[inline(always)]
-    pub fn head(&self) -> u64 {
-        pin_word(
-            self.backend as u32,
-            self.gen,
-            self.nat_port_be,
-            self.nat_addr,
-        )
-    }
-
-    /// The attempt as the flow entry it stands for: pinned to its backend (and source), only
-    /// SYNs seen.
-    #[inline(always)]
-    pub fn as_flow(&self) -> Flow {
-        Flow {
-            backend: self.backend as u32,
-            gen: self.gen,
-            flags: flow_flags::SYN_ONLY | (self.check >> 48) as u16,
-            last_seen_ns: self.last_seen_ns,
-            nat_port_be: self.nat_port_be,
-            nat_addr: self.nat_addr,
-            _pad: 0,
-        }
-    }
-
-    /// Whether the attempt is a NAT flow's (it has a source port).
-    #[inline(always)]
-    pub fn is_nat(&self) -> bool {
-        self.nat_port_be != 0
-    }
-
     /// Whether the slot holds a whole attempt (not empty, not torn) of `key`, younger than
     /// `ATTEMPT_TTL_NS` at `now`.
     #[inline(always)]
@@ -854,30 +783,9 @@ impl Attempt {
     pub fn live(&self, now: u64) -> bool {
         // The time first: an empty or old slot is told without computing the seal.
         now.saturating_sub(self.last_seen_ns) < ATTEMPT_TTL_NS
-            && self.check & ATTEMPT_SEAL
-                == hash::attempt_check(&self.key, self.head(), self.last_seen_ns)
+            && self.check
+                == hash::attempt_check(&self.key, self.backend, self.gen, self.last_seen_ns)
     }
-}
-
-/// What a flow is pinned to — backend id (`< MAX_BACKENDS`), generation, NAT source port and
-/// address — as one word, so that two pins compare in one instruction.
-#[inline(always)]
-pub fn pin_word(backend: u32, gen: u16, nat_port_be: u16, nat_addr: u16) -> u64 {
-    (backend as u64 & 0xffff)
-        | (gen as u64) << 16
-        | (nat_port_be as u64) << 32
-        | (nat_addr as u64) << 48
-}
-
-/// `pin_word`'s parts: backend id, generation, NAT source port and address.
-#[inline(always)]
-pub fn unpin(w: u64) -> (u32, u16, u16, u16) {
-    (
-        w as u32 & 0xffff,
-        (w >> 16) as u16,
-        (w >> 32) as u16,
-        (w >> 48) as u16,
-    )
 }
 
 /// Where a flow goes and what was seen of it. Value of `STEER_FLOWS_V2` and `STEER_TRANS_V2`.
@@ -899,14 +807,6 @@ pub struct Flow {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 24);
-impl Flow {
-    /// What the flow is pinned to, as `pin_word`.
-    #[inline(always)]
-    pub fn pin(&self) -> u64 {
-        pin_word(self.backend, self.gen, self.nat_port_be, self.nat_addr)
-    }
-}
-
 // The datapath updates `backend | gen << 32 | flags << 48` as one aligned, atomic 64-bit word.
 const _: () =
     assert!(core::mem::offset_of!(Flow, flags) == 6 && core::mem::align_of::<Flow>() == 8);

@@ -629,7 +629,7 @@ pub struct Datapath {
     /// The NAT flow cache (per CPU), read by tests and the bench.
     nat_cache: PerCpuArray<MapData, steer_common::NatCached>,
     hops: PerCpuArray<MapData, steer_common::CachedHop>,
-    /// Connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
+    /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
     /// The established table's presence filter, mmapped: rounds run by flow scans.
     presence: Arc<Presence>,
@@ -1347,7 +1347,7 @@ pub struct FlowReader {
 pub struct Occupancy {
     pub established: u64,
     pub transient: u64,
-    /// Connection attempts standing (their slots of `map::ATTEMPTS`).
+    /// DSR connection attempts standing (their slots of `map::ATTEMPTS`).
     pub attempts: u64,
 }
 
@@ -1375,7 +1375,7 @@ impl Mapped<Attempt> {
                 continue;
             }
             n += 1;
-            f(&a.key, &a.as_flow());
+            f(&a.key, &attempt_flow(&a));
         }
         n
     }
@@ -1388,13 +1388,26 @@ impl Mapped<Attempt> {
     }
 }
 
+/// A connection attempt as a flow entry: pinned to its backend, only SYNs seen.
+fn attempt_flow(a: &Attempt) -> Flow {
+    Flow {
+        backend: a.backend,
+        gen: a.gen,
+        flags: flow_flags::SYN_ONLY,
+        last_seen_ns: a.last_seen_ns,
+        nat_port_be: 0,
+        nat_addr: 0,
+        _pad: 0,
+    }
+}
+
 impl FlowReader {
     /// The established table's presence filter.
     pub fn presence(&self) -> &Presence {
         &self.presence
     }
 
-    /// Calls `f` on every flow of both tables and on every connection attempt, fetching
+    /// Calls `f` on every flow of both tables and on every DSR connection attempt, fetching
     /// the tables in batches of 4,096 (one syscall each). Returns how many each held. The
     /// attempts and the transient table are read first: a flow promoted while the scan runs is
     /// inserted in the established table before it leaves them, so it is seen at least once (a
@@ -1609,11 +1622,11 @@ impl Datapath {
     }
 
     /// The flow entry of a 5-tuple as the datapath finds it for a packet that is not a SYN:
-    /// its connection attempt, else its entry in the established table, else in the
+    /// its DSR connection attempt, else its entry in the established table, else in the
     /// transient one.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
         if let Some(a) = self.attempts.find(key, monotonic_ns()) {
-            return Ok(Some(a.as_flow()));
+            return Ok(Some(attempt_flow(&a)));
         }
         for (name, m) in [(map::FLOWS, &self.flows), (map::TRANSIENT, &self.transient)] {
             match m.get(key, 0) {
@@ -1623,12 +1636,6 @@ impl Datapath {
             }
         }
         Ok(None)
-    }
-
-    /// The 5-tuple's connection attempt in the attempts array, if one stands there (a NAT
-    /// attempt whose slot was held is in the transient table instead).
-    pub fn attempt(&self, key: &FlowKey) -> Option<Attempt> {
-        self.attempts.find(key, monotonic_ns())
     }
 
     /// Whether the 5-tuple's entry is in the established table (else transient, or none).

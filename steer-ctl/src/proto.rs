@@ -206,7 +206,7 @@ pub struct FlowScan {
     pub transient: u64,
     #[serde(default)]
     pub transient_capacity: u64,
-    /// Connection attempts standing (flows that have seen only SYNs), and the slots they
+    /// DSR connection attempts standing (flows that have seen only SYNs), and the slots they
     /// have.
     #[serde(default)]
     pub attempts: u64,

@@ -75,18 +75,18 @@ pub fn insert_flow(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) {
     }
 }
 
-/// A connection attempt's handshake completed: its flow enters the established table
+/// A DSR connection attempt's handshake completed: its flow enters the established table
 /// (BPF_ANY: the SYN forgot any entry of an older connection on its 5-tuple). False when the
 /// table refused it: the attempt stands, and the next packet tries again.
 #[inline(always)]
-pub fn establish(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) -> bool {
+pub fn establish(pkt: &Packet, backend: u32, gen: u16, now: u64) -> bool {
     let f = Flow {
         backend,
         gen,
         flags: 0,
         last_seen_ns: now,
-        nat_port_be: nat.port_be,
-        nat_addr: nat.addr,
+        nat_port_be: 0,
+        nat_addr: 0,
         _pad: 0,
     };
     presence::mark(cache::hash(&pkt.key));
@@ -97,17 +97,17 @@ pub fn establish(pkt: &Packet, backend: u32, gen: u16, nat: Nat, now: u64) -> bo
     true
 }
 
-/// A connection attempt ended before its handshake did (`flags`: the client's FIN or RST,
-/// or steer's RST): kept in the transient table for its last packets, as any ended flow.
+/// A DSR connection attempt ended before its handshake did (`flags`: the client's FIN or
+/// RST, or steer's RST): kept in the transient table for its last packets, as any ended flow.
 #[inline(always)]
-pub fn record_ended(pkt: &Packet, backend: u32, gen: u16, nat: Nat, flags: u16, now: u64) {
+pub fn record_ended(pkt: &Packet, backend: u32, gen: u16, flags: u16, now: u64) {
     let f = Flow {
         backend,
         gen,
         flags,
         last_seen_ns: now,
-        nat_port_be: nat.port_be,
-        nat_addr: nat.addr,
+        nat_port_be: 0,
+        nat_addr: 0,
         _pad: 0,
     };
     if TRANSIENT.insert(&pkt.key, &f, 0).is_err() {

@@ -16,7 +16,7 @@
 //! the quote is often cut before it.
 
 use aya_ebpf::programs::XdpContext;
-use steer_common::{event, outcome, unpin, FlowKey, ServiceKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use steer_common::{event, outcome, FlowKey, ServiceKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     addr::same,
@@ -213,21 +213,13 @@ fn plan_to_backend(plan: &mut Plan) -> bool {
         dport_be: quoted.sport_be,
         ..*quoted
     };
-    // Where the client's flow is pinned: established, an attempt, or transient.
-    let pin = match flow::lookup_flow(&client) {
-        // SAFETY: pointer from the lookup, valid for this run.
-        Some(f) => unsafe { (*f).pin() },
-        None => match nat::attempt_of(&client, flow::now()) {
-            // SAFETY: as above.
-            0 => match flow::lookup_transient(&client) {
-                Some(f) => unsafe { (*f).pin() },
-                None => return false,
-            },
-            pin => pin,
-        },
+    let Some(f) = flow::lookup_flow(&client).or_else(|| flow::lookup_transient(&client)) else {
+        return false;
     };
-    let (backend, gen, port_be, addr) = unpin(pin);
-    let nat = nat::Nat { port_be, addr };
+    // SAFETY: pointer from the lookup, valid for this run.
+    let nat = nat::Nat::of(unsafe { &*f });
+    // SAFETY: as above.
+    let (backend, gen) = unsafe { ((*f).backend, (*f).gen) };
     if !nat.is_nat() {
         return false;
     }

@@ -35,8 +35,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use steer_common::{
-    event, flow_flags, global_flags, handoff, outcome, pin_word, prog, svc_flags, unpin, Backend,
-    Flow, Service, BACKEND_NONE, MODE_NAT,
+    event, flow_flags, global_flags, handoff, outcome, prog, svc_flags, Backend, Flow, Service,
+    BACKEND_NONE, MODE_NAT,
 };
 
 use crate::{nat::Nat, parse::Packet};
@@ -174,17 +174,16 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(svc_id, len);
-    // Connection attempts live in their own array (`attempt`); a NAT attempt whose slot was
-    // held lives in the transient table. A DSR packet looks there first; a NAT packet after
-    // the established table (an established flow's packets that the NAT cache did not serve,
-    // most of them its last ones, read no mark), which never holds a flow that has an attempt.
-    let slot = attempt::slot(hash);
     if !NAT && pkt.is_tcp() {
+        // DSR connection attempts live in their own array (`attempt`).
         if pkt.is_syn() && !pkt.ends_flow() {
             return steer_syn(ctx, &pkt, hash, svc_id, svc, len, now);
         }
-        if let Some(v) = steer_attempt_of::<NAT>(ctx, &pkt, probe, slot, svc_id, svc, len, now) {
-            return v;
+        let slot = attempt::slot(hash);
+        if attempt::marked(slot) {
+            if let Some(a) = attempt::find(slot, &pkt.key, now) {
+                return steer_attempt(ctx, &pkt, probe, slot, svc_id, a, len, now);
+            }
         }
     }
     // A SYN whose 5-tuple the presence filter rules out skips the established table (a
@@ -197,11 +196,6 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
     if let Some(f) = established {
         return steer_established::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
-    if NAT && pkt.is_tcp() {
-        if let Some(v) = steer_attempt_of::<NAT>(ctx, &pkt, probe, slot, svc_id, svc, len, now) {
-            return v;
-        }
-    }
     if let Some(f) = flow::lookup_transient(&pkt.key) {
         return steer_transient::<NAT>(ctx, &pkt, probe, svc_id, svc, f, len, now);
     }
@@ -210,31 +204,6 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         stats::count_event(event::FLOW_MISS);
     }
     steer_new::<NAT>(ctx, &pkt, svc_id, svc, None, handoff::NONE, len, now)
-}
-
-/// A packet of a connection attempt standing in `slot`, if the slot holds the packet's:
-/// `steer_attempt` (DSR) or `steer_nat_attempt` (NAT) answers it.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn steer_attempt_of<const NAT: bool>(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    probe: cache::Probe,
-    slot: u32,
-    svc_id: u32,
-    svc: &Service,
-    len: u64,
-    now: u64,
-) -> Option<Result<Verdict, Stop>> {
-    if !attempt::marked(slot) {
-        return None;
-    }
-    let pin = attempt::find(slot, &pkt.key, now)?;
-    Some(if NAT {
-        steer_nat_attempt(ctx, pkt, probe, slot, svc_id, svc, pin, len, now)
-    } else {
-        steer_attempt(ctx, pkt, probe, slot, svc_id, pin, len, now)
-    })
 }
 
 /// A packet for no service: on a host with NAT services (`nat_host`), a backend's reply (to
@@ -262,6 +231,11 @@ fn nat_new(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let (svc_id, svc) = select::lookup_service(&pkt)?;
     let h = chain::handoff().ok_or(Stop::Drop(outcome::DROP_NO_PROGRAM))?;
     let now = flow::now();
+    let existing = match h.table {
+        handoff::ESTABLISHED => flow::lookup_flow(&pkt.key),
+        handoff::TRANSIENT => flow::lookup_transient(&pkt.key),
+        _ => None,
+    };
     let mut chosen = None;
     if h.avoid != BACKEND_NONE {
         chosen = select::choose_instead(svc_id, svc, &pkt.key, h.avoid)?;
@@ -273,7 +247,7 @@ fn nat_new(ctx: &XdpContext) -> Result<Verdict, Stop> {
         chosen = select::choose_new::<true>(svc_id, svc, &pkt)?;
     }
     match chosen {
-        Some(b) => steer_to::<true>(ctx, &pkt, svc_id, svc, Existing::In(h.table), b, h.len, now),
+        Some(b) => steer_to::<true>(ctx, &pkt, svc_id, svc, existing, b, h.len, now),
         None => no_backend(ctx, &pkt, svc_id, svc),
     }
 }
@@ -394,12 +368,11 @@ fn steer_syn(
     }
     let slot = attempt::slot(hash);
     let mut left = None;
-    if let Some(pin) = attempt::find(slot, &pkt.key, now) {
-        let (b, gen, _, _) = unpin(pin);
+    if let Some((b, gen)) = attempt::find(slot, &pkt.key, now) {
         match select::flow_backend(b, gen) {
             Some((be_id, be)) if be.keeps_flows() && be.takes_new_flows() => {
                 // A retransmitted SYN: its attempt stays with its backend.
-                attempt::pin(slot, &pkt.key, be_id, gen, Nat::NONE, 0, now);
+                attempt::pin(slot, &pkt.key, be_id, gen, now);
                 stats::count_backend(be_id, len);
                 return forward::forward_dsr(ctx, be).map(|a| (a, outcome::TX_FORWARD));
             }
@@ -413,16 +386,10 @@ fn steer_syn(
     }
     match select::choose_new::<false>(svc_id, svc, pkt)? {
         Some((be_id, be)) => {
-            // Another 5-tuple's attempt is replaced, unless it is a NAT attempt its backend
-            // answered: this one goes unpinned instead (its ACK takes the Maglev choice, as
-            // a replaced attempt's does).
-            let holder = attempt::holder(slot, &pkt.key, now);
-            if left.is_none() && holder != attempt::Holder::Free {
+            if left.is_none() && attempt::held_by_other(slot, &pkt.key, now) {
                 stats::count_event(event::ATTEMPT_EVICTED);
             }
-            if holder != attempt::Holder::Answered {
-                attempt::pin(slot, &pkt.key, be_id, be.gen, Nat::NONE, 0, now);
-            }
+            attempt::pin(slot, &pkt.key, be_id, be.gen, now);
             // An older connection on this 5-tuple may still be cached on some CPU (its
             // established entry evicted rather than forgotten): void it.
             cache::invalidate_hash(hash);
@@ -448,18 +415,17 @@ fn steer_attempt(
     probe: cache::Probe,
     slot: u32,
     svc_id: u32,
-    pin: u64,
+    (b, gen): (u32, u16),
     len: u64,
     now: u64,
 ) -> Result<Verdict, Stop> {
-    let (b, gen, _, _) = unpin(pin);
     match select::flow_backend(b, gen) {
         Some((be_id, be)) if be.keeps_flows() => {
             if pkt.ends_flow() {
                 stats::count_ended(svc_id, Some(be_id));
-                flow::record_ended(pkt, be_id, gen, Nat::NONE, flow::ends_with(pkt), now);
+                flow::record_ended(pkt, be_id, gen, flow::ends_with(pkt), now);
                 attempt::clear(slot, &pkt.key);
-            } else if flow::establish(pkt, be_id, gen, Nat::NONE, now) {
+            } else if flow::establish(pkt, be_id, gen, now) {
                 attempt::clear(slot, &pkt.key);
                 // Cached from the handshake's ACK on, so that the request after it (in a short
                 // connection, most of what the client sends) is served from this CPU's cache.
@@ -473,88 +439,7 @@ fn steer_attempt(
             let be_id = rejected.map(|(id, _)| id);
             let verdict = rst::reply_rst(ctx, pkt)?;
             stats::count_ended(svc_id, be_id);
-            flow::record_ended(pkt, b, gen, Nat::NONE, flow_flags::RST, now);
-            attempt::clear(slot, &pkt.key);
-            stats::count_rst(svc_id, be_id);
-            Ok((verdict, outcome::TX_RST))
-        }
-    }
-}
-
-/// A packet of a NAT connection attempt standing in the attempts array: a retransmitted SYN
-/// (kept on its backend, or steered again: rule 5, and recovery from a refusal), the
-/// handshake's ACK (established from now on), or the attempt's end (the client's FIN or
-/// RST; a RST from steer when its backend was rejected or removed: rule 4). As
-/// `steer_transient` does for an attempt in the transient table.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn steer_nat_attempt(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    probe: cache::Probe,
-    slot: u32,
-    svc_id: u32,
-    svc: &Service,
-    pin: u64,
-    len: u64,
-    now: u64,
-) -> Result<Verdict, Stop> {
-    let flow = attempt::as_flow(pin, attempt::flags(slot), now);
-    let nat = Nat::of(&flow);
-    match select::flow_backend(flow.backend, flow.gen) {
-        Some((be_id, be)) if be.keeps_flows() => {
-            if pkt.is_syn() {
-                if !be.takes_new_flows() || observe::is_down(svc, be_id) {
-                    // Its backend no longer takes new flows (drained, down, weight 0, another
-                    // group switched to, maintenance, or taken out by passive health).
-                    stats::count_event(event::REDISPATCH);
-                    chain::new_flow(ctx, handoff::ATTEMPT, BACKEND_NONE, len);
-                    return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
-                }
-                if svc.flags & (svc_flags::OBSERVE | svc_flags::RECOVER) != 0
-                    && nat::attempt_failed(pkt, svc_id, svc, &flow, now)
-                    && svc.flags & svc_flags::RECOVER != 0
-                {
-                    // The backend refused this attempt or left it unanswered; the client's
-                    // retransmission goes to another backend when one can take it.
-                    chain::new_flow(ctx, handoff::ATTEMPT, be_id, len);
-                    return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
-                }
-                // A retransmission: its attempt stays with its backend (its time moves, its
-                // flags stay).
-                let flags = flow.flags & !flow_flags::SYN_ONLY;
-                attempt::pin(slot, &pkt.key, be_id, flow.gen, nat, flags, now);
-                stats::count_backend(be_id, len);
-                return nat::forward(ctx, pkt, svc_id, be_id, be, nat, now, false);
-            }
-            let mut fill = false;
-            if pkt.ends_flow() {
-                stats::count_ended(svc_id, Some(be_id));
-                flow::record_ended(pkt, be_id, flow.gen, nat, flow::ends_with(pkt), now);
-                attempt::clear(slot, &pkt.key);
-            } else if flow::establish(pkt, be_id, flow.gen, nat, now) {
-                attempt::clear(slot, &pkt.key);
-                // Its way out is put together as this ACK is sent, for this CPU's NAT cache
-                // (`probe` was read before the attempt was; establishing moves no epoch).
-                fill = natcache::may_hold(pkt);
-                if fill {
-                    natcache::begin(pkt, probe, svc_id, be_id, flow.gen);
-                }
-            }
-            stats::count_backend(be_id, len);
-            nat::forward(ctx, pkt, svc_id, be_id, be, nat, now, fill)
-        }
-        rejected => {
-            if pkt.is_syn() {
-                // A new attempt leaves a rejected or removed backend (rule 5).
-                stats::count_event(event::REDISPATCH);
-                chain::new_flow(ctx, handoff::ATTEMPT, BACKEND_NONE, len);
-                return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
-            }
-            let be_id = rejected.map(|(id, _)| id);
-            let verdict = rst::reply_rst(ctx, pkt)?;
-            stats::count_ended(svc_id, be_id);
-            flow::record_ended(pkt, flow.backend, flow.gen, nat, flow_flags::RST, now);
+            flow::record_ended(pkt, b, gen, flow_flags::RST, now);
             attempt::clear(slot, &pkt.key);
             stats::count_rst(svc_id, be_id);
             Ok((verdict, outcome::TX_RST))
@@ -729,80 +614,9 @@ fn steer_new<const NAT: bool>(
         return Err(Stop::Drop(outcome::DROP_NO_PROGRAM));
     }
     match select::choose_new::<false>(svc_id, svc, pkt)? {
-        Some(b) => steer_to::<false>(
-            ctx,
-            pkt,
-            svc_id,
-            svc,
-            Existing::Found(existing),
-            b,
-            len,
-            now,
-        ),
+        Some(b) => steer_to::<false>(ctx, pkt, svc_id, svc, existing, b, len, now),
         None => no_backend(ctx, pkt, svc_id, svc),
     }
-}
-
-/// Pins a new NAT flow to `pin` (`pin_word`: backend, generation, source): a connection
-/// attempt in the attempts array, unless another 5-tuple's NAT attempt its backend answered
-/// holds the slot; anything else, and such an attempt, in the transient table. A BPF call of
-/// its own (`steer_nat_new` has little verifier room left).
-#[inline(never)]
-fn pin_nat(pkt: &Packet, pin: u64, now: u64) {
-    let (be_id, gen, port_be, addr) = unpin(pin);
-    let nat = Nat { port_be, addr };
-    if !(nat.is_nat() && pkt.is_syn() && !pkt.ends_flow()) {
-        return flow::insert_flow(pkt, be_id, gen, nat, now);
-    }
-    let slot = attempt::slot(cache::hash(&pkt.key));
-    match attempt::holder(slot, &pkt.key, now) {
-        attempt::Holder::Answered => flow::insert_flow(pkt, be_id, gen, nat, now),
-        holder => {
-            if holder == attempt::Holder::Replaceable {
-                stats::count_event(event::ATTEMPT_EVICTED);
-            }
-            attempt::pin(slot, &pkt.key, be_id, gen, nat, 0, now);
-            // An older connection on this 5-tuple may still be cached on some CPU.
-            cache::invalidate(&pkt.key);
-        }
-    }
-}
-
-/// The entry of a flow being moved to another backend, if it has one.
-#[derive(Clone, Copy)]
-enum Existing {
-    /// Looked up already (in a connection table).
-    Found(Option<*mut Flow>),
-    /// Where `steer_nat` found it (a `handoff` table), looked up once the new source is
-    /// given: the verifier then walks the choice and the allocation once, not once for
-    /// each place the entry can be.
-    In(u32),
-}
-
-impl Existing {
-    #[inline(always)]
-    fn pinned(self, pkt: &Packet, now: u64) -> Option<Pinned> {
-        match self {
-            Existing::Found(f) => f.map(Pinned::Table),
-            Existing::In(handoff::ESTABLISHED) => flow::lookup_flow(&pkt.key).map(Pinned::Table),
-            Existing::In(handoff::TRANSIENT) => flow::lookup_transient(&pkt.key).map(Pinned::Table),
-            Existing::In(handoff::ATTEMPT) => {
-                let slot = attempt::slot(cache::hash(&pkt.key));
-                attempt::find(slot, &pkt.key, now)
-                    .map(|pin| Pinned::Attempt(attempt::as_flow(pin, 0, now)))
-            }
-            Existing::In(_) => None,
-        }
-    }
-}
-
-/// Where a flow being moved to another backend was pinned.
-#[derive(Clone, Copy)]
-enum Pinned {
-    /// Its entry in a connection table, rewritten where it is.
-    Table(*mut Flow),
-    /// Its attempt in the attempts array (what it held): the new pin replaces it.
-    Attempt(Flow),
 }
 
 /// A new flow that no backend can take (rule 3): a SYN is answered with a RST unless the
@@ -826,7 +640,7 @@ fn steer_to<const NAT: bool>(
     pkt: &Packet,
     svc_id: u32,
     svc: &Service,
-    existing: Existing,
+    existing: Option<*mut Flow>,
     (be_id, be): (u32, &Backend),
     len: u64,
     now: u64,
@@ -849,31 +663,25 @@ fn steer_to<const NAT: bool>(
     } else {
         Nat::NONE
     };
-    let existing = existing.pinned(pkt, now);
-    let old = match existing {
-        // SAFETY: pointer from the map lookup, valid for this run.
-        Some(Pinned::Table(f)) => Some(unsafe { *f }),
-        Some(Pinned::Attempt(a)) => Some(a),
-        None => None,
-    };
-    if let Some(old) = old {
-        // The entry's old flow is over (redispatched, idle, or a new connection on its
-        // 5-tuple): count its end unless it was counted already, so that new minus ended
-        // stays each backend's open flows; a NAT flow's old source is freed.
-        if old.flags & flow_flags::ENDED == 0 {
-            stats::count_ended(
-                svc_id,
-                select::flow_backend(old.backend, old.gen).map(|b| b.0),
-            );
-        }
-        if NAT {
-            nat::release(pkt, svc_id, &old);
-        }
-    }
     match existing {
-        Some(Pinned::Table(f)) => flow::repin_flow(f, pkt, be_id, be.gen, nat, now),
-        _ if NAT => pin_nat(pkt, pin_word(be_id, be.gen, nat.port_be, nat.addr), now),
-        _ => flow::insert_flow(pkt, be_id, be.gen, nat, now),
+        Some(f) => {
+            // The entry's old flow is over (redispatched, idle, or a new connection on its
+            // 5-tuple): count its end unless it was counted already, so that new minus ended
+            // stays each backend's open flows; a NAT flow's old source is freed.
+            // SAFETY: pointer from the map lookup, valid for this run.
+            let old = unsafe { *f };
+            if old.flags & flow_flags::ENDED == 0 {
+                stats::count_ended(
+                    svc_id,
+                    select::flow_backend(old.backend, old.gen).map(|b| b.0),
+                );
+            }
+            if NAT {
+                nat::release(pkt, svc_id, &old);
+            }
+            flow::repin_flow(f, pkt, be_id, be.gen, nat, now)
+        }
+        None => flow::insert_flow(pkt, be_id, be.gen, nat, now),
     }
     stats::count_new_flow(svc_id, be_id);
     if pkt.ends_flow() {

@@ -157,7 +157,7 @@ pub static CHANGE_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// DSR connection attempts (`crate::attempt`), direct-mapped. Written by the datapath on any
 /// CPU; read by steer-ctl through mmap. Pinned (`steer_common::map::ATTEMPTS`).
-#[map(name = "STEER_ATTEMPT_V2")]
+#[map(name = "STEER_ATTEMPT_V1")]
 pub static ATTEMPTS: Array<Attempt> = Array::with_max_entries(1 << ATTEMPTS_LOG2, BPF_F_MMAPABLE);
 
 /// One byte per slot of `ATTEMPTS`: set while it may hold an attempt, so a packet of an

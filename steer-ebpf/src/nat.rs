@@ -17,14 +17,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    event, flow_flags, nat_flags, outcome, pin_word, svc_flags, unpin, Backend, Flow, FlowKey,
-    NatRev, Service, ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES,
-    NAT_REUSE_NS, PROTO_TCP, PROTO_UDP,
+    event, flow_flags, nat_flags, outcome, svc_flags, Backend, Flow, FlowKey, NatRev, Service,
+    ServiceKey, FAMILY_V4, NAT_ADDR_BACKEND, NAT_POOL_MAX, NAT_PORT_TRIES, NAT_REUSE_NS, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
     addr::same,
-    attempt, cache,
+    cache,
     csum::{swap_addr, Delta},
     fib, flow,
     maps::{NAT, NAT_CURSOR, POOLS},
@@ -551,106 +551,93 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
     let Some(r) = NAT.get_ptr_mut(&pkt.key) else {
         return Err(not_service);
     };
-    // What is read of the reverse half, read once (a copy of the whole entry would take a
-    // good part of this call's stack, which its callers leave tight): the service, what the
-    // client's flow must be pinned to for this port to be its, whether the flow is open, and
-    // the client's 5-tuple.
     // SAFETY: pointer from the lookup, valid for this run.
-    let (svc, want, open, client) = unsafe {
-        let v = &*r;
-        (
-            v.svc as u32,
-            pin_word(v.backend, v.gen, pkt.key.dport_be, v.nat_addr),
-            v.ended_ns == 0 && v.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0,
-            FlowKey {
-                src: v.client,
-                dst: v.vip,
-                sport_be: v.client_port_be,
-                dport_be: v.vip_port_be,
-                proto: pkt.key.proto,
-                family: pkt.key.family,
-                _pad: [0; 2],
-            },
-        )
+    let rev = unsafe { *r };
+    let client = FlowKey {
+        src: rev.client,
+        dst: rev.vip,
+        sport_be: rev.client_port_be,
+        dport_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
     };
-    let (backend, gen, _, _) = unpin(want);
     // Read before the forward half is: a change of it after this voids a cached copy.
     natcache::other(pkt, &client);
-    let f = flow::lookup_flow(&client);
-    if let Some(f) = f {
-        // SAFETY: pointer from the lookup, valid for this run.
-        let fl = unsafe { &*f };
-        if open && fl.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0 && fl.pin() == want {
-            // An established, open flow, both halves each other's: for a NAT cache fill begun
-            // for this reply (sent only if its backend keeps flows).
-            natcache::other_open(pkt, Some((svc, backend, gen)));
+    let f = match flow::lookup_flow(&client) {
+        Some(f) => {
+            // SAFETY: pointer from the lookup, valid for this run.
+            let fl = unsafe { &*f };
+            if fl.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0
+                && rev.ended_ns == 0
+                && rev.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0
+                && fl.backend == rev.backend
+                && fl.gen == rev.gen
+                && fl.nat_port_be == pkt.key.dport_be
+                && fl.nat_addr == rev.nat_addr
+            {
+                // An established, open flow, both halves each other's: for a NAT cache fill
+                // begun for this reply (sent only if its backend keeps flows).
+                natcache::other_open(pkt, Some((rev.svc as u32, rev.backend, rev.gen)));
+            }
+            Some(f)
         }
-    }
-    // The client's flow must still be pinned where this port's reverse half says: otherwise
-    // it has moved on (its attempt went to another backend), and this port is no longer its
-    // (the kernel answers the late reply with a RST, which ends the old attempt on the
-    // backend). Whether it is an attempt: the SYN-ACK or refusal of one is looked at below.
-    // SAFETY: a pointer from a lookup, valid for this run.
-    let attempt_in = |f: *mut Flow| unsafe {
-        if (*f).pin() == want {
-            Ok((*f).flags & flow_flags::SYN_ONLY != 0)
-        } else {
-            Err(not_service)
+        None => flow::lookup_transient(&client),
+    };
+    let attempt = match f {
+        Some(f) => {
+            // SAFETY: pointer from the lookup, valid for this run.
+            let fl = unsafe { *f };
+            if fl.backend != rev.backend
+                || fl.gen != rev.gen
+                || fl.nat_port_be != pkt.key.dport_be
+                || fl.nat_addr != rev.nat_addr
+            {
+                // The client's flow has moved on (its attempt went to another backend): this
+                // port is no longer its. The kernel answers the late reply with a RST, which
+                // ends the old attempt on the backend.
+                return Err(not_service);
+            }
+            fl.flags & flow_flags::SYN_ONLY != 0
+        }
+        None => {
+            heal_flow(&client, &rev, pkt.key.dport_be, now);
+            false
         }
     };
-    // Not established: an attempt (in the attempts array, else in the transient table), or
-    // a flow that ended or was met mid-way (transient).
-    let (f, attempt) = match f {
-        Some(f) => (Some(f), attempt_in(f)?),
-        None => match attempt_of(&client, now) {
-            0 => match flow::lookup_transient(&client) {
-                Some(f) => (Some(f), attempt_in(f)?),
-                None => {
-                    // SAFETY: as above.
-                    heal_flow(&client, unsafe { &*r }, pkt.key.dport_be, now);
-                    (None, false)
-                }
-            },
-            // (Never 0: a NAT attempt has a source port.)
-            pin if pin == want => (None, true),
-            _ => return Err(not_service),
-        },
-    };
-    let Some((be_id, _)) = select::flow_backend(backend, gen).filter(|(_, b)| b.keeps_flows())
+    let Some((be_id, _)) =
+        select::flow_backend(rev.backend, rev.gen).filter(|(_, b)| b.keeps_flows())
     else {
         // Rejected or removed (rule 4): the backend's half of the flow is reset too.
         if !pkt.is_tcp() {
             return Err(Stop::Drop(outcome::DROP_REJECTED));
         }
         let verdict = rst::reply_rst(ctx, pkt)?;
-        stats::count_rst(svc, None);
+        stats::count_rst(rev.svc as u32, None);
         return Ok(Some((verdict, outcome::TX_RST)));
     };
     touch_reverse(r, &pkt.key, pkt, false, now);
     if pkt.is_tcp() {
         if attempt && pkt.is_syn_ack() {
-            // SAFETY: as above.
-            unsafe {
-                if (*r).flags & nat_flags::SYN_ACK == 0 {
-                    (*r).flags |= nat_flags::SYN_ACK;
-                }
-            }
-            if f.is_none() {
-                // An attempt in the attempts array keeps its slot until the client's ACK.
-                attempt::mark(&client, flow_flags::ANSWERED);
+            if rev.flags & nat_flags::SYN_ACK == 0 {
+                // SAFETY: as above.
+                unsafe { (*r).flags = rev.flags | nat_flags::SYN_ACK };
             }
             observe::answered(be_id);
-        } else if attempt && pkt.is_rst() && refused(&client, r, be_id, f, now) {
+        } else if attempt
+            && pkt.is_rst()
+            && refused(pkt, r, be_id, f.unwrap_or(core::ptr::null_mut()), now)
+        {
             return Err(Stop::Drop(outcome::DROP_REFUSED));
         }
     }
     rewrite(
         ctx,
         pkt,
-        &client.dst,
-        &client.src,
-        client.dport_be,
-        client.sport_be,
+        &rev.vip,
+        &rev.client,
+        rev.vip_port_be,
+        rev.client_port_be,
     )?;
     Ok(None)
 }
@@ -679,32 +666,19 @@ fn heal_flow(client: &FlowKey, rev: &NatRev, port_be: u16, now: u64) {
     }
 }
 
-/// What the client's flow `client` is pinned to (`pin_word`) as a connection attempt in the
-/// attempts array, 0 if it is none. A BPF call of its own: `reply_call`'s stack is near the
-/// limit its callers leave it.
-#[inline(never)]
-pub fn attempt_of(client: &FlowKey, now: u64) -> u64 {
-    let slot = attempt::slot(cache::hash(client));
-    if !attempt::marked(slot) {
-        return 0;
-    }
-    attempt::find(slot, client, now).unwrap_or(0)
-}
-
 /// A backend answered a connection attempt with a RST: a refusal, counted as a failure of
 /// the backend. With recovery on and another backend able to take the attempt, the RST is
-/// not shown to the client (true: drop it) and the attempt is marked — its flow entry `f`, or
-/// its slot of the attempts array —, so that the client's retransmitted SYN goes to that
-/// other backend.
+/// not shown to the client (true: drop it) and the flow `f` is marked, so that the client's
+/// retransmitted SYN goes to that other backend.
 #[inline(always)]
-fn refused(client: &FlowKey, r: *mut NatRev, be_id: u32, f: Option<*mut Flow>, now: u64) -> bool {
+fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> bool {
     // SAFETY: pointer from the caller's lookup, valid for this run.
     let rev = unsafe { &mut *r };
     let key = ServiceKey {
-        addr: client.dst,
-        port_be: client.dport_be,
-        proto: client.proto,
-        family: client.family,
+        addr: rev.vip,
+        port_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
     };
     let Some((svc_id, svc)) = select::service(&key) else {
         return false;
@@ -719,19 +693,25 @@ fn refused(client: &FlowKey, r: *mut NatRev, be_id: u32, f: Option<*mut Flow>, n
         rev.flags |= nat_flags::FAILED;
         observe::failed(svc, be_id, now);
     }
-    if svc.flags & svc_flags::RECOVER == 0 {
+    if f.is_null() || svc.flags & svc_flags::RECOVER == 0 {
         return false;
     }
+    let client = FlowKey {
+        src: rev.client,
+        dst: rev.vip,
+        sport_be: rev.client_port_be,
+        dport_be: rev.vip_port_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
     if !matches!(
-        select::choose_instead(svc_id, svc, client, be_id),
+        select::choose_instead(svc_id, svc, &client, be_id),
         Ok(Some(_))
     ) {
         return false;
     }
-    match f {
-        Some(f) => flow::mark(f, flow_flags::REFUSED),
-        None => attempt::mark(client, flow_flags::REFUSED),
-    }
+    flow::mark(f, flow_flags::REFUSED);
     true
 }
 

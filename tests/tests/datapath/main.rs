@@ -14,7 +14,6 @@ mod established;
 mod fuzz;
 mod ipv6;
 mod maintenance_fallback;
-mod nat_attempts;
 mod nat_cache;
 mod nat_common;
 mod nat_heal;
