@@ -291,11 +291,13 @@ fn losing_an_lb_host_mid_drain_breaks_only_the_draining_backends_connections_it_
             .collect()
     });
     let on_lost = held_ports(&f.daemons[0]);
-    // The test's own Maglev table agrees with the hosts' on every connection.
+    // The test's own Maglev tables, before and after the drain; the first agrees with the
+    // hosts' on every connection.
+    let (before, after) = (Pool::new(&["b0", "b1", "b2"]), Pool::new(&["b1", "b2"]));
     for (i, (c, was, port)) in conns.iter().enumerate() {
         let client = c.stream().local_addr().unwrap().ip();
         assert_eq!(
-            maglev_choice(&["b0", "b1", "b2"], client, *port),
+            before.choice(client, *port),
             *was,
             "connection {i}: the test's table disagrees with the hosts'"
         );
@@ -315,7 +317,7 @@ fn losing_an_lb_host_mid_drain_breaks_only_the_draining_backends_connections_it_
         if was == "b0" && carried_by_lost {
             draining_lost += 1;
             lost += (!survived) as u32;
-        } else if carried_by_lost && maglev_choice(&["b1", "b2"], client, *port) != *was {
+        } else if carried_by_lost && after.choice(client, *port) != *was {
             // Maglev is not perfectly stable: taking b0 out of the table also moves a few of
             // the other backends' slots, and the other host sends such a connection where
             // its slot now points. Broken as the draining backend's are, for the same reason.
@@ -346,31 +348,44 @@ fn losing_an_lb_host_mid_drain_breaks_only_the_draining_backends_connections_it_
     );
 }
 
-/// The backend the service's Maglev table holds for the client's connection from
-/// `client`:`port` when its pool is `names` (the test config's: weight 1, default table
-/// size): what an LB host with no entry for the connection chooses.
-fn maglev_choice(names: &[&str], client: IpAddr, port: u16) -> String {
-    let entries: Vec<Entry> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Entry {
-            name,
-            weight: 1,
-            id: i as u32,
-        })
-        .collect();
-    let table = maglev::build(MAGLEV_SIZE, &entries).expect("a Maglev table");
-    let (src, family) = addr_bytes(client);
-    let key = FlowKey {
-        src,
-        dst: addr_bytes(vip().ip()).0,
-        sport_be: port.to_be(),
-        dport_be: vip().port().to_be(),
-        proto: PROTO_TCP,
-        family,
-        _pad: [0; 2],
-    };
-    names[table[(flow_hash(&key) % MAGLEV_SIZE) as usize] as usize].to_string()
+/// A pool of the test config's backends (weight 1 each) and its Maglev table, built once.
+struct Pool {
+    names: Vec<&'static str>,
+    table: Vec<u32>,
+}
+
+impl Pool {
+    fn new(names: &[&'static str]) -> Pool {
+        let entries: Vec<Entry> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Entry {
+                name,
+                weight: 1,
+                id: i as u32,
+            })
+            .collect();
+        Pool {
+            names: names.to_vec(),
+            table: maglev::build(MAGLEV_SIZE, &entries).expect("a Maglev table"),
+        }
+    }
+
+    /// The backend the table holds for the client's connection from `client`:`port`: what
+    /// an LB host with no entry for the connection chooses.
+    fn choice(&self, client: IpAddr, port: u16) -> &'static str {
+        let (src, family) = addr_bytes(client);
+        let key = FlowKey {
+            src,
+            dst: addr_bytes(vip().ip()).0,
+            sport_be: port.to_be(),
+            dport_be: vip().port().to_be(),
+            proto: PROTO_TCP,
+            family,
+            _pad: [0; 2],
+        };
+        self.names[self.table[(flow_hash(&key) % MAGLEV_SIZE) as usize] as usize]
+    }
 }
 
 /// The config's Maglev table size (the default).
