@@ -555,7 +555,7 @@ fn main() {
     // quick look while trying a change).
     match std::env::var("STEER_BENCH_ONLY").as_deref() {
         Ok("established") => {
-            for _ in 0..10 {
+            for _ in 0..100 {
                 repeated(
                     bal.datapath_mut().program(),
                     &established,
