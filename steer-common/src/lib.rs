@@ -61,9 +61,10 @@ pub mod map {
     /// lookup. Bits are only ever set while the map lives (a stale bit costs a lookup, a missing
     /// one would lose a service's packets). Written by steer-ctl.
     pub const FILTER: &str = "STEER_FILTER_V1";
-    /// Per CPU, `1 << FLOW_CACHE_LOG2` × `CachedFlow`: the flow cache. Datapath only, not
-    /// pinned.
-    pub const FLOW_CACHE: &str = "STEER_FCACHE_V1";
+    /// `flow_cache_entries(cpus)` × `CachedFlow` (mmapable, so that each 64-byte entry is
+    /// one cache line): the flow cache, CPU `c`'s at `c << FLOW_CACHE_LOG2` (V1 was a per-CPU
+    /// array, whose lookup first reads a pointer table). Datapath only, not pinned.
+    pub const FLOW_CACHE: &str = "STEER_FCACHE_V2";
     /// `1 << FLOW_EPOCH_LOG2` × `u32`: the flow epochs. Datapath only; pinned so that the
     /// programs of a daemon being replaced and of its successor, running side by side while
     /// the links are swapped, void each other's cached flows.
@@ -84,13 +85,15 @@ pub mod map {
     /// `ATTEMPT_MARK_LINES` × 64 bytes: one byte per slot of `ATTEMPTS`, set while the slot
     /// may hold an attempt. Datapath only; pinned with the attempts.
     pub const ATTEMPT_MARKS: &str = "STEER_AMARK_V1";
-    /// Per CPU, `(1 << NAT_CACHE_LOG2) + 1` × `NatCached`: the NAT flow cache (both
+    /// `nat_cache_entries(cpus)` × `NatCached` (mmapable: entries on line boundaries), per
+    /// CPU `NAT_CACHE_STRIDE` of them from `c * NAT_CACHE_STRIDE`: the NAT flow cache (both
     /// directions of established NAT flows, by `hash::cache_hash` of the 5-tuple as it
     /// arrives), then one entry where a fill is put together. Datapath only, not pinned.
-    pub const NAT_CACHE: &str = "STEER_NCACHE_V1";
-    /// Per CPU, `HOP_SLOTS` × `CachedHop`: the FIB's answers for translated packets, by
-    /// source, destination and ingress interface. Datapath only, not pinned.
-    pub const HOPS: &str = "STEER_HOP_V1";
+    pub const NAT_CACHE: &str = "STEER_NCACHE_V2";
+    /// `hop_entries(cpus)` × `CachedHop` (mmapable), CPU `c`'s `HOP_SLOTS` from
+    /// `c * HOP_SLOTS`: the FIB's answers for translated packets, by source, destination and
+    /// ingress interface. Datapath only, not pinned.
+    pub const HOPS: &str = "STEER_HOP_V2";
     /// `PRESENCE_LINES` × 64 bytes (mmapable): the established table's presence filter. Line
     /// 0 holds the round bytes (`presence`); then one byte per `presence::slot` of
     /// `hash::cache_hash`, the round in which a flow of that slot was last known to be in the
@@ -194,10 +197,33 @@ pub const FLOW_EPOCH_LOG2: u32 = 12;
 /// direction of an established NAT flow takes one, by `hash::cache_hash` of its 5-tuple as it
 /// arrives. Element `1 << NAT_CACHE_LOG2` is where a fill is put together.
 pub const NAT_CACHE_LOG2: u32 = 14;
+/// Elements of the NAT flow cache per CPU: its slots and its stage entry.
+pub const NAT_CACHE_STRIDE: u32 = (1 << NAT_CACHE_LOG2) + 1;
 /// Entries of the next-hop cache, per CPU (64 bytes each: 16 KiB), direct-mapped by a hash of
 /// a translated packet's addresses and ingress interface. A NAT host sends to few next hops
 /// (its backends, and its clients' routers): a small array stays in the CPU's caches.
 pub const HOP_SLOTS: u32 = 256;
+
+// The three caches are plain arrays with a region per CPU, indexed by the CPU a packet is
+// processed on, rather than per-CPU arrays: a per-CPU array's lookup reads the element's
+// pointer from a table (a line of 8 bytes × entries) before the element, and a packet that
+// finds its cache slot cold paid for both lines (docs/PERFORMANCE.md). Sized at load time for
+// the host's possible CPUs.
+
+/// Elements of the flow cache for `cpus` possible CPUs.
+pub const fn flow_cache_entries(cpus: u32) -> u32 {
+    cpus << FLOW_CACHE_LOG2
+}
+
+/// Elements of the NAT flow cache for `cpus` possible CPUs.
+pub const fn nat_cache_entries(cpus: u32) -> u32 {
+    cpus * NAT_CACHE_STRIDE
+}
+
+/// Elements of the next-hop cache for `cpus` possible CPUs.
+pub const fn hop_entries(cpus: u32) -> u32 {
+    cpus * HOP_SLOTS
+}
 
 /// Slots of the attempts table (`1 << ATTEMPTS_LOG2`, 64 bytes each: 4 MiB). A slot holds one
 /// connection attempt from its SYN to its handshake's ACK (a round trip); a newer attempt
@@ -647,8 +673,8 @@ pub struct Globals {
 const _: () = assert!(core::mem::size_of::<Globals>() == 8);
 
 /// One entry of the flow cache: an established DSR flow as this CPU last saw it in the
-/// connection table. Value of the per-CPU `STEER_FCACHE_V1` (datapath only; readable for
-/// tests).
+/// connection table; one cache line. Element of `STEER_FCACHE_V2` (datapath only; readable
+/// for tests).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachedFlow {
@@ -661,11 +687,10 @@ pub struct CachedFlow {
     pub flow_epoch: u32,
     /// `Globals::epoch` when filled.
     pub cfg_epoch: u32,
-    pub _pad2: u32,
-    /// When filled, in jiffies.
-    pub filled_jiffies: u64,
+    /// When filled, in jiffies (low 32 bits).
+    pub filled_jiffies: u32,
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 72);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 
 /// `NatCached::other` bit: the entry translates a backend's reply (back to the client); clear,
 /// a client's packet (to the backend).
@@ -674,7 +699,7 @@ pub const NAT_CACHED_REPLY: u16 = 1 << 15;
 /// One entry of the NAT flow cache: one direction of an established NAT flow as this CPU last
 /// sent it through the full path — the 5-tuple as it arrives, the rewrite (addresses, ports,
 /// checksum deltas), the FIB's answer (MACs, egress interface) and what makes it still good.
-/// Element of the per-CPU `STEER_NCACHE_V1` (datapath only; readable for tests).
+/// Element of `STEER_NCACHE_V2` (datapath only; readable for tests).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NatCached {
@@ -722,7 +747,7 @@ pub struct NatCached {
 const _: () = assert!(core::mem::size_of::<NatCached>() == 128);
 const _: () = assert!(core::mem::offset_of!(NatCached, macs) % 4 == 0);
 
-/// Element of the per-CPU `STEER_HOP_V1`: the FIB's answer for a translated packet from `src`
+/// Element of `STEER_HOP_V2`: the FIB's answer for a translated packet from `src`
 /// to `dst` that came in by `ifindex_in` (datapath only; readable for tests).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

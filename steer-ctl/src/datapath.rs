@@ -624,11 +624,14 @@ pub struct Datapath {
     globals: Array<MapData, Globals>,
     /// The pre-filter (`map::FILTER`), mmapped: bits are set with atomic ORs.
     filter: Mapped<u64>,
-    /// The flow cache (per CPU), read by tests.
-    flow_cache: PerCpuArray<MapData, CachedFlow>,
-    /// The NAT flow cache (per CPU), read by tests and the bench.
-    nat_cache: PerCpuArray<MapData, steer_common::NatCached>,
-    hops: PerCpuArray<MapData, steer_common::CachedHop>,
+    /// The flow cache (a region per CPU), read by tests.
+    flow_cache: Array<MapData, CachedFlow>,
+    /// The NAT flow cache (a region per CPU), read by tests and the bench.
+    nat_cache: Array<MapData, steer_common::NatCached>,
+    /// The next-hop cache (a region per CPU), emptied by tests.
+    hops: Array<MapData, steer_common::CachedHop>,
+    /// The possible CPUs the caches have a region for.
+    cpus: u32,
     /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
     /// The established table's presence filter, mmapped: rounds run by flow scans.
@@ -687,6 +690,18 @@ fn not_found(e: &MapError) -> bool {
     }
 }
 
+/// The host's possible CPUs (per-CPU maps hold a value for each; the caches a region each).
+fn possible_cpus(name: &'static str) -> Result<u32> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+        name,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error: e,
+        }),
+    })?;
+    Ok(n as u32)
+}
+
 fn typed<T>(name: &'static str, r: std::result::Result<T, MapError>) -> Result<T> {
     r.map_err(|source| DatapathError::Map { name, source })
 }
@@ -695,8 +710,12 @@ impl Datapath {
     /// Loads the object into the kernel (not attached to any interface yet).
     pub fn load(opts: &Options) -> Result<Self> {
         let maglev_entries = maglev_chunks(opts.max_services);
+        let cpus = possible_cpus("caches")?;
         let mut loader = EbpfLoader::new();
         loader
+            .map_max_entries(map::FLOW_CACHE, steer_common::flow_cache_entries(cpus))
+            .map_max_entries(map::NAT_CACHE, steer_common::nat_cache_entries(cpus))
+            .map_max_entries(map::HOPS, steer_common::hop_entries(cpus))
             .map_max_entries(map::SERVICES, opts.max_services)
             .map_max_entries(map::SERVICE_STATS, opts.max_services)
             .map_max_entries(map::FLOWS, opts.max_flows)
@@ -777,16 +796,13 @@ impl Datapath {
         let filter = Mapped::new(filter, map::FILTER, FILTER_WORDS)?;
         let flow_cache = typed(
             map::FLOW_CACHE,
-            PerCpuArray::try_from(take(&mut ebpf, map::FLOW_CACHE)?),
+            Array::try_from(take(&mut ebpf, map::FLOW_CACHE)?),
         )?;
         let nat_cache = typed(
             map::NAT_CACHE,
-            PerCpuArray::try_from(take(&mut ebpf, map::NAT_CACHE)?),
+            Array::try_from(take(&mut ebpf, map::NAT_CACHE)?),
         )?;
-        let hops = typed(
-            map::HOPS,
-            PerCpuArray::try_from(take(&mut ebpf, map::HOPS)?),
-        )?;
+        let hops = typed(map::HOPS, Array::try_from(take(&mut ebpf, map::HOPS)?))?;
         let Map::Array(attempts) = take(&mut ebpf, map::ATTEMPTS)? else {
             return Err(DatapathError::MissingMap(map::ATTEMPTS));
         };
@@ -823,6 +839,7 @@ impl Datapath {
             flow_cache,
             nat_cache,
             hops,
+            cpus,
             attempts,
             presence,
             flags,
@@ -878,7 +895,15 @@ impl Datapath {
     /// packet may have been forwarded from the cache).
     pub fn cached(&self, key: &FlowKey) -> Result<Vec<(usize, CachedFlow)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::FLOW_CACHE_LOG2);
-        let per_cpu = typed(map::FLOW_CACHE, self.flow_cache.get(&slot, 0))?;
+        let per_cpu = (0..self.cpus)
+            .map(|cpu| {
+                typed(
+                    map::FLOW_CACHE,
+                    self.flow_cache
+                        .get(&(cpu << steer_common::FLOW_CACHE_LOG2 | slot), 0),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
     }
 
@@ -887,7 +912,15 @@ impl Datapath {
     /// been sent from the cache, and how often the full path filled it).
     pub fn nat_cached(&self, key: &FlowKey) -> Result<Vec<(usize, steer_common::NatCached)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::NAT_CACHE_LOG2);
-        let per_cpu = typed(map::NAT_CACHE, self.nat_cache.get(&slot, 0))?;
+        let per_cpu = (0..self.cpus)
+            .map(|cpu| {
+                typed(
+                    map::NAT_CACHE,
+                    self.nat_cache
+                        .get(&(cpu * steer_common::NAT_CACHE_STRIDE + slot), 0),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
     }
 
@@ -953,8 +986,11 @@ impl Datapath {
     /// the caches' back, as if the answers had aged out, while the NAT flow cache's copies
     /// still hold the old one). Not atomic against a running datapath: for tests only.
     pub fn forget_next_hops(&mut self) -> Result<()> {
-        for slot in 0..steer_common::HOP_SLOTS {
-            Self::zero(map::HOPS, &mut self.hops, slot)?;
+        for i in 0..steer_common::hop_entries(self.cpus) {
+            typed(
+                map::HOPS,
+                self.hops.set(i, steer_common::CachedHop::default(), 0),
+            )?;
         }
         Ok(())
     }
@@ -1213,13 +1249,7 @@ impl Datapath {
         m: &mut PerCpuArray<MapData, T>,
         id: u32,
     ) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
-            name,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "nr_cpus",
-                io_error: e,
-            }),
-        })?;
+        let n = possible_cpus(name)? as usize;
         let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); n]).map_err(|source| {
             DatapathError::Map {
                 name,

@@ -35,9 +35,9 @@ use crate::{
 pub const REFRESH_JIFFIES: u64 = 50;
 
 #[inline(always)]
-fn jiffies() -> u64 {
+fn jiffies() -> u32 {
     // SAFETY: helper without preconditions.
-    unsafe { aya_ebpf::helpers::bpf_jiffies64() }
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() as u32 }
 }
 
 /// Where a packet's flow would be cached, and the epochs to compare: read before the flow's
@@ -88,9 +88,17 @@ pub fn host() -> Host {
         })
 }
 
+/// The CPU this packet is processed on (the verifier inlines the helper: one load).
+#[inline(always)]
+pub fn cpu() -> u32 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+/// This CPU's slot for the 5-tuple of `hash`.
 #[inline(always)]
 fn slot(hash: u32) -> u32 {
-    hash >> (32 - FLOW_CACHE_LOG2)
+    cpu() << FLOW_CACHE_LOG2 | hash >> (32 - FLOW_CACHE_LOG2)
 }
 
 #[inline(always)]
@@ -139,7 +147,7 @@ pub fn lookup(pkt: &Packet, p: Probe) -> Option<(u32, u32, &'static Backend)> {
     if !c.key.same(&pkt.key)
         || c.flow_epoch != p.flow_epoch
         || c.cfg_epoch != p.cfg_epoch
-        || jiffies().wrapping_sub(c.filled_jiffies) >= REFRESH_JIFFIES
+        || jiffies().wrapping_sub(c.filled_jiffies) >= REFRESH_JIFFIES as u32
     {
         return None;
     }
@@ -167,7 +175,6 @@ pub fn fill(pkt: &Packet, p: Probe, svc_id: u32, backend: u32, gen: u16) {
                 svc_id,
                 flow_epoch: p.flow_epoch,
                 cfg_epoch: p.cfg_epoch,
-                _pad2: 0,
                 filled_jiffies: jiffies(),
             }
         };

@@ -20,7 +20,7 @@ use steer_common::{hash::mix32, CachedHop, HOP_SLOTS};
 
 use crate::{
     addr::{is, words},
-    cache::REFRESH_JIFFIES,
+    cache::{self, REFRESH_JIFFIES},
     maps::HOPS,
 };
 
@@ -41,10 +41,12 @@ fn jiffies() -> u32 {
 }
 
 impl Ask<'_> {
+    /// This CPU's slot for the ask.
     #[inline(always)]
     pub fn slot(&self) -> u32 {
         let (s, d) = (words(self.src), words(self.dst));
-        mix32(s[0] ^ s[3] ^ d[0] ^ d[1] ^ d[2] ^ d[3]).wrapping_add(self.ingress) % HOP_SLOTS
+        let h = mix32(s[0] ^ s[3] ^ d[0] ^ d[1] ^ d[2] ^ d[3]).wrapping_add(self.ingress);
+        cache::cpu() * HOP_SLOTS + h % HOP_SLOTS
     }
 }
 

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use steer_common::{
-    maglev_chunks, nat_capacity, prog, transient_capacity, Attempt, Backend, Counters, Flow,
-    FlowKey, Globals, Handoff, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey,
-    ATTEMPTS_LOG2, ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
-    GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, NAT_CACHE_LOG2, NEIGH_SLOTS,
-    NOTES_BYTES, PRESENCE_LINES,
+    flow_cache_entries, hop_entries, maglev_chunks, nat_cache_entries, nat_capacity, prog,
+    transient_capacity, Attempt, Backend, Counters, Flow, FlowKey, Globals, Handoff, NatPool,
+    NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2, ATTEMPT_MARK_LINES,
+    FILTER_WORDS, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, NEIGH_SLOTS, NOTES_BYTES, PRESENCE_LINES,
 };
 
 /// Services by (VIP, port, protocol). Written by steer-ctl.
@@ -125,24 +125,27 @@ pub static NAT_CURSOR: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "STEER_FILTER_V1")]
 pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAPABLE);
 
-/// The flow cache (`crate::cache`), per CPU. Datapath only; not pinned (a new program starts
-/// with an empty cache).
-#[map(name = "STEER_FCACHE_V1")]
-pub static FLOW_CACHE: PerCpuArray<steer_common::CachedFlow> =
-    PerCpuArray::with_max_entries(1 << FLOW_CACHE_LOG2, 0);
+/// The flow cache (`crate::cache`): a region of `1 << FLOW_CACHE_LOG2` entries per CPU, each
+/// written only by its CPU (sized by steer-ctl for the host's CPUs; mmapable only so that its
+/// entries start on cache lines). Datapath only; not pinned (a new program starts with an
+/// empty cache).
+#[map(name = "STEER_FCACHE_V2")]
+pub static FLOW_CACHE: Array<steer_common::CachedFlow> =
+    Array::with_max_entries(flow_cache_entries(1), BPF_F_MMAPABLE);
 
-/// The NAT flow cache (`crate::natcache`), per CPU, both directions of established NAT
-/// flows; its last element is where a fill is put together. Datapath only; not pinned (a new
-/// program starts with an empty cache).
-#[map(name = "STEER_NCACHE_V1")]
-pub static NAT_CACHE: PerCpuArray<steer_common::NatCached> =
-    PerCpuArray::with_max_entries((1 << NAT_CACHE_LOG2) + 1, 0);
+/// The NAT flow cache (`crate::natcache`): per CPU, both directions of established NAT flows
+/// and, last, the entry where a fill is put together (`NAT_CACHE_STRIDE` per CPU, written
+/// only by its CPU; sized by steer-ctl). Datapath only; not pinned.
+#[map(name = "STEER_NCACHE_V2")]
+pub static NAT_CACHE: Array<steer_common::NatCached> =
+    Array::with_max_entries(nat_cache_entries(1), BPF_F_MMAPABLE);
 
-/// The next-hop cache (`crate::hop`), per CPU: the FIB's answers for translated packets.
-/// Datapath only; not pinned (a new program starts with an empty cache).
-#[map(name = "STEER_HOP_V1")]
-pub static HOPS: PerCpuArray<steer_common::CachedHop> =
-    PerCpuArray::with_max_entries(steer_common::HOP_SLOTS, 0);
+/// The next-hop cache (`crate::hop`): per CPU, the FIB's answers for translated packets
+/// (`HOP_SLOTS` per CPU, written only by its CPU; sized by steer-ctl). Datapath only; not
+/// pinned.
+#[map(name = "STEER_HOP_V2")]
+pub static HOPS: Array<steer_common::CachedHop> =
+    Array::with_max_entries(hop_entries(1), BPF_F_MMAPABLE);
 
 /// The flow epochs (`crate::cache`): one counter per bucket of 5-tuples, moved on every CPU's
 /// change of a flow's entry. Datapath only; pinned (`steer_common::map::FLOW_EPOCHS`).

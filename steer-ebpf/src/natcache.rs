@@ -54,7 +54,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     outcome, FlowKey, NatCached, FAMILY_V4, FLOW_EPOCH_LOG2, NAT_CACHED_REPLY, NAT_CACHE_LOG2,
-    PROTO_TCP, PROTO_UDP,
+    NAT_CACHE_STRIDE, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -66,8 +66,11 @@ use crate::{
     select, stats, Stop, Verdict,
 };
 
-/// The element where a fill is put together, after the cache's slots.
-const STAGE: u32 = 1 << NAT_CACHE_LOG2;
+/// This CPU's element where a fill is put together, after its cache's slots.
+#[inline(always)]
+fn stage_index() -> u32 {
+    cache::cpu() * NAT_CACHE_STRIDE + (1 << NAT_CACHE_LOG2)
+}
 
 /// `NatCached::fills` of the stage entry: which steps of the fill are done, in order.
 mod staged {
@@ -82,9 +85,10 @@ mod staged {
     pub const ALL: u16 = BEGUN | OTHER | REWRITE | NEXT_HOP;
 }
 
+/// This CPU's slot for the 5-tuple of `hash`.
 #[inline(always)]
 fn slot(hash: u32) -> u32 {
-    hash >> (32 - NAT_CACHE_LOG2)
+    cache::cpu() * NAT_CACHE_STRIDE + (hash >> (32 - NAT_CACHE_LOG2))
 }
 
 #[inline(always)]
@@ -234,7 +238,9 @@ unsafe fn write_l2_l3(eth: *mut u32, ip: *mut u8, ip_words: usize, v4: bool, e: 
 #[inline(always)]
 fn stage() -> Option<&'static mut NatCached> {
     // SAFETY: this CPU's element; nothing else writes it while this program runs here.
-    NAT_CACHE.get_ptr_mut(STAGE).map(|s| unsafe { &mut *s })
+    NAT_CACHE
+        .get_ptr_mut(stage_index())
+        .map(|s| unsafe { &mut *s })
 }
 
 /// A one's complement sum folded to 16 bits (not complemented): what `Delta::apply` adds.
