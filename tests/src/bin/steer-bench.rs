@@ -148,6 +148,14 @@ fn set_target(aux: &mut Ebpf, target: &ProgramFd, template: &[u8], vary: bool) {
     progs.set(0, target, 0).expect("set the wrapper's target");
 }
 
+/// The floor (`bench_floor`) timed now: each row's round is also compared with the floor
+/// timed just before it (`× paired`), because this VM's vCPUs change speed by up to 2× from
+/// one second to the next, and a round takes several.
+fn floor_now(aux: &mut Ebpf, syn: &[u8]) -> f64 {
+    let floor: &mut Xdp = aux.program_mut("bench_floor").unwrap().try_into().unwrap();
+    repeated(floor, syn, XDP_TX, "floor", None)
+}
+
 /// `bench_wrap` repeating `REPEAT` times: ns per run and the last run's output frame.
 fn wrapped(aux: &mut Ebpf, want: u32, what: &str, ifindex: Option<u32>) -> (f64, Vec<u8>) {
     let wrap: &mut Xdp = aux.program_mut("bench_wrap").unwrap().try_into().unwrap();
@@ -681,7 +689,13 @@ fn main() {
     }
 
     let mut r: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    // Per row, the floor timed just before each of its rounds.
+    let mut paired: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut push = |k: &'static str, v: f64| r.entry(k).or_default().push(v);
+    let mut pair = |k: &'static str, aux: &mut Ebpf| {
+        let f = floor_now(aux, &syn);
+        paired.entry(k).or_default().push(f);
+    };
     for _ in 0..ROUNDS {
         {
             let floor: &mut Xdp = aux.program_mut("bench_floor").unwrap().try_into().unwrap();
@@ -706,11 +720,13 @@ fn main() {
 
         // DSR.
         let new_before = bal.service_counters("web").unwrap().new_flows;
+        pair("established", &mut aux);
         let prog = bal.datapath_mut().program();
         push(
             "established",
             repeated(prog, &established, XDP_TX, "established", None),
         );
+        pair("pass", &mut aux);
         let prog = bal.datapath_mut().program();
         push(
             "pass",
@@ -722,6 +738,7 @@ fn main() {
             "the established runs must all hit the connection table"
         );
 
+        pair("syn", &mut aux);
         set_target(&mut aux, &steer_fd, &syn_tpl, true);
         push("syn", wrapped(&mut aux, XDP_TX, "new SYN", None).0);
         let new_after = bal.service_counters("web").unwrap().new_flows;
@@ -732,6 +749,7 @@ fn main() {
         );
 
         let rst_before = bal.service_counters("empty").unwrap().rst_sent;
+        pair("rst", &mut aux);
         set_target(&mut aux, &steer_fd, &rst_tpl, true);
         push("rst", wrapped(&mut aux, XDP_TX, "RST for a SYN", None).0);
         let rst_after = bal.service_counters("empty").unwrap().rst_sent;
@@ -746,6 +764,7 @@ fn main() {
         let new_before = nat.service_counters("api").unwrap().new_flows;
         let before = outcomes(&nat);
         let fills = nat_fills(&nat, &nat_key);
+        pair("nat_established", &mut aux);
         set_target(&mut aux, &nat_fd, &nat_est, false);
         let t = std::time::Instant::now();
         let (ns, out) = wrapped(&mut aux, XDP_TX, "NAT established", Some(lb_if));
@@ -775,6 +794,7 @@ fn main() {
         // NAT: the backend's reply → client (by the router), from the cache as above.
         let before = outcomes(&nat);
         let fills = nat_fills(&nat, &reply_key);
+        pair("nat_reply", &mut aux);
         set_target(&mut aux, &nat_fd, &reply, false);
         let t = std::time::Instant::now();
         let (ns, out) = wrapped(&mut aux, XDP_TX, "NAT reply", Some(lb_if));
@@ -790,6 +810,7 @@ fn main() {
 
         // NAT host: a packet for no service is first looked up as a reply.
         let before = outcomes(&nat);
+        pair("nat_pass", &mut aux);
         let prog = nat.datapath_mut().program();
         push(
             "nat_pass",
@@ -816,6 +837,7 @@ fn main() {
 
         // NAT: new SYNs, each a new flow given a source port of its own.
         let before = outcomes(&nat);
+        pair("nat_syn", &mut aux);
         set_target(&mut aux, &nat_fd, &nat_syn_tpl, true);
         let (ns, out) = wrapped(&mut aux, XDP_TX, "NAT new SYN", Some(lb_if));
         push("nat_syn", ns);
@@ -894,25 +916,40 @@ fn main() {
     );
     println!();
     println!(
-        "{:<36} {:>8} {:>15} {:>9} {:>8} {:>9}",
-        "path", "ns", "spread", "× floor", "target", "× words"
+        "{:<36} {:>8} {:>15} {:>9} {:>8} {:>9} {:>9}",
+        "path", "ns", "spread", "× floor", "target", "× words", "× paired"
     );
     let mut json = serde_json::Map::new();
     let mut spread = serde_json::Map::new();
+    let mut paired_json = serde_json::Map::new();
     for (key, label, minus, target) in rows {
         let (med, lo, hi) = st(key);
         let (med, lo, hi) = (med - minus, lo - minus, hi - minus);
+        // Each round against the floor timed just before it; the median of those ratios.
+        let by_round = paired.get(key).map(|f| {
+            median(
+                r[key]
+                    .iter()
+                    .zip(f)
+                    .map(|(ns, f)| (ns - minus) / f)
+                    .collect(),
+            )
+        });
         println!(
-            "{:<36} {:>8.1} {:>15} {:>9.2} {:>8} {:>9.2}",
+            "{:<36} {:>8.1} {:>15} {:>9.2} {:>8} {:>9.2} {:>9}",
             label,
             med,
             format!("{lo:.1}–{hi:.1}"),
             med / floor_ns,
             target,
-            med / words_ns
+            med / words_ns,
+            by_round.map_or(String::new(), |x| format!("{x:.2}"))
         );
         json.insert(format!("{key}_ns"), json!(round1(med)));
         spread.insert(key.to_string(), json!([round1(lo), round1(hi)]));
+        if let Some(x) = by_round {
+            paired_json.insert(key.to_string(), json!((x * 100.0).round() / 100.0));
+        }
     }
     println!();
     println!(
@@ -924,7 +961,9 @@ fn main() {
          XDP_TX; the reverse table is emptied between rounds. Both connection tables are kept full \
          of live flows (max_flows {}), so new flows evict. The floor is issue 11's (its MACs \
          swapped byte by byte, as LLVM compiles the copies); × words compares with the same \
-         swap done a word and a halfword at a time, as steer does it.",
+         swap done a word and a halfword at a time, as steer does it; × paired is the median over \
+         the rounds of each round against the floor timed just before it (this VM's vCPUs \
+         change speed from one second to the next).",
         POOL.len(),
         flows()
     );
@@ -1007,6 +1046,7 @@ fn main() {
         ("max_flows_prefilled", json!(flows())),
         ("rounds", json!(ROUNDS)),
         ("spread_ns", spread.into()),
+        ("x_floor_paired", paired_json.into()),
         ("verified_insns", verified_insns.into()),
         ("xlated_insns", xlated_insns.into()),
     ] {
