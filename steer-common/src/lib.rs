@@ -195,7 +195,7 @@ pub const FLOW_CACHE_LOG2: u32 = 14;
 pub const FLOW_EPOCH_LOG2: u32 = 12;
 /// Entries of the NAT flow cache, per CPU (`1 << NAT_CACHE_LOG2`, 128 bytes each: 2 MiB): each
 /// direction of an established NAT flow takes one, by `hash::cache_hash` of its 5-tuple as it
-/// arrives. Element `1 << NAT_CACHE_LOG2` is where a fill is put together.
+/// arrives. Element `1 << NAT_CACHE_LOG2` of each CPU's region is where its fill is put together.
 pub const NAT_CACHE_LOG2: u32 = 14;
 /// Elements of the NAT flow cache per CPU: its slots and its stage entry.
 pub const NAT_CACHE_STRIDE: u32 = (1 << NAT_CACHE_LOG2) + 1;

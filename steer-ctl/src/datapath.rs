@@ -690,7 +690,39 @@ fn not_found(e: &MapError) -> bool {
     }
 }
 
-/// The host's possible CPUs (per-CPU maps hold a value for each; the caches a region each).
+/// Regions the caches need: one per CPU id the datapath may run on, that is the highest
+/// possible CPU's id + 1 (`bpf_get_smp_processor_id` is below it), which is more than the
+/// count of possible CPUs when their list has holes ("0,2-3"). A CPU without a region only
+/// goes without its caches (its lookups fail), but none should.
+fn cache_regions() -> Result<u32> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let err = |io_error| DatapathError::Map {
+        name: map::FLOW_CACHE,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "read /sys/devices/system/cpu/possible",
+            io_error,
+        }),
+    };
+    let list = std::fs::read_to_string(POSSIBLE).map_err(err)?;
+    cpu_ids_end(&list).ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{POSSIBLE}: not a CPU list: {list:?}"),
+        ))
+    })
+}
+
+/// The highest CPU id of a kernel CPU list ("0-3,5,7-8") plus one.
+fn cpu_ids_end(list: &str) -> Option<u32> {
+    let mut end = None;
+    for part in list.trim().split(',') {
+        let last = part.rsplit('-').next()?.trim().parse::<u32>().ok()?;
+        end = end.max(Some(last + 1));
+    }
+    end
+}
+
+/// The host's possible CPUs (per-CPU maps hold a value for each).
 fn possible_cpus(name: &'static str) -> Result<u32> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
         name,
@@ -710,7 +742,7 @@ impl Datapath {
     /// Loads the object into the kernel (not attached to any interface yet).
     pub fn load(opts: &Options) -> Result<Self> {
         let maglev_entries = maglev_chunks(opts.max_services);
-        let cpus = possible_cpus("caches")?;
+        let cpus = cache_regions()?;
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map::FLOW_CACHE, steer_common::flow_cache_entries(cpus))
@@ -1671,5 +1703,20 @@ impl Datapath {
     /// Whether the 5-tuple's entry is in the established table (else transient, or none).
     pub fn is_established(&self, key: &FlowKey) -> bool {
         self.flows.get(key, 0).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ids_end;
+
+    #[test]
+    fn the_caches_have_a_region_up_to_the_highest_possible_cpu() {
+        assert_eq!(cpu_ids_end("0-1\n"), Some(2));
+        assert_eq!(cpu_ids_end("0"), Some(1));
+        assert_eq!(cpu_ids_end("0,2-3"), Some(4));
+        assert_eq!(cpu_ids_end("0-3,8-11,5"), Some(12));
+        assert_eq!(cpu_ids_end(""), None);
+        assert_eq!(cpu_ids_end("0-x"), None);
     }
 }
