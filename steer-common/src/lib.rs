@@ -207,20 +207,20 @@ pub const HOP_SLOTS: u32 = 256;
 // The three caches are plain arrays with a region per CPU, indexed by the CPU a packet is
 // processed on, rather than per-CPU arrays: a per-CPU array's lookup reads the element's
 // pointer from a table (a line of 8 bytes × entries) before the element, and a packet that
-// finds its cache slot cold paid for both lines (docs/PERFORMANCE.md). Sized at load time for
-// the host's possible CPUs.
+// finds its cache slot cold paid for both lines (docs/PERFORMANCE.md). Sized at load time with
+// a region for every possible CPU id (up to the highest one, holes included).
 
-/// Elements of the flow cache for `cpus` possible CPUs.
+/// Elements of the flow cache for regions of CPU ids `0..cpus`.
 pub const fn flow_cache_entries(cpus: u32) -> u32 {
     cpus << FLOW_CACHE_LOG2
 }
 
-/// Elements of the NAT flow cache for `cpus` possible CPUs.
+/// Elements of the NAT flow cache for regions of CPU ids `0..cpus`.
 pub const fn nat_cache_entries(cpus: u32) -> u32 {
     cpus * NAT_CACHE_STRIDE
 }
 
-/// Elements of the next-hop cache for `cpus` possible CPUs.
+/// Elements of the next-hop cache for regions of CPU ids `0..cpus`.
 pub const fn hop_entries(cpus: u32) -> u32 {
     cpus * HOP_SLOTS
 }
