@@ -225,6 +225,24 @@ pub const fn hop_entries(cpus: u32) -> u32 {
     cpus * HOP_SLOTS
 }
 
+// Where CPU `cpu`'s entries are: the datapath indexes by them, steer-ctl reads by them.
+
+/// Index in the flow cache of CPU `cpu`'s slot `slot` (`< 1 << FLOW_CACHE_LOG2`).
+pub const fn flow_cache_index(cpu: u32, slot: u32) -> u32 {
+    cpu << FLOW_CACHE_LOG2 | slot
+}
+
+/// Index in the NAT flow cache of CPU `cpu`'s slot `slot` (`< 1 << NAT_CACHE_LOG2`); slot
+/// `1 << NAT_CACHE_LOG2` is the CPU's stage entry.
+pub const fn nat_cache_index(cpu: u32, slot: u32) -> u32 {
+    cpu * NAT_CACHE_STRIDE + slot
+}
+
+/// Index in the next-hop cache of CPU `cpu`'s slot `slot` (`< HOP_SLOTS`).
+pub const fn hop_index(cpu: u32, slot: u32) -> u32 {
+    cpu * HOP_SLOTS + slot
+}
+
 /// Slots of the attempts table (`1 << ATTEMPTS_LOG2`, 64 bytes each: 4 MiB). A slot holds one
 /// connection attempt from its SYN to its handshake's ACK (a round trip); a newer attempt
 /// hashing to the same slot replaces it, and the older one's ACK then takes the Maglev choice

@@ -630,7 +630,7 @@ pub struct Datapath {
     nat_cache: Array<MapData, steer_common::NatCached>,
     /// The next-hop cache (a region per CPU), emptied by tests.
     hops: Array<MapData, steer_common::CachedHop>,
-    /// The possible CPUs the caches have a region for.
+    /// The CPU ids the caches have a region for (`0..cpus`).
     cpus: u32,
     /// DSR connection attempts (`map::ATTEMPTS`), mmapped: read by flow scans.
     attempts: Arc<Mapped<Attempt>>,
@@ -927,15 +927,9 @@ impl Datapath {
     /// packet may have been forwarded from the cache).
     pub fn cached(&self, key: &FlowKey) -> Result<Vec<(usize, CachedFlow)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::FLOW_CACHE_LOG2);
-        let per_cpu = (0..self.cpus)
-            .map(|cpu| {
-                typed(
-                    map::FLOW_CACHE,
-                    self.flow_cache
-                        .get(&(cpu << steer_common::FLOW_CACHE_LOG2 | slot), 0),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let per_cpu = self.regions(map::FLOW_CACHE, &self.flow_cache, |cpu| {
+            steer_common::flow_cache_index(cpu, slot)
+        })?;
         Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
     }
 
@@ -944,16 +938,22 @@ impl Datapath {
     /// been sent from the cache, and how often the full path filled it).
     pub fn nat_cached(&self, key: &FlowKey) -> Result<Vec<(usize, steer_common::NatCached)>> {
         let slot = steer_common::hash::cache_hash(key) >> (32 - steer_common::NAT_CACHE_LOG2);
-        let per_cpu = (0..self.cpus)
-            .map(|cpu| {
-                typed(
-                    map::NAT_CACHE,
-                    self.nat_cache
-                        .get(&(cpu * steer_common::NAT_CACHE_STRIDE + slot), 0),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let per_cpu = self.regions(map::NAT_CACHE, &self.nat_cache, |cpu| {
+            steer_common::nat_cache_index(cpu, slot)
+        })?;
         Ok(cpus_holding(per_cpu.iter(), |c| c.key == *key))
+    }
+
+    /// One entry of every CPU's region of a cache (`index` places CPU `cpu`'s), by CPU.
+    fn regions<T: aya::Pod>(
+        &self,
+        name: &'static str,
+        cache: &Array<MapData, T>,
+        index: impl Fn(u32) -> u32,
+    ) -> Result<Vec<T>> {
+        (0..self.cpus)
+            .map(|cpu| typed(name, cache.get(&index(cpu), 0)))
+            .collect()
     }
 
     /// Whether the pre-filter lets a packet to `key`'s service through (for tests).

@@ -17,7 +17,8 @@
 
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use steer_common::{
-    hash::cache_hash, Backend, CachedFlow, FlowKey, FLOW_CACHE_LOG2, FLOW_EPOCH_LOG2,
+    flow_cache_index, hash::cache_hash, Backend, CachedFlow, FlowKey, FLOW_CACHE_LOG2,
+    FLOW_EPOCH_LOG2,
 };
 
 use crate::{
@@ -98,7 +99,7 @@ pub fn cpu() -> u32 {
 /// This CPU's slot for the 5-tuple of `hash`.
 #[inline(always)]
 fn slot(hash: u32) -> u32 {
-    cpu() << FLOW_CACHE_LOG2 | hash >> (32 - FLOW_CACHE_LOG2)
+    flow_cache_index(cpu(), hash >> (32 - FLOW_CACHE_LOG2))
 }
 
 #[inline(always)]

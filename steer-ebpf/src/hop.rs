@@ -16,7 +16,7 @@
 //! cached copy never outlives the answer's bound either.
 
 use aya_ebpf::helpers::bpf_jiffies64;
-use steer_common::{hash::mix32, CachedHop, HOP_SLOTS};
+use steer_common::{hash::mix32, hop_index, CachedHop, HOP_SLOTS};
 
 use crate::{
     addr::{is, words},
@@ -46,7 +46,7 @@ impl Ask<'_> {
     pub fn slot(&self) -> u32 {
         let (s, d) = (words(self.src), words(self.dst));
         let h = mix32(s[0] ^ s[3] ^ d[0] ^ d[1] ^ d[2] ^ d[3]).wrapping_add(self.ingress);
-        cache::cpu() * HOP_SLOTS + h % HOP_SLOTS
+        hop_index(cache::cpu(), h % HOP_SLOTS)
     }
 }
 

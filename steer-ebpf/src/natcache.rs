@@ -53,8 +53,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    outcome, FlowKey, NatCached, FAMILY_V4, FLOW_EPOCH_LOG2, NAT_CACHED_REPLY, NAT_CACHE_LOG2,
-    NAT_CACHE_STRIDE, PROTO_TCP, PROTO_UDP,
+    nat_cache_index, outcome, FlowKey, NatCached, FAMILY_V4, FLOW_EPOCH_LOG2, NAT_CACHED_REPLY,
+    NAT_CACHE_LOG2, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -69,7 +69,7 @@ use crate::{
 /// This CPU's element where a fill is put together, after its cache's slots.
 #[inline(always)]
 fn stage_index() -> u32 {
-    cache::cpu() * NAT_CACHE_STRIDE + (1 << NAT_CACHE_LOG2)
+    nat_cache_index(cache::cpu(), 1 << NAT_CACHE_LOG2)
 }
 
 /// `NatCached::fills` of the stage entry: which steps of the fill are done, in order.
@@ -88,7 +88,7 @@ mod staged {
 /// This CPU's slot for the 5-tuple of `hash`.
 #[inline(always)]
 fn slot(hash: u32) -> u32 {
-    cache::cpu() * NAT_CACHE_STRIDE + (hash >> (32 - NAT_CACHE_LOG2))
+    nat_cache_index(cache::cpu(), hash >> (32 - NAT_CACHE_LOG2))
 }
 
 #[inline(always)]
