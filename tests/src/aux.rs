@@ -9,8 +9,8 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::Array,
-    programs::{Xdp, XdpMode},
+    maps::{Array, ProgramArray},
+    programs::{ProgramFd, Xdp, XdpMode},
     Ebpf,
 };
 
@@ -111,4 +111,25 @@ pub fn attach_fwd_floor(
         cfg[16 + 6 * i..22 + 6 * i].copy_from_slice(m);
     }
     attach_configured("fwd_floor", "FWD_FLOOR", cfg, iface)
+}
+
+/// Points `bench_wrap` of the test object `aux` at `target`, with `template` (a bare TCP/IPv4
+/// segment, 54 bytes) as the frame it restores; `vary`: each run gets a new source address and
+/// port (from the object's own run counter).
+pub fn set_wrap_target(aux: &mut Ebpf, target: &ProgramFd, template: &[u8], vary: bool) {
+    let mut words = [0u32; 16];
+    for (i, w) in words.iter_mut().take(14).enumerate() {
+        let mut b = [0u8; 4];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = template.get(i * 4 + j).copied().unwrap_or(0);
+        }
+        *w = u32::from_ne_bytes(b);
+    }
+    words[14] = vary as u32;
+    let mut t: Array<_, [u32; 16]> =
+        Array::try_from(aux.map_mut("BENCH_TEMPLATE").expect("BENCH_TEMPLATE")).unwrap();
+    t.set(0, words, 0).unwrap();
+    let mut progs =
+        ProgramArray::try_from(aux.map_mut("BENCH_PROGS").expect("BENCH_PROGS")).unwrap();
+    progs.set(0, target, 0).expect("set the wrapper's target");
 }
