@@ -9,7 +9,7 @@
 //! missing (evicted) is written again from its partner, so they live and die together, and
 //! a source port that was given away meanwhile is never used by two flows.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering::Relaxed};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -251,14 +251,16 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     let cursor = NAT_CURSOR.get_ptr_mut(be_id);
     // SAFETY: a map value of this run. Read, then moved by an atomic add (BPF's add without
     // fetch): two CPUs reading the same value at once start from the same port, and the
-    // second finds it taken and tries the next.
-    let (start, moved) = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
+    // second finds it taken (`take`) and tries the next. `seen`: the cursor as this CPU left
+    // it (0: not started).
+    let (start, seen) = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
         Some((c, n)) if n != 0 => {
             unsafe { atomic_xadd::<u64, u64, { Relaxed }>(c, 1) };
-            (n as u32, true)
+            (n as u32, n.wrapping_add(1))
         }
-        _ => (random, false),
+        _ => (random, 0),
     };
+    let moved = seen != 0;
     let syn_ns = if pkt.is_syn() { now } else { 0 };
     // The reverse entry is the same whatever the port (the port is in its key).
     let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;
@@ -287,9 +289,7 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
         };
         let port_be = ((lo + base.wrapping_add(i) % range) as u16).to_be();
         key.dport_be = port_be;
-        if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok()
-            || free_for(&key, now) > NAT_REUSE_NS && NAT.insert(&key, &rev, BPF_ANY as u64).is_ok()
-        {
+        if take(&key, &rev, now) {
             taken = port_be;
             break;
         }
@@ -304,11 +304,11 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     if let Some(c) = cursor.filter(|_| !moved || next != start.wrapping_add(1) % range) {
         // The first port handed out, or ports were skipped (still held): the cursor moves
         // past the one taken (plus `range`, which changes no port, so it is never 0, "not
-        // started").
-        // A plain store: another CPU's add in between may be undone, which only costs a
-        // later flow a try on a port still held.
-        // SAFETY: a map value of this run.
-        unsafe { core::ptr::write_volatile(c, (next + range) as u64) };
+        // started") — unless another CPU moved it meanwhile (a compare-and-swap): a store
+        // would undo that CPU's progress and send the next flows back over ports just
+        // handed out (seen: a flow finding none free in 60,000 taken at once by two CPUs).
+        // SAFETY: a map value of this run, an aligned u64.
+        unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(c, seen, (next + range) as u64) };
     }
     Nat {
         port_be: taken,
@@ -317,23 +317,41 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     .pack()
 }
 
-/// How long the port of reverse entry `key` has been free: since the last packet of its flow
-/// once the flow ended, or for ever (`u64::MAX`) once a UDP flow was idle past its service's
-/// timeout; 0 while the flow is open (or the entry gone).
+/// Takes the source port of reverse key `key` for the flow `rev` stands for, if it is free:
+/// nobody's, or its last flow's since `NAT_REUSE_NS`. Exactly one CPU takes a port: the
+/// insert that fails if another wrote the key first, or the claim of an old entry (below).
+///
+/// The entry is looked up first: an insert into an LRU table takes a free element (evicting
+/// one from a full table) before it finds the key there, so trying an insert on a port that
+/// holds an entry — every port, once a backend's range has gone round — cost an element's
+/// round trip through the LRU lists for nothing.
 #[inline(never)]
-fn free_for(key: &FlowKey, now: u64) -> u64 {
-    let Some(old) = NAT.get_ptr_mut(key) else {
-        return 0;
-    };
+fn take(key: &FlowKey, rev: &NatRev, now: u64) -> bool {
+    match NAT.get_ptr_mut(key) {
+        None => NAT.insert(key, rev, BPF_NOEXIST as u64).is_ok(),
+        Some(old) => claim(old, now) && NAT.insert(key, rev, BPF_ANY as u64).is_ok(),
+    }
+}
+
+/// Whether the port of reverse entry `old` is free — its flow ended `NAT_REUSE_NS` ago
+/// (since its last packet, if later), or it is a UDP flow idle past its service's timeout —
+/// and this CPU claimed it: its `last_ns` moved to `now` by a compare-and-swap, which makes
+/// the entry look busy to any other CPU trying the port (only one swap can succeed), as a
+/// late packet of the old flow would (its `last_ns` moved) make this claim fail.
+#[inline(always)]
+fn claim(old: *mut NatRev, now: u64) -> bool {
     // SAFETY: pointer from the lookup, valid for this run.
     let (ended, last, idle) = unsafe { ((*old).ended_ns, (*old).last_ns, (*old).idle_ns) };
-    if ended != 0 {
-        return now.saturating_sub(if last > ended { last } else { ended });
+    let free = if ended != 0 {
+        now.saturating_sub(if last > ended { last } else { ended }) > NAT_REUSE_NS
+    } else {
+        idle != 0 && now.saturating_sub(last) > idle
+    };
+    // SAFETY: as above; an aligned u64 of a map value.
+    free && unsafe {
+        atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(&raw mut (*old).last_ns, last, now)
     }
-    if idle != 0 && now.saturating_sub(last) > idle {
-        return u64::MAX;
-    }
-    0
+    .1
 }
 
 /// Frees the source of a flow that moves to another backend or ends its 5-tuple's use (its

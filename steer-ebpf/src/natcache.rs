@@ -20,7 +20,7 @@
 //!   flow's entries hold: they are void at once;
 //! - it was filled less than `cache::REFRESH_JIFFIES` ago (200 ms at HZ=250), so the flow's
 //!   `last_seen_ns` and the reverse half's `last_ns` (idle ageing, active counts, a port's
-//!   reuse by `free_for`) lag no more than the DSR cache lets the connection table's lag;
+//!   reuse by `nat::claim`) lag no more than the DSR cache lets the connection table's lag;
 //! - the packet comes in by the interface it was filled from (the FIB's answer depends on the
 //!   ingress interface), and is no longer than the packet the FIB checked the route's MTU for;
 //! - the backend still has the flow's generation and keeps flows (read live, as on the full

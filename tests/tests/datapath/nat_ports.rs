@@ -3,10 +3,21 @@
 //! answers a SYN with a RST and drops a UDP flow's first datagram, counted; an ended flow's
 //! port is given again only `NAT_REUSE_NS` after its end.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
 use steer_common::{event, outcome, NatRev, NAT_ADDR_BACKEND, NAT_REUSE_NS};
-use steer_tests::fixture::{udp4, Delta, Field};
+use steer_ctl::{balancer::addr_bytes, BackendSpec, Balancer, Datapath, Options, ServiceSpec};
+use steer_tests::{
+    aux::set_wrap_target,
+    fixture::{tcp4, udp4, Delta, Field, XDP_REDIRECT},
+};
 
 use crate::nat_common::*;
 
@@ -295,4 +306,208 @@ fn ports_go_out_in_turn_whichever_cpu_takes_the_flow(n: &mut Nat) {
         let next = if w[0] == hi { lo } else { w[0] + 1 };
         assert_eq!(w[1], next, "ports in turn across CPUs: {ports:?}");
     }
+}
+
+/// Two CPUs taking new flows of one backend at the same moment never give one source port to
+/// two flows, when every port's last flow ended long ago (a backend whose range has gone
+/// round): each port's old reverse entry is claimed by exactly one CPU. (Both CPUs read the
+/// port cursor before either moves it now and then, and start from the same port; when both
+/// found it free and both wrote it, one flow's replies went to the other's client: seen here
+/// for 50 to 75 flows in 60,000.)
+#[test]
+fn ports_taken_back_at_once_on_two_cpus_are_never_shared() {
+    const TEST: &str = "ports_taken_back_at_once_on_two_cpus_are_never_shared";
+    if !steer_tests::privileged(TEST) {
+        return;
+    }
+    let lab = Lab::new();
+    // The two CPUs' runs must overlap for the test to say anything; on a busy machine one
+    // may run while the other waits, so an attempt whose flows did not interleave is made
+    // again (each on a fresh datapath).
+    for attempt in 1..=5 {
+        let interleaved = race_for_ports(&lab);
+        if interleaved >= 1_000 {
+            return;
+        }
+        eprintln!("{TEST}: attempt {attempt}: the CPUs' flows interleaved {interleaved} times");
+    }
+    panic!("{TEST}: the two CPUs never ran at once in 5 attempts: nothing was shown");
+}
+
+/// One attempt: 2 × `PER_CPU` SYNs of new flows to one backend, half on each CPU, on a range
+/// whose every port is free again; panics if a port went to two flows. Returns how often
+/// consecutive ports went to flows of different CPUs (how much the runs overlapped).
+fn race_for_ports(lab: &Lab) -> usize {
+    // SYNs per CPU, each taking one of the range's 64,512 ports: runs of tens of ms, longer
+    // than a test run's set-up.
+    const PER_CPU: u32 = 30_000;
+    const PORTS: (u16, u16) = (1024, 65_535);
+    let dp = Datapath::load(&Options {
+        max_services: 2,
+        // Room for every half-open flow in the transient table (a quarter).
+        max_flows: 262_144,
+        ..Options::default()
+    })
+    .expect("load the datapath");
+    let mut bal = Balancer::new(dp);
+    let race = vip(90);
+    let mut spec = ServiceSpec::tcp("race", race, 80).nat();
+    (spec.nat.port_lo, spec.nat.port_hi) = PORTS;
+    bal.add_service(spec).unwrap();
+    let be_addr = be4(18);
+    bal.add_backend(
+        "race",
+        BackendSpec {
+            port: Some(BE_PORT),
+            snat: Some(SNAT.into()),
+            ..BackendSpec::new("race-a", be_addr, [0; 6])
+        },
+    )
+    .unwrap();
+    let be = bal.backend_infos().into_iter().next().expect("race-a");
+    let svc_id = bal.service_infos()[0].id;
+    let rev_key = |port: u16| key(be_addr, BE_PORT, SNAT.into(), port, TCP);
+
+    // Every port's last flow ended 10 s ago (NAT_REUSE_NS is 2 s): all free again.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let long_ago = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) - 10_000_000_000;
+    for port in PORTS.0..=PORTS.1 {
+        let old = NatRev {
+            client: addr_bytes(Ipv4Addr::new(192, 0, 2, 99).into()).0,
+            vip: addr_bytes(race).0,
+            client_port_be: port.to_be(),
+            vip_port_be: 80u16.to_be(),
+            svc: svc_id as u16,
+            nat_addr: NAT_ADDR_BACKEND,
+            backend: be.id,
+            gen: be.gen,
+            flags: 0,
+            syn_ns: 0,
+            ended_ns: long_ago,
+            last_ns: long_ago,
+            idle_ns: 0,
+        };
+        bal.datapath_mut()
+            .put_nat_reverse(&rev_key(port), &old)
+            .expect("write an ended flow's reverse entry");
+    }
+
+    // One thread per CPU, each with a wrapper of its own (a test program with its own run
+    // counter) that restores a SYN and gives it a new source each run, from a /16 of its own.
+    let target = bal
+        .datapath_mut()
+        .program()
+        .fd()
+        .expect("the datapath's fd")
+        .try_clone()
+        .expect("dup the fd");
+    let start = std::sync::Barrier::new(2);
+    let sources = [Ipv4Addr::new(198, 51, 0, 1), Ipv4Addr::new(203, 0, 0, 1)];
+    let actions: Vec<u32> = std::thread::scope(|s| {
+        let runs: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(cpu, src)| {
+                let (target, start, cli) = (&target, &start, lab.cli);
+                // A thread starts in the namespace of the thread that made it (the lab's).
+                s.spawn(move || {
+                    let _on = steer_tests::fixture::OnCpu::pin(cpu);
+                    let mut aux =
+                        aya::Ebpf::load(steer_tests::aux::OBJECT).expect("load the test programs");
+                    let wrap: &mut Xdp = aux
+                        .program_mut("bench_wrap")
+                        .expect("bench_wrap")
+                        .try_into()
+                        .expect("an XDP program");
+                    wrap.load().expect("load bench_wrap");
+                    // Runs from 1: a source port 0 is no client's.
+                    let mut seq: Array<_, u32> =
+                        Array::try_from(aux.map_mut("BENCH_SEQ").unwrap()).unwrap();
+                    seq.set(0, 1, 0).unwrap();
+                    let syn = tcp4(*src, 1, Ipv4Addr::new(10, 0, 0, 90), 80)
+                        .syn()
+                        .frame()
+                        .bytes;
+                    set_wrap_target(&mut aux, target, &syn, true);
+                    let wrap: &mut Xdp = aux.program_mut("bench_wrap").unwrap().try_into().unwrap();
+                    // struct xdp_md: 54 bytes in by the clients' interface.
+                    let ctx: Vec<u8> = [0u32, 54, 0, cli, 0, 0]
+                        .iter()
+                        .flat_map(|w| w.to_ne_bytes())
+                        .collect();
+                    let mut out = [0u8; 512];
+                    start.wait();
+                    wrap.test_run(TestRunOptions {
+                        data_in: Some(&[0u8; 54]),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        repeat: PER_CPU,
+                        ..TestRunOptions::new()
+                    })
+                    .expect("BPF_PROG_TEST_RUN")
+                    .return_value
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        actions, [XDP_REDIRECT; 2],
+        "the last SYN of each CPU: sent to the backend"
+    );
+
+    let counters = bal.service_counters("race").unwrap();
+    assert_eq!(
+        (counters.new_flows, counters.nat_exhausted),
+        (2 * PER_CPU as u64, 0),
+        "(new flows, flows that found no port): every SYN a new flow with a port"
+    );
+    // Each new flow took a port of its own: as many ports hold a new flow's reverse entry as
+    // there were new flows (two flows given one port leave one entry for the two), and each
+    // such entry's flow leaves from that port.
+    let (mut taken, mut interleaved, mut last_cpu) = (0usize, 0usize, None);
+    for port in PORTS.0..=PORTS.1 {
+        let rev = bal
+            .datapath()
+            .nat_reverse(&rev_key(port))
+            .unwrap()
+            .expect("every port keeps an entry");
+        if rev.ended_ns != 0 {
+            continue;
+        }
+        taken += 1;
+        let client = Ipv4Addr::new(rev.client[0], rev.client[1], rev.client[2], rev.client[3]);
+        let flow = bal
+            .datapath()
+            .flow(&key(
+                client.into(),
+                u16::from_be(rev.client_port_be),
+                race,
+                80,
+                TCP,
+            ))
+            .unwrap()
+            .expect("the new flow of a port's reverse entry");
+        assert_eq!(
+            u16::from_be(flow.nat_port_be),
+            port,
+            "the flow of port {port}'s reverse entry leaves from another port"
+        );
+        let cpu = sources
+            .iter()
+            .position(|s| s.octets()[0] == client.octets()[0]);
+        interleaved += (last_cpu.is_some() && cpu != last_cpu) as usize;
+        last_cpu = cpu;
+    }
+    assert_eq!(
+        taken,
+        2 * PER_CPU as usize,
+        "ports holding a new flow: fewer than the new flows, a port given to two flows"
+    );
+    interleaved
 }
