@@ -676,7 +676,13 @@ fn steer_to<const NAT: bool>(
                     select::flow_backend(old.backend, old.gen).map(|b| b.0),
                 );
             }
-            if NAT {
+            // (Unless the new flow took the old one's port back: its reverse entry, just
+            // written, is the new flow's.)
+            let same_source = old.backend == be_id
+                && old.gen == be.gen
+                && old.nat_port_be == nat.port_be
+                && old.nat_addr == nat.addr;
+            if NAT && !same_source {
                 nat::release(pkt, svc_id, &old);
             }
             flow::repin_flow(f, pkt, be_id, be.gen, nat, now)

@@ -318,8 +318,13 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
 }
 
 /// Takes the source port of reverse key `key` for the flow `rev` stands for, if it is free:
-/// nobody's, or its last flow's since `NAT_REUSE_NS`. Exactly one CPU takes a port: the
-/// insert that fails if another wrote the key first, or the claim of an old entry (below).
+/// nobody's, or its last flow's, which ended `NAT_REUSE_NS` ago or (UDP) was idle past its
+/// timeout. Of the CPUs trying a port at once, one takes it: the insert that fails if another
+/// wrote the key first, or the claim of the old entry (below). (One window stays open: an old
+/// entry claimed, then removed — evicted by the LRU's forced shrink, or by `release` — before
+/// the claimer's write, lets another CPU insert the key meanwhile, which the write replaces:
+/// that flow's packets then meet an entry not theirs and are dropped as `NAT_CONFLICT`,
+/// never delivered into the other flow.)
 ///
 /// The entry is looked up first: an insert into an LRU table takes a free element (evicting
 /// one from a full table) before it finds the key there, so trying an insert on a port that

@@ -237,6 +237,7 @@ impl Drop for Lab {
 pub const TINY_PORTS: (u16, u16) = (30_000, 30_001);
 pub const ONE_PORT: u16 = 30_100;
 pub const ONE_UDP_PORT: u16 = 30_200;
+pub const IDLE_UDP_PORT: u16 = 30_300;
 
 pub fn vip(last: u8) -> IpAddr {
     Ipv4Addr::new(10, 0, 0, last).into()
@@ -252,7 +253,8 @@ pub fn vip(last: u8) -> IpAddr {
 /// - `local` 10.0.0.41: local-a 192.0.2.50 on the clients' link, from 192.0.2.1;
 /// - `pooled` 10.0.0.50: pooled-a .4, from the pool 10.1.0.200–201;
 /// - `tiny` 10.0.0.60: tiny-a .7, ports 30000–30001; `one` 10.0.0.61: one-a .10, port 30100;
-///   `oneudp` UDP 10.0.0.61:53: oneudp-a .11, port 30200;
+///   `oneudp` UDP 10.0.0.61:53: oneudp-a .11, port 30200; `idleudp` UDP 10.0.0.62:53, idle
+///   1 s: idleudp-a .19, port 30300;
 /// - `lost` 10.0.0.70: lost-a 10.1.0.50 (no neighbour); `void` 10.0.0.71: void-a 172.16.0.1
 ///   (blackhole route);
 /// - `strict` 10.0.0.80: observe and recover off (syn_timeout 50 ms): strict-a .12, strict-b .13;
@@ -313,6 +315,13 @@ pub fn setup() -> Balancer {
         nat(ServiceSpec::udp("oneudp", vip(61), 53), &|n| {
             (n.port_lo, n.port_hi) = (ONE_UDP_PORT, ONE_UDP_PORT)
         }),
+        nat(
+            ServiceSpec {
+                idle_timeout_s: 1,
+                ..ServiceSpec::udp("idleudp", vip(62), 53)
+            },
+            &|n| (n.port_lo, n.port_hi) = (IDLE_UDP_PORT, IDLE_UDP_PORT),
+        ),
         nat(ServiceSpec::tcp("lost", vip(70), 80), &none),
         nat(ServiceSpec::tcp("void", vip(71), 80), &none),
         nat(ServiceSpec::tcp("strict", vip(80), 80), &|n| {
@@ -361,6 +370,7 @@ pub fn setup() -> Balancer {
         ("tiny", "tiny-a", be4(7), BE_PORT, Role::Pool),
         ("one", "one-a", be4(10), BE_PORT, Role::Pool),
         ("oneudp", "oneudp-a", be4(11), DNS_PORT, Role::Pool),
+        ("idleudp", "idleudp-a", be4(19), DNS_PORT, Role::Pool),
         ("lost", "lost-a", NO_NEIGH.into(), BE_PORT, Role::Pool),
         (
             "void",

@@ -44,6 +44,10 @@ fn ports() {
                 "ports_go_out_in_turn_whichever_cpu_takes_the_flow",
                 ports_go_out_in_turn_whichever_cpu_takes_the_flow,
             ),
+            (
+                "a_udp_flow_back_after_its_idle_timeout_may_take_its_own_port_again",
+                a_udp_flow_back_after_its_idle_timeout_may_take_its_own_port_again,
+            ),
         ],
     );
 }
@@ -306,6 +310,51 @@ fn ports_go_out_in_turn_whichever_cpu_takes_the_flow(n: &mut Nat) {
         let next = if w[0] == hi { lo } else { w[0] + 1 };
         assert_eq!(w[1], next, "ports in turn across CPUs: {ports:?}");
     }
+}
+
+/// A UDP flow idle past its timeout is a new flow at its next datagram; when the port it
+/// takes is its old one (a one-port range), its new reverse entry is kept as written:
+/// freeing the old flow's source, which the new flow had just written over, removed it (and
+/// the send healed it again at once: two more LRU writes, and the port's cached copies
+/// voided).
+fn a_udp_flow_back_after_its_idle_timeout_may_take_its_own_port_again(n: &mut Nat) {
+    let idle = vip(62);
+    let c: IpAddr = CLIENT.into();
+    let datagram = |payload: &[u8]| udp4(CLIENT, 46_200, Ipv4Addr::new(10, 0, 0, 62), 53, payload);
+    let row = n.to_backend(
+        "a UDP flow takes the range's only port",
+        "idleudp",
+        "idleudp-a",
+        datagram(b"q1"),
+        true,
+        Some(IDLE_UDP_PORT),
+    );
+    n.client(row);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let mut row = n.to_backend(
+        "after the idle timeout, its next datagram is a new flow: the same port, free again",
+        "idleudp",
+        "idleudp-a",
+        datagram(b"q2"),
+        true,
+        Some(IDLE_UDP_PORT),
+    );
+    // (Its reverse entry is written once: not removed as the old flow's, then healed.)
+    row.deltas.push(Delta::Outcome(event::IDLE_EXPIRED, 1));
+    row.deltas.push(Delta::Outcome(event::NAT_HEALED, 0));
+    n.client(row);
+    let rk = n.rev_key("idleudp-a", SNAT.into(), IDLE_UDP_PORT, UDP);
+    assert!(
+        n.reverse(&rk).is_some(),
+        "the new flow's reverse entry stands"
+    );
+    let row = n.to_client(
+        "the backend's answer on the port comes back to the client",
+        n.backend_udp("idleudp-a", SNAT.into(), IDLE_UDP_PORT, b"a2"),
+        (idle, 53),
+        (c, 46_200),
+    );
+    n.backend(row);
 }
 
 /// Two CPUs taking new flows of one backend at the same moment never give one source port to
