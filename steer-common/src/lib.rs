@@ -37,7 +37,7 @@ pub mod map {
     pub const NAT: &str = "STEER_NAT_V1";
     /// Service id → `NatPool`: the LB addresses a NAT service's flows leave from, when it has
     /// a pool. Written by steer-ctl.
-    pub const POOLS: &str = "STEER_POOL_V1";
+    pub const POOLS: &str = "STEER_POOL_V2";
     /// Backend id → `Observed` (mmapable): passive health of NAT backends. Written by the
     /// datapath (failures), reset by steer-ctl (when active checks bring the backend back).
     pub const OBSERVED: &str = "STEER_OBS_V1";
@@ -129,13 +129,14 @@ pub mod map {
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
     /// reused; their flows cannot be read by this version).
-    pub const RETIRED: [&str; 6] = [
+    pub const RETIRED: [&str; 7] = [
         "STEER_SVC_V1",
         "STEER_BE_V1",
         "STEER_FLOWS_V1",
         "STEER_TRANS_V1",
         "STEER_GSTAT_V1",
         "STEER_NCUR_V1",
+        "STEER_POOL_V1",
     ];
 }
 
@@ -611,16 +612,26 @@ pub struct NatRev {
 }
 const _: () = assert!(core::mem::size_of::<NatRev>() == 80);
 
-/// The LB addresses a NAT service's flows leave from. Value of `STEER_POOL_V1` by service id.
+/// The LB addresses a NAT service's flows leave from. Value of `STEER_POOL_V2` by service id.
+///
+/// A flow records the slot of its address (`Flow::nat_addr`), so an address keeps its slot
+/// for as long as the pool names it, and one the pool no longer names stays in its slot
+/// (retired: no new flow takes it, the flows leaving from it keep their source) until a new
+/// address needs the slot. (V1 kept the addresses in the pool's order: removing one from the
+/// middle moved the flows of every address after it to another source.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NatPool {
+    /// Addresses by slot; the first `slots` hold one.
     pub addrs: [[u8; 16]; NAT_POOL_MAX],
-    /// Addresses in use, `1..=NAT_POOL_MAX`.
+    /// The slots new flows take (the pool's addresses), the first `count`.
+    pub active: [u8; NAT_POOL_MAX],
+    /// Addresses new flows take, `1..=NAT_POOL_MAX`.
     pub count: u32,
-    pub _pad: u32,
+    /// Slots holding an address, the pool's and retired ones, `count..=NAT_POOL_MAX`.
+    pub slots: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatPool>() == 136);
+const _: () = assert!(core::mem::size_of::<NatPool>() == 144);
 
 /// Passive health of a backend. Value of `STEER_OBS_V1` by backend id.
 #[repr(C)]

@@ -69,6 +69,11 @@ pub struct NatSpec {
     /// LB addresses flows leave from (same family as the VIP, at most `NAT_POOL_MAX`);
     /// empty: each backend's `snat`.
     pub pool: Vec<IpAddr>,
+    /// Where the datapath keeps each address (`NatPool`'s slots, whose index a flow
+    /// records): every address of `pool`, and addresses the pool named before that still
+    /// hold their slot (retired: their flows keep their source). Empty: `pool`, in order.
+    /// `pool_slots` keeps it across changes of `pool`.
+    pub slots: Vec<IpAddr>,
     /// Source ports, inclusive.
     pub port_lo: u16,
     pub port_hi: u16,
@@ -86,6 +91,7 @@ impl Default for NatSpec {
         let ports = crate::config::DEFAULT_SNAT_PORTS;
         NatSpec {
             pool: Vec::new(),
+            slots: Vec::new(),
             port_lo: ports.0,
             port_hi: ports.1,
             observe: true,
@@ -164,12 +170,17 @@ impl ServiceSpec {
         }
         let mut p = NatPool {
             addrs: [[0; 16]; NAT_POOL_MAX],
+            active: [0; NAT_POOL_MAX],
             count: 0,
-            _pad: 0,
+            slots: 0,
         };
-        for (slot, a) in p.addrs.iter_mut().zip(&self.nat.pool) {
-            *slot = addr_bytes(*a).0;
-            p.count += 1;
+        for (i, a) in self.nat.slots().iter().enumerate().take(NAT_POOL_MAX) {
+            p.addrs[i] = addr_bytes(*a).0;
+            p.slots += 1;
+            if self.nat.pool.contains(a) {
+                p.active[p.count as usize] = i as u8;
+                p.count += 1;
+            }
         }
         Some(p)
     }
@@ -316,6 +327,15 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// The address `addr_bytes` made `b` from: IPv4 (its first four bytes) or IPv6.
+pub fn addr_from_bytes(b: [u8; 16], v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::from([b[0], b[1], b[2], b[3]])
+    } else {
+        IpAddr::from(b)
+    }
+}
+
 fn family_name(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() {
         "IPv4"
@@ -324,14 +344,32 @@ fn family_name(ip: IpAddr) -> &'static str {
     }
 }
 
-/// The pool `new` names, ordered to keep the addresses `old` already had at their places as
-/// far as it can: a flow records the index of its source address in the pool, so a reload
-/// that adds addresses, or removes the last ones, moves no flow's source. (An address removed
-/// from the middle shifts the ones after it: their flows' source changes.)
-pub fn stable_pool(old: &[IpAddr], new: &[IpAddr]) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = old.iter().filter(|a| new.contains(a)).copied().collect();
-    out.extend(new.iter().filter(|a| !old.contains(a)));
-    out
+impl NatSpec {
+    /// The datapath's slots: `slots`, or `pool` in order when none were given.
+    pub fn slots(&self) -> &[IpAddr] {
+        if self.slots.is_empty() {
+            &self.pool
+        } else {
+            &self.slots
+        }
+    }
+}
+
+/// The slots (`NatSpec::slots`) for pool `pool` after slots `old`: a flow records the slot of
+/// its source address, so every address keeps its slot — one the pool no longer names too
+/// (retired: no new flow takes it, its flows keep their source) — and a new address takes a
+/// free slot, or, when all `NAT_POOL_MAX` are taken, the first retired one (whose remaining
+/// flows then lose their source: the one change of a pool that moves flows).
+pub fn pool_slots(old: &[IpAddr], pool: &[IpAddr]) -> Vec<IpAddr> {
+    let mut slots = old.to_vec();
+    for a in pool.iter().filter(|a| !old.contains(a)) {
+        if slots.len() < NAT_POOL_MAX {
+            slots.push(*a);
+        } else if let Some(s) = slots.iter_mut().find(|s| !pool.contains(s)) {
+            *s = *a;
+        }
+    }
+    slots
 }
 
 /// What the datapath could not use in a service's NAT settings (the config refuses all of
@@ -350,6 +388,19 @@ fn check_nat(spec: &ServiceSpec) -> Result<()> {
     }
     if let Some(a) = n.pool.iter().find(|a| a.is_ipv4() != spec.vip.is_ipv4()) {
         return bad(format!("pool address {a} is not of the VIP's family"));
+    }
+    let slots = n.slots();
+    if slots.len() > NAT_POOL_MAX {
+        return bad(format!(
+            "{} pool slots, at most {NAT_POOL_MAX}",
+            slots.len()
+        ));
+    }
+    if let Some(a) = n.pool.iter().find(|a| !slots.contains(a)) {
+        return bad(format!("pool address {a} has no slot"));
+    }
+    if let Some(a) = slots.iter().find(|a| a.is_ipv4() != spec.vip.is_ipv4()) {
+        return bad(format!("pool slot {a} is not of the VIP's family"));
     }
     if n.port_lo == 0 || n.port_lo > n.port_hi {
         return bad(format!("source ports {}-{}", n.port_lo, n.port_hi));
@@ -694,7 +745,7 @@ impl Balancer {
     }
 
     /// Adds a service with no backends (new flows to it are dropped until one is added).
-    pub fn add_service(&mut self, spec: ServiceSpec) -> Result<u32> {
+    pub fn add_service(&mut self, mut spec: ServiceSpec) -> Result<u32> {
         if self.services.contains_key(&spec.name) {
             return Err(BalancerError::DuplicateService(spec.name));
         }
@@ -719,7 +770,25 @@ impl Balancer {
             .copied()
             .filter(|i| *i < max && free(i));
         let id = match reserved {
-            Some(i) => i,
+            Some(i) => {
+                // A service a daemon before this one ran (on pinned maps): its pool addresses
+                // keep the slots that daemon gave them, which its flows record.
+                if spec.mode == Mode::Nat && spec.nat.slots.is_empty() && !spec.nat.pool.is_empty()
+                {
+                    let before = self.dp.pool(i)?;
+                    let slots: Vec<IpAddr> = before.addrs
+                        [..(before.slots as usize).min(NAT_POOL_MAX)]
+                        .iter()
+                        .map(|a| addr_from_bytes(*a, spec.vip.is_ipv4()))
+                        .collect();
+                    spec.nat.slots = pool_slots(&slots, &spec.nat.pool);
+                    // (Not of the VIP's family: the service was another before; afresh.)
+                    if check_nat(&spec).is_err() {
+                        spec.nat.slots.clear();
+                    }
+                }
+                i
+            }
             None => {
                 let i = (0..max)
                     .find(|i| free(i) && !self.reserved_services.values().any(|r| r == i))
@@ -1400,27 +1469,61 @@ mod tests {
     }
 
     #[test]
-    fn pool_addresses_keep_their_places_across_a_reload() {
+    fn pool_addresses_keep_their_slots_across_a_reload() {
         let old = ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
         // Reordered in the config: nothing moves.
         assert_eq!(
-            stable_pool(&old, &ips(&["10.1.0.3", "10.1.0.1", "10.1.0.2"])),
+            pool_slots(&old, &ips(&["10.1.0.3", "10.1.0.1", "10.1.0.2"])),
             old
         );
-        // Added: after the others.
+        // Added: in a free slot.
         assert_eq!(
-            stable_pool(
+            pool_slots(
                 &old,
                 &ips(&["10.1.0.9", "10.1.0.1", "10.1.0.2", "10.1.0.3"])
             ),
             ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9"])
         );
-        // The last removed: the others stay.
+        // Removed from the middle: it stays in its slot (retired), the others stay in theirs.
+        assert_eq!(pool_slots(&old, &ips(&["10.1.0.3", "10.1.0.1"])), old);
+        // Then an address added takes a free slot, not the retired one.
         assert_eq!(
-            stable_pool(&old, &ips(&["10.1.0.2", "10.1.0.1"])),
-            ips(&["10.1.0.1", "10.1.0.2"])
+            pool_slots(&old, &ips(&["10.1.0.1", "10.1.0.3", "10.1.0.9"])),
+            ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9"])
         );
-        assert_eq!(stable_pool(&[], &old), old);
+        assert_eq!(pool_slots(&[], &old), old);
+        // Every slot taken: a new address takes the first retired one.
+        let full = ips(&[
+            "10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6", "10.1.0.7",
+            "10.1.0.8",
+        ]);
+        let mut pool = full.clone();
+        pool.retain(|a| *a != full[2] && *a != full[5]);
+        pool.push("10.1.0.9".parse().unwrap());
+        let mut want = full.clone();
+        want[2] = "10.1.0.9".parse().unwrap();
+        assert_eq!(pool_slots(&full, &pool), want);
+    }
+
+    #[test]
+    fn a_retired_slot_keeps_its_address_and_takes_no_new_flow() {
+        let mut nat = ServiceSpec::tcp("api", "10.0.0.1".parse().unwrap(), 80).nat();
+        nat.nat.slots = ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+        nat.nat.pool = ips(&["10.1.0.3", "10.1.0.1"]);
+        assert!(check_nat(&nat).is_ok());
+        let p = nat.pool().unwrap();
+        assert_eq!((p.count, p.slots), (2, 3));
+        assert_eq!(&p.active[..2], &[0, 2], "new flows take slots 0 and 2");
+        assert_eq!(
+            p.addrs[1][..4],
+            [10, 1, 0, 2],
+            "the retired address keeps slot 1"
+        );
+        nat.nat.pool.push("10.1.0.4".parse().unwrap());
+        assert!(
+            check_nat(&nat).is_err(),
+            "a pool address with no slot is refused"
+        );
     }
 
     #[test]

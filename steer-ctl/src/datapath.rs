@@ -898,7 +898,7 @@ impl Datapath {
         }
         for id in 0..self.max_services {
             let pool = self.pool(id)?;
-            for a in pool.addrs.iter().take(pool.count as usize) {
+            for a in pool.addrs.iter().take(pool.slots as usize) {
                 self.filter_nat_source(a);
             }
         }
@@ -981,7 +981,8 @@ impl Datapath {
     /// Writes the NAT source pool of service `id`.
     pub fn put_pool(&mut self, id: u32, pool: &NatPool) -> Result<()> {
         self.check_service_id(id)?;
-        for a in pool.addrs.iter().take(pool.count as usize) {
+        // Retired slots' addresses too: their flows' replies still come to them.
+        for a in pool.addrs.iter().take(pool.slots as usize) {
             self.filter_nat_source(a);
         }
         typed(map::POOLS, self.pools.set(id, pool, 0))?;

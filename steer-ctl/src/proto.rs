@@ -260,6 +260,10 @@ impl From<steer_common::Counters> for Counters {
 pub struct NatStatus {
     /// The pool flows leave from; empty: each backend's `snat` (the LB's address facing it).
     pub snat: Vec<String>,
+    /// Addresses removed from the pool whose flows still leave from them (each keeps its
+    /// slot until a new address needs it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat_retired: Vec<String>,
     /// Source ports, "lo-hi".
     pub snat_ports: String,
     pub observe: bool,

@@ -78,7 +78,7 @@ pub static NAT: LruHashMap<FlowKey, NatRev> =
     LruHashMap::with_max_entries(nat_capacity(MAX_FLOWS), 0);
 
 /// Source address pools of NAT services, by service id. Written by steer-ctl.
-#[map(name = "STEER_POOL_V1")]
+#[map(name = "STEER_POOL_V2")]
 pub static POOLS: Array<NatPool> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Passive health per backend id: consecutive failed attempts. Written by the datapath,

@@ -89,7 +89,8 @@ fn source(svc_id: u32, be: &Backend, addr: u16) -> Option<[u8; 16]> {
         return Some(be.snat);
     }
     let pool = POOLS.get(svc_id)?;
-    if addr as u32 >= pool.count || addr as usize >= NAT_POOL_MAX {
+    // Any slot holding an address: a retired one's flows keep their source.
+    if addr as u32 >= pool.slots || addr as usize >= NAT_POOL_MAX {
         return None;
     }
     // The mask repeats the bound for the verifier on a fresh load: LLVM folds the compare
@@ -219,10 +220,12 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     // SAFETY: helper without preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     let addr = if svc.flags & svc_flags::NAT_POOL != 0 {
-        let Some(i) = POOLS
-            .get(svc_id)
-            .and_then(|pool| (random >> 16).checked_rem(pool.count))
-        else {
+        // One of the slots new flows take.
+        let Some(i) = POOLS.get(svc_id).and_then(|pool| {
+            (random >> 16)
+                .checked_rem(pool.count)
+                .map(|n| pool.active[n as usize & (NAT_POOL_MAX - 1)] as u32)
+        }) else {
             return 0;
         };
         i
@@ -252,15 +255,21 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     // SAFETY: a map value of this run. Read, then moved by an atomic add (BPF's add without
     // fetch): two CPUs reading the same value at once start from the same port, and the
     // second finds it taken (`take`) and tries the next. `seen`: the cursor as this CPU left
-    // it (0: not started).
-    let (start, seen) = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
+    // it (0: not started), the port to start from one before it (one value live across the
+    // loop rather than two: this call's frame is at the edge of BPF's 512-byte stack).
+    let seen = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
         Some((c, n)) if n != 0 => {
             unsafe { atomic_xadd::<u64, u64, { Relaxed }>(c, 1) };
-            (n as u32, n.wrapping_add(1))
+            n.wrapping_add(1)
         }
-        _ => (random, 0),
+        _ => 0,
     };
     let moved = seen != 0;
+    let start = if moved {
+        (seen as u32).wrapping_sub(1)
+    } else {
+        random
+    };
     let syn_ns = if pkt.is_syn() { now } else { 0 };
     // The reverse entry is the same whatever the port (the port is in its key).
     let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;

@@ -308,7 +308,7 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
     }
     for gone in [
         "STEER_NAT_V1",
-        "STEER_POOL_V1",
+        "STEER_POOL_V2",
         "STEER_OBS_V1",
         "STEER_NEIGH_V1",
         "STEER_CFG_V1",

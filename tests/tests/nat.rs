@@ -1180,3 +1180,100 @@ fn coarse_tick() -> Duration {
     assert_eq!(r, 0, "clock_getres(CLOCK_MONOTONIC_COARSE)");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// Test 8: a reload that removes a pool address, and a daemon restarted after it, move no
+/// connection: flows record the slot of their source address, every address keeps its slot,
+/// the removed one stays in its slot (retired) while its connections go on, and a restarted
+/// daemon takes the slots from the pinned pool rather than from the config's order. (With
+/// the pool an ordered list, removing the first address moved the second into its place: the
+/// connections of both were translated from the wrong address.)
+#[test]
+fn removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart() {
+    if !steer_tests::privileged(
+        "removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart",
+    ) {
+        return;
+    }
+    let mut topo = NatTopology::new(&NatSpec {
+        two_arms: false,
+        local: 1,
+        routed: 0,
+    });
+    topo.start_http(Path::new(HTTPD), 0, 80);
+    // Pool addresses on the LB's interface: the backend finds them by ARP, as it finds the LB.
+    let pool: [IpAddr; 3] = [
+        "10.99.0.240".parse().unwrap(),
+        "10.99.0.241".parse().unwrap(),
+        "10.99.0.242".parse().unwrap(),
+    ];
+    for a in pool {
+        topo.lb
+            .ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+    }
+    let vip = SocketAddr::new(IpAddr::V4(addr::VIP), 80);
+    let config = |snat: &[IpAddr]| {
+        let list: Vec<String> = snat.iter().map(|a| format!("\"{a}\"")).collect();
+        let extra = format!("snat = [{}]\n{FAST_CHECK}", list.join(", "));
+        service("web", vip.ip(), 80, &extra) + &backend(&topo, 0, false, "b0", "")
+    };
+    let mut d = daemon(&topo, &config(&pool[..2]));
+    wait_up(&d, &["b0"]);
+    // Connections until each of the two addresses has one (each new flow takes one at random).
+    let from = |a: IpAddr| {
+        tcp_peers(&topo.backends[0].ns, "established", 80)
+            .into_iter()
+            .filter(|p| p.ip() == a)
+            .count()
+    };
+    let mut conns = Vec::new();
+    while from(pool[0]) == 0 || from(pool[1]) == 0 {
+        assert!(
+            conns.len() < 32,
+            "32 connections, and not one from each pool address"
+        );
+        conns.extend(conns_on(&topo.client, vip, &["b0"], 1));
+    }
+    println!(
+        "pool: {} connections, {} from {}, {} from {}",
+        conns.len(),
+        from(pool[0]),
+        pool[0],
+        from(pool[1]),
+        pool[1]
+    );
+
+    d.write_config(&config(&pool[1..2]));
+    let r = d.ok_json(&["reload", "--json"]);
+    assert!(r["changes"].to_string().contains("service web"), "{r}");
+    let s = d.ok_json(&["status"]);
+    let nat = &s["services"][0]["nat"];
+    assert_eq!(
+        (nat["snat"].to_string(), nat["snat_retired"].to_string()),
+        (format!("[\"{}\"]", pool[1]), format!("[\"{}\"]", pool[0])),
+        "status: the pool, and the address removed whose flows go on; {s}"
+    );
+    let conns = still_alive(&topo.client, conns, "the first pool address removed");
+    let (kept, removed) = (from(pool[1]), from(pool[0]));
+    let mut more = conns_on(&topo.client, vip, &["b0"], 4);
+    assert_eq!(
+        (from(pool[1]), from(pool[0])),
+        (kept + 4, removed),
+        "new connections leave from the pool's address only"
+    );
+
+    d.kill9();
+    d.start();
+    wait_up(&d, &["b0"]);
+    let conns = still_alive(&topo.client, conns, "the daemon restarted");
+    more = still_alive(&topo.client, more, "the daemon restarted");
+
+    // An address added after the restart takes a free slot: the connections of the retired
+    // address and of the kept one go on.
+    d.write_config(&config(&[pool[2], pool[1]]));
+    let r = d.ok_json(&["reload", "--json"]);
+    assert!(r["changes"].to_string().contains("service web"), "{r}");
+    let conns = still_alive(&topo.client, conns, "an address added");
+    let more = still_alive(&topo.client, more, "an address added");
+    close(&topo.client, conns);
+    close(&topo.client, more);
+}

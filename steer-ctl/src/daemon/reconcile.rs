@@ -16,7 +16,7 @@ use std::{
 use steer_common::{svc_flags, MAX_BACKENDS};
 
 use crate::{
-    balancer::{addr_bytes, stable_pool, BackendSpec, Balancer, NatSpec, ServiceSpec},
+    balancer::{addr_bytes, pool_slots, BackendSpec, Balancer, NatSpec, ServiceSpec},
     config::{BackendCfg, Config, DaemonCfg, ServiceCfg},
     datapath::Datapath,
     model::{AdminState, Health, Mode},
@@ -49,6 +49,7 @@ pub fn service_spec(s: &ServiceCfg, daemon: &DaemonCfg) -> ServiceSpec {
     let nat = match s.nat(daemon) {
         Some(n) => NatSpec {
             pool: n.pool,
+            slots: Vec::new(),
             port_lo: n.ports.0,
             port_hi: n.ports.1,
             observe: n.observe,
@@ -270,8 +271,9 @@ fn apply_batched(
         let nat = spec.mode == Mode::Nat;
         let name = spec.name.clone();
         if let Some(o) = bal.service_spec(&name) {
-            // Pool addresses keep their places (flows record an index into the pool).
-            spec.nat.pool = stable_pool(&o.nat.pool, &spec.nat.pool);
+            // Pool addresses keep their slots (flows record the slot of their source), and
+            // removed ones stay in theirs while their flows may go on.
+            spec.nat.slots = pool_slots(o.nat.slots(), &spec.nat.pool);
         }
         match bal.service_spec(&name) {
             Some(o) if *o == spec => {}

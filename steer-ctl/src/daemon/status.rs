@@ -293,6 +293,12 @@ impl Core {
                     mode: s.mode,
                     nat: s.nat.map(|n| proto::NatStatus {
                         snat: n.pool.iter().map(|a| a.to_string()).collect(),
+                        snat_retired: n
+                            .slots()
+                            .iter()
+                            .filter(|a| !n.pool.contains(a))
+                            .map(|a| a.to_string())
+                            .collect(),
                         snat_ports: format!("{}-{}", n.port_lo, n.port_hi),
                         observe: n.observe,
                         error_limit: n.error_limit,

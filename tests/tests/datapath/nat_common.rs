@@ -706,7 +706,7 @@ impl Nat {
             let be = self.bal().backend_name(f.backend).unwrap();
             self.bal().backend_spec(&be).unwrap().snat.unwrap()
         } else {
-            s.nat.pool[f.nat_addr as usize]
+            s.nat.slots()[f.nat_addr as usize]
         }
     }
 

@@ -10,6 +10,101 @@ use steer_tests::fixture::{tcp4, tcp6, udp4, udp6, Delta, Frame};
 
 use crate::nat_common::*;
 
+/// A reload that removes a pool address (the first of two here) moves no flow: the flows of
+/// the other address keep their source (a flow records its address's slot, which the other
+/// address keeps), the removed address's flows keep theirs until they end (its slot is
+/// retired, not reused), and new flows leave from the pool's addresses only. (The pool was an
+/// ordered list: the second address moved to the first place, so the flows of both lost their
+/// source.)
+fn a_pool_address_removed_keeps_its_flows_and_the_others_keep_theirs(n: &mut Nat) {
+    let pooled = vip(50);
+    let c: IpAddr = CLIENT.into();
+    // New flows take an address of the pool at random: SYNs until one flow has each.
+    let mut on: [Option<(u16, u16)>; 2] = [None, None];
+    for cport in 41_100..41_140 {
+        let row = n.to_backend(
+            "set-up: a SYN to the pooled service",
+            "pooled",
+            "pooled-a",
+            from_client(c, cport, pooled, syn(), &[]),
+            true,
+            None,
+        );
+        n.client(row);
+        let f = n.flow(&key(c, cport, pooled, 80, TCP));
+        on[f.nat_addr as usize].get_or_insert((cport, u16::from_be(f.nat_port_be)));
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some((c0, port0)), Some((c1, port1))] = on else {
+        panic!("set-up: no flow on each pool address in 40 SYNs: {on:?}")
+    };
+    let before = n.bal().service_spec("pooled").unwrap().clone();
+    let mut spec = before.clone();
+    spec.nat.pool = vec![POOL[1].into()];
+    spec.nat.slots = steer_ctl::balancer::pool_slots(before.nat.slots(), &spec.nat.pool);
+    assert_eq!(
+        spec.nat.slots,
+        vec![IpAddr::from(POOL[0]), POOL[1].into()],
+        "both addresses keep their slots"
+    );
+    n.t.bal.update_service(spec).unwrap();
+
+    let (dst, dport) = n.be_addr("pooled-a");
+    for (cport, port, addr, desc) in [
+        (
+            c1,
+            port1,
+            POOL[1],
+            "a flow of the address kept keeps its source",
+        ),
+        (
+            c0,
+            port0,
+            POOL[0],
+            "a flow of the address removed keeps its source",
+        ),
+    ] {
+        let mut row = n.to_backend(
+            desc,
+            "pooled",
+            "pooled-a",
+            from_client(c, cport, pooled, ack(1), &[]),
+            false,
+            Some(port),
+        );
+        let (dmac, smac, _) = n.lab.next_hop(dst, n.lab.cli);
+        row.output = xlate(
+            dmac,
+            smac,
+            Side::Source(vec![addr.into()], port, port, Some(port)),
+            dst,
+            dport,
+        );
+        n.client(row);
+        let row = n.to_client(
+            "and the backend's answer to it comes back",
+            n.backend_seg("pooled-a", addr.into(), port, ack(1), b"ok"),
+            (pooled, 80),
+            (c, cport),
+        );
+        n.backend(row);
+    }
+    for cport in 41_200..41_204 {
+        let row = n.to_backend(
+            "a new flow leaves from the pool's address",
+            "pooled",
+            "pooled-a",
+            from_client(c, cport, pooled, syn(), &[]),
+            true,
+            None,
+        );
+        n.client(row);
+    }
+    n.t.bal.update_service(before).unwrap();
+}
+
 #[test]
 fn translation() {
     // One datapath for the module's cases (each load verifies four programs); each case
@@ -25,6 +120,10 @@ fn translation() {
             ),
             ("udp_both_ways", udp_both_ways),
             ("ipv6_tcp_and_udp_both_ways", ipv6_tcp_and_udp_both_ways),
+            (
+                "a_pool_address_removed_keeps_its_flows_and_the_others_keep_theirs",
+                a_pool_address_removed_keeps_its_flows_and_the_others_keep_theirs,
+            ),
         ],
     );
 }
