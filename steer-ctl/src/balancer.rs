@@ -71,8 +71,10 @@ pub struct NatSpec {
     pub pool: Vec<IpAddr>,
     /// Where the datapath keeps each address (`NatPool`'s slots, whose index a flow
     /// records): every address of `pool`, and addresses the pool named before that still
-    /// hold their slot (retired: their flows keep their source). Empty: `pool`, in order.
-    /// `pool_slots` keeps it across changes of `pool`.
+    /// hold their slot (retired: their flows keep their source). Given empty, `Balancer`
+    /// fills it: `pool` in order for a new service (or the slots of the service a daemon
+    /// before ran on pinned maps), the slots the service had for an updated one
+    /// (`pool_slots`).
     pub slots: Vec<IpAddr>,
     /// Source ports, inclusive.
     pub port_lo: u16,
@@ -181,6 +183,12 @@ impl ServiceSpec {
                 p.active[p.count as usize] = i as u8;
                 p.count += 1;
             }
+        }
+        // The rest repeat the first: a datapath reading this pool while it is written (an
+        // array update is a copy, not a swap) with the count before it never picks a slot
+        // the pool does not take.
+        for j in p.count as usize..NAT_POOL_MAX {
+            p.active[j] = p.active[0];
         }
         Some(p)
     }
@@ -769,12 +777,23 @@ impl Balancer {
             .get(&spec.name)
             .copied()
             .filter(|i| *i < max && free(i));
+        let (addr, family) = addr_bytes(spec.vip);
+        let key = ServiceKey {
+            addr,
+            port_be: spec.port.to_be(),
+            proto: spec.proto.number(),
+            family,
+        };
         let id = match reserved {
             Some(i) => {
-                // A service a daemon before this one ran (on pinned maps): its pool addresses
-                // keep the slots that daemon gave them, which its flows record.
-                if spec.mode == Mode::Nat && spec.nat.slots.is_empty() && !spec.nat.pool.is_empty()
-                {
+                // A service a daemon before this one ran (on pinned maps), with a pool then:
+                // its addresses keep the slots that daemon gave them, which its flows record
+                // (the key holds the VIP's family, so the pool's is the VIP's).
+                let pooled = self
+                    .dp
+                    .service(&key)?
+                    .is_some_and(|v| v.id == i && v.flags & svc_flags::NAT_POOL != 0);
+                if spec.mode == Mode::Nat && spec.nat.slots.is_empty() && pooled {
                     let before = self.dp.pool(i)?;
                     let slots: Vec<IpAddr> = before.addrs
                         [..(before.slots as usize).min(NAT_POOL_MAX)]
@@ -782,10 +801,6 @@ impl Balancer {
                         .map(|a| addr_from_bytes(*a, spec.vip.is_ipv4()))
                         .collect();
                     spec.nat.slots = pool_slots(&slots, &spec.nat.pool);
-                    // (Not of the VIP's family: the service was another before; afresh.)
-                    if check_nat(&spec).is_err() {
-                        spec.nat.slots.clear();
-                    }
                 }
                 i
             }
@@ -799,13 +814,10 @@ impl Balancer {
                 i
             }
         };
-        let (addr, family) = addr_bytes(spec.vip);
-        let key = ServiceKey {
-            addr,
-            port_be: spec.port.to_be(),
-            proto: spec.proto.number(),
-            family,
-        };
+        // The slots as they will be kept (a reload compares specs).
+        if spec.mode == Mode::Nat && spec.nat.slots.is_empty() {
+            spec.nat.slots = spec.nat.pool.clone();
+        }
         // A service already in a pinned map keeps reading the table it reads now: the next
         // table goes to the other slot.
         let live_slot = self.dp.service(&key)?.map_or(0, |v| v.table_slot & 1);
@@ -1249,7 +1261,7 @@ impl Balancer {
     /// Changes a service's settings in place (idle timeout, what to do with no backend,
     /// Maglev size): its flows, backends and their health are untouched. The address, port and
     /// protocol must stay the same (another address is another service).
-    pub fn update_service(&mut self, spec: ServiceSpec) -> Result<()> {
+    pub fn update_service(&mut self, mut spec: ServiceSpec) -> Result<()> {
         let svc = self
             .services
             .get_mut(&spec.name)
@@ -1265,6 +1277,10 @@ impl Balancer {
             svc.spec.mode == spec.mode,
             "update_service cannot change the forwarding mode (flows cannot follow)"
         );
+        // Given no slots, the pool's addresses keep the ones they have.
+        if spec.mode == Mode::Nat && spec.nat.slots.is_empty() {
+            spec.nat.slots = pool_slots(svc.spec.nat.slots(), &spec.nat.pool);
+        }
         check_nat(&spec)?;
         if svc.spec == spec {
             return Ok(());

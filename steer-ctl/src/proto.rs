@@ -260,8 +260,9 @@ impl From<steer_common::Counters> for Counters {
 pub struct NatStatus {
     /// The pool flows leave from; empty: each backend's `snat` (the LB's address facing it).
     pub snat: Vec<String>,
-    /// Addresses removed from the pool whose flows still leave from them (each keeps its
-    /// slot until a new address needs it).
+    /// Addresses removed from the pool that keep their slot, so that the flows leaving from
+    /// them when they were removed keep their source (until a new address needs the slot;
+    /// the daemon does not count those flows: an address stays listed after its last one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snat_retired: Vec<String>,
     /// Source ports, "lo-hi".

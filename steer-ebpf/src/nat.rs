@@ -219,21 +219,20 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     let (svc_id, be_id) = (ids as u32 & 0xffff, (ids >> 16) as u32 & 0xffff);
     // SAFETY: helper without preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
-    let addr = if svc.flags & svc_flags::NAT_POOL != 0 {
-        // One of the slots new flows take.
-        let Some(i) = POOLS.get(svc_id).and_then(|pool| {
-            (random >> 16)
-                .checked_rem(pool.count)
-                .map(|n| pool.active[n as usize & (NAT_POOL_MAX - 1)] as u32)
+    let (addr, src) = if svc.flags & svc_flags::NAT_POOL != 0 {
+        // One of the slots new flows take, and its address, from one read of the pool (a
+        // second, as `source` makes, could see a pool being rewritten by a reload with a
+        // new slot in `active` but not yet in `slots`).
+        let Some(chosen) = POOLS.get(svc_id).and_then(|pool| {
+            let n = (random >> 16).checked_rem(pool.count)?;
+            let i = pool.active[n as usize & (NAT_POOL_MAX - 1)] as usize & (NAT_POOL_MAX - 1);
+            Some((i as u16, pool.addrs[i]))
         }) else {
             return 0;
         };
-        i
+        chosen
     } else {
-        NAT_ADDR_BACKEND as u32
-    } as u16;
-    let Some(src) = source(svc_id, be, addr) else {
-        return 0;
+        (NAT_ADDR_BACKEND, be.snat)
     };
     let (lo, hi) = (svc.nat_port_lo as u32, svc.nat_port_hi as u32);
     if lo == 0 || hi < lo {

@@ -1218,6 +1218,15 @@ fn removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart() {
     };
     let mut d = daemon(&topo, &config(&pool[..2]));
     wait_up(&d, &["b0"]);
+    let unchanged = |d: &SteerDaemon, when: &str| {
+        let r = d.ok_json(&["reload", "--json"]);
+        assert_eq!(
+            r["changes"],
+            serde_json::json!([]),
+            "{when}: a reload of the same config changes nothing"
+        );
+    };
+    unchanged(&d, "started");
     // Connections until each of the two addresses has one (each new flow takes one at random).
     let from = |a: IpAddr| {
         tcp_peers(&topo.backends[0].ns, "established", 80)
@@ -1245,12 +1254,19 @@ fn removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart() {
     d.write_config(&config(&pool[1..2]));
     let r = d.ok_json(&["reload", "--json"]);
     assert!(r["changes"].to_string().contains("service web"), "{r}");
-    let s = d.ok_json(&["status"]);
-    let nat = &s["services"][0]["nat"];
+    let pools = |d: &SteerDaemon| {
+        let s = d.ok_json(&["status"]);
+        let nat = &s["services"][0]["nat"];
+        (nat["snat"].to_string(), nat["snat_retired"].to_string())
+    };
+    let listed = |a: &[IpAddr]| {
+        let v: Vec<String> = a.iter().map(|a| format!("\"{a}\"")).collect();
+        format!("[{}]", v.join(","))
+    };
     assert_eq!(
-        (nat["snat"].to_string(), nat["snat_retired"].to_string()),
-        (format!("[\"{}\"]", pool[1]), format!("[\"{}\"]", pool[0])),
-        "status: the pool, and the address removed whose flows go on; {s}"
+        pools(&d),
+        (listed(&pool[1..2]), listed(&pool[..1])),
+        "status: the pool, and the address removed whose flows go on"
     );
     let conns = still_alive(&topo.client, conns, "the first pool address removed");
     let (kept, removed) = (from(pool[1]), from(pool[0]));
@@ -1266,6 +1282,12 @@ fn removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart() {
     wait_up(&d, &["b0"]);
     let conns = still_alive(&topo.client, conns, "the daemon restarted");
     more = still_alive(&topo.client, more, "the daemon restarted");
+    assert_eq!(
+        pools(&d),
+        (listed(&pool[1..2]), listed(&pool[..1])),
+        "status after the restart: the slots came from the pinned pool"
+    );
+    unchanged(&d, "restarted");
 
     // An address added after the restart takes a free slot: the connections of the retired
     // address and of the kept one go on.
@@ -1274,6 +1296,11 @@ fn removing_a_pool_address_moves_no_connection_across_a_reload_and_a_restart() {
     assert!(r["changes"].to_string().contains("service web"), "{r}");
     let conns = still_alive(&topo.client, conns, "an address added");
     let more = still_alive(&topo.client, more, "an address added");
+    assert_eq!(
+        pools(&d),
+        (listed(&[pool[2], pool[1]]), listed(&pool[..1])),
+        "status: the address added, in a free slot; the removed one still retired"
+    );
     close(&topo.client, conns);
     close(&topo.client, more);
 }

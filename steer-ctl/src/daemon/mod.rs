@@ -714,7 +714,7 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
         warn!(
             dir = %d.pin_dir.display(),
             maps = ?retired,
-            "maps of an earlier layout are pinned here (a daemon of an earlier version ran): this version cannot read them, so the connections they track are lost; the program using them is replaced and their pins removed"
+            "maps of an earlier layout are pinned here (a daemon of an earlier version ran): this version cannot read them, so the connections tracked only there are lost and what else they held is written afresh from the config (a NAT pool in the config's order); the program using them is replaced and their pins removed"
         );
     }
     let undo = |lock: &os::InstanceLock| {
