@@ -175,6 +175,35 @@ fn add_three_backends(bal: &mut Balancer) {
     }
 }
 
+/// What the verifier walked, per program (the same object serves both datapaths), printed;
+/// returned as JSON maps (verified instructions, translated instructions).
+fn program_table(
+    bal: &Balancer,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    println!(
+        "{:<16} {:>15} {:>13} {:>11}",
+        "program", "verified insns", "xlated insns", "JIT bytes"
+    );
+    let (mut verified_insns, mut xlated_insns) = (serde_json::Map::new(), serde_json::Map::new());
+    for (name, info) in bal.datapath().program_infos().expect("program info") {
+        let verified = info.verified_instruction_count().unwrap_or(0);
+        let xlated = info.size_translated().unwrap_or(0) / 8;
+        println!(
+            "{:<16} {:>15} {:>13} {:>11}",
+            name,
+            verified,
+            xlated,
+            info.size_jitted()
+        );
+        verified_insns.insert(name.to_string(), json!(verified));
+        xlated_insns.insert(name.to_string(), json!(xlated));
+    }
+    (verified_insns, xlated_insns)
+}
+
 /// Median, lowest and highest of a row's rounds.
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut v = v.to_vec();
@@ -586,6 +615,11 @@ fn main() {
     })
     .expect("load the datapath");
     let mut bal = Balancer::new(dp);
+    if std::env::var("STEER_BENCH_ONLY").as_deref() == Ok("verifier") {
+        // What the verifier walked, alone (a check on a change near its million).
+        program_table(&bal);
+        return;
+    }
     bal.add_service(ServiceSpec::tcp("web", VIP.into(), 80))
         .unwrap();
     bal.add_service(ServiceSpec::tcp("empty", EMPTY_VIP.into(), 80))
@@ -628,7 +662,7 @@ fn main() {
     // alone, long enough to sample.
     // `STEER_BENCH_ONLY=syn` times new SYNs alone (5 rounds), `nat_syn` NAT's, on fresh ports
     // and on ports taken back (after the NAT
-    // datapath's set-up, below). `STEER_BENCH_ONLY=quick` prints
+    // datapath's set-up, below); `verifier` the verifier's counts (above). `STEER_BENCH_ONLY=quick` prints
     // the floor, established and pass medians of 9 rounds (a
     // quick look while trying a change).
     match std::env::var("STEER_BENCH_ONLY").as_deref() {
@@ -1112,26 +1146,8 @@ fn main() {
         flows()
     );
 
-    // What the verifier walked, per program (the same object serves both datapaths).
     println!();
-    println!(
-        "{:<16} {:>15} {:>13} {:>11}",
-        "program", "verified insns", "xlated insns", "JIT bytes"
-    );
-    let (mut verified_insns, mut xlated_insns) = (serde_json::Map::new(), serde_json::Map::new());
-    for (name, info) in bal.datapath().program_infos().expect("program info") {
-        let verified = info.verified_instruction_count().unwrap_or(0);
-        let xlated = info.size_translated().unwrap_or(0) / 8;
-        println!(
-            "{:<16} {:>15} {:>13} {:>11}",
-            name,
-            verified,
-            xlated,
-            info.size_jitted()
-        );
-        verified_insns.insert(name.to_string(), json!(verified));
-        xlated_insns.insert(name.to_string(), json!(xlated));
-    }
+    let (verified_insns, xlated_insns) = program_table(&bal);
     println!();
     drop(nat_rev);
     drop(nat);

@@ -5,18 +5,19 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    time::Duration,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use aya::{
     maps::Array,
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use steer_common::{event, outcome, NatRev, NAT_ADDR_BACKEND, NAT_REUSE_NS};
 use steer_ctl::{balancer::addr_bytes, BackendSpec, Balancer, Datapath, Options, ServiceSpec};
 use steer_tests::{
     aux::set_wrap_target,
-    fixture::{tcp4, udp4, Delta, Field, XDP_REDIRECT},
+    fixture::{tcp4, udp4, Delta, Field, XDP_REDIRECT, XDP_TX},
 };
 
 use crate::nat_common::*;
@@ -359,10 +360,10 @@ fn a_udp_flow_back_after_its_idle_timeout_may_take_its_own_port_again(n: &mut Na
 
 /// Two CPUs taking new flows of one backend at the same moment never give one source port to
 /// two flows, when every port's last flow ended long ago (a backend whose range has gone
-/// round): each port's old reverse entry is claimed by exactly one CPU. (Both CPUs read the
-/// port cursor before either moves it now and then, and start from the same port; when both
-/// found it free and both wrote it, one flow's replies went to the other's client: seen here
-/// for 50 to 75 flows in 60,000.)
+/// round): each port's old reverse entry is claimed by one CPU. (Both CPUs read the port
+/// cursor before either moves it now and then, and start from the same port; when both found
+/// it free and both wrote it, one flow's replies went to the other's client: seen here for
+/// 135 to 165 flows in 60,000 taken with the two CPUs' runs overlapping.)
 #[test]
 fn ports_taken_back_at_once_on_two_cpus_are_never_shared() {
     const TEST: &str = "ports_taken_back_at_once_on_two_cpus_are_never_shared";
@@ -376,6 +377,7 @@ fn ports_taken_back_at_once_on_two_cpus_are_never_shared() {
     for attempt in 1..=5 {
         let interleaved = race_for_ports(&lab);
         if interleaved >= 1_000 {
+            println!("{TEST}: the CPUs' flows interleaved {interleaved} times in port order");
             return;
         }
         eprintln!("{TEST}: attempt {attempt}: the CPUs' flows interleaved {interleaved} times");
@@ -455,14 +457,17 @@ fn race_for_ports(lab: &Lab) -> usize {
         .expect("the datapath's fd")
         .try_clone()
         .expect("dup the fd");
-    let start = std::sync::Barrier::new(2);
+    // Runs of `CHUNK` SYNs, the two CPUs kept in step (neither more than a run ahead), so that
+    // they overlap whatever a call's own set-up takes.
+    const CHUNK: u32 = 1_000;
+    let progress = [AtomicU32::new(0), AtomicU32::new(0)];
     let sources = [Ipv4Addr::new(198, 51, 0, 1), Ipv4Addr::new(203, 0, 0, 1)];
     let actions: Vec<u32> = std::thread::scope(|s| {
         let runs: Vec<_> = sources
             .iter()
             .enumerate()
             .map(|(cpu, src)| {
-                let (target, start, cli) = (&target, &start, lab.cli);
+                let (target, progress, cli) = (&target, &progress, lab.cli);
                 // A thread starts in the namespace of the thread that made it (the lab's).
                 s.spawn(move || {
                     let _on = steer_tests::fixture::OnCpu::pin(cpu);
@@ -474,6 +479,12 @@ fn race_for_ports(lab: &Lab) -> usize {
                         .try_into()
                         .expect("an XDP program");
                     wrap.load().expect("load bench_wrap");
+                    // Attached (to a peer veth no frame crosses here) so that it stays in the
+                    // kernel's XDP dispatcher: a test run of a program not in it first adds
+                    // it, and waits for an RCU grace period — which the other CPU's run, one
+                    // long RCU read section, holds up: the two CPUs' runs then take turns.
+                    wrap.attach(["cli1", "be1"][cpu], XdpMode::Driver)
+                        .expect("attach bench_wrap");
                     // Runs from 1: a source port 0 is no client's.
                     let mut seq: Array<_, u32> =
                         Array::try_from(aux.map_mut("BENCH_SEQ").unwrap()).unwrap();
@@ -490,31 +501,49 @@ fn race_for_ports(lab: &Lab) -> usize {
                         .flat_map(|w| w.to_ne_bytes())
                         .collect();
                     let mut out = [0u8; 512];
-                    start.wait();
-                    wrap.test_run(TestRunOptions {
-                        data_in: Some(&[0u8; 54]),
-                        data_out: Some(&mut out),
-                        ctx_in: Some(&ctx),
-                        repeat: PER_CPU,
-                        ..TestRunOptions::new()
-                    })
-                    .expect("BPF_PROG_TEST_RUN")
-                    .return_value
+                    let mut action = 0;
+                    for run in 0..PER_CPU / CHUNK {
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while progress[1 - cpu].load(Ordering::Acquire) < run {
+                            assert!(Instant::now() < deadline, "the other CPU's runs stalled");
+                            std::thread::yield_now();
+                        }
+                        action = wrap
+                            .test_run(TestRunOptions {
+                                data_in: Some(&[0u8; 54]),
+                                data_out: Some(&mut out),
+                                ctx_in: Some(&ctx),
+                                repeat: CHUNK,
+                                ..TestRunOptions::new()
+                            })
+                            .expect("BPF_PROG_TEST_RUN")
+                            .return_value;
+                        progress[cpu].store(run + 1, Ordering::Release);
+                    }
+                    action
                 })
             })
             .collect();
         runs.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    assert_eq!(
-        actions, [XDP_REDIRECT; 2],
-        "the last SYN of each CPU: sent to the backend"
+    assert!(
+        actions.iter().all(|a| [XDP_REDIRECT, XDP_TX].contains(a)),
+        "the last SYN of each CPU: sent to the backend (or answered): {actions:?}"
     );
 
+    // Every SYN a new flow with a port, but for very few that found none in their tries (a
+    // RST): the range ends 93 % taken. (Seen: one SYN in some runs of 60,000.)
     let counters = bal.service_counters("race").unwrap();
     assert_eq!(
-        (counters.new_flows, counters.nat_exhausted),
-        (2 * PER_CPU as u64, 0),
-        "(new flows, flows that found no port): every SYN a new flow with a port"
+        counters.new_flows + counters.nat_exhausted,
+        2 * PER_CPU as u64,
+        "new flows and flows that found no port: every SYN one or the other"
+    );
+    assert!(
+        counters.nat_exhausted * 1_000 <= 2 * PER_CPU as u64,
+        "{} SYNs of {} found no free port",
+        counters.nat_exhausted,
+        2 * PER_CPU
     );
     // Each new flow took a port of its own: as many ports hold a new flow's reverse entry as
     // there were new flows (two flows given one port leave one entry for the two), and each
@@ -554,8 +583,7 @@ fn race_for_ports(lab: &Lab) -> usize {
         last_cpu = cpu;
     }
     assert_eq!(
-        taken,
-        2 * PER_CPU as usize,
+        taken as u64, counters.new_flows,
         "ports holding a new flow: fewer than the new flows, a port given to two flows"
     );
     interleaved
