@@ -43,7 +43,7 @@ use steer_ctl::{
 };
 use steer_tests::{
     aux::set_wrap_target,
-    fixture::{tcp4, udp4, XDP_PASS, XDP_TX},
+    fixture::{ended_nat_reverse, monotonic_coarse_ns, tcp4, udp4, XDP_PASS, XDP_TX},
     netns::{mac_string, set_neighbour, sh},
 };
 
@@ -337,38 +337,12 @@ fn reuse_fill(bal: &Balancer, table: &mut HashMap<MapData, FlowKey, NatRev>) {
         .into_iter()
         .find(|s| s.name == "reuse")
         .expect("the reuse service");
-    let long_ago = monotonic_coarse_ns() - 10_000_000_000;
     for port in 1024..=65535u16 {
-        let rev = NatRev {
-            client: addr_bytes(Ipv4Addr::new(192, 0, 2, 200).into()).0,
-            vip: addr_bytes(REUSE_VIP.into()).0,
-            client_port_be: port.to_be(),
-            vip_port_be: 80u16.to_be(),
-            svc: svc.id as u16,
-            nat_addr: 0,
-            backend: be.id,
-            gen: be.gen,
-            flags: 0,
-            syn_ns: 0,
-            ended_ns: long_ago,
-            last_ns: long_ago,
-            idle_ns: 0,
-        };
+        let rev = ended_nat_reverse(REUSE_VIP.into(), svc.id, 0, (be.id, be.gen), port);
         table
             .insert(reuse_key(port), rev, 0)
             .expect("write an ended flow's reverse entry");
     }
-}
-
-/// `CLOCK_MONOTONIC_COARSE` in ns: the datapath's clock.
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn flows() -> u32 {

@@ -14,10 +14,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use steer_common::{event, outcome, NatRev, NAT_ADDR_BACKEND, NAT_REUSE_NS};
-use steer_ctl::{balancer::addr_bytes, BackendSpec, Balancer, Datapath, Options, ServiceSpec};
+use steer_ctl::{BackendSpec, Balancer, Datapath, Options, ServiceSpec};
 use steer_tests::{
     aux::set_wrap_target,
-    fixture::{tcp4, udp4, Delta, Field, XDP_REDIRECT, XDP_TX},
+    fixture::{ended_nat_reverse, tcp4, udp4, Delta, Field, XDP_REDIRECT, XDP_TX},
 };
 
 use crate::nat_common::*;
@@ -420,29 +420,8 @@ fn race_for_ports(lab: &Lab) -> usize {
     let rev_key = |port: u16| key(be_addr, BE_PORT, SNAT.into(), port, TCP);
 
     // Every port's last flow ended 10 s ago (NAT_REUSE_NS is 2 s): all free again.
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let long_ago = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) - 10_000_000_000;
     for port in PORTS.0..=PORTS.1 {
-        let old = NatRev {
-            client: addr_bytes(Ipv4Addr::new(192, 0, 2, 99).into()).0,
-            vip: addr_bytes(race).0,
-            client_port_be: port.to_be(),
-            vip_port_be: 80u16.to_be(),
-            svc: svc_id as u16,
-            nat_addr: NAT_ADDR_BACKEND,
-            backend: be.id,
-            gen: be.gen,
-            flags: 0,
-            syn_ns: 0,
-            ended_ns: long_ago,
-            last_ns: long_ago,
-            idle_ns: 0,
-        };
+        let old = ended_nat_reverse(race, svc_id, NAT_ADDR_BACKEND, (be.id, be.gen), port);
         bal.datapath_mut()
             .put_nat_reverse(&rev_key(port), &old)
             .expect("write an ended flow's reverse entry");
