@@ -251,14 +251,32 @@ fn allocate_call(pkt: &Packet, ids: u64, svc: &Service, be: &Backend, now: u64) 
     // a pool, or a wider range, push that rate up.) Per-CPU cursors walked into the ports
     // another CPU had just handed out: seen as failed connections at 2,000 new flows/s.
     let cursor = NAT_CURSOR.get_ptr_mut(be_id);
-    // SAFETY: a map value of this run. Read, then moved by an atomic add (BPF's add without
-    // fetch): two CPUs reading the same value at once start from the same port, and the
-    // second finds it taken (`take`) and tries the next. `seen`: the cursor as this CPU left
-    // it (0: not started), the port to start from one before it (one value live across the
+    // Moved by one with a compare-and-swap from the value read (BPF here has an add that
+    // returns nothing): a read then an add left a window in which the vCPU could be
+    // preempted while the other CPUs handed out hundreds of ports, which this flow then
+    // tried first (seen: SYNs refused for want of a free port with the range 93 % taken).
+    // A swap that fails gives the value the cursor has now, to try again; after four, it
+    // is moved by an add from the last value seen. `seen`: the cursor as this CPU left it
+    // (0: not started), the port to start from one before it (one value live across the
     // loop rather than two: this call's frame is at the edge of BPF's 512-byte stack).
+    // SAFETY: a map value of this run, an aligned u64.
     let seen = match cursor.map(|c| (c, unsafe { core::ptr::read_volatile(c) })) {
-        Some((c, n)) if n != 0 => {
-            unsafe { atomic_xadd::<u64, u64, { Relaxed }>(c, 1) };
+        Some((c, first)) if first != 0 => {
+            let mut n = first;
+            let mut moved = false;
+            for _ in 0..4 {
+                let (now_n, ok) = unsafe {
+                    atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(c, n, n.wrapping_add(1))
+                };
+                if ok {
+                    moved = true;
+                    break;
+                }
+                n = now_n;
+            }
+            if !moved {
+                unsafe { atomic_xadd::<u64, u64, { Relaxed }>(c, 1) };
+            }
             n.wrapping_add(1)
         }
         _ => 0,
