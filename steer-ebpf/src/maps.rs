@@ -114,10 +114,10 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "STEER_ICMP_V1")]
 pub static ICMP_PLAN: PerCpuArray<crate::icmp::Plan> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per backend id, shared by all CPUs: the NAT source port cursor (0: not yet), moved by an
-/// atomic add per new flow (and past ports found held by a compare-and-swap, never over
-/// another CPU's move), so ports go out in turn whichever CPU hands them out and one comes
-/// back as late as the range allows. Datapath only; pinned (`steer_common::map::NAT_CURSOR`),
+/// Per backend id, shared by all CPUs: the NAT source port cursor (0: not yet), moved on by
+/// one per new flow (a compare-and-swap from the value read) and past ports found held (a
+/// compare-and-swap, never over another CPU's move), so ports go out in turn whichever CPU
+/// hands them out and one comes back as late as the range allows. Datapath only; pinned (`steer_common::map::NAT_CURSOR`),
 /// so a restart goes on from there.
 #[map(name = "STEER_NCUR_V2")]
 pub static NAT_CURSOR: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
