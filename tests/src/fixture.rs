@@ -669,17 +669,6 @@ impl Drop for OnCpu {
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the datapath's clock (`bpf_ktime_get_coarse_ns`).
-pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The reverse half of a NAT flow of service `svc` (id) to `vip`:80 on backend (id,
 /// generation) `backend`, from LB address slot `nat_addr`, that ended 10 s ago (so its port
 /// is free again: `NAT_REUSE_NS` is 2 s); its client 192.0.2.99 on port `port`.
@@ -691,7 +680,7 @@ pub fn ended_nat_reverse(
     port: u16,
 ) -> steer_common::NatRev {
     use steer_ctl::balancer::addr_bytes;
-    let long_ago = monotonic_coarse_ns() - 10_000_000_000;
+    let long_ago = steer_ctl::datapath::monotonic_ns() - 10_000_000_000;
     steer_common::NatRev {
         client: addr_bytes(Ipv4Addr::new(192, 0, 2, 99).into()).0,
         vip: addr_bytes(vip).0,

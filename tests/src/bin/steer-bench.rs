@@ -43,7 +43,7 @@ use steer_ctl::{
 };
 use steer_tests::{
     aux::set_wrap_target,
-    fixture::{ended_nat_reverse, monotonic_coarse_ns, tcp4, udp4, XDP_PASS, XDP_TX},
+    fixture::{ended_nat_reverse, tcp4, udp4, XDP_PASS, XDP_TX},
     netns::{mac_string, set_neighbour, sh},
 };
 
@@ -383,7 +383,7 @@ fn prefill(bal: &Balancer, service: &str, vip: Ipv4Addr) -> (u32, u32) {
         .filter(|b| b.service == service)
         .map(|b| (b.id, b.gen))
         .collect();
-    let now = monotonic_coarse_ns();
+    let now = steer_ctl::datapath::monotonic_ns();
     let mut n = 0u32;
     let mut fill = |name: &str, count: u32, flags: u16| {
         let mut t: HashMap<MapData, FlowKey, Flow> =
