@@ -12,8 +12,14 @@ pub mod hash;
 /// Names of the maps, as they appear in the object file and under the pin directory.
 /// At most 15 bytes each (BPF_OBJ_NAME_LEN - 1), versioned.
 pub mod map {
-    /// `ServiceKey` → `Service`. Written by steer-ctl.
-    pub const SERVICES: &str = "STEER_SVC_V2";
+    /// `ServiceKey` → service id (`u32`). An entry is written once, when its service is
+    /// added, and removed with it: never replaced while the service lives (V2 held the whole
+    /// `Service`, replaced at every table flip, and a hash map lookup racing the replacement
+    /// of an entry in its bucket can find nothing). Written by steer-ctl.
+    pub const SERVICES: &str = "STEER_SVC_V3";
+    /// Service id → `ServiceInfo` (mmapable): the service's `Service`, double-buffered (the
+    /// live copy is named by `ServiceInfo::live`). Written by steer-ctl.
+    pub const SERVICE_INFO: &str = "STEER_SVCI_V1";
     /// Backend id → `Backend`. Written by steer-ctl.
     pub const BACKENDS: &str = "STEER_BE_V2";
     /// Maglev lookup tables: backend ids in `[u32; MAGLEV_CHUNK]` elements, two tables (double
@@ -102,8 +108,9 @@ pub mod map {
     /// (rounds, from its scans); pinned with the established table it describes.
     pub const PRESENCE: &str = "STEER_PRES_V1";
 
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         SERVICES,
+        SERVICE_INFO,
         BACKENDS,
         MAGLEV,
         FLOWS,
@@ -129,8 +136,9 @@ pub mod map {
 
     /// Names of earlier layouts: a daemon that finds them pinned removes them (they are never
     /// reused; their flows cannot be read by this version).
-    pub const RETIRED: [&str; 7] = [
+    pub const RETIRED: [&str; 8] = [
         "STEER_SVC_V1",
+        "STEER_SVC_V2",
         "STEER_BE_V1",
         "STEER_FLOWS_V1",
         "STEER_TRANS_V1",
@@ -355,7 +363,7 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// A service: virtual address, port and protocol. Key of `STEER_SVC_V2`.
+/// A service: virtual address, port and protocol. Key of `STEER_SVC_V3`.
 ///
 /// IPv4 addresses fill `addr[0..4]` and leave the rest zero. Aligned to 4 so the datapath
 /// copies it in words.
@@ -392,7 +400,7 @@ pub const MODE_DSR: u32 = 0;
 /// Full NAT: destination := backend address and port, source := an LB address and port.
 pub const MODE_NAT: u32 = 1;
 
-/// A service's datapath settings. Value of `STEER_SVC_V2`.
+/// A service's datapath settings: a copy in `ServiceInfo`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -424,6 +432,19 @@ pub struct Service {
     pub _pad2: u32,
 }
 const _: () = assert!(core::mem::size_of::<Service>() == 48);
+
+/// A service's settings, two copies: packets read `copies[live & 1]`. steer-ctl writes the
+/// other copy, then stores `live` (through mmap), and writes that copy again only a grace
+/// period later, when no packet that read the old `live` is still running: a packet reads one
+/// whole `Service`, never a copy being written. Value of `STEER_SVCI_V1`, by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub live: u32,
+    pub _pad: u32,
+    pub copies: [Service; 2],
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 104);
 
 /// Admin states of a backend (`Backend::admin`). `NONE` marks a free slot or a removed backend.
 pub mod admin {
@@ -1064,6 +1085,7 @@ mod pod {
     // SAFETY: all of these are repr(C), made of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}

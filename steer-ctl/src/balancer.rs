@@ -3,7 +3,7 @@
 //! `Balancer` owns a `Datapath`. Every change goes through it: it allocates ids, writes the
 //! backend entries, and rebuilds a service's Maglev table from its eligible backends whenever
 //! their set or weights change, writing the table the datapath is not reading and then flipping
-//! the service to it (one map update: packets see the old table or the new one, never a mix).
+//! the service to it (one store: packets see the old table or the new one, never a mix).
 //!
 //! A packet reads the service entry, then a slot of the table it names, then the backend entry
 //! that slot names: what it read first must still hold when it reads the rest. So nothing that a
@@ -13,10 +13,9 @@
 //! - a backend that left a table is emptied (removed) or marked `reject`, `drain`, down… only
 //!   after the flip that took it out and a grace period, so a packet that read the old table
 //!   finds the backend as it was;
-//! - two writes of the services map are a grace period apart: it is a preallocated hash map,
-//!   whose update of a key puts the new value in a spare element and keeps the replaced element
-//!   as the CPU's next spare, so the next update on that CPU (of any service) would overwrite the
-//!   element a packet may still be reading;
+//! - two writes of the services maps are a grace period apart: a service's settings are
+//!   double-buffered (`ServiceInfo`), and its next publish writes the copy that packets read
+//!   until this one;
 //! - a backend slot is given to another backend in two writes, the new fields under admin `NONE`
 //!   first, so a flow of the slot's last holder never reads half of each; a removed backend's
 //!   slot only has its admin byte set to `NONE` (its flows may be reading the rest).

@@ -23,9 +23,9 @@ use steer_common::{
     flow_flags,
     hash::{filter_bit, nat_filter_bit},
     maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend, CachedFlow, Counters, Flow,
-    FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2,
-    FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES, PROGRAM,
+    FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceInfo, ServiceKey,
+    ATTEMPTS_LOG2, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS,
+    MAX_FLOWS, MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES, PROGRAM,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -141,6 +141,7 @@ pub fn pin_mismatches(opts: &Options) -> Result<Vec<PinMismatch>> {
             steer_common::transient_capacity(opts.max_flows),
         ),
         (map::SERVICES, "max_services", opts.max_services),
+        (map::SERVICE_INFO, "max_services", opts.max_services),
         (map::SERVICE_STATS, "max_services", opts.max_services),
         (
             map::MAGLEV,
@@ -438,6 +439,49 @@ impl Mapped<Observed> {
     }
 }
 
+impl Mapped<ServiceInfo> {
+    /// Byte offset of copy `c` of an element.
+    fn copy_offset(c: u32) -> usize {
+        std::mem::offset_of!(ServiceInfo, copies) + (c & 1) as usize * SERVICE_WORDS * 8
+    }
+
+    /// The copy of service `id`'s settings that packets read now.
+    pub fn live(&self, id: u32) -> Service {
+        let i = id as usize;
+        let c = self
+            .word32(i, std::mem::offset_of!(ServiceInfo, live))
+            .load(Ordering::Acquire);
+        let base = Self::copy_offset(c);
+        let words: [u64; SERVICE_WORDS] =
+            std::array::from_fn(|w| self.word64(i, base + w * 8).load(Ordering::Relaxed));
+        // SAFETY: `Service` is plain integers, `SERVICE_WORDS` words long (checked below).
+        unsafe { std::mem::transmute::<[u64; SERVICE_WORDS], Service>(words) }
+    }
+
+    /// Writes `svc` to service `id`'s idle copy, then makes it the live one.
+    pub fn publish(&self, id: u32, svc: &Service) {
+        let i = id as usize;
+        let live = self.word32(i, std::mem::offset_of!(ServiceInfo, live));
+        let next = (live.load(Ordering::Relaxed) & 1) ^ 1;
+        // SAFETY: as in `live`.
+        let words = unsafe { std::mem::transmute::<Service, [u64; SERVICE_WORDS]>(*svc) };
+        let base = Self::copy_offset(next);
+        for (w, v) in words.iter().enumerate() {
+            self.word64(i, base + w * 8).store(*v, Ordering::Relaxed);
+        }
+        live.store(next, Ordering::Release);
+    }
+}
+
+/// 64-bit words in a `Service`.
+const SERVICE_WORDS: usize = std::mem::size_of::<Service>() / 8;
+const _: () = assert!(std::mem::size_of::<Service>() == SERVICE_WORDS * 8);
+const _: () = assert!(std::mem::offset_of!(ServiceInfo, copies) % 8 == 0);
+
+/// The services map of the layout before `STEER_SVC_V3` (key → whole `Service`), read once to
+/// carry its services over.
+const SERVICES_V2: &str = "STEER_SVC_V2";
+
 impl Mapped<u64> {
     /// Sets bit `b` of a bitmap of 64-bit words (the pre-filter).
     pub fn set_bit(&self, b: u32) {
@@ -601,7 +645,10 @@ pub struct Datapath {
     #[allow(dead_code)]
     progs: ProgramArray<MapData>,
     max_services: u32,
-    services: HashMap<MapData, ServiceKey, Service>,
+    /// Service ids by key: written when a service is added, never replaced while it lives.
+    services: HashMap<MapData, ServiceKey, u32>,
+    /// Each service's settings, double-buffered (mmapped).
+    service_info: Mapped<ServiceInfo>,
     backends: Array<MapData, Backend>,
     maglev: MaglevTables,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -749,6 +796,7 @@ impl Datapath {
             .map_max_entries(map::NAT_CACHE, steer_common::nat_cache_entries(cpus))
             .map_max_entries(map::HOPS, steer_common::hop_entries(cpus))
             .map_max_entries(map::SERVICES, opts.max_services)
+            .map_max_entries(map::SERVICE_INFO, opts.max_services)
             .map_max_entries(map::SERVICE_STATS, opts.max_services)
             .map_max_entries(map::FLOWS, opts.max_flows)
             .map_max_entries(
@@ -765,6 +813,14 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
+        // Pins of a daemon from before the services map held ids (`STEER_SVC_V2`): its
+        // services are carried over (below), so their flows keep their backends.
+        let services_v2 = opts
+            .pin_dir
+            .as_ref()
+            .map(|d| (d.join(SERVICES_V2), d.join(map::SERVICES)))
+            .filter(|(v2, now)| v2.exists() && !now.exists())
+            .map(|(v2, _)| v2);
         let mut ebpf = loader.load(OBJECT)?;
         load_program(&mut ebpf, PROGRAM)?;
         // The programs the entry one hands packets to (NAT services, new NAT flows, replies),
@@ -786,6 +842,10 @@ impl Datapath {
             map::SERVICES,
             HashMap::try_from(take(&mut ebpf, map::SERVICES)?),
         )?;
+        let Map::Array(service_info) = take(&mut ebpf, map::SERVICE_INFO)? else {
+            return Err(DatapathError::MissingMap(map::SERVICE_INFO));
+        };
+        let service_info = Mapped::new(service_info, map::SERVICE_INFO, opts.max_services)?;
         let backends = typed(
             map::BACKENDS,
             Array::try_from(take(&mut ebpf, map::BACKENDS)?),
@@ -854,6 +914,7 @@ impl Datapath {
             progs,
             max_services: opts.max_services,
             services,
+            service_info,
             backends,
             maglev,
             service_stats,
@@ -878,8 +939,34 @@ impl Datapath {
             epoch,
             max_flows: opts.max_flows,
         };
+        if let Some(path) = services_v2 {
+            dp.carry_over_services(&path)?;
+        }
         dp.seed_filter()?;
         Ok(dp)
+    }
+
+    /// Writes the services of a pinned `STEER_SVC_V2` (key → whole `Service`) into this
+    /// layout: the ids, tables and pools they name are in maps this version reuses. Before
+    /// the program is attached, so no packet reads them yet.
+    fn carry_over_services(&mut self, path: &Path) -> Result<()> {
+        let old: HashMap<MapData, ServiceKey, Service> = typed(
+            SERVICES_V2,
+            MapData::from_pin(path).and_then(|m| HashMap::try_from(Map::HashMap(m))),
+        )?;
+        let entries = old
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: SERVICES_V2,
+                source,
+            })?;
+        for (key, svc) in entries {
+            if svc.id < self.max_services {
+                self.put_service(&key, &svc)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets the pre-filter's bits for what the maps already hold (pinned maps adopted from an
@@ -1199,18 +1286,35 @@ impl Datapath {
         Ok(())
     }
 
+    /// Publishes a service's settings: written to the idle copy of its `ServiceInfo`, which
+    /// then becomes the live one. The copy left is written again by the next call for this
+    /// id, which must wait for a grace period (no packet still reading it: `Balancer`'s
+    /// protocol). The key's entry is written only when it is missing or names another id.
     pub fn put_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
         self.check_service_id(svc.id)?;
         // The filter's bit first: the service's packets must never meet a clear one.
         self.filter_service(key, svc.mode == MODE_NAT);
-        typed(map::SERVICES, self.services.insert(key, svc, 0))?;
+        self.service_info.publish(svc.id, svc);
+        match self.services.get(key, 0) {
+            Ok(id) if id == svc.id => {}
+            Ok(_) | Err(MapError::KeyNotFound) => {
+                typed(map::SERVICES, self.services.insert(key, svc.id, 0))?
+            }
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    name: map::SERVICES,
+                    source,
+                })
+            }
+        }
         self.bump_epoch()
     }
 
-    /// The entry of a service, if the map holds it.
+    /// The live settings of a service, if the map holds its key.
     pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
         match self.services.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
+            Ok(id) if id < self.max_services => Ok(Some(self.service_info.live(id))),
+            Ok(id) => Err(DatapathError::ServiceId(id, self.max_services)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DatapathError::Map {
                 name: map::SERVICES,

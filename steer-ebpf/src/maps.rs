@@ -9,21 +9,25 @@ use aya_ebpf::{
 use steer_common::{
     flow_cache_entries, hop_entries, maglev_chunks, nat_cache_entries, nat_capacity, prog,
     transient_capacity, Attempt, Backend, Counters, Flow, FlowKey, Globals, Handoff, NatPool,
-    NatRev, NeighWant, Observed, Service, ServiceKey, ATTEMPTS_LOG2, ATTEMPT_MARK_LINES,
+    NatRev, NeighWant, Observed, ServiceInfo, ServiceKey, ATTEMPTS_LOG2, ATTEMPT_MARK_LINES,
     FILTER_WORDS, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS,
     MAX_SERVICES, NEIGH_SLOTS, NOTES_BYTES, PRESENCE_LINES,
 };
 
-/// Services by (VIP, port, protocol). Written by steer-ctl.
-///
-/// Not preallocated: every table flip replaces the service's entry, and a preallocated hash
-/// map recycles the replaced element at once, so a lookup walking it as it is reused (for
-/// another service's flip) may find neither the old entry nor the new one (seen: one SYN in
-/// 4.5 million passed as "not a service" by the swap hammer). Without preallocation the old
-/// element is freed after an RCU grace period, and a lookup always finds one of the two.
-#[map(name = "STEER_SVC_V2")]
-pub static SERVICES: HashMap<ServiceKey, Service> =
+/// Service ids by (VIP, port, protocol). Written by steer-ctl when a service is added or
+/// removed, never replaced while the service lives: a lookup racing the replacement of an
+/// entry in its bucket can find neither the old entry nor the new one (seen with V2, which
+/// held the whole `Service` and was replaced at every table flip, whether preallocated or not,
+/// even with a grace period between two replacements: about one lookup in 10^8 while the swap
+/// test's pools changed). What changes lives in `SERVICE_INFO`.
+#[map(name = "STEER_SVC_V3")]
+pub static SERVICES: HashMap<ServiceKey, u32> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Each service's settings by id, two copies, `ServiceInfo::live` naming the one packets
+/// read. Written by steer-ctl through mmap: the idle copy, then `live`.
+#[map(name = "STEER_SVCI_V1")]
+pub static SERVICE_INFO: Array<ServiceInfo> = Array::with_max_entries(MAX_SERVICES, BPF_F_MMAPABLE);
 
 /// Backends by id: address, MAC, admin state, health. Written by steer-ctl.
 #[map(name = "STEER_BE_V2")]

@@ -6,7 +6,7 @@ use steer_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, MAGLEV, SERVICES},
+    maps::{BACKENDS, MAGLEV, SERVICES, SERVICE_INFO},
     observe,
     parse::Packet,
     Stop,
@@ -24,11 +24,16 @@ pub fn lookup_service(pkt: &Packet) -> Result<(u32, &'static Service), Stop> {
     service(&key).ok_or(Stop::Pass(outcome::PASS_NOT_SERVICE))
 }
 
-/// The service with key `key`, with its id.
+/// The service with key `key`, with its id: the live copy of its settings.
 #[inline(always)]
 pub fn service(key: &ServiceKey) -> Option<(u32, &'static Service)> {
-    // SAFETY: service entries are only replaced whole by userspace.
-    unsafe { SERVICES.get(key) }.map(|svc| (svc.id, svc))
+    // SAFETY: an entry is never replaced while its service lives (`maps::SERVICES`).
+    let id = *unsafe { SERVICES.get(key) }?;
+    let info = SERVICE_INFO.get(id)?;
+    // SAFETY: `live` is a u32 userspace stores whole; the copy it names is not written
+    // while a packet that read it may still run (`ServiceInfo`).
+    let live = unsafe { core::ptr::read_volatile(&info.live) };
+    Some((id, &info.copies[(live & 1) as usize]))
 }
 
 /// The backend with id `id`, if that slot holds one.

@@ -298,7 +298,7 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
     // The pin directory as the version before the V2 layouts left it: the maps whose layout
     // changed under their V1 names, none of the NAT maps, the link still running.
     for (now, before) in [
-        ("STEER_SVC_V2", "STEER_SVC_V1"),
+        ("STEER_SVC_V3", "STEER_SVC_V1"),
         ("STEER_BE_V2", "STEER_BE_V1"),
         ("STEER_FLOWS_V2", "STEER_FLOWS_V1"),
         ("STEER_TRANS_V2", "STEER_TRANS_V1"),
@@ -307,6 +307,7 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
         std::fs::rename(d.pin_dir.join(now), d.pin_dir.join(before)).unwrap();
     }
     for gone in [
+        "STEER_SVCI_V1",
         "STEER_NAT_V1",
         "STEER_POOL_V2",
         "STEER_OBS_V1",
@@ -334,6 +335,165 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
         assert!(d.pin_dir.join(now).exists(), "{now} is not pinned");
     }
     assert_eq!(requests(&topo, 20).len(), 2, "the new datapath serves");
+}
+
+/// Pins the services map as the version before `STEER_SVC_V3` had it (`STEER_SVC_V2`: key →
+/// whole `Service`, not preallocated), filled from the current maps under `dir`, and removes
+/// the current services maps' pins.
+fn pin_services_as_v2(dir: &std::path::Path) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use steer_common::{map, Service, ServiceInfo, ServiceKey};
+    let ids: HashMap<MapData, ServiceKey, u32> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(dir.join(map::SERVICES)).unwrap(),
+    ))
+    .unwrap();
+    let info: Array<MapData, ServiceInfo> = Array::try_from(Map::Array(
+        MapData::from_pin(dir.join(map::SERVICE_INFO)).unwrap(),
+    ))
+    .unwrap();
+    let entries: Vec<(ServiceKey, Service)> = ids
+        .iter()
+        .map(|r| {
+            let (k, id) = r.unwrap();
+            let i = info.get(&id, 0).unwrap();
+            (k, i.copies[(i.live & 1) as usize])
+        })
+        .collect();
+    assert!(!entries.is_empty(), "a service to carry over");
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+        rest: [u32; 8],
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let mut name = [0u8; 16];
+    name[..12].copy_from_slice(b"STEER_SVC_V2");
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: std::mem::size_of::<ServiceKey>() as u32,
+        value_size: std::mem::size_of::<Service>() as u32,
+        max_entries: steer_common::MAX_SERVICES,
+        map_flags: BPF_F_NO_PREALLOC,
+        map_name: name,
+        ..Default::default()
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_MAP_CREATE, its size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let path = std::ffi::CString::new(dir.join("STEER_SVC_V2").to_str().unwrap()).unwrap();
+    let pin = ObjPin {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr for BPF_OBJ_PIN; the path outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const ObjPin,
+            std::mem::size_of::<ObjPin>(),
+        )
+    };
+    assert_eq!(r, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: the fd was returned above and is closed once (the pin keeps the map).
+    unsafe { libc::close(fd as i32) };
+    let mut v2: HashMap<MapData, ServiceKey, Service> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(dir.join("STEER_SVC_V2")).unwrap(),
+    ))
+    .unwrap();
+    for (k, v) in &entries {
+        v2.insert(k, v, 0).unwrap();
+    }
+    for now in [map::SERVICES, map::SERVICE_INFO] {
+        std::fs::remove_file(dir.join(now)).unwrap();
+    }
+}
+
+/// An upgrade from the layout whose services map held whole entries (`STEER_SVC_V2`): the new
+/// daemon carries its services over, so their ids — which the pinned backends and flows name
+/// — stay, and a connection open across the upgrade keeps its backend.
+#[test]
+fn an_upgrade_from_the_v2_services_map_keeps_the_services_and_their_flows() {
+    if !steer_tests::privileged(
+        "an_upgrade_from_the_v2_services_map_keeps_the_services_and_their_flows",
+    ) {
+        return;
+    }
+    let topo = lab(3);
+    let mut d = started(&topo, &web_config(&topo, &[0, 1, 2], None));
+    wait_up(&d, &["b0", "b1", "b2"]);
+    let vip = std::net::SocketAddr::new(std::net::IpAddr::V4(addr::VIP), 80);
+    let (conn, first) = topo.client.run(move || {
+        let mut c = steer_tests::http::Conn::open(vip, Duration::from_secs(5)).expect("connect");
+        let b = c.get().expect("request").backend;
+        (c, b)
+    });
+    let flows = |d: &SteerDaemon| {
+        d.ok_json(&["status"])["services"][0]["counters"]["new_flows"]
+            .as_u64()
+            .expect("a new_flows counter")
+    };
+    let before = flows(&d);
+    assert!(before > 0, "the connection was counted");
+    d.kill9();
+    pin_services_as_v2(&d.pin_dir);
+    d.start();
+    let log = d.log();
+    assert!(
+        log.contains("maps of an earlier layout are pinned here"),
+        "{log}"
+    );
+    assert!(
+        !d.pin_dir.join("STEER_SVC_V2").exists(),
+        "the V2 pin is removed"
+    );
+    for now in steer_common::map::ALL {
+        assert!(d.pin_dir.join(now).exists(), "{now} is not pinned");
+    }
+    // A service given a new id starts its counters from zero.
+    let after = flows(&d);
+    assert!(
+        after >= before,
+        "the service keeps its id, and its counters: {after} new flows, {before} before"
+    );
+    let again = topo
+        .client
+        .run(move || {
+            let mut conn = conn;
+            conn.get()
+        })
+        .expect("the connection open across the upgrade still works");
+    assert_eq!(again.backend, first, "and keeps its backend");
 }
 
 #[test]

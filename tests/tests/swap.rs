@@ -543,7 +543,7 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
     let pins = Pins(dir.clone());
     let mut bal = setup(Some(dir.clone()));
     let mut loader = aya::EbpfLoader::new();
-    for m in [map::SERVICES, map::BACKENDS, map::MAGLEV] {
+    for m in [map::SERVICES, map::SERVICE_INFO, map::BACKENDS, map::MAGLEV] {
         loader.map_pin_path(m, dir.join(m));
     }
     let mut aux = loader
@@ -619,4 +619,101 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
          under them, e.g. {examples:#?}"
     );
     assert!(u.calls >= 20, "the pools changed only {} times", u.calls);
+}
+
+/// How long the lookup hammer runs while the pools change.
+const HAMMER_RUN: Duration = Duration::from_secs(4);
+
+/// The services map itself, hammered: while the pools change as in the tests above (every
+/// flip replaces a service's entry), two threads look both services up (`swap_lookup_hammer`,
+/// 256 lookups a run, on steer's pinned maps). A lookup of a service that exists must never
+/// find nothing: a packet that did would be passed to the kernel as for no service.
+#[test]
+fn service_lookups_never_miss_while_pools_change() {
+    if !steer_tests::privileged("service_lookups_never_miss_while_pools_change") {
+        return;
+    }
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/steer-test-{}-lookups",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("make the pin directory");
+    let pins = Pins(dir.clone());
+    let mut bal = setup(Some(dir.clone()));
+    let mut loader = aya::EbpfLoader::new();
+    for m in [map::SERVICES, map::SERVICE_INFO, map::BACKENDS, map::MAGLEV] {
+        loader.map_pin_path(m, dir.join(m));
+    }
+    let mut aux = loader
+        .load(steer_tests::aux::OBJECT)
+        .expect("load the test programs on steer's pinned maps");
+    let hammer: &mut aya::programs::Xdp = aux
+        .program_mut("swap_lookup_hammer")
+        .expect("the test object has swap_lookup_hammer")
+        .try_into()
+        .expect("swap_lookup_hammer is an XDP program");
+    hammer.load().expect("load swap_lookup_hammer");
+    let fd = hammer.fd().expect("program fd").as_fd().as_raw_fd();
+    assert_eq!(
+        u32::from(SERVICES[1].vip),
+        u32::from(SERVICES[0].vip) + 1,
+        "the hammer looks up the VIP after the frame's"
+    );
+    let frame = tcp4(Ipv4Addr::new(100, 64, 0, 1), 1, SERVICES[0].vip, 80)
+        .syn()
+        .frame()
+        .bytes;
+
+    let pools = new_pools();
+    let stop = Arc::new(AtomicBool::new(false));
+    let updater = {
+        let (pools, stop) = (pools.clone(), stop.clone());
+        thread::spawn(move || {
+            let u = update(&mut bal, &pools, &stop);
+            (bal, u)
+        })
+    };
+    let start = Instant::now();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let frame = frame.clone();
+            thread::spawn(move || {
+                let (mut runs, mut misses) = (0u64, [0u64; 2]);
+                let mut out = vec![0u8; 512];
+                while start.elapsed() < HAMMER_RUN {
+                    let (action, _) = test_run(fd, &frame, &mut out);
+                    assert_eq!(action, XDP_TX, "the hammer read its frame");
+                    runs += 1;
+                    misses[0] += u32::from_le_bytes(out[0..4].try_into().unwrap()) as u64;
+                    misses[1] += u32::from_le_bytes(out[4..8].try_into().unwrap()) as u64;
+                }
+                (runs, misses)
+            })
+        })
+        .collect();
+    let results: Vec<(u64, [u64; 2])> = readers.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    let (bal, u) = updater.join().unwrap();
+    drop(aux);
+    drop(bal);
+    drop(pins);
+    let runs: u64 = results.iter().map(|r| r.0).sum();
+    let misses: [u64; 2] = [0, 1].map(|s| results.iter().map(|r| r.1[s]).sum());
+    println!(
+        "lookup hammer: {} lookups in {runs} runs while {} balancer calls ({} batches) \
+         changed the pools; missed: {} of {}, {} of {}",
+        runs * 256,
+        u.calls,
+        u.batches,
+        misses[0],
+        SERVICES[0].name,
+        misses[1],
+        SERVICES[1].name
+    );
+    assert!(
+        misses == [0, 0],
+        "{} lookups of services that exist found nothing",
+        misses[0] + misses[1]
+    );
+    assert!(u.calls >= 50, "the pools changed only {} times", u.calls);
 }

@@ -14,7 +14,8 @@
 //! NAT forwarder (one client) without any state.
 //!
 //! `swap_slow_reader` (module `swap`): a packet of steer that takes a millisecond between reading
-//! the service entry and reading the rest, for the swap test.
+//! the service entry and reading the rest, for the swap test; `swap_lookup_hammer`, services
+//! looked up hundreds of times a run.
 #![no_std]
 #![no_main]
 

@@ -5,6 +5,10 @@
 //! own maps (reused from their pins) while it changes the pools, and checks that the balancer
 //! waited for it: the table slots and the service entry unchanged under it, the backends they
 //! named still ready and up at its end.
+//!
+//! `swap_lookup_hammer`: looks two services up hundreds of times a run, counting lookups that
+//! find nothing, for the test that the services map never misses a service while the pools
+//! change.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE},
@@ -14,13 +18,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    maglev_index, Backend, Service, ServiceKey, FAMILY_V4, MAGLEV_CHUNK, PROTO_TCP,
+    maglev_index, Backend, ServiceInfo, ServiceKey, FAMILY_V4, MAGLEV_CHUNK, PROTO_TCP,
 };
 
 /// steer's maps, by name and type; the test reuses the datapath's pinned ones, so the sizes
 /// here do not matter.
-#[map(name = "STEER_SVC_V2")]
-static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
+#[map(name = "STEER_SVC_V3")]
+static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(1, 0);
+#[map(name = "STEER_SVCI_V1")]
+static SERVICE_INFO: Array<ServiceInfo> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "STEER_BE_V2")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 #[map(name = "STEER_MAGLEV_V1")]
@@ -59,8 +65,17 @@ pub fn swap_slow_reader(ctx: XdpContext) -> u32 {
         key.port_be = core::ptr::read_unaligned((start + 36) as *const u16);
         u16::from_be(core::ptr::read_unaligned((start + 34) as *const u16)) as u32
     };
-    let Some(svc) = SERVICES.get_ptr(&key) else {
+    // SAFETY: a pointer from a map lookup, valid for this run.
+    let Some(id) = SERVICES.get_ptr(&key).map(|id| unsafe { *id }) else {
         return xdp_action::XDP_PASS;
+    };
+    let Some(info) = SERVICE_INFO.get_ptr(id) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: as above; the copy `live` names, as the datapath reads it.
+    let svc = unsafe {
+        let live = core::ptr::read_volatile(&(*info).live);
+        &(*info).copies[(live & 1) as usize] as *const steer_common::Service
     };
     // SAFETY: pointers from map lookups, valid for this run; read volatile, as the point is
     // to see whether they change.
@@ -116,6 +131,52 @@ pub fn swap_slow_reader(ctx: XdpContext) -> u32 {
         *out.add(5) = shown.2;
         *out.add(6) = flags;
         *out.add(7) = bad;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Lookups of each of the two services per run of `swap_lookup_hammer`.
+const HAMMER_LOOKUPS: u32 = 128;
+
+/// Input: an Ethernet/IPv4/TCP frame to the first of two services whose VIPs are consecutive
+/// addresses (same port). Looks both services up `HAMMER_LOOKUPS` times each, alternating, and
+/// writes over the frame's first bytes (`XDP_TX`) how many lookups of each found nothing (two
+/// u32, little endian): a service that exists must always be found, whatever its entry's
+/// replacement is doing. Many lookups a run make a rare miss seen far sooner than one SYN a run.
+#[xdp]
+pub fn swap_lookup_hammer(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 54 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let mut a = ServiceKey {
+        addr: [0; 16],
+        port_be: 0,
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    // SAFETY: 54 bytes are in the packet (checked above).
+    unsafe {
+        for i in 0..4 {
+            a.addr[i] = *((start + 30 + i) as *const u8);
+        }
+        a.port_be = core::ptr::read_unaligned((start + 36) as *const u16);
+    }
+    let mut b = a;
+    b.addr[3] = b.addr[3].wrapping_add(1);
+    let (mut miss_a, mut miss_b) = (0u32, 0u32);
+    for _ in 0..HAMMER_LOOKUPS {
+        if SERVICES.get_ptr(&a).is_none() {
+            miss_a += 1;
+        }
+        if SERVICES.get_ptr(&b).is_none() {
+            miss_b += 1;
+        }
+    }
+    // SAFETY: 54 bytes are in the packet (checked above).
+    unsafe {
+        core::ptr::write_unaligned(start as *mut u32, miss_a.to_le());
+        core::ptr::write_unaligned((start + 4) as *mut u32, miss_b.to_le());
     }
     xdp_action::XDP_TX
 }
