@@ -83,6 +83,14 @@ pub fn filter_bit(addr: &[u8; 16], port_be: u16, proto: u8) -> u32 {
     x.wrapping_mul(FIB32) >> (32 - crate::FILTER_BITS_LOG2)
 }
 
+/// Slot of a service's address, port and protocol in the service index (`STEER_SVCX_V1`):
+/// the top `SERVICE_INDEX_LOG2` bits of the pre-filter's hash (a NAT service's two filter
+/// bits share them).
+#[inline(always)]
+pub fn service_slot(addr: &[u8; 16], port_be: u16, proto: u8) -> u32 {
+    filter_bit(addr, port_be, proto) >> (crate::FILTER_BITS_LOG2 - crate::SERVICE_INDEX_LOG2)
+}
+
 /// Second bit of the pre-filter for a NAT service's address, port and protocol: a packet whose
 /// bit is set is looked for in the NAT flow cache before the DSR one. The neighbour of its
 /// service's bit, so that one word read tells both.

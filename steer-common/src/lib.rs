@@ -17,6 +17,11 @@ pub mod map {
     /// `Service`, replaced at every table flip, and a hash map lookup racing the replacement
     /// of an entry in its bucket can find nothing). Written by steer-ctl.
     pub const SERVICES: &str = "STEER_SVC_V3";
+    /// `SERVICE_INDEX_SLOTS` × `ServiceSlot` (mmapable), by `hash::service_slot`: the service
+    /// whose key alone has that slot, or a mark that several share it (then `SERVICES` says).
+    /// One array lookup instead of the hash map's for nearly every packet of a service.
+    /// Written by steer-ctl through mmap; `SERVICES` stays the whole record.
+    pub const SERVICE_INDEX: &str = "STEER_SVCX_V1";
     /// Service id → `ServiceInfo` (mmapable): the service's `Service`, double-buffered (the
     /// live copy is named by `ServiceInfo::live`). Written by steer-ctl.
     pub const SERVICE_INFO: &str = "STEER_SVCI_V1";
@@ -108,8 +113,9 @@ pub mod map {
     /// (rounds, from its scans); pinned with the established table it describes.
     pub const PRESENCE: &str = "STEER_PRES_V1";
 
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         SERVICES,
+        SERVICE_INDEX,
         SERVICE_INFO,
         BACKENDS,
         MAGLEV,
@@ -445,6 +451,70 @@ pub struct ServiceInfo {
     pub copies: [Service; 2],
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 104);
+
+/// `ServiceSlot::state`.
+pub mod slot_state {
+    /// No service has the slot.
+    pub const EMPTY: u32 = 0;
+    /// One service has it: the slot's `key` and `id`.
+    pub const ONE: u32 = 1;
+    /// Several services have it: look the key up in the services map.
+    pub const SHARED: u32 = 2;
+}
+
+/// What the service index says of a key.
+pub enum Indexed {
+    /// The service with this id.
+    Id(u32),
+    /// Ask the services map.
+    Shared,
+    /// No service.
+    None,
+}
+
+/// A slot of the service index (`STEER_SVCX_V1`). steer-ctl writes `key` and `id` only while
+/// `state` is not `ONE` (and a grace period after it last was), then stores `state`; a packet
+/// reads `state` first, so it never compares a key being written. Two slots a cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    pub id: u32,
+    pub state: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 32);
+
+impl ServiceSlot {
+    /// What the slot says of `key` (the slot of `hash::service_slot` of it).
+    #[inline(always)]
+    pub fn find(&self, key: &ServiceKey) -> Indexed {
+        // SAFETY: `state` is a u32 that steer-ctl stores whole.
+        let state = unsafe { core::ptr::read_volatile(&self.state) };
+        if state == slot_state::SHARED {
+            return Indexed::Shared;
+        }
+        if state != slot_state::ONE {
+            return Indexed::None;
+        }
+        // Word by word, in place: five 4-byte loads each side, no copy on the stack and no
+        // memcmp (ServiceKey is 4-aligned).
+        let a = &self.key as *const ServiceKey as *const u32;
+        let b = key as *const ServiceKey as *const u32;
+        for w in 0..5 {
+            // SAFETY: both point to 20 bytes of plain integers, 4-aligned.
+            if unsafe { *a.add(w) != *b.add(w) } {
+                return Indexed::None;
+            }
+        }
+        Indexed::Id(self.id)
+    }
+}
+
+/// Slots of the service index: `1 << SERVICE_INDEX_LOG2` (32 bytes each, 128 KiB), four or
+/// more a service up to `MAX_SERVICES_LIMIT`'s 1,024.
+pub const SERVICE_INDEX_LOG2: u32 = 12;
+pub const SERVICE_INDEX_SLOTS: u32 = 1 << SERVICE_INDEX_LOG2;
 
 /// Admin states of a backend (`Backend::admin`). `NONE` marks a free slot or a removed backend.
 pub mod admin {
@@ -1086,6 +1156,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for ServiceSlot {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}

@@ -22,10 +22,11 @@ use aya::{
 use steer_common::{
     flow_flags,
     hash::{filter_bit, nat_filter_bit},
-    maglev_chunks, maglev_index, map, nat_capacity, Attempt, Backend, CachedFlow, Counters, Flow,
-    FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceInfo, ServiceKey,
-    ATTEMPTS_LOG2, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MAX_BACKENDS,
-    MAX_FLOWS, MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES, PROGRAM,
+    maglev_chunks, maglev_index, map, nat_capacity, slot_state, Attempt, Backend, CachedFlow,
+    Counters, Flow, FlowKey, Globals, NatPool, NatRev, NeighWant, Observed, Service, ServiceInfo,
+    ServiceKey, ServiceSlot, ATTEMPTS_LOG2, FILTER_WORDS, GLOBAL_SLOTS, MAGLEV_CHUNK,
+    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MODE_NAT, NEIGH_SLOTS, PRESENCE_LINES,
+    PROGRAM, SERVICE_INDEX_SLOTS,
 };
 
 /// The compiled datapath, built by `build.rs` from `steer-ebpf`.
@@ -473,6 +474,50 @@ impl Mapped<ServiceInfo> {
     }
 }
 
+impl Mapped<ServiceSlot> {
+    /// The slot as it is now (word by word).
+    fn slot(&self, s: u32) -> ServiceSlot {
+        let i = s as usize;
+        let state = self
+            .word32(i, std::mem::offset_of!(ServiceSlot, state))
+            .load(Ordering::Acquire);
+        let words: [u32; 5] =
+            std::array::from_fn(|w| self.word32(i, w * 4).load(Ordering::Relaxed));
+        ServiceSlot {
+            // SAFETY: `ServiceKey` is five 4-byte words of plain integers.
+            key: unsafe { std::mem::transmute::<[u32; 5], ServiceKey>(words) },
+            id: self
+                .word32(i, std::mem::offset_of!(ServiceSlot, id))
+                .load(Ordering::Relaxed),
+            state,
+            _pad: 0,
+        }
+    }
+
+    fn set_state(&self, s: u32, state: u32) {
+        self.word32(s as usize, std::mem::offset_of!(ServiceSlot, state))
+            .store(state, Ordering::Release);
+    }
+
+    /// Writes the key and id of slot `s` (not `ONE` now), then makes it `ONE`.
+    fn publish_one(&self, s: u32, key: &ServiceKey, id: u32) {
+        let i = s as usize;
+        // SAFETY: as in `slot`.
+        let words = unsafe { std::mem::transmute::<ServiceKey, [u32; 5]>(*key) };
+        for (w, v) in words.iter().enumerate() {
+            self.word32(i, w * 4).store(*v, Ordering::Relaxed);
+        }
+        self.word32(i, std::mem::offset_of!(ServiceSlot, id))
+            .store(id, Ordering::Relaxed);
+        self.set_state(s, slot_state::ONE);
+    }
+}
+
+/// The service index's slot for a key.
+pub fn slot_of(key: &ServiceKey) -> u32 {
+    steer_common::hash::service_slot(&key.addr, key.port_be, key.proto)
+}
+
 /// 64-bit words in a `Service`.
 const SERVICE_WORDS: usize = std::mem::size_of::<Service>() / 8;
 const _: () = assert!(std::mem::size_of::<Service>() == SERVICE_WORDS * 8);
@@ -649,6 +694,8 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey, u32>,
     /// Each service's settings, double-buffered (mmapped).
     service_info: Mapped<ServiceInfo>,
+    /// The service index (mmapped): the one service of a slot, or `SHARED`.
+    service_index: Mapped<ServiceSlot>,
     backends: Array<MapData, Backend>,
     maglev: MaglevTables,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -846,6 +893,10 @@ impl Datapath {
             return Err(DatapathError::MissingMap(map::SERVICE_INFO));
         };
         let service_info = Mapped::new(service_info, map::SERVICE_INFO, opts.max_services)?;
+        let Map::Array(service_index) = take(&mut ebpf, map::SERVICE_INDEX)? else {
+            return Err(DatapathError::MissingMap(map::SERVICE_INDEX));
+        };
+        let service_index = Mapped::new(service_index, map::SERVICE_INDEX, SERVICE_INDEX_SLOTS)?;
         let backends = typed(
             map::BACKENDS,
             Array::try_from(take(&mut ebpf, map::BACKENDS)?),
@@ -915,6 +966,7 @@ impl Datapath {
             max_services: opts.max_services,
             services,
             service_info,
+            service_index,
             backends,
             maglev,
             service_stats,
@@ -943,6 +995,7 @@ impl Datapath {
             dp.carry_over_services(&path)?;
         }
         dp.seed_filter()?;
+        dp.seed_index()?;
         Ok(dp)
     }
 
@@ -1298,7 +1351,8 @@ impl Datapath {
         match self.services.get(key, 0) {
             Ok(id) if id == svc.id => {}
             Ok(_) | Err(MapError::KeyNotFound) => {
-                typed(map::SERVICES, self.services.insert(key, svc.id, 0))?
+                typed(map::SERVICES, self.services.insert(key, svc.id, 0))?;
+                self.refresh_index(slot_of(key))?;
             }
             Err(source) => {
                 return Err(DatapathError::Map {
@@ -1336,7 +1390,59 @@ impl Datapath {
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         typed(map::SERVICES, self.services.remove(key))?;
+        self.refresh_index(slot_of(key))?;
         self.bump_epoch()
+    }
+
+    /// Sets index slot `slot` from the services map: `EMPTY`, `ONE` with the service whose key
+    /// alone has it, or `SHARED`. A slot's key and id are written only while it is not `ONE`;
+    /// one that is `ONE` with another service becomes `SHARED` (correct, only slower) rather
+    /// than being rewritten under packets. Callers wait a grace period between two changes of
+    /// the services (`Balancer` does), so no packet still reads what a slot held two changes
+    /// ago.
+    fn refresh_index(&self, slot: u32) -> Result<()> {
+        let mut here = Vec::new();
+        for r in self.services.iter() {
+            let (k, id) = r.map_err(|source| DatapathError::Map {
+                name: map::SERVICES,
+                source,
+            })?;
+            if slot_of(&k) == slot {
+                here.push((k, id));
+            }
+        }
+        let now = self.service_index.slot(slot);
+        match here.as_slice() {
+            [] => self.service_index.set_state(slot, slot_state::EMPTY),
+            [(k, id)] if now.state == slot_state::ONE => {
+                if now.key != *k || now.id != *id {
+                    self.service_index.set_state(slot, slot_state::SHARED);
+                }
+            }
+            [(k, id)] => self.service_index.publish_one(slot, k, *id),
+            _ => self.service_index.set_state(slot, slot_state::SHARED),
+        }
+        Ok(())
+    }
+
+    /// Makes the index agree with the services map (pinned maps adopted, or carried over).
+    fn seed_index(&mut self) -> Result<()> {
+        let mut slots: Vec<u32> = self.service_keys()?.iter().map(slot_of).collect();
+        slots.extend(
+            (0..SERVICE_INDEX_SLOTS)
+                .filter(|s| self.service_index.slot(*s).state != slot_state::EMPTY),
+        );
+        slots.sort_unstable();
+        slots.dedup();
+        for s in slots {
+            self.refresh_index(s)?;
+        }
+        Ok(())
+    }
+
+    /// What the service index holds in slot `slot` (for tests).
+    pub fn index_slot(&self, slot: u32) -> ServiceSlot {
+        self.service_index.slot(slot)
     }
 
     pub fn put_backend(&mut self, id: u32, be: &Backend) -> Result<()> {

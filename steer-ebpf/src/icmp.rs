@@ -229,7 +229,7 @@ fn plan_to_backend(plan: &mut Plan) -> bool {
         proto: client.proto,
         family: client.family,
     };
-    let Some((svc_id, _)) = select::service(&key) else {
+    let Some(svc_id) = select::service(&key).map(|s| s.id) else {
         return false;
     };
     let Some((_, be)) = select::flow_backend(backend, gen) else {

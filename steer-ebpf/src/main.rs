@@ -160,7 +160,15 @@ fn try_steer<const NAT: bool>(ctx: &XdpContext) -> Result<Verdict, Stop> {
         probe
     };
     let now = flow::now();
-    let (svc_id, svc) = match select::lookup_service(&pkt) {
+    // (NAT's frame is at the edge of the stack a call chain may use: out of line there.)
+    let found = if NAT {
+        select::lookup_service_call(&pkt)
+            .map(|s| (s.id, s))
+            .ok_or(Stop::Pass(outcome::PASS_NOT_SERVICE))
+    } else {
+        select::lookup_service(&pkt)
+    };
+    let (svc_id, svc) = match found {
         Ok(s) => s,
         Err(_) if !NAT => {
             let reply = nat_host && filter::maybe_nat_reply(&pkt.key);
@@ -228,7 +236,8 @@ fn not_service(
 #[inline(always)]
 fn nat_new(ctx: &XdpContext) -> Result<Verdict, Stop> {
     let pkt = parse::parse(ctx)?;
-    let (svc_id, svc) = select::lookup_service(&pkt)?;
+    let svc = select::lookup_service_call(&pkt).ok_or(Stop::Pass(outcome::PASS_NOT_SERVICE))?;
+    let svc_id = svc.id;
     let h = chain::handoff().ok_or(Stop::Drop(outcome::DROP_NO_PROGRAM))?;
     let now = flow::now();
     let existing = match h.table {

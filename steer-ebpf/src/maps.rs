@@ -9,9 +9,9 @@ use aya_ebpf::{
 use steer_common::{
     flow_cache_entries, hop_entries, maglev_chunks, nat_cache_entries, nat_capacity, prog,
     transient_capacity, Attempt, Backend, Counters, Flow, FlowKey, Globals, Handoff, NatPool,
-    NatRev, NeighWant, Observed, ServiceInfo, ServiceKey, ATTEMPTS_LOG2, ATTEMPT_MARK_LINES,
-    FILTER_WORDS, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, NEIGH_SLOTS, NOTES_BYTES, PRESENCE_LINES,
+    NatRev, NeighWant, Observed, ServiceInfo, ServiceKey, ServiceSlot, ATTEMPTS_LOG2,
+    ATTEMPT_MARK_LINES, FILTER_WORDS, FLOW_EPOCH_LOG2, GLOBAL_SLOTS, MAGLEV_CHUNK, MAX_BACKENDS,
+    MAX_FLOWS, MAX_SERVICES, NEIGH_SLOTS, NOTES_BYTES, PRESENCE_LINES, SERVICE_INDEX_SLOTS,
 };
 
 /// Service ids by (VIP, port, protocol). Written by steer-ctl when a service is added or
@@ -23,6 +23,12 @@ use steer_common::{
 #[map(name = "STEER_SVC_V3")]
 pub static SERVICES: HashMap<ServiceKey, u32> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// The service index: by `hash::service_slot`, the one service whose key has the slot, or a
+/// mark that several share it (then `SERVICES`). Written by steer-ctl through mmap.
+#[map(name = "STEER_SVCX_V1")]
+pub static SERVICE_INDEX: Array<ServiceSlot> =
+    Array::with_max_entries(SERVICE_INDEX_SLOTS, BPF_F_MMAPABLE);
 
 /// Each service's settings by id, two copies, `ServiceInfo::live` naming the one packets
 /// read. Written by steer-ctl through mmap: the idle copy, then `live`.

@@ -502,7 +502,7 @@ fn heal_reverse(pkt: &Packet, ids: u64, be: &Backend, now: u64) {
     let key = reply_key(pkt, be, &src, nat.port_be);
     // The packet is to a service: its idle timeout, for a UDP flow.
     let idle_ns =
-        select::lookup_service(pkt).map_or(0, |(_, s)| s.idle_timeout_s as u64 * 1_000_000_000);
+        select::lookup_service_call(pkt).map_or(0, |s| s.idle_timeout_s as u64 * 1_000_000_000);
     let rev = reverse_of(pkt, svc_id, be_id, be.gen, nat, 0, idle_ns, now);
     if NAT.insert(&key, &rev, BPF_NOEXIST as u64).is_ok() {
         cache::invalidate(&key);
@@ -729,9 +729,10 @@ fn refused(pkt: &Packet, r: *mut NatRev, be_id: u32, f: *mut Flow, now: u64) -> 
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    let Some((svc_id, svc)) = select::service(&key) else {
+    let Some(svc) = select::service(&key) else {
         return false;
     };
+    let svc_id = svc.id;
     // Counted, as an unanswered attempt is, only where the service observes or recovers.
     if svc.flags & (svc_flags::OBSERVE | svc_flags::RECOVER) == 0 {
         return false;

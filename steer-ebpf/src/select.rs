@@ -1,12 +1,13 @@
 //! Service lookup and backend selection.
 
 use steer_common::{
-    hash::flow_hash, maglev_index, outcome, svc_flags, Backend, FlowKey, Service, ServiceKey,
-    BACKEND_NONE, MAGLEV_CHUNK,
+    hash::{flow_hash, service_slot},
+    maglev_index, outcome, svc_flags, Backend, FlowKey, Indexed, Service, ServiceKey, BACKEND_NONE,
+    MAGLEV_CHUNK,
 };
 
 use crate::{
-    maps::{BACKENDS, MAGLEV, SERVICES, SERVICE_INFO},
+    maps::{BACKENDS, MAGLEV, SERVICES, SERVICE_INDEX, SERVICE_INFO},
     observe,
     parse::Packet,
     Stop,
@@ -15,25 +16,50 @@ use crate::{
 /// The service a packet is addressed to, with its id.
 #[inline(always)]
 pub fn lookup_service(pkt: &Packet) -> Result<(u32, &'static Service), Stop> {
-    let key = ServiceKey {
+    find(&key_of(pkt))
+        .map(|svc| (svc.id, svc))
+        .ok_or(Stop::Pass(outcome::PASS_NOT_SERVICE))
+}
+
+/// `lookup_service` out of line (a BPF call with a frame of its own), for the NAT programs,
+/// whose own frames are at the edge of the verifier's 512 bytes of stack for a call chain.
+#[inline(never)]
+pub fn lookup_service_call(pkt: &Packet) -> Option<&'static Service> {
+    find(&key_of(pkt))
+}
+
+/// The service with key `key` (its id is its own `id`), out of line as `lookup_service_call`.
+#[inline(never)]
+pub fn service(key: &ServiceKey) -> Option<&'static Service> {
+    find(key)
+}
+
+#[inline(always)]
+fn key_of(pkt: &Packet) -> ServiceKey {
+    ServiceKey {
         addr: pkt.key.dst,
         port_be: pkt.key.dport_be,
         proto: pkt.key.proto,
         family: pkt.key.family,
-    };
-    service(&key).ok_or(Stop::Pass(outcome::PASS_NOT_SERVICE))
+    }
 }
 
-/// The service with key `key`, with its id: the live copy of its settings.
+/// The live copy of the settings of the service with key `key`. The index's slot names it
+/// (one array lookup) unless several services share the slot.
 #[inline(always)]
-pub fn service(key: &ServiceKey) -> Option<(u32, &'static Service)> {
-    // SAFETY: an entry is never replaced while its service lives (`maps::SERVICES`).
-    let id = *unsafe { SERVICES.get(key) }?;
+fn find(key: &ServiceKey) -> Option<&'static Service> {
+    let slot = SERVICE_INDEX.get(service_slot(&key.addr, key.port_be, key.proto))?;
+    let id = match slot.find(key) {
+        Indexed::Id(id) => id,
+        // SAFETY: an entry is never replaced while its service lives (`maps::SERVICES`).
+        Indexed::Shared => *unsafe { SERVICES.get(key) }?,
+        Indexed::None => return None,
+    };
     let info = SERVICE_INFO.get(id)?;
     // SAFETY: `live` is a u32 userspace stores whole; the copy it names is not written
     // while a packet that read it may still run (`ServiceInfo`).
     let live = unsafe { core::ptr::read_volatile(&info.live) };
-    Some((id, &info.copies[(live & 1) as usize]))
+    Some(&info.copies[(live & 1) as usize])
 }
 
 /// The backend with id `id`, if that slot holds one.

@@ -308,6 +308,7 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
     }
     for gone in [
         "STEER_SVCI_V1",
+        "STEER_SVCX_V1",
         "STEER_NAT_V1",
         "STEER_POOL_V2",
         "STEER_OBS_V1",
@@ -434,7 +435,7 @@ fn pin_services_as_v2(dir: &std::path::Path) {
     for (k, v) in &entries {
         v2.insert(k, v, 0).unwrap();
     }
-    for now in [map::SERVICES, map::SERVICE_INFO] {
+    for now in [map::SERVICES, map::SERVICE_INDEX, map::SERVICE_INFO] {
         std::fs::remove_file(dir.join(now)).unwrap();
     }
 }

@@ -543,7 +543,13 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
     let pins = Pins(dir.clone());
     let mut bal = setup(Some(dir.clone()));
     let mut loader = aya::EbpfLoader::new();
-    for m in [map::SERVICES, map::SERVICE_INFO, map::BACKENDS, map::MAGLEV] {
+    for m in [
+        map::SERVICES,
+        map::SERVICE_INDEX,
+        map::SERVICE_INFO,
+        map::BACKENDS,
+        map::MAGLEV,
+    ] {
         loader.map_pin_path(m, dir.join(m));
     }
     let mut aux = loader
@@ -641,7 +647,13 @@ fn service_lookups_never_miss_while_pools_change() {
     let pins = Pins(dir.clone());
     let mut bal = setup(Some(dir.clone()));
     let mut loader = aya::EbpfLoader::new();
-    for m in [map::SERVICES, map::SERVICE_INFO, map::BACKENDS, map::MAGLEV] {
+    for m in [
+        map::SERVICES,
+        map::SERVICE_INDEX,
+        map::SERVICE_INFO,
+        map::BACKENDS,
+        map::MAGLEV,
+    ] {
         loader.map_pin_path(m, dir.join(m));
     }
     let mut aux = loader

@@ -6,9 +6,9 @@
 //! waited for it: the table slots and the service entry unchanged under it, the backends they
 //! named still ready and up at its end.
 //!
-//! `swap_lookup_hammer`: looks two services up hundreds of times a run, counting lookups that
-//! find nothing, for the test that the services map never misses a service while the pools
-//! change.
+//! `swap_lookup_hammer`: looks two services up hundreds of times a run (the service index, and
+//! the services map where the index sends it), counting lookups that find nothing, for the test
+//! that a service is never missed while the pools change.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE},
@@ -18,13 +18,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use steer_common::{
-    maglev_index, Backend, ServiceInfo, ServiceKey, FAMILY_V4, MAGLEV_CHUNK, PROTO_TCP,
+    hash::service_slot, maglev_index, Backend, Indexed, ServiceInfo, ServiceKey, ServiceSlot,
+    FAMILY_V4, MAGLEV_CHUNK, PROTO_TCP,
 };
 
 /// steer's maps, by name and type; the test reuses the datapath's pinned ones, so the sizes
 /// here do not matter.
 #[map(name = "STEER_SVC_V3")]
 static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(1, 0);
+#[map(name = "STEER_SVCX_V1")]
+static SERVICE_INDEX: Array<ServiceSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "STEER_SVCI_V1")]
 static SERVICE_INFO: Array<ServiceInfo> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "STEER_BE_V2")]
@@ -135,6 +138,20 @@ pub fn swap_slow_reader(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Whether the service index, or the services map where the index says several share a slot,
+/// has `key`: the datapath's `select::service`, short of the settings it then reads.
+#[inline(always)]
+fn found(key: &ServiceKey) -> bool {
+    let Some(slot) = SERVICE_INDEX.get(service_slot(&key.addr, key.port_be, key.proto)) else {
+        return false;
+    };
+    match slot.find(key) {
+        Indexed::Id(_) => true,
+        Indexed::Shared => SERVICES.get_ptr(key).is_some(),
+        Indexed::None => false,
+    }
+}
+
 /// Lookups of each of the two services per run of `swap_lookup_hammer`.
 const HAMMER_LOOKUPS: u32 = 128;
 
@@ -166,10 +183,10 @@ pub fn swap_lookup_hammer(ctx: XdpContext) -> u32 {
     b.addr[3] = b.addr[3].wrapping_add(1);
     let (mut miss_a, mut miss_b) = (0u32, 0u32);
     for _ in 0..HAMMER_LOOKUPS {
-        if SERVICES.get_ptr(&a).is_none() {
+        if !found(&a) {
             miss_a += 1;
         }
-        if SERVICES.get_ptr(&b).is_none() {
+        if !found(&b) {
             miss_b += 1;
         }
     }

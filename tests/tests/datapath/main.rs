@@ -29,6 +29,7 @@ mod options;
 mod parse;
 mod presence;
 mod redispatch;
+mod services;
 mod tables;
 mod udp;
 mod vlan;
