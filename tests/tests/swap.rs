@@ -524,24 +524,17 @@ impl Drop for Pins {
     }
 }
 
-/// A packet that takes a millisecond between reading the service entry and reading the table
-/// slot and backend entry (the test program `swap_slow_reader`, on steer's pinned maps) — as one
-/// interrupted mid-run, or on a descheduled vCPU, would — while the pools change as in the test
-/// above: the balancer must wait for it, so the slot and the service entry do not change under
-/// it, and the backend the slot named is still ready and up when it reads it. Far likelier to
-/// catch a missing or misplaced wait than packets of a few hundred nanoseconds.
-#[test]
-fn a_slow_packet_finds_what_the_table_it_read_named() {
-    if !steer_tests::privileged("a_slow_packet_finds_what_the_table_it_read_named") {
-        return;
-    }
+/// steer's datapath serving both services (`setup`) with its maps pinned in a directory of the
+/// test's own (`tag`), and the test program `prog` loaded on its pinned maps: the pins, the
+/// balancer, the test object and the program's fd (valid while the object lives).
+fn on_pins(tag: &str, prog: &str) -> (Pins, Balancer, aya::Ebpf, i32) {
     let dir = PathBuf::from(format!(
-        "/sys/fs/bpf/steer-test-{}-swap",
+        "/sys/fs/bpf/steer-test-{}-{tag}",
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).expect("make the pin directory");
     let pins = Pins(dir.clone());
-    let mut bal = setup(Some(dir.clone()));
+    let bal = setup(Some(dir.clone()));
     let mut loader = aya::EbpfLoader::new();
     for m in [
         map::SERVICES,
@@ -555,13 +548,28 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
     let mut aux = loader
         .load(steer_tests::aux::OBJECT)
         .expect("load the test programs on steer's pinned maps");
-    let reader: &mut aya::programs::Xdp = aux
-        .program_mut("swap_slow_reader")
-        .expect("the test object has swap_slow_reader")
+    let p: &mut aya::programs::Xdp = aux
+        .program_mut(prog)
+        .unwrap_or_else(|| panic!("the test object has {prog}"))
         .try_into()
-        .expect("swap_slow_reader is an XDP program");
-    reader.load().expect("load swap_slow_reader");
-    let fd = reader.fd().expect("program fd").as_fd().as_raw_fd();
+        .unwrap_or_else(|e| panic!("{prog} is an XDP program: {e}"));
+    p.load().unwrap_or_else(|e| panic!("load {prog}: {e}"));
+    let fd = p.fd().expect("program fd").as_fd().as_raw_fd();
+    (pins, bal, aux, fd)
+}
+
+/// A packet that takes a millisecond between reading the service entry and reading the table
+/// slot and backend entry (the test program `swap_slow_reader`, on steer's pinned maps) — as one
+/// interrupted mid-run, or on a descheduled vCPU, would — while the pools change as in the test
+/// above: the balancer must wait for it, so the slot and the service entry do not change under
+/// it, and the backend the slot named is still ready and up when it reads it. Far likelier to
+/// catch a missing or misplaced wait than packets of a few hundred nanoseconds.
+#[test]
+fn a_slow_packet_finds_what_the_table_it_read_named() {
+    if !steer_tests::privileged("a_slow_packet_finds_what_the_table_it_read_named") {
+        return;
+    }
+    let (pins, mut bal, aux, fd) = on_pins("swap", "swap_slow_reader");
     let frames: Vec<Vec<u8>> = SERVICES
         .iter()
         .map(|s| {
@@ -630,42 +638,18 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
 /// How long the lookup hammer runs while the pools change.
 const HAMMER_RUN: Duration = Duration::from_secs(4);
 
-/// The services map itself, hammered: while the pools change as in the tests above (every
-/// flip replaces a service's entry), two threads look both services up (`swap_lookup_hammer`,
-/// 256 lookups a run, on steer's pinned maps). A lookup of a service that exists must never
+/// The services' lookup itself, hammered: while the pools change as in the tests above (every
+/// flip publishes a service's settings anew), two threads look both services up
+/// (`swap_lookup_hammer`: the service index, and the services map where a slot is shared; 256
+/// lookups a run, on steer's pinned maps). Before the services map held ids alone, a lookup
+/// racing a flip's replacement of an entry now and then found nothing (19 in 1.75 billion). A lookup of a service that exists must never
 /// find nothing: a packet that did would be passed to the kernel as for no service.
 #[test]
 fn service_lookups_never_miss_while_pools_change() {
     if !steer_tests::privileged("service_lookups_never_miss_while_pools_change") {
         return;
     }
-    let dir = PathBuf::from(format!(
-        "/sys/fs/bpf/steer-test-{}-lookups",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("make the pin directory");
-    let pins = Pins(dir.clone());
-    let mut bal = setup(Some(dir.clone()));
-    let mut loader = aya::EbpfLoader::new();
-    for m in [
-        map::SERVICES,
-        map::SERVICE_INDEX,
-        map::SERVICE_INFO,
-        map::BACKENDS,
-        map::MAGLEV,
-    ] {
-        loader.map_pin_path(m, dir.join(m));
-    }
-    let mut aux = loader
-        .load(steer_tests::aux::OBJECT)
-        .expect("load the test programs on steer's pinned maps");
-    let hammer: &mut aya::programs::Xdp = aux
-        .program_mut("swap_lookup_hammer")
-        .expect("the test object has swap_lookup_hammer")
-        .try_into()
-        .expect("swap_lookup_hammer is an XDP program");
-    hammer.load().expect("load swap_lookup_hammer");
-    let fd = hammer.fd().expect("program fd").as_fd().as_raw_fd();
+    let (pins, mut bal, aux, fd) = on_pins("lookups", "swap_lookup_hammer");
     assert_eq!(
         u32::from(SERVICES[1].vip),
         u32::from(SERVICES[0].vip) + 1,
