@@ -502,12 +502,14 @@ impl ServiceSlot {
         let a = &self.key as *const ServiceKey as *const u32;
         let b = key as *const ServiceKey as *const u32;
         for w in 0..5 {
-            // SAFETY: both point to 20 bytes of plain integers, 4-aligned.
-            if unsafe { *a.add(w) != *b.add(w) } {
+            // SAFETY: both point to 20 bytes of plain integers, 4-aligned. The slot's words
+            // are read volatile, so that no compiler moves them above the read of `state`.
+            if unsafe { core::ptr::read_volatile(a.add(w)) != *b.add(w) } {
                 return Indexed::None;
             }
         }
-        Indexed::Id(self.id)
+        // SAFETY: a u32 of the slot.
+        Indexed::Id(unsafe { core::ptr::read_volatile(&self.id) })
     }
 }
 

@@ -804,8 +804,21 @@ impl Balancer {
                 i
             }
             None => {
+                // Not an id another key in the map still names (a service of an earlier
+                // config, until `clear_unused`, which the program attached before may still
+                // serve): its packets would read this service's settings. Nor one reserved
+                // for a service yet to be added. Either only when nothing else is left.
+                let pinned: Vec<u32> = self
+                    .dp
+                    .service_ids()?
+                    .into_iter()
+                    .filter(|(k, _)| *k != key)
+                    .map(|(_, i)| i)
+                    .collect();
+                let reserved = |i: &u32| self.reserved_services.values().any(|r| r == i);
                 let i = (0..max)
-                    .find(|i| free(i) && !self.reserved_services.values().any(|r| r == i))
+                    .find(|i| free(i) && !reserved(i) && !pinned.contains(i))
+                    .or_else(|| (0..max).find(|i| free(i) && !pinned.contains(i)))
                     .or_else(|| (0..max).find(free))
                     .ok_or(BalancerError::Full("service", max))?;
                 // A new service on this id: it does not inherit an earlier one's counters.

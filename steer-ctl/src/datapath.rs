@@ -696,6 +696,9 @@ pub struct Datapath {
     service_info: Mapped<ServiceInfo>,
     /// The service index (mmapped): the one service of a slot, or `SHARED`.
     service_index: Mapped<ServiceSlot>,
+    /// A carried-over `STEER_SVC_V2`, which the program attached before this one still reads:
+    /// written with every service change until `attached_everywhere`.
+    services_v2: Option<HashMap<MapData, ServiceKey, Service>>,
     backends: Array<MapData, Backend>,
     maglev: MaglevTables,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -861,13 +864,14 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         // Pins of a daemon from before the services map held ids (`STEER_SVC_V2`): its
-        // services are carried over (below), so their flows keep their backends.
+        // services are carried over (below), so their flows keep their backends. (Whether
+        // this layout's map is pinned says nothing: the loader pins it, empty, before a start
+        // that may fail; it is empty until a carry-over.)
         let services_v2 = opts
             .pin_dir
             .as_ref()
-            .map(|d| (d.join(SERVICES_V2), d.join(map::SERVICES)))
-            .filter(|(v2, now)| v2.exists() && !now.exists())
-            .map(|(v2, _)| v2);
+            .map(|d| d.join(SERVICES_V2))
+            .filter(|v2| v2.exists());
         let mut ebpf = loader.load(OBJECT)?;
         load_program(&mut ebpf, PROGRAM)?;
         // The programs the entry one hands packets to (NAT services, new NAT flows, replies),
@@ -967,6 +971,7 @@ impl Datapath {
             services,
             service_info,
             service_index,
+            services_v2: None,
             backends,
             maglev,
             service_stats,
@@ -1000,26 +1005,37 @@ impl Datapath {
     }
 
     /// Writes the services of a pinned `STEER_SVC_V2` (key → whole `Service`) into this
-    /// layout: the ids, tables and pools they name are in maps this version reuses. Before
-    /// the program is attached, so no packet reads them yet.
+    /// layout, if it has none yet: the ids, tables and pools they name are in maps this
+    /// version reuses. Before the program is attached, so no packet of it reads them yet. The
+    /// program attached until then still reads the V2 map: every service change is written
+    /// there too (`services_v2`) until `attached_everywhere`.
     fn carry_over_services(&mut self, path: &Path) -> Result<()> {
         let old: HashMap<MapData, ServiceKey, Service> = typed(
             SERVICES_V2,
             MapData::from_pin(path).and_then(|m| HashMap::try_from(Map::HashMap(m))),
         )?;
-        let entries = old
-            .iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| DatapathError::Map {
-                name: SERVICES_V2,
-                source,
-            })?;
-        for (key, svc) in entries {
-            if svc.id < self.max_services {
-                self.put_service(&key, &svc)?;
+        if self.service_keys()?.is_empty() {
+            let entries = old
+                .iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|source| DatapathError::Map {
+                    name: SERVICES_V2,
+                    source,
+                })?;
+            for (key, svc) in entries {
+                if svc.id < self.max_services {
+                    self.put_service_entry(&key, &svc)?;
+                }
             }
         }
+        self.services_v2 = Some(old);
         Ok(())
+    }
+
+    /// This datapath's program is attached on every interface: no program reads a carried-over
+    /// `STEER_SVC_V2` any more, so service changes are no longer written there.
+    pub fn attached_everywhere(&mut self) {
+        self.services_v2 = None;
     }
 
     /// Sets the pre-filter's bits for what the maps already hold (pinned maps adopted from an
@@ -1344,24 +1360,45 @@ impl Datapath {
     /// id, which must wait for a grace period (no packet still reading it: `Balancer`'s
     /// protocol). The key's entry is written only when it is missing or names another id.
     pub fn put_service(&mut self, key: &ServiceKey, svc: &Service) -> Result<()> {
+        if self.put_service_entry(key, svc)? {
+            self.refresh_index(slot_of(key))?;
+        }
+        if let Some(v2) = &mut self.services_v2 {
+            typed(SERVICES_V2, v2.insert(key, svc, 0))?;
+        }
+        self.bump_epoch()
+    }
+
+    /// `put_service` short of the index and the epoch: true when the key's entry was
+    /// written (missing, or naming another id: a restarted daemon giving the key to a service
+    /// of another mode, the one case where an entry is replaced).
+    fn put_service_entry(&mut self, key: &ServiceKey, svc: &Service) -> Result<bool> {
         self.check_service_id(svc.id)?;
         // The filter's bit first: the service's packets must never meet a clear one.
         self.filter_service(key, svc.mode == MODE_NAT);
         self.service_info.publish(svc.id, svc);
         match self.services.get(key, 0) {
-            Ok(id) if id == svc.id => {}
+            Ok(id) if id == svc.id => Ok(false),
             Ok(_) | Err(MapError::KeyNotFound) => {
                 typed(map::SERVICES, self.services.insert(key, svc.id, 0))?;
-                self.refresh_index(slot_of(key))?;
+                Ok(true)
             }
-            Err(source) => {
-                return Err(DatapathError::Map {
-                    name: map::SERVICES,
-                    source,
-                })
-            }
+            Err(source) => Err(DatapathError::Map {
+                name: map::SERVICES,
+                source,
+            }),
         }
-        self.bump_epoch()
+    }
+
+    /// Every service key in the map with its id.
+    pub fn service_ids(&self) -> Result<Vec<(ServiceKey, u32)>> {
+        self.services
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: map::SERVICES,
+                source,
+            })
     }
 
     /// The live settings of a service, if the map holds its key.
@@ -1391,6 +1428,17 @@ impl Datapath {
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         typed(map::SERVICES, self.services.remove(key))?;
         self.refresh_index(slot_of(key))?;
+        if let Some(v2) = &mut self.services_v2 {
+            match v2.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        name: SERVICES_V2,
+                        source,
+                    })
+                }
+            }
+        }
         self.bump_epoch()
     }
 
@@ -1401,18 +1449,19 @@ impl Datapath {
     /// the services (`Balancer` does), so no packet still reads what a slot held two changes
     /// ago.
     fn refresh_index(&self, slot: u32) -> Result<()> {
-        let mut here = Vec::new();
-        for r in self.services.iter() {
-            let (k, id) = r.map_err(|source| DatapathError::Map {
-                name: map::SERVICES,
-                source,
-            })?;
-            if slot_of(&k) == slot {
-                here.push((k, id));
-            }
-        }
+        let here: Vec<(ServiceKey, u32)> = self
+            .service_ids()?
+            .into_iter()
+            .filter(|(k, _)| slot_of(k) == slot)
+            .collect();
+        self.set_index_slot(slot, &here);
+        Ok(())
+    }
+
+    /// Sets index slot `slot` for the services whose keys have it (`refresh_index`).
+    fn set_index_slot(&self, slot: u32, here: &[(ServiceKey, u32)]) {
         let now = self.service_index.slot(slot);
-        match here.as_slice() {
+        match here {
             [] => self.service_index.set_state(slot, slot_state::EMPTY),
             [(k, id)] if now.state == slot_state::ONE => {
                 if now.key != *k || now.id != *id {
@@ -1422,20 +1471,20 @@ impl Datapath {
             [(k, id)] => self.service_index.publish_one(slot, k, *id),
             _ => self.service_index.set_state(slot, slot_state::SHARED),
         }
-        Ok(())
     }
 
     /// Makes the index agree with the services map (pinned maps adopted, or carried over).
     fn seed_index(&mut self) -> Result<()> {
-        let mut slots: Vec<u32> = self.service_keys()?.iter().map(slot_of).collect();
-        slots.extend(
-            (0..SERVICE_INDEX_SLOTS)
-                .filter(|s| self.service_index.slot(*s).state != slot_state::EMPTY),
-        );
-        slots.sort_unstable();
-        slots.dedup();
-        for s in slots {
-            self.refresh_index(s)?;
+        let mut by_slot: std::collections::BTreeMap<u32, Vec<(ServiceKey, u32)>> = (0
+            ..SERVICE_INDEX_SLOTS)
+            .filter(|s| self.service_index.slot(*s).state != slot_state::EMPTY)
+            .map(|s| (s, Vec::new()))
+            .collect();
+        for (k, id) in self.service_ids()? {
+            by_slot.entry(slot_of(&k)).or_default().push((k, id));
+        }
+        for (s, here) in by_slot {
+            self.set_index_slot(s, &here);
         }
         Ok(())
     }

@@ -338,30 +338,15 @@ fn pins_of_an_earlier_layout_are_replaced_not_fatal() {
     assert_eq!(requests(&topo, 20).len(), 2, "the new datapath serves");
 }
 
-/// Pins the services map as the version before `STEER_SVC_V3` had it (`STEER_SVC_V2`: key →
-/// whole `Service`, not preallocated), filled from the current maps under `dir`, and removes
-/// the current services maps' pins.
-fn pin_services_as_v2(dir: &std::path::Path) {
-    use aya::maps::{Array, HashMap, Map, MapData};
-    use steer_common::{map, Service, ServiceInfo, ServiceKey};
-    let ids: HashMap<MapData, ServiceKey, u32> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(dir.join(map::SERVICES)).unwrap(),
-    ))
-    .unwrap();
-    let info: Array<MapData, ServiceInfo> = Array::try_from(Map::Array(
-        MapData::from_pin(dir.join(map::SERVICE_INFO)).unwrap(),
-    ))
-    .unwrap();
-    let entries: Vec<(ServiceKey, Service)> = ids
-        .iter()
-        .map(|r| {
-            let (k, id) = r.unwrap();
-            let i = info.get(&id, 0).unwrap();
-            (k, i.copies[(i.live & 1) as usize])
-        })
-        .collect();
-    assert!(!entries.is_empty(), "a service to carry over");
-
+/// Creates a hash map (not preallocated, `entries` of them) and pins it at `path`, as a daemon
+/// of another version would have.
+fn pin_new_hash(
+    path: &std::path::Path,
+    name: &str,
+    key_size: usize,
+    value_size: usize,
+    entries: u32,
+) {
     #[repr(C)]
     #[derive(Default)]
     struct MapCreate {
@@ -385,15 +370,15 @@ fn pin_services_as_v2(dir: &std::path::Path) {
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_MAP_TYPE_HASH: u32 = 1;
     const BPF_F_NO_PREALLOC: u32 = 1;
-    let mut name = [0u8; 16];
-    name[..12].copy_from_slice(b"STEER_SVC_V2");
+    let mut map_name = [0u8; 16];
+    map_name[..name.len()].copy_from_slice(name.as_bytes());
     let attr = MapCreate {
         map_type: BPF_MAP_TYPE_HASH,
-        key_size: std::mem::size_of::<ServiceKey>() as u32,
-        value_size: std::mem::size_of::<Service>() as u32,
-        max_entries: steer_common::MAX_SERVICES,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries: entries,
         map_flags: BPF_F_NO_PREALLOC,
-        map_name: name,
+        map_name,
         ..Default::default()
     };
     // SAFETY: a valid bpf_attr prefix for BPF_MAP_CREATE, its size passed.
@@ -410,9 +395,9 @@ fn pin_services_as_v2(dir: &std::path::Path) {
         "BPF_MAP_CREATE: {}",
         std::io::Error::last_os_error()
     );
-    let path = std::ffi::CString::new(dir.join("STEER_SVC_V2").to_str().unwrap()).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let pin = ObjPin {
-        pathname: path.as_ptr() as u64,
+        pathname: c_path.as_ptr() as u64,
         bpf_fd: fd as u32,
         file_flags: 0,
     };
@@ -428,6 +413,42 @@ fn pin_services_as_v2(dir: &std::path::Path) {
     assert_eq!(r, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
     // SAFETY: the fd was returned above and is closed once (the pin keeps the map).
     unsafe { libc::close(fd as i32) };
+}
+
+/// Pins the services map as the version before `STEER_SVC_V3` had it (`STEER_SVC_V2`: key →
+/// whole `Service`, not preallocated), filled from the current maps under `dir`, and removes
+/// the current services maps' pins. Returns the map's size (`daemon.max_services`).
+fn pin_services_as_v2(dir: &std::path::Path) -> u32 {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use steer_common::{map, Service, ServiceInfo, ServiceKey};
+    let ids: HashMap<MapData, ServiceKey, u32> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(dir.join(map::SERVICES)).unwrap(),
+    ))
+    .unwrap();
+    let info: Array<MapData, ServiceInfo> = Array::try_from(Map::Array(
+        MapData::from_pin(dir.join(map::SERVICE_INFO)).unwrap(),
+    ))
+    .unwrap();
+    let entries: Vec<(ServiceKey, Service)> = ids
+        .iter()
+        .map(|r| {
+            let (k, id) = r.unwrap();
+            let i = info.get(&id, 0).unwrap();
+            (k, i.copies[(i.live & 1) as usize])
+        })
+        .collect();
+    assert!(!entries.is_empty(), "a service to carry over");
+    let size = aya::maps::MapInfo::from_pin(dir.join(map::SERVICES))
+        .unwrap()
+        .max_entries();
+
+    pin_new_hash(
+        &dir.join("STEER_SVC_V2"),
+        "STEER_SVC_V2",
+        std::mem::size_of::<ServiceKey>(),
+        std::mem::size_of::<Service>(),
+        size,
+    );
     let mut v2: HashMap<MapData, ServiceKey, Service> = HashMap::try_from(Map::HashMap(
         MapData::from_pin(dir.join("STEER_SVC_V2")).unwrap(),
     ))
@@ -438,6 +459,7 @@ fn pin_services_as_v2(dir: &std::path::Path) {
     for now in [map::SERVICES, map::SERVICE_INDEX, map::SERVICE_INFO] {
         std::fs::remove_file(dir.join(now)).unwrap();
     }
+    size
 }
 
 /// An upgrade from the layout whose services map held whole entries (`STEER_SVC_V2`): the new
@@ -467,7 +489,16 @@ fn an_upgrade_from_the_v2_services_map_keeps_the_services_and_their_flows() {
     let before = flows(&d);
     assert!(before > 0, "the connection was counted");
     d.kill9();
-    pin_services_as_v2(&d.pin_dir);
+    let size = pin_services_as_v2(&d.pin_dir);
+    // An empty services map of this layout, as a first attempt at the upgrade that failed
+    // after loading the datapath leaves it: the services are carried over all the same.
+    pin_new_hash(
+        &d.pin_dir.join(steer_common::map::SERVICES),
+        steer_common::map::SERVICES,
+        std::mem::size_of::<steer_common::ServiceKey>(),
+        4,
+        size,
+    );
     d.start();
     let log = d.log();
     assert!(
@@ -750,4 +781,105 @@ fn backends_without_a_mac_are_resolved_from_the_neighbour_table() {
     wait_up(&d, &["b0", "b1"]);
     let served = requests(&topo, 40);
     assert_eq!(served.len(), 2, "both resolved and serving: {served:?}");
+}
+
+/// Removes a pin directory (and what is pinned in it) when dropped.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = steer_ctl::datapath::unpin_all(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Below the daemon: a datapath loaded over a carried-over `STEER_SVC_V2` writes every service
+/// change there too (the program attached before it reads that map until it is replaced) and
+/// stops once `attached_everywhere`; and a service added while a service of an earlier config
+/// is still in the map (until `clear_unused`) does not take its id, whose packets would read
+/// the new service's settings.
+#[test]
+fn a_carried_over_v2_map_follows_changes_until_attached_and_pinned_ids_stay_taken() {
+    use aya::maps::{HashMap, Map, MapData, MapError};
+    use std::collections::BTreeMap;
+    use steer_common::{Service, ServiceKey, FAMILY_V4, PROTO_TCP};
+    use steer_ctl::{Balancer, Datapath, Options, ServiceSpec};
+    if !steer_tests::privileged(
+        "a_carried_over_v2_map_follows_changes_until_attached_and_pinned_ids_stay_taken",
+    ) {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/steer-test-{}-v2", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _pins = PinDir(dir.clone());
+    let opts = Options {
+        max_flows: 4096,
+        pin_dir: Some(dir.clone()),
+        ..Options::default()
+    };
+    let vip = |last: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, last));
+    let key = |last: u8| ServiceKey {
+        addr: [10, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        port_be: 80u16.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    {
+        let mut bal = Balancer::new(Datapath::load(&opts).expect("load the datapath"));
+        bal.add_service(ServiceSpec::tcp("a", vip(10), 80)).unwrap();
+        bal.add_service(ServiceSpec::tcp("b", vip(11), 80)).unwrap();
+        assert_eq!(
+            bal.ids().0,
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1)])
+        );
+    }
+    pin_services_as_v2(&dir);
+    let v2 = || -> HashMap<MapData, ServiceKey, Service> {
+        HashMap::try_from(Map::HashMap(
+            MapData::from_pin(dir.join("STEER_SVC_V2")).unwrap(),
+        ))
+        .unwrap()
+    };
+
+    // A restart with a config of b and c: b keeps its id; a is still in the map.
+    let mut bal = Balancer::new(Datapath::load(&opts).expect("load over the V2 pin"));
+    assert_eq!(
+        bal.datapath().service(&key(10)).unwrap().map(|s| s.id),
+        Some(0),
+        "a carried over"
+    );
+    bal.reserve_ids(BTreeMap::from([("b".into(), 1)]), BTreeMap::new());
+    bal.add_service(ServiceSpec::tcp("b", vip(11), 80)).unwrap();
+    bal.add_service(ServiceSpec::tcp("c", vip(12), 80)).unwrap();
+    let ids = bal.ids().0;
+    assert_eq!(ids["b"], 1, "b keeps its id");
+    assert_eq!(ids["c"], 2, "c does not take a's id 0, still in the map");
+    for k in [key(11), key(12)] {
+        assert_eq!(
+            v2().get(&k, 0).ok(),
+            bal.datapath().service(&k).unwrap(),
+            "the V2 map holds the live settings"
+        );
+    }
+    bal.clear_unused().unwrap();
+    assert!(
+        matches!(v2().get(&key(10), 0), Err(MapError::KeyNotFound)),
+        "a is gone from the V2 map too"
+    );
+
+    bal.datapath_mut().attached_everywhere();
+    let before = v2().get(&key(12), 0).unwrap();
+    // A backend joins: c's table is rebuilt and flipped.
+    bal.add_backend(
+        "c",
+        steer_ctl::BackendSpec::new("c-a", vip(99), [2, 0xbe, 0, 0, 0, 99]),
+    )
+    .unwrap();
+    let now = bal.datapath().service(&key(12)).unwrap().unwrap();
+    assert_ne!(now, before, "c's settings changed");
+    assert_eq!(
+        v2().get(&key(12), 0).unwrap(),
+        before,
+        "once attached everywhere, the V2 map is left alone"
+    );
 }

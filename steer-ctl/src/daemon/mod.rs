@@ -714,7 +714,7 @@ async fn start(cfg: Config) -> Result<Started, DaemonError> {
         warn!(
             dir = %d.pin_dir.display(),
             maps = ?retired,
-            "maps of an earlier layout are pinned here (a daemon of an earlier version ran): this version cannot read them, so the connections tracked only there are lost and what else they held is written afresh from the config (a NAT pool in the config's order); the program using them is replaced and their pins removed"
+            "maps of an earlier layout are pinned here (a daemon of an earlier version ran): this version cannot read them (but for STEER_SVC_V2, whose services it carries over), so the connections tracked only there are lost and what else they held is written afresh from the config (a NAT pool in the config's order); the program using them is replaced and their pins removed"
         );
     }
     let undo = |lock: &os::InstanceLock| {
@@ -984,6 +984,7 @@ async fn start_locked(
         }
     }
     // The program that used the retired maps has been replaced on every interface.
+    bal.datapath_mut().attached_everywhere();
     match datapath::remove_retired(&d.pin_dir) {
         Ok(gone) if !gone.is_empty() => {
             warn!(maps = ?gone, "pins of an earlier layout removed")

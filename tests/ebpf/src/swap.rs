@@ -139,27 +139,48 @@ pub fn swap_slow_reader(ctx: XdpContext) -> u32 {
 }
 
 /// Whether the service index, or the services map where the index says several share a slot,
-/// has `key`: the datapath's `select::service`, short of the settings it then reads.
+/// finds `key`, and the settings copy it then reads is that service's: the datapath's
+/// `select::service`.
 #[inline(always)]
 fn found(key: &ServiceKey) -> bool {
     let Some(slot) = SERVICE_INDEX.get(service_slot(&key.addr, key.port_be, key.proto)) else {
         return false;
     };
-    match slot.find(key) {
-        Indexed::Id(_) => true,
-        Indexed::Shared => SERVICES.get_ptr(key).is_some(),
-        Indexed::None => false,
+    let id = match slot.find(key) {
+        Indexed::Id(id) => id,
+        // SAFETY: a pointer from a map lookup, valid for this run.
+        Indexed::Shared => match SERVICES.get_ptr(key) {
+            Some(id) => unsafe { *id },
+            None => return false,
+        },
+        Indexed::None => return false,
+    };
+    let Some(info) = SERVICE_INFO.get_ptr(id) else {
+        return false;
+    };
+    // SAFETY: as above; the copy `live` names, as the datapath reads it.
+    unsafe {
+        let live = core::ptr::read_volatile(&(*info).live);
+        core::ptr::read_volatile(&(*info).copies[(live & 1) as usize].id) == id
     }
+}
+
+/// Whether the services map itself has `key` (whatever the index says).
+#[inline(always)]
+fn in_map(key: &ServiceKey) -> bool {
+    SERVICES.get_ptr(key).is_some()
 }
 
 /// Lookups of each of the two services per run of `swap_lookup_hammer`.
 const HAMMER_LOOKUPS: u32 = 128;
 
 /// Input: an Ethernet/IPv4/TCP frame to the first of two services whose VIPs are consecutive
-/// addresses (same port). Looks both services up `HAMMER_LOOKUPS` times each, alternating, and
-/// writes over the frame's first bytes (`XDP_TX`) how many lookups of each found nothing (two
-/// u32, little endian): a service that exists must always be found, whatever its entry's
-/// replacement is doing. Many lookups a run make a rare miss seen far sooner than one SYN a run.
+/// addresses (same port). Looks both services up `HAMMER_LOOKUPS` times each, alternating, as
+/// the datapath does (the index, the map where a slot is shared, the settings copy) and in the
+/// services map itself (which the index bypasses for a slot of one service, but which must
+/// never miss either), and writes over the frame's first bytes (`XDP_TX`) how many lookups of
+/// each went wrong (two u32, little endian): a service that exists must always be found,
+/// with its own settings, whatever the writes of a pool change are doing. Many lookups a run make a rare miss seen far sooner than one SYN a run.
 #[xdp]
 pub fn swap_lookup_hammer(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -183,10 +204,10 @@ pub fn swap_lookup_hammer(ctx: XdpContext) -> u32 {
     b.addr[3] = b.addr[3].wrapping_add(1);
     let (mut miss_a, mut miss_b) = (0u32, 0u32);
     for _ in 0..HAMMER_LOOKUPS {
-        if !found(&a) {
+        if !found(&a) || !in_map(&a) {
             miss_a += 1;
         }
-        if !found(&b) {
+        if !found(&b) || !in_map(&b) {
             miss_b += 1;
         }
     }
