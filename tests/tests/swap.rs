@@ -398,8 +398,26 @@ fn update(bal: &mut Balancer, pools: &Pools, stop: &AtomicBool) -> Updates {
     u
 }
 
+/// The service index's slot of a service's key (TCP port 80).
+fn index_slot(vip: Ipv4Addr) -> u32 {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&vip.octets());
+    steer_common::hash::service_slot(&addr, 80u16.to_be(), steer_common::PROTO_TCP)
+}
+
+/// An address whose service shares the first service's index slot: with a service there
+/// (`setup`), the first service is found through the services map (`SHARED`), the second
+/// through the index alone (`ONE`), so the tests run both paths.
+fn twin_vip() -> Ipv4Addr {
+    let slot = index_slot(SERVICES[0].vip);
+    (u32::from(Ipv4Addr::new(10, 0, 1, 0))..u32::from(Ipv4Addr::new(10, 16, 0, 0)))
+        .map(Ipv4Addr::from)
+        .find(|a| index_slot(*a) == slot)
+        .expect("an address in 10.0.0.0/12 with the first service's slot")
+}
+
 /// A datapath (its maps pinned in `pin_dir`, if given) serving both services, every backend
-/// ready and up.
+/// ready and up, and a third service with no backend in the first one's index slot.
 fn setup(pin_dir: Option<PathBuf>) -> Balancer {
     let dp = Datapath::load(&Options {
         max_services: 4,
@@ -418,6 +436,8 @@ fn setup(pin_dir: Option<PathBuf>) -> Balancer {
             bal.add_backend(svc.name, spec(s, i)).unwrap();
         }
     }
+    bal.add_service(ServiceSpec::tcp("twin", twin_vip().into(), 80))
+        .unwrap();
     bal
 }
 
@@ -640,8 +660,9 @@ const HAMMER_RUN: Duration = Duration::from_secs(4);
 
 /// The services' lookup itself, hammered: while the pools change as in the tests above (every
 /// flip publishes a service's settings anew), two threads look both services up
-/// (`swap_lookup_hammer`: the service index, and the services map where a slot is shared; 256
-/// lookups a run, on steer's pinned maps). Before the services map held ids alone, a lookup
+/// (`swap_lookup_hammer`: the service index, and the services map where a slot is shared — the
+/// first service's, which `setup`'s third service shares —; 256 lookups a run, on steer's
+/// pinned maps). Before the services map held ids alone, a lookup
 /// racing a flip's replacement of an entry now and then found nothing (19 in 1.75 billion). A lookup of a service that exists must never
 /// find nothing: a packet that did would be passed to the kernel as for no service.
 #[test]
@@ -654,6 +675,15 @@ fn service_lookups_never_miss_while_pools_change() {
         u32::from(SERVICES[1].vip),
         u32::from(SERVICES[0].vip) + 1,
         "the hammer looks up the VIP after the frame's"
+    );
+    let states = SERVICES.map(|s| bal.datapath().index_slot(index_slot(s.vip)).state);
+    assert_eq!(
+        states,
+        [
+            steer_common::slot_state::SHARED,
+            steer_common::slot_state::ONE
+        ],
+        "one service found through the services map, the other through the index alone"
     );
     let frame = tcp4(Ipv4Addr::new(100, 64, 0, 1), 1, SERVICES[0].vip, 80)
         .syn()
