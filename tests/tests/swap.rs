@@ -441,6 +441,19 @@ fn setup(pin_dir: Option<PathBuf>) -> Balancer {
     bal
 }
 
+/// Runs `update` on its own thread until `stop`; joined, it gives the balancer back.
+fn spawn_updater(
+    mut bal: Balancer,
+    pools: &Arc<Pools>,
+    stop: &Arc<AtomicBool>,
+) -> thread::JoinHandle<(Balancer, Updates)> {
+    let (pools, stop) = (pools.clone(), stop.clone());
+    thread::spawn(move || {
+        let u = update(&mut bal, &pools, &stop);
+        (bal, u)
+    })
+}
+
 fn new_pools() -> Arc<Pools> {
     let pools = Arc::new(Pools {
         seq: AtomicU64::new(0),
@@ -467,13 +480,7 @@ fn syns_never_reach_a_backend_in_neither_table_while_pools_change() {
     let outcomes_before = bal.datapath().outcomes().unwrap();
     let pools = new_pools();
     let stop = Arc::new(AtomicBool::new(false));
-    let updater = {
-        let (pools, stop) = (pools.clone(), stop.clone());
-        thread::spawn(move || {
-            let u = update(&mut bal, &pools, &stop);
-            (bal, u)
-        })
-    };
+    let updater = spawn_updater(bal, &pools, &stop);
     let senders: Vec<_> = (0..2u8)
         .map(|n| {
             let (pools, stop) = (pools.clone(), stop.clone());
@@ -589,7 +596,7 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
     if !steer_tests::privileged("a_slow_packet_finds_what_the_table_it_read_named") {
         return;
     }
-    let (pins, mut bal, aux, fd) = on_pins("swap", "swap_slow_reader");
+    let (pins, bal, aux, fd) = on_pins("swap", "swap_slow_reader");
     let frames: Vec<Vec<u8>> = SERVICES
         .iter()
         .map(|s| {
@@ -602,13 +609,7 @@ fn a_slow_packet_finds_what_the_table_it_read_named() {
 
     let pools = new_pools();
     let stop = Arc::new(AtomicBool::new(false));
-    let updater = {
-        let (pools, stop) = (pools.clone(), stop.clone());
-        thread::spawn(move || {
-            let u = update(&mut bal, &pools, &stop);
-            (bal, u)
-        })
-    };
+    let updater = spawn_updater(bal, &pools, &stop);
     let start = Instant::now();
     let (mut runs, mut wrong, mut examples) = (0u64, 0u64, Vec::new());
     let mut out = vec![0u8; 512];
@@ -670,7 +671,7 @@ fn service_lookups_never_miss_while_pools_change() {
     if !steer_tests::privileged("service_lookups_never_miss_while_pools_change") {
         return;
     }
-    let (pins, mut bal, aux, fd) = on_pins("lookups", "swap_lookup_hammer");
+    let (pins, bal, aux, fd) = on_pins("lookups", "swap_lookup_hammer");
     assert_eq!(
         u32::from(SERVICES[1].vip),
         u32::from(SERVICES[0].vip) + 1,
@@ -692,13 +693,7 @@ fn service_lookups_never_miss_while_pools_change() {
 
     let pools = new_pools();
     let stop = Arc::new(AtomicBool::new(false));
-    let updater = {
-        let (pools, stop) = (pools.clone(), stop.clone());
-        thread::spawn(move || {
-            let u = update(&mut bal, &pools, &stop);
-            (bal, u)
-        })
-    };
+    let updater = spawn_updater(bal, &pools, &stop);
     let start = Instant::now();
     let readers: Vec<_> = (0..2)
         .map(|_| {
