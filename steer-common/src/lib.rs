@@ -13,7 +13,8 @@ pub mod hash;
 /// At most 15 bytes each (BPF_OBJ_NAME_LEN - 1), versioned.
 pub mod map {
     /// `ServiceKey` → service id (`u32`). An entry is written once, when its service is
-    /// added, and removed with it: never replaced while the service lives (V2 held the whole
+    /// added, and removed with it: not replaced while the service lives (but by a restarted
+    /// daemon giving the key to a service of another mode, a new id) (V2 held the whole
     /// `Service`, replaced at every table flip, and a hash map lookup racing the replacement
     /// of an entry in its bucket can find nothing). Written by steer-ctl.
     pub const SERVICES: &str = "STEER_SVC_V3";

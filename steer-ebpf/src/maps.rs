@@ -15,7 +15,8 @@ use steer_common::{
 };
 
 /// Service ids by (VIP, port, protocol). Written by steer-ctl when a service is added or
-/// removed, never replaced while the service lives: a lookup racing the replacement of an
+/// removed, not replaced while the service lives (but when a restarted daemon gives the key to
+/// a service of another mode): a lookup racing the replacement of an
 /// entry in its bucket can find neither the old entry nor the new one (seen with V2, which
 /// held the whole `Service` and was replaced at every table flip, whether preallocated or not,
 /// even with a grace period between two replacements: about one lookup in 10^8 while the swap
