@@ -613,25 +613,28 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
     };
     // Read before the forward half is: a change of it after this voids a cached copy.
     natcache::other(pkt, &client);
-    let f = match flow::lookup_flow(&client) {
-        Some(f) => {
-            // SAFETY: pointer from the lookup, valid for this run.
-            let fl = unsafe { &*f };
-            if fl.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0
-                && rev.ended_ns == 0
-                && rev.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0
-                && fl.backend == rev.backend
-                && fl.gen == rev.gen
-                && fl.nat_port_be == pkt.key.dport_be
-                && fl.nat_addr == rev.nat_addr
-            {
-                // An established, open flow, both halves each other's: for a NAT cache fill
-                // begun for this reply (sent only if its backend keeps flows).
-                natcache::other_open(pkt, Some((rev.svc as u32, rev.backend, rev.gen)));
-            }
-            Some(f)
+    // The reverse half tells which table the forward half is in: the transient one for an
+    // attempt its backend has not answered yet, or once the client has sent its FIN or RST
+    // (the flow moved there at that packet); the established one otherwise. That table is
+    // looked in first, the other when it misses: the order saves a miss (a cold bucket on
+    // a large table), never changes the answer — a flow is in one table at a time, but for
+    // the instant of a move, when both hold it alike.
+    let transient_first = pkt.is_tcp()
+        && (rev.syn_ns != 0 && rev.flags & nat_flags::SYN_ACK == 0
+            || rev.flags & nat_flags::FIN_CLIENT != 0);
+    let f = if transient_first {
+        match flow::lookup_transient(&client) {
+            Some(f) => Some(f),
+            None => flow::lookup_flow(&client).inspect(|&f| established_reply(pkt, &rev, f)),
         }
-        None => flow::lookup_transient(&client),
+    } else {
+        match flow::lookup_flow(&client) {
+            Some(f) => {
+                established_reply(pkt, &rev, f);
+                Some(f)
+            }
+            None => flow::lookup_transient(&client),
+        }
     };
     let attempt = match f {
         Some(f) => {
@@ -689,6 +692,26 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
         rev.client_port_be,
     )?;
     Ok(None)
+}
+
+/// A reply whose client's half `f` is in the established table: when the flow is open and
+/// both halves are each other's, a NAT cache fill begun for this reply may be kept.
+#[inline(always)]
+fn established_reply(pkt: &Packet, rev: &NatRev, f: *mut Flow) {
+    // SAFETY: pointer from the lookup, valid for this run.
+    let fl = unsafe { &*f };
+    if fl.flags & (flow_flags::ENDED | flow_flags::SYN_ONLY) == 0
+        && rev.ended_ns == 0
+        && rev.flags & (nat_flags::FIN_CLIENT | nat_flags::FIN_BACKEND) == 0
+        && fl.backend == rev.backend
+        && fl.gen == rev.gen
+        && fl.nat_port_be == pkt.key.dport_be
+        && fl.nat_addr == rev.nat_addr
+    {
+        // An established, open flow, both halves each other's: for a NAT cache fill begun
+        // for this reply (sent only if its backend keeps flows).
+        natcache::other_open(pkt, Some((rev.svc as u32, rev.backend, rev.gen)));
+    }
 }
 
 /// The forward half of a flow was lost (evicted) while its reverse half lives: written again

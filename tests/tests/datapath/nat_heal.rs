@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use steer_common::{event, outcome};
+use steer_common::{event, nat_flags, outcome, NatRev};
 use steer_tests::fixture::Delta;
 
 use crate::nat_common::*;
@@ -21,6 +21,10 @@ fn heal() {
             (
                 "a_reverse_entry_given_to_another_flow_is_a_conflict",
                 a_reverse_entry_given_to_another_flow_is_a_conflict,
+            ),
+            (
+                "a_reverse_half_pointing_at_the_wrong_table_still_finds_its_flow",
+                a_reverse_half_pointing_at_the_wrong_table_still_finds_its_flow,
             ),
         ],
     );
@@ -124,4 +128,62 @@ fn a_reverse_entry_given_to_another_flow_is_a_conflict(n: &mut Nat) {
         (c2, 48_101),
     );
     n.backend(row);
+}
+
+/// A reply looks its client's half up first in the table the reverse half's flags point at
+/// (the transient one for an attempt not yet answered, or once the client has sent its FIN).
+/// Flags that point at the wrong table (a lost flag write, a move that failed) cost a second
+/// lookup, never the flow: the reply is translated, nothing is healed, the flow stays where it
+/// is.
+fn a_reverse_half_pointing_at_the_wrong_table_still_finds_its_flow(n: &mut Nat) {
+    let (vip, c): (IpAddr, IpAddr) = (VIP.into(), CLIENT.into());
+    // (What is wrong, flags set, flags cleared.)
+    let wrong = [
+        (
+            "an answered attempt's SYN-ACK never recorded",
+            0,
+            nat_flags::SYN_ACK,
+        ),
+        (
+            "the client's FIN recorded, the flow not moved",
+            nat_flags::FIN_CLIENT,
+            0,
+        ),
+    ];
+    for (i, (what, set, clear)) in wrong.into_iter().enumerate() {
+        // A flow of its own for each case.
+        let p = n.port_to("web", c, "web-b", 48_200 + 20 * i as u16);
+        let port = n.establish("web", "web-b", c, p);
+        let k = key(c, p, vip, 80, TCP);
+        let rk = n.rev_key("web-b", SNAT.into(), port, TCP);
+        let rev = n.reverse(&rk).expect("the flow's reverse half");
+        assert!(
+            rev.syn_ns != 0 && rev.flags & nat_flags::SYN_ACK != 0,
+            "set-up: an attempt the backend answered"
+        );
+        // (Writing it voids every cached copy: the reply takes the full path.)
+        n.t.bal
+            .datapath_mut()
+            .put_nat_reverse(
+                &rk,
+                &NatRev {
+                    flags: (rev.flags | set) & !clear,
+                    ..rev
+                },
+            )
+            .unwrap();
+        let mut row = n.to_client(
+            &format!("{what}: the backend's reply is translated to its client"),
+            n.backend_seg("web-b", SNAT.into(), port, ack(6), b"200"),
+            (vip, 80),
+            (c, p),
+        );
+        row.deltas.push(Delta::Outcome(event::NAT_HEALED, 0));
+        n.backend(row);
+        assert!(
+            n.bal().datapath().is_established(&k),
+            "{what}: the flow is still established"
+        );
+        assert_eq!(n.nat_of(&k), ("web-b".to_string(), port), "{what}");
+    }
 }
