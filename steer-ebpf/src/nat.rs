@@ -617,8 +617,8 @@ fn try_reply(ctx: &XdpContext, pkt: &Packet, now: u64) -> Result<Option<Verdict>
     // attempt its backend has not answered yet, or once the client has sent its FIN or RST
     // (the flow moved there at that packet); the established one otherwise. That table is
     // looked in first, the other when it misses: the order saves a miss (a cold bucket on
-    // a large table), never changes the answer — a flow is in one table at a time, but for
-    // the instant of a move, when both hold it alike.
+    // a large table) and changes no answer. A flow is in one table at a time but for the
+    // instant of a move, when either copy is a state the flow was just in.
     let transient_first = pkt.is_tcp()
         && (rev.syn_ns != 0 && rev.flags & nat_flags::SYN_ACK == 0
             || rev.flags & nat_flags::FIN_CLIENT != 0);
