@@ -1416,13 +1416,7 @@ impl Datapath {
 
     /// Every service key in the map.
     pub fn service_keys(&self) -> Result<Vec<ServiceKey>> {
-        self.services
-            .keys()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| DatapathError::Map {
-                name: map::SERVICES,
-                source,
-            })
+        Ok(self.service_ids()?.into_iter().map(|(k, _)| k).collect())
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
